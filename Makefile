@@ -1,0 +1,48 @@
+# One target per experiment; each sets up .venv first. Override any variable on the command line, e.g.
+#   make exp1-bce DATA_DIR=../shared/isic2016 ENCODER_WEIGHTS=../shared/weights/mobilenet_v2_imagenet.pth
+PYTHON ?= python3
+PY := .venv/bin/python
+DATA_DIR ?= data
+ENCODER_WEIGHTS ?= imagenet
+EPOCHS ?= 15
+BATCH_SIZE ?= 32
+DEVICE ?= auto
+SEED ?= 0
+RUNS ?= runs
+COMMON = --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHTS) --epochs $(EPOCHS) \
+	--batch-size $(BATCH_SIZE) --device $(DEVICE) --seed $(SEED) --out $(RUNS)/$@ \
+	$(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
+
+.PHONY: setup data exp1-bce exp1-iou exp2-finetune best demo report eda bench test predict export
+
+setup: .venv/installed
+.venv/installed: requirements.txt
+	$(PYTHON) -m venv .venv
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+data: setup
+	$(PY) data.py --download --data-dir $(DATA_DIR)
+
+exp1-bce: data
+	$(PY) train.py $(COMMON) --freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3
+
+exp1-iou: data
+	$(PY) train.py $(COMMON) --freeze-encoder --loss iou --optimizer adam --lr 1e-3
+
+exp2-finetune: data
+	$(PY) train.py $(COMMON) --loss bce --optimizer adam --lr 1e-4
+
+demo: setup
+	$(PY) data.py --synthetic $(RUNS)/demo-data
+	$(PY) train.py --data-dir $(RUNS)/demo-data --cache-dir $(RUNS)/demo-data/cache --encoder-weights none \
+		--image-size 64 --epochs 2 --batch-size 16 --device $(DEVICE) --out $(RUNS)/demo --overwrite
+
+report: setup
+	$(PY) visualize.py report --runs $(RUNS) --data-dir $(DATA_DIR)
+
+eda: data
+	$(PY) visualize.py eda --data-dir $(DATA_DIR) --out $(RUNS)/eda
+
+test: setup
+	$(PY) -m pytest -q tests

@@ -1,0 +1,238 @@
+"""ISIC 2016 Part 1 data: find the files, decode them once into a uint8 cache,
+split off validation images, and expand the training set with flips and rotations.
+
+    python data.py --download --data-dir data     # fetch the four official archives
+    python data.py --synthetic runs/demo-data      # write a small fake data set in the same layout
+"""
+import argparse
+import hashlib
+import os
+import urllib.request
+import warnings
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import runfiles
+
+URL = "https://isic-challenge-data.s3.amazonaws.com/2016/"
+SPLITS = {
+    "train": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
+    "test": ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth"),
+}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+MASK_SUFFIX = "_Segmentation.png"
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are rebuilt
+
+
+class DataError(Exception):
+    """Problems with the data folder, listed all at once, with what to do."""
+
+
+def expected_layout(data_dir):
+    folders = "\n".join(f"  {data_dir}/{f}/" for pair in SPLITS.values() for f in pair)
+    return (f"Expected the official ISIC 2016 Part 1 layout:\n{folders}\n"
+            "with images ISIC_XXXXXXX.jpg and masks ISIC_XXXXXXX_Segmentation.png.\n"
+            "Run `make data` to download it, or pass DATA_DIR=/path/to/isic2016 (--data-dir).")
+
+
+def find_pairs(data_dir, split):
+    """[(id, image_path, mask_path)] for one split, sorted by id; raises DataError listing every problem."""
+    data_dir = Path(data_dir)
+    image_dir, mask_dir = (data_dir / f for f in SPLITS[split])
+    missing = [str(d) for d in (data_dir, image_dir, mask_dir) if not d.is_dir()]
+    if missing:
+        raise DataError("Missing folder(s): " + ", ".join(missing) + "\n" + expected_layout(data_dir))
+    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+    masks = {p.name[:-len(MASK_SUFFIX)]: p for p in mask_dir.iterdir() if p.name.endswith(MASK_SUFFIX)}
+    problems = [f"image without a mask: {images[i]} (expected {mask_dir / (i + MASK_SUFFIX)})"
+                for i in sorted(images.keys() - masks.keys())]
+    problems += [f"mask without an image: {masks[i]}" for i in sorted(masks.keys() - images.keys())]
+    if not images and not masks:
+        problems.append(f"the {split} split is empty: no images in {image_dir}")
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {data_dir}:\n  " + "\n  ".join(problems))
+    return [(i, images[i], masks[i]) for i in sorted(images)]
+
+
+def read_image(path, size):
+    """RGB uint8 array (size, size, 3) and the original (width, height), from any image mode."""
+    with Image.open(path) as im:
+        original_size = im.size
+        im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
+        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)), original_size
+
+
+def binarize_mask(arr):
+    """Lesion = 1. Accepts {0,1}, {0,255}, 16-bit and lossy (JPEG-like) masks by thresholding at half the max."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2)
+    top = arr.max()
+    return arr > 0 if top <= 1 else arr > top / 2
+
+
+def read_mask(path, size):
+    """Binary uint8 array (size, size) of 0/1, resized so it stays aligned with its image."""
+    with Image.open(path) as im:
+        full_size = im.size
+        im = im.convert("L") if im.mode in ("P", "PA", "LA", "1", "CMYK") else im
+        binary = binarize_mask(np.asarray(im))
+    small = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+    return (np.asarray(small) > 127).astype(np.uint8), full_size
+
+
+def decode_pair(args):
+    """(image, mask, problem) for one pair; a problem is a sentence, never an exception across processes."""
+    image_path, mask_path, size = args
+    try:
+        image, image_size = read_image(image_path, size)
+    except Exception as e:  # PIL raises many types for corrupt or non-image files
+        return None, None, f"cannot read image {image_path}: {e} (replace or remove the file)"
+    try:
+        mask, mask_size = read_mask(mask_path, size)
+    except Exception as e:
+        return None, None, f"cannot read mask {mask_path}: {e} (replace or remove the file)"
+    if mask_size != image_size:
+        return None, None, (f"size mismatch: {image_path} is {image_size[0]}x{image_size[1]} but "
+                            f"{mask_path} is {mask_size[0]}x{mask_size[1]}")
+    return image, mask, None
+
+
+def cache_key(pairs, size):
+    """Changes when any file is added, removed, replaced or resized, or when the size changes."""
+    h = hashlib.sha1(f"v{CACHE_VERSION} {size}".encode())
+    for _, image_path, mask_path in pairs:
+        for p in (image_path, mask_path):
+            st = os.stat(p)
+            h.update(f"{p.name} {st.st_size} {st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def load_split(data_dir, split, size, cache_dir="cache", workers=0):
+    """{'images': uint8 [N,3,S,S], 'masks': uint8 [N,1,S,S] of 0/1, 'ids': [str]}, from the cache when it is current."""
+    pairs = find_pairs(data_dir, split)
+    cache_file = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size)}.pt"
+    if cache_file.exists():
+        return torch.load(cache_file, weights_only=True)
+    jobs = [(image_path, mask_path, size) for _, image_path, mask_path in pairs]
+    desc = f"decoding {split} images to {size}x{size}"
+    if workers > 0:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(decode_pair, jobs, chunksize=8), total=len(jobs), desc=desc))
+    else:
+        results = [decode_pair(j) for j in tqdm(jobs, desc=desc)]
+    problems = [p for _, _, p in results if p]
+    if problems:
+        raise DataError(f"{len(problems)} unreadable file(s) in the {split} split:\n  " + "\n  ".join(problems))
+    for (image_id, _, mask_path), (_, mask, _) in zip(pairs, results):
+        if mask.min() == mask.max():
+            warnings.warn(f"mask {mask_path} is all {'lesion' if mask.max() else 'background'}")
+    data = {"images": torch.from_numpy(np.stack([r[0] for r in results])).permute(0, 3, 1, 2).contiguous(),
+            "masks": torch.from_numpy(np.stack([r[1] for r in results]))[:, None].contiguous(),
+            "ids": [p[0] for p in pairs]}
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    runfiles.atomic_save(data, cache_file)
+    return data
+
+
+def split_indices(n, val_fraction, seed):
+    """(train, val) index tensors: a seeded random split, made before any augmentation."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = round(n * val_fraction)
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def augment(images, masks, copies, seed):
+    """The originals plus `copies` copies of each, every copy with a seeded random horizontal
+    flip and rotation by a multiple of 90 degrees (exact on pixels, so masks stay binary)."""
+    g = torch.Generator().manual_seed(seed)
+    out_images, out_masks = [images], [masks]
+    for _ in range(copies):
+        flip = torch.randint(0, 2, (len(images),), generator=g)
+        turns = torch.randint(0, 4, (len(images),), generator=g)
+        new_images, new_masks = images.clone(), masks.clone()
+        for f in (0, 1):
+            for k in range(4):
+                idx = ((flip == f) & (turns == k)).nonzero().flatten()
+                if len(idx) == 0:
+                    continue
+                im, mk = images[idx], masks[idx]
+                if f:
+                    im, mk = im.flip(-1), mk.flip(-1)
+                new_images[idx] = im.rot90(k, (-2, -1))
+                new_masks[idx] = mk.rot90(k, (-2, -1))
+        out_images.append(new_images)
+        out_masks.append(new_masks)
+    return torch.cat(out_images), torch.cat(out_masks)
+
+
+def take(tensors, idx, device):
+    """Rows `idx` of each tensor in a list, moved to `device` (non-blocking from pinned memory)."""
+    return [t[idx].to(device, non_blocking=True) for t in tensors]
+
+
+def write_synthetic(data_dir, n_train=48, n_test=16, seed=0):
+    """A fake ISIC data set in the official layout: skin-coloured JPEGs of varied sizes, each with one dark
+    elliptical lesion, and {0,255} PNG masks. Lesion i covers a known area (returned: id -> area fraction)."""
+    rng = np.random.default_rng(seed)
+    areas = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        image_dir, mask_dir = (Path(data_dir) / f for f in SPLITS[split])
+        image_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image_id = f"ISIC_{len(areas):07d}"
+            w, h = int(rng.integers(96, 200)), int(rng.integers(80, 160))
+            yy, xx = np.mgrid[0:h, 0:w]
+            cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+            rx, ry = rng.uniform(0.1, 0.3) * w, rng.uniform(0.1, 0.3) * h
+            mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+            skin = np.array([220, 170, 140]) + rng.normal(0, 10, 3)
+            lesion = np.array([110, 70, 50]) + rng.normal(0, 10, 3)
+            image = np.where(mask[..., None], lesion, skin) + rng.normal(0, 12, (h, w, 3))
+            Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(image_dir / f"{image_id}.jpg", quality=90)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_dir / f"{image_id}{MASK_SUFFIX}")
+            areas[image_id] = float(mask.mean())
+    return areas
+
+
+def download(data_dir):
+    """Fetch and unpack the four official ISIC 2016 Part 1 archives (about 1 GB); skips what is there."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (f for pair in SPLITS.values() for f in pair):
+        if (data_dir / folder).is_dir():
+            continue
+        archive = data_dir / f"{folder}.zip"
+        if not archive.exists():
+            with tqdm(unit="B", unit_scale=True, desc=archive.name) as bar:
+                def hook(blocks, block_size, total):
+                    bar.total = total
+                    bar.update(blocks * block_size - bar.n)
+                urllib.request.urlretrieve(URL + archive.name, archive.with_suffix(".part"), hook)
+            archive.with_suffix(".part").rename(archive)
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(data_dir)
+        archive.unlink()
+    print(f"ISIC 2016 Part 1 is in {data_dir}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="data", help="where the four ISIC folders go (default: data)")
+    parser.add_argument("--download", action="store_true", help="download the official archives if missing")
+    parser.add_argument("--synthetic", metavar="DIR", help="write a small synthetic data set to DIR and exit")
+    args = parser.parse_args()
+    if args.synthetic:
+        write_synthetic(args.synthetic)
+        args.data_dir = args.synthetic
+    elif args.download:
+        download(args.data_dir)
+    for split in SPLITS:
+        print(f"{split}: {len(find_pairs(args.data_dir, split))} image/mask pairs in {args.data_dir}")

@@ -1,0 +1,113 @@
+"""Segmentation metrics (defined once, used by training, evaluation and prediction) and checkpoint evaluation.
+
+    python evaluate.py --checkpoint runs/exp1-bce/best.pt --data-dir ../shared/isic2016
+"""
+import argparse
+import contextlib
+from pathlib import Path
+
+import torch
+
+import data
+import runfiles
+from losses import LOSSES
+
+
+def per_image_metrics(pred, masks):
+    """Metrics of binary predictions against binary masks, one value per image ([N] tensors).
+    An image whose prediction and mask are both empty scores 1 for IoU and Dice."""
+    pred, masks = pred.flatten(1).bool(), masks.flatten(1).bool()
+    tp = (pred & masks).sum(1).double()
+    fp = (pred & ~masks).sum(1).double()
+    fn = (~pred & masks).sum(1).double()
+    tn = (~pred & ~masks).sum(1).double()
+
+    def ratio(num, den):  # 0/0 means nothing to get wrong: a perfect score
+        return torch.where(den > 0, num / den.clamp(min=1), torch.ones_like(num))
+
+    iou = ratio(tp, tp + fp + fn)
+    return {"iou": iou,
+            "dice": ratio(2 * tp, 2 * tp + fp + fn),
+            "accuracy": (tp + tn) / (tp + fp + fn + tn),
+            "sensitivity": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp),
+            "iou_thresholded": torch.where(iou >= 0.65, iou, torch.zeros_like(iou))}  # ISIC 2018 score
+
+
+def autocast(device, enabled):
+    """Mixed precision on accelerators: bfloat16 where supported, else float16. CPU runs in float32."""
+    if not enabled or device.type == "cpu":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_logits(forward, inputs, batch_size, device, amp=True):
+    """forward(list of batch tensors) -> logits, run over `inputs` (list of tensors with N rows), gathered on the CPU."""
+    out = []
+    for start in range(0, len(inputs[0]), batch_size):
+        batch = data.take(inputs, slice(start, start + batch_size), device)
+        with autocast(device, amp):
+            out.append(forward(batch).float().cpu())
+    return torch.cat(out)
+
+
+def score(logits, masks, loss_name):
+    """({'loss', 'iou', 'dice', ..., 'n_images'}, per-image metrics) of logits against masks; threshold logit > 0."""
+    per_image = per_image_metrics(logits > 0, masks)
+    summary = {"loss": LOSSES[loss_name](logits, masks).item(), "n_images": len(masks)}
+    summary.update({k: v.mean().item() for k, v in per_image.items()})
+    return summary, per_image
+
+
+def evaluate(forward, inputs, masks, loss_name, batch_size, device, amp=True):
+    """score() of the predictions of `forward` on `inputs`."""
+    return score(predict_logits(forward, inputs, batch_size, device, amp), masks, loss_name)
+
+
+def write_results(run_dir, split, summary, per_image, ids):
+    """<split>_metrics.json and <split>_per_image.csv in the run folder."""
+    runfiles.write_json(Path(run_dir) / f"{split}_metrics.json", summary)
+    rows = [{"id": i, **{k: v[n].item() for k, v in per_image.items()}} for n, i in enumerate(ids)]
+    runfiles.write_csv(Path(run_dir) / f"{split}_per_image.csv", rows)
+
+
+def pick_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to PyTorch; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("--device mps: MPS is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+def main(argv=None):
+    from model import load_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train.py")
+    parser.add_argument("--data-dir", default="data", help="ISIC 2016 Part 1 folder (default: data)")
+    parser.add_argument("--split", default="test", choices=["train", "test"], help="which split to score")
+    parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
+    parser.add_argument("--workers", type=int, default=2, help="processes that decode JPEGs into the cache")
+    args = parser.parse_args(argv)
+
+    device = pick_device(args.device)
+    model, config = load_checkpoint(args.checkpoint, device)
+    split = data.load_split(args.data_dir, args.split, config["image_size"], args.cache_dir, args.workers)
+    summary, per_image = evaluate(lambda b: model(b[0]), [split["images"]], split["masks"], config["loss"],
+                                  args.batch_size, device, not config.get("no_amp", False))
+    out = Path(args.out or Path(args.checkpoint).parent)
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out, args.split, summary, per_image, split["ids"])
+    print(f"{args.split}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "n_images")
+          + f" ({summary['n_images']} images) -> {out}/{args.split}_metrics.json")
+
+
+if __name__ == "__main__":
+    main()

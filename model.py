@@ -1,0 +1,124 @@
+"""MobileNetV2 encoder (torchvision, ImageNet weights) + a decoder of upsample and refinement blocks.
+
+The model takes RGB images with values 0..255 (uint8 or float) and returns one logit per pixel;
+ImageNet normalisation happens inside, so a checkpoint is all that prediction needs.
+"""
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+# Indices into mobilenet_v2().features after which the resolution is 1/2, 1/4, 1/8, 1/16 and 1/32,
+# with 16, 24, 32, 96 and 1280 channels.
+TAPS = (1, 3, 6, 13, 18)
+TAP_CHANNELS = (16, 24, 32, 96, 1280)
+DECODER_WIDTHS = (96, 48, 32, 24, 16)  # outputs at 1/16, 1/8, 1/4, 1/2, 1/1
+
+
+def load_encoder(weights):
+    """torchvision MobileNetV2 `features`: weights is 'imagenet' (torchvision download), 'none', or a state_dict file."""
+    if weights == "imagenet":
+        try:
+            net = mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1)
+        except Exception as e:  # no internet, proxy, ...
+            raise RuntimeError(f"could not download torchvision's ImageNet MobileNetV2 weights ({e}). "
+                               "Offline, pass a local state_dict: --encoder-weights path/to/mobilenet_v2.pth "
+                               "(make ... ENCODER_WEIGHTS=...)") from None
+        return net.features
+    net = mobilenet_v2()
+    if weights != "none":
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"--encoder-weights {weights}: no such file (use 'imagenet', 'none' or a path)")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    return net.features
+
+
+def conv_bn_relu(cin, cout, kernel=3):
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UpBlock(nn.Module):
+    """Upsample x2 with a transposed convolution, concatenate the encoder's skip (if any), refine."""
+
+    def __init__(self, cin, cskip, cout):
+        super().__init__()
+        self.up = nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False),
+                                nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        self.refine = conv_bn_relu(cout + cskip, cout)
+
+    def forward(self, x, skip=None):
+        x = self.up(x)
+        return self.refine(x if skip is None else torch.cat([x, skip], 1))
+
+
+class SegNet(nn.Module):
+    def __init__(self, encoder_weights="imagenet", skips=False, freeze_encoder=False, widths=DECODER_WIDTHS):
+        super().__init__()
+        self.skips, self.freeze_encoder = skips, freeze_encoder
+        self.encoder = load_encoder(encoder_weights)
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
+        skip_channels = TAP_CHANNELS[-2::-1] if skips else (0,) * 4
+        cins = (TAP_CHANNELS[-1],) + tuple(widths[:-1])
+        self.blocks = nn.ModuleList(UpBlock(ci, cs, co) for ci, cs, co in zip(cins, skip_channels + (0,), widths))
+        self.head = nn.Conv2d(widths[-1], 1, 1)
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.freeze_encoder:  # keep BatchNorm running statistics of a frozen encoder untouched
+            self.encoder.eval()
+        return self
+
+    def encode(self, images):
+        """Encoder features the decoder needs, deepest last: [1/2, 1/4, 1/8, 1/16, 1/32] with skips, else [1/32]."""
+        x = (images.float() - self.mean) / self.std
+        feats = []
+        for i, layer in enumerate(self.encoder):
+            x = layer(x)
+            if i in TAPS and (self.skips or i == TAPS[-1]):
+                feats.append(x)
+        return feats
+
+    def decode(self, feats):
+        x, skips = feats[-1], feats[-2::-1] + [None] * 5
+        for block, skip in zip(self.blocks, skips):
+            x = block(x, skip)
+        return self.head(x)
+
+    def forward(self, images):
+        if images.shape[-1] % 32 or images.shape[-2] % 32:
+            raise ValueError(f"input size {tuple(images.shape[-2:])} must be divisible by 32")
+        return self.decode(self.encode(images))
+
+    def decoder_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+
+
+def build_model(config):
+    """A SegNet from a run's config (a dict of train.py flags), with random weights to be overwritten by a checkpoint."""
+    return SegNet("none", skips=config["skips"], freeze_encoder=config["freeze_encoder"],
+                  widths=tuple(config["decoder_widths"]))
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model in eval mode, config) from a train.py checkpoint; raises a clear error for a wrong or broken file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (train one with train.py or a make target)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        config, state = ckpt["config"], ckpt["model"]
+    except Exception as e:
+        raise RuntimeError(f"checkpoint {path} is not a readable train.py checkpoint ({e})") from None
+    model = build_model(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RuntimeError(f"checkpoint {path} does not match the model its config describes: {e}") from None
+    return model.to(device).eval(), config

@@ -1,0 +1,27 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402
+
+REAL_DATA = ROOT.parent / "shared" / "isic2016"
+REAL_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """(data_dir, {id: lesion area fraction}) of a small synthetic ISIC-layout data set, shared by tests."""
+    root = Path(__import__("tempfile").mkdtemp(prefix="isic-synthetic-"))
+    areas = data.write_synthetic(root, n_train=40, n_test=12, seed=1)
+    return root, areas
+
+
+def train_args(data_dir, out, *extra):
+    """train.py flags for a tiny, fast run on the synthetic set."""
+    return ["--data-dir", str(data_dir), "--cache-dir", str(Path(out).parent / "cache"), "--out", str(out),
+            "--encoder-weights", "none", "--image-size", "64", "--epochs", "1", "--batch-size", "16",
+            "--aug-copies", "1", "--workers", "0", "--device", "cpu", *extra]

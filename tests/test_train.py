@@ -1,0 +1,102 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import evaluate
+import runfiles
+import train
+from conftest import ROOT, train_args
+
+LEARNED = ("epoch", "train_loss", "val_loss", "val_iou", "val_dice", "lr")  # history columns that are not timings
+
+
+def learned(history):
+    return [{k: row[k] for k in LEARNED} for row in history]
+
+
+def test_one_epoch_writes_every_run_file_and_evaluate_reproduces_the_test_metrics(synthetic, tmp_path):
+    out = tmp_path / "run"
+    summary = train.main(train_args(synthetic[0], out))
+    for name in ("config.json", "history.csv", "last.pt", "best.pt", "test_metrics.json", "test_per_image.csv",
+                 "curves.png", "panel_epoch001.png"):
+        assert (out / name).stat().st_size > 0, name
+    config = runfiles.read_json(out / "config.json")
+    assert config["image_size"] == 64 and config["loss"] == "bce"
+    history = runfiles.read_csv(out / "history.csv")
+    assert len(history) == 1 and set(LEARNED) | {"seconds"} <= set(history[0])
+    metrics = runfiles.read_json(out / "test_metrics.json")
+    assert {"loss", "iou", "dice", "n_images"} <= set(metrics) and metrics["n_images"] == 12
+    assert 0 <= metrics["iou"] <= metrics["dice"] <= 1 and metrics == pytest.approx(summary)
+    assert len(runfiles.read_csv(out / "test_per_image.csv")) == 12
+
+    (out / "test_metrics.json").unlink()
+    evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(synthetic[0]),
+                   "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0"])
+    again = runfiles.read_json(out / "test_metrics.json")
+    for key in ("loss", "iou", "dice", "n_images"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6)
+
+
+def test_feature_cache_matches_running_the_frozen_encoder_and_runs_are_deterministic(synthetic, tmp_path):
+    flags = ["--freeze-encoder", "--skips", "--epochs", "2"]
+    train.main(train_args(synthetic[0], tmp_path / "a", *flags))
+    train.main(train_args(synthetic[0], tmp_path / "b", *flags))
+    train.main(train_args(synthetic[0], tmp_path / "c", *flags, "--no-feature-cache"))
+    a, b, c = (learned(runfiles.read_csv(tmp_path / r / "history.csv")) for r in "abc")
+    assert a == b  # same seed, same machine: identical
+    for row_a, row_c in zip(a, c):
+        for key in LEARNED:
+            assert row_a[key] == pytest.approx(row_c[key], rel=1e-4, abs=1e-5), key
+
+
+def test_an_existing_run_is_not_overwritten_silently(synthetic, tmp_path):
+    out = tmp_path / "run"
+    train.main(train_args(synthetic[0], out))
+    with pytest.raises(SystemExit, match="--resume .* or --overwrite"):
+        train.main(train_args(synthetic[0], out))
+    train.main(train_args(synthetic[0], out, "--overwrite"))
+    assert len(runfiles.read_csv(out / "history.csv")) == 1
+
+
+def test_non_finite_loss_stops_with_advice(synthetic, tmp_path, monkeypatch):
+    monkeypatch.setitem(train.LOSSES, "bce", lambda logits, masks: (logits * float("nan")).mean())
+    with pytest.raises(SystemExit, match=r"epoch 1, step 1.*lower --lr.*--no-amp"):
+        train.main(train_args(synthetic[0], tmp_path / "run"))
+
+
+@pytest.mark.parametrize("flags, message", [(["--image-size", "100"], "not divisible by 32"),
+                                            (["--loss", "dice"], "invalid choice"),
+                                            (["--optimizer", "sgd"], "invalid choice")])
+def test_bad_flags_are_refused(synthetic, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        train.main(train_args(synthetic[0], tmp_path / "run", *flags))
+    assert message in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes_to_the_same_result(synthetic, tmp_path):
+    flags = ["--epochs", "3", "--aug-copies", "3"]
+    train.main(train_args(synthetic[0], tmp_path / "whole", *flags))
+
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "train.py", *train_args(synthetic[0], out, *flags)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "history.csv").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # during epoch 2
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "last.pt holds epoch 1" in err
+    assert len(runfiles.read_csv(out / "history.csv")) == 1
+
+    train.main(train_args(synthetic[0], out, *flags, "--resume"))
+    whole, resumed = (runfiles.read_csv(tmp_path / r / "history.csv") for r in ("whole", "interrupted"))
+    assert learned(resumed) == learned(whole)
+    test_whole, test_resumed = (json.loads((tmp_path / r / "test_metrics.json").read_text())
+                                for r in ("whole", "interrupted"))
+    test_whole.pop("train_seconds"), test_resumed.pop("train_seconds")
+    assert test_resumed == test_whole

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import runfiles
+import visualize
+
+
+def fake_history(epochs, start=0.5):
+    return [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_iou": start + e / 100,
+             "val_dice": start + 0.1 + e / 100, "lr": 1e-3, "seconds": 60.0} for e in range(1, epochs + 1)]
+
+
+def test_curves_png_has_the_expected_size(tmp_path):
+    visualize.plot_curves(fake_history(5), tmp_path / "curves.png", "exp")
+    with Image.open(tmp_path / "curves.png") as im:
+        assert im.size == (1000, 400)  # figsize (10, 4) at 100 dpi
+        assert np.asarray(im.convert("L")).std() > 10  # something is drawn
+
+
+def test_panel_has_a_row_per_image(tmp_path):
+    images = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    masks = torch.zeros(3, 1, 32, 32)
+    masks[..., 8:24, 8:24] = 1
+    visualize.save_panel(images, masks, masks * 10 - 5, tmp_path / "one.png", "t")
+    visualize.save_panel(images, masks, {"a": masks - 1, "b": masks, "c": masks}, tmp_path / "three.png", "t")
+    with Image.open(tmp_path / "one.png") as one, Image.open(tmp_path / "three.png") as three:
+        assert one.size[1] == three.size[1] > 3 * 200  # three rows of 2.2 inches
+        assert three.size[0] > one.size[0]  # one column per prediction
+
+
+def write_fake_run(runs, name, loss, iou, dice, epochs):
+    run = runs / name
+    run.mkdir(parents=True)
+    runfiles.write_json(run / "config.json", {"loss": loss, "optimizer": "adam", "freeze_encoder": name.startswith("exp1")})
+    runfiles.write_csv(run / "history.csv", fake_history(epochs))
+    runfiles.write_json(run / "test_metrics.json", {"loss": 0.25, "iou": iou, "dice": dice, "n_images": 10})
+
+
+def test_report_table_lists_runs_in_order_with_reference(tmp_path):
+    write_fake_run(tmp_path, "exp2-finetune", "bce", 0.81, 0.88, 3)
+    write_fake_run(tmp_path, "exp1-iou", "iou", 0.79, 0.86, 2)
+    (tmp_path / "unfinished").mkdir()
+    runs = [r for r in map(visualize.read_run, sorted(tmp_path.glob("*/"))) if r]
+    lines = visualize.report_table(runs).splitlines()
+    assert len(lines) == 4
+    assert lines[2].startswith("| exp1-iou | iou | adam | frozen | 2 | 0.2500 | 0.7900 | 0.8600 | 0.7724 | 0.8154 | 2.0 min |")
+    assert lines[3].startswith("| exp2-finetune | bce | adam | fine-tuned | 3 | 0.2500 | 0.8100 | 0.8800 | 0.7659 |")
+    visualize.plot_comparison(runs, tmp_path / "comparison.png")
+    assert (tmp_path / "comparison.png").stat().st_size > 10_000
+
+
+def test_eda_numbers_match_the_synthetic_lesions(synthetic, tmp_path):
+    data_dir, areas = synthetic
+    summary = visualize.eda(data_dir, tmp_path)
+    train_ids = sorted(areas)[:40]
+    expected = np.mean([areas[i] for i in train_ids])
+    assert summary["train"]["n_images"] == 40 and summary["test"]["n_images"] == 12
+    assert summary["train"]["lesion_area_fraction"]["mean"] == pytest.approx(expected, rel=1e-9)
+    assert summary["train"]["lesions_touching_border"] == 0  # synthetic lesions sit in the middle
+    assert 0 < summary["train"]["foreground_pixel_fraction"] < 0.3
+    assert (tmp_path / "eda.png").stat().st_size > 10_000 and (tmp_path / "eda.json").exists()

@@ -1,0 +1,227 @@
+"""Pictures and the experiment report.
+
+    python visualize.py report --runs runs --data-dir data   # runs/report.md, comparison.png, test_panel.png
+    python visualize.py eda --data-dir data --out runs/eda     # data statistics: JSON + plots
+    python visualize.py curves runs/exp1-bce                   # redraw one run's curves
+
+train.py calls plot_curves() every epoch and save_panel() every few epochs.
+"""
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import data  # noqa: E402
+import runfiles  # noqa: E402
+
+# Test IoU / Dice of the reference report, by experiment.
+REFERENCE = {"exp1-bce": (0.7585, 0.8025), "exp1-iou": (0.7724, 0.8154), "exp2-finetune": (0.7659, 0.8094)}
+
+
+def plot_curves(history, path, title):
+    """Train/validation loss and validation IoU/Dice per epoch, side by side."""
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    left.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    left.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
+    right.plot(epochs, [h["val_iou"] for h in history], "o-", label="validation IoU")
+    right.plot(epochs, [h["val_dice"] for h in history], "o-", label="validation Dice")
+    right.set(xlabel="epoch", ylabel="score", title=f"{title}: validation metrics")
+    for ax in (left, right):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    fig.tight_layout()
+    runfiles.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def save_panel(images, masks, predictions, path, title, columns=None):
+    """One row per image: image, ground truth, each prediction, and the prediction's contour (red) with the
+    ground truth's (green) on the image. predictions: logits [N,1,H,W] or a dict name -> logits."""
+    predictions = predictions if isinstance(predictions, dict) else {"prediction": predictions}
+    n, k = len(images), len(predictions)
+    ncols = 2 + k + (1 if k == 1 else 0)
+    fig, axes = plt.subplots(n, ncols, figsize=(2.2 * ncols, 2.2 * n + 0.4), squeeze=False)
+    for row in range(n):
+        image, mask = images[row].permute(1, 2, 0).numpy(), masks[row, 0].numpy()
+        cells = [("image", image, None), ("ground truth", mask, "gray")]
+        cells += [(name, (logits[row, 0] > 0).numpy(), "gray") for name, logits in predictions.items()]
+        for col, (name, picture, cmap) in enumerate(cells):
+            axes[row, col].imshow(picture, cmap=cmap, vmin=0, vmax=1 if cmap else None)
+            axes[0, col].set_title(name, fontsize=9)
+        if k == 1:
+            ax = axes[row, -1]
+            ax.imshow(image)
+            ax.contour(mask, levels=[0.5], colors="lime", linewidths=1)
+            ax.contour((next(iter(predictions.values()))[row, 0] > 0).numpy().astype(float), levels=[0.5],
+                       colors="red", linewidths=1)
+            axes[0, -1].set_title("overlay (red: pred, green: truth)", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def read_run(run_dir):
+    """config, history and test metrics of a finished run folder, or None if it has no test metrics yet."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "test_metrics.json").exists():
+        return None
+    return {"name": run_dir.name, "dir": run_dir, "config": runfiles.read_json(run_dir / "config.json"),
+            "history": runfiles.read_csv(run_dir / "history.csv"),
+            "test": runfiles.read_json(run_dir / "test_metrics.json")}
+
+
+def report_table(runs):
+    """Markdown table comparing finished runs (ordered by name), with the reference report beside ours."""
+    lines = ["| experiment | loss | optimizer | encoder | epochs | test loss | test IoU | test Dice | "
+             "reference IoU | reference Dice | training time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in sorted(runs, key=lambda r: r["name"]):
+        c, t = run["config"], run["test"]
+        ref = REFERENCE.get(run["name"])
+        minutes = sum(h["seconds"] for h in run["history"]) / 60
+        lines.append(f"| {run['name']} | {c['loss']} | {c['optimizer']} | "
+                     f"{'frozen' if c['freeze_encoder'] else 'fine-tuned'} | {len(run['history'])} | "
+                     f"{t['loss']:.4f} | {t['iou']:.4f} | {t['dice']:.4f} | "
+                     f"{f'{ref[0]:.4f}' if ref else '-'} | {f'{ref[1]:.4f}' if ref else '-'} | {minutes:.1f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(runs, path):
+    """Validation IoU of every run against epochs, and test IoU/Dice side by side."""
+    runs = sorted(runs, key=lambda r: r["name"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in runs:
+        left.plot([h["epoch"] for h in run["history"]], [h["val_iou"] for h in run["history"]], "o-",
+                  label=run["name"])
+    left.set(xlabel="epoch", ylabel="validation IoU", title="validation IoU per epoch")
+    left.legend()
+    left.grid(alpha=0.3)
+    x = np.arange(len(runs))
+    for offset, key in ((-0.2, "iou"), (0.2, "dice")):
+        bars = right.bar(x + offset, [r["test"][key] for r in runs], 0.4, label=f"test {key}")
+        right.bar_label(bars, fmt="%.3f", fontsize=8)
+    refs = [REFERENCE.get(r["name"], (np.nan, np.nan))[0] for r in runs]
+    right.scatter(x - 0.2, refs, marker="_", s=600, color="black", label="reference report IoU", zorder=3)
+    right.set_xticks(x, [r["name"] for r in runs], rotation=15)
+    right.set(ylim=(0, 1), title="test set (best checkpoint)")
+    right.legend(loc="lower right")
+    save_figure(fig, path)
+
+
+def report(runs_dir, data_dir, cache_dir, n_images=6):
+    """runs/report.md, runs/comparison.png and runs/test_panel.png from every finished run in runs_dir."""
+    from evaluate import predict_logits
+    from model import load_checkpoint
+
+    runs_dir = Path(runs_dir)
+    runs = [r for r in map(read_run, sorted(runs_dir.glob("*/"))) if r]
+    if not runs:
+        raise SystemExit(f"no finished runs (with test_metrics.json) in {runs_dir}; run an experiment first")
+    table = report_table(runs)
+    runfiles.write_text(runs_dir / "report.md", "# Experiments\n\nTest metrics of each run's best checkpoint "
+                        "(by validation IoU); per-image means, threshold 0.5.\n\n" + table
+                        + "\n![comparison](comparison.png)\n\n![test panel](test_panel.png)\n")
+    plot_comparison(runs, runs_dir / "comparison.png")
+    predictions, test = {}, None
+    for run in sorted(runs, key=lambda r: r["name"]):
+        model, config = load_checkpoint(run["dir"] / "best.pt")
+        test = data.load_split(data_dir, "test", config["image_size"], cache_dir)
+        pick = torch.randperm(len(test["images"]), generator=torch.Generator().manual_seed(0))[:n_images]
+        logits = predict_logits(lambda b: model(b[0]), [test["images"][pick]], 32, torch.device("cpu"))
+        if logits.shape[-1] != 128:  # runs at other sizes are shown at a common size
+            logits = torch.nn.functional.interpolate(logits, size=(128, 128), mode="bilinear")
+        predictions[run["name"]] = logits
+    test128 = data.load_split(data_dir, "test", 128, cache_dir)
+    save_panel(test128["images"][pick], test128["masks"][pick], predictions, runs_dir / "test_panel.png",
+               "test images: every experiment's prediction")
+    print(table + f"\nwrote {runs_dir}/report.md, comparison.png, test_panel.png")
+
+
+def lesion_stats(data_dir, split):
+    """Per-image statistics read from the full-size masks and image headers."""
+    stats = {"width": [], "height": [], "area_fraction": [], "touches_border": []}
+    for _, image_path, mask_path in tqdm(data.find_pairs(data_dir, split), desc=f"reading {split} masks"):
+        with Image.open(image_path) as im:
+            stats["width"].append(im.size[0])
+            stats["height"].append(im.size[1])
+        with Image.open(mask_path) as im:
+            mask = data.binarize_mask(np.asarray(im.convert("L") if im.mode == "P" else im))
+        stats["area_fraction"].append(float(mask.mean()))
+        edges = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+        stats["touches_border"].append(bool(edges.any()))
+    return stats
+
+
+def summarize_stats(stats):
+    area = np.array(stats["area_fraction"])
+    pixels = np.array(stats["width"], dtype=float) * np.array(stats["height"])
+    return {"n_images": len(area),
+            "image_sizes": sorted({f"{w}x{h}" for w, h in zip(stats["width"], stats["height"])}),
+            "lesion_area_fraction": {"mean": area.mean(), "median": float(np.median(area)),
+                                     "min": area.min(), "max": area.max()},
+            "foreground_pixel_fraction": float((area * pixels).sum() / pixels.sum()),
+            "lesions_touching_border": int(sum(stats["touches_border"])),
+            "lesions_touching_border_fraction": float(np.mean(stats["touches_border"]))}
+
+
+def eda(data_dir, out):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = {split: lesion_stats(data_dir, split) for split in data.SPLITS}
+    summary = {split: summarize_stats(s) for split, s in stats.items()}
+    runfiles.write_json(out / "eda.json", summary)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for split, s in stats.items():
+        left.hist(s["area_fraction"], bins=25, range=(0, 1), alpha=0.6, label=f"{split} ({len(s['width'])})")
+        right.scatter(s["width"], s["height"], s=8, alpha=0.5, label=split)
+    left.set(xlabel="lesion area / image area", ylabel="images", title="lesion size")
+    right.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
+    for ax in (left, right):
+        ax.legend()
+    save_figure(fig, out / "eda.png")
+    for split, s in summary.items():
+        print(f"{split}: {s['n_images']} images, mean lesion area {s['lesion_area_fraction']['mean']:.3f}, "
+              f"foreground pixels {s['foreground_pixel_fraction']:.3f}, "
+              f"{s['lesions_touching_border']} lesions touch the border")
+    print(f"wrote {out}/eda.json and eda.png")
+    return summary
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("report", help="compare every finished run in --runs")
+    r.add_argument("--runs", default="runs")
+    r.add_argument("--data-dir", default="data")
+    r.add_argument("--cache-dir", default="cache")
+    e = sub.add_parser("eda", help="statistics of the data set")
+    e.add_argument("--data-dir", default="data")
+    e.add_argument("--out", default="runs/eda")
+    c = sub.add_parser("curves", help="redraw curves.png of one run folder")
+    c.add_argument("run_dir")
+    args = parser.parse_args()
+    if args.command == "report":
+        report(args.runs, args.data_dir, args.cache_dir)
+    elif args.command == "eda":
+        eda(args.data_dir, args.out)
+    else:
+        plot_curves(runfiles.read_csv(Path(args.run_dir) / "history.csv"), Path(args.run_dir) / "curves.png",
+                    Path(args.run_dir).name)
+
+
+if __name__ == "__main__":
+    main()
