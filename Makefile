@@ -9,6 +9,10 @@ BATCH_SIZE ?= 32
 DEVICE ?= auto
 SEED ?= 0
 RUNS ?= runs
+CHECKPOINT ?= $(RUNS)/exp2-finetune/best.pt
+INPUT ?= $(DATA_DIR)/ISBI2016_ISIC_Part1_Test_Data
+OUT ?= predictions
+ONNX ?= model.onnx
 COMMON = --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHTS) --epochs $(EPOCHS) \
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) --seed $(SEED) --out $(RUNS)/$@ \
 	$(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
@@ -19,6 +23,11 @@ setup: .venv/installed
 .venv/installed: requirements.txt
 	$(PYTHON) -m venv .venv
 	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+# Optional: ONNX export and its check (onnx, onnxruntime). The tests use it too.
+.venv/export-installed: requirements-export.txt .venv/installed
+	$(PY) -m pip install -r requirements-export.txt
 	touch $@
 
 data: setup
@@ -44,5 +53,11 @@ report: setup
 eda: data
 	$(PY) visualize.py eda --data-dir $(DATA_DIR) --out $(RUNS)/eda
 
-test: setup
+predict: setup
+	$(PY) predict.py --checkpoint $(CHECKPOINT) $(INPUT) --out $(OUT) --overlay
+
+export: .venv/export-installed
+	$(PY) export.py --checkpoint $(CHECKPOINT) --out $(ONNX)
+
+test: setup .venv/export-installed
 	$(PY) -m pytest -q tests

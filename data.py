@@ -77,14 +77,18 @@ def binarize_mask(arr):
     return arr > 0 if top <= 1 else arr > top / 2
 
 
-def read_mask(path, size):
-    """Binary uint8 array (size, size) of 0/1, resized so it stays aligned with its image."""
+def read_binary_mask(path):
+    """Boolean array (height, width) of a mask file at its own size."""
     with Image.open(path) as im:
-        full_size = im.size
         im = im.convert("L") if im.mode in ("P", "PA", "LA", "1", "CMYK") else im
-        binary = binarize_mask(np.asarray(im))
+        return binarize_mask(np.asarray(im))
+
+
+def read_mask(path, size):
+    """Binary uint8 array (size, size) of 0/1, resized so it stays aligned with its image, and the original (w, h)."""
+    binary = read_binary_mask(path)
     small = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
-    return (np.asarray(small) > 127).astype(np.uint8), full_size
+    return (np.asarray(small) > 127).astype(np.uint8), (binary.shape[1], binary.shape[0])
 
 
 def decode_pair(args):
@@ -115,11 +119,13 @@ def cache_key(pairs, size):
 
 
 def load_split(data_dir, split, size, cache_dir="cache", workers=0):
-    """{'images': uint8 [N,3,S,S], 'masks': uint8 [N,1,S,S] of 0/1, 'ids': [str]}, from the cache when it is current."""
+    """{'images': uint8 [N,3,S,S], 'masks': uint8 [N,1,S,S] of 0/1, 'ids', 'mask_paths'}; decoded images come
+    from the cache when it is current."""
     pairs = find_pairs(data_dir, split)
     cache_file = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size)}.pt"
+    mask_paths = [str(p[2]) for p in pairs]  # not cached: the data folder may move
     if cache_file.exists():
-        return torch.load(cache_file, weights_only=True)
+        return {**torch.load(cache_file, weights_only=True), "mask_paths": mask_paths}
     jobs = [(image_path, mask_path, size) for _, image_path, mask_path in pairs]
     desc = f"decoding {split} images to {size}x{size}"
     if workers > 0:
@@ -138,7 +144,7 @@ def load_split(data_dir, split, size, cache_dir="cache", workers=0):
             "ids": [p[0] for p in pairs]}
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     runfiles.atomic_save(data, cache_file)
-    return data
+    return {**data, "mask_paths": mask_paths}
 
 
 def split_indices(n, val_fraction, seed):

@@ -7,6 +7,7 @@ import contextlib
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import data
 import runfiles
@@ -66,6 +67,59 @@ def evaluate(forward, inputs, masks, loss_name, batch_size, device, amp=True):
     return score(predict_logits(forward, inputs, batch_size, device, amp), masks, loss_name)
 
 
+@torch.no_grad()
+def predict_probs(model, images, batch_size, device, amp=True, tta=False):
+    """Lesion probabilities of uint8 images [N,3,S,S]. With tta: the mean over the image and its horizontal and
+    vertical flips, each prediction flipped back first."""
+    flips = [(), (-1,), (-2,)] if tta else [()]
+
+    def forward(batch):
+        return sum(model(batch[0].flip(f)).float().sigmoid().flip(f) for f in flips) / len(flips)
+    return predict_logits(forward, [images], batch_size, device, amp)
+
+
+def full_resolution_metrics(probs, mask_paths, threshold=0.5):
+    """Per-image metrics with each prediction upsampled (bilinear, on probabilities) to its ground-truth mask's
+    own size and thresholded there, as the ISIC challenges score; plus the pooled IoU over all pixels."""
+    per_image, tp, union = [], 0.0, 0.0
+    for p, path in zip(probs, mask_paths):
+        mask = torch.from_numpy(data.read_binary_mask(path))[None, None]
+        pred = F.interpolate(p[None].float(), size=mask.shape[-2:], mode="bilinear", align_corners=False) > threshold
+        per_image.append(per_image_metrics(pred, mask))
+        tp += (pred & mask).sum().item()
+        union += (pred | mask).sum().item()
+    return {k: torch.cat([m[k] for m in per_image]) for k in per_image[0]}, tp / max(union, 1)
+
+
+def pooled_iou(pred, masks):
+    """IoU of all pixels of all images together (not a per-image mean)."""
+    pred, masks = pred.bool(), masks.bool()
+    return (pred & masks).sum().item() / max((pred | masks).sum().item(), 1)
+
+
+def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True):
+    """Every test number of a model on a load_split() result: per-image means at model resolution (plain keys),
+    with 'tta_' for flip test-time augmentation and 'fullres_' at each mask's original size; 'pooled_iou' keys
+    pool all pixels. Returns (summary, per-image metrics)."""
+    logits = predict_logits(lambda b: model(b[0]), [split["images"]], batch_size, device, amp)
+    summary, per_image = score(logits, split["masks"], loss_name)
+    variants = {"": logits.sigmoid()}
+    if tta:
+        variants["tta_"] = predict_probs(model, split["images"], batch_size, device, amp, tta=True)
+    for prefix, probs in variants.items():
+        metrics = per_image if not prefix else per_image_metrics(probs > 0.5, split["masks"])
+        summary[f"{prefix}pooled_iou"] = pooled_iou(probs > 0.5, split["masks"])
+        if prefix:
+            summary.update({prefix + k: v.mean().item() for k, v in metrics.items()})
+            per_image.update({prefix + k: v for k, v in metrics.items()})
+        if full_res:
+            full, pooled = full_resolution_metrics(probs, split["mask_paths"])
+            summary.update({f"fullres_{prefix}{k}": v.mean().item() for k, v in full.items()})
+            summary[f"fullres_{prefix}pooled_iou"] = pooled
+            per_image.update({f"fullres_{prefix}{k}": v for k, v in full.items()})
+    return summary, per_image
+
+
 def write_results(run_dir, split, summary, per_image, ids):
     """<split>_metrics.json and <split>_per_image.csv in the run folder."""
     runfiles.write_json(Path(run_dir) / f"{split}_metrics.json", summary)
@@ -95,18 +149,22 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
     parser.add_argument("--workers", type=int, default=2, help="processes that decode JPEGs into the cache")
+    parser.add_argument("--full-res", action="store_true",
+                        help="also score at each mask's original size, as the ISIC challenge does (fullres_* keys)")
+    parser.add_argument("--tta", action="store_true", help="also score flip test-time augmentation (tta_* keys)")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
     model, config = load_checkpoint(args.checkpoint, device)
     split = data.load_split(args.data_dir, args.split, config["image_size"], args.cache_dir, args.workers)
-    summary, per_image = evaluate(lambda b: model(b[0]), [split["images"]], split["masks"], config["loss"],
-                                  args.batch_size, device, not config.get("no_amp", False))
+    summary, per_image = score_model(model, split, config["loss"], args.batch_size, device,
+                                      not config["no_amp"], args.tta, args.full_res)
     out = Path(args.out or Path(args.checkpoint).parent)
     out.mkdir(parents=True, exist_ok=True)
     write_results(out, args.split, summary, per_image, split["ids"])
-    print(f"{args.split}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "n_images")
-          + f" ({summary['n_images']} images) -> {out}/{args.split}_metrics.json")
+    print(f"{args.split} ({summary['n_images']} images): " + ", ".join(
+        f"{k} {summary[k]:.4f}" for k in ("loss", "iou", "dice", "tta_iou", "fullres_iou", "fullres_tta_iou")
+        if k in summary) + f" -> {out}/{args.split}_metrics.json")
 
 
 if __name__ == "__main__":

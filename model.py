@@ -93,7 +93,7 @@ class SegNet(nn.Module):
         return self.head(x)
 
     def forward(self, images):
-        if images.shape[-1] % 32 or images.shape[-2] % 32:
+        if not torch.jit.is_tracing() and (images.shape[-1] % 32 or images.shape[-2] % 32):
             raise ValueError(f"input size {tuple(images.shape[-2:])} must be divisible by 32")
         return self.decode(self.encode(images))
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 import data
 import runfiles
 import visualize
-from evaluate import autocast, evaluate, pick_device, predict_logits, write_results
+from evaluate import autocast, evaluate, pick_device, predict_logits, score_model, write_results
 from losses import LOSSES
 from model import SegNet
 
@@ -246,12 +246,11 @@ def main(argv=None):
     best = torch.load(out / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     model.eval()
-    summary, per_image = evaluate(lambda b: model(b[0]), [test["images"]], test["masks"], args.loss,
-                                  2 * args.batch_size, device, amp)
-    summary.update(best_epoch=best["epoch"], train_seconds=sum(h["seconds"] for h in history))
+    summary, per_image = score_model(model, test, args.loss, 2 * args.batch_size, device, amp)
     write_results(out, "test", summary, per_image, test["ids"])
-    print(f"test (best epoch {best['epoch']}): loss {summary['loss']:.4f}  IoU {summary['iou']:.4f}  "
-          f"Dice {summary['dice']:.4f}  ({summary['n_images']} images) -> {out}")
+    print(f"test (best epoch {best['epoch']}, {summary['n_images']} images): loss {summary['loss']:.4f}  "
+          f"IoU {summary['iou']:.4f}  Dice {summary['dice']:.4f}  with flip TTA: IoU {summary['tta_iou']:.4f}  "
+          f"at full resolution: IoU {summary['fullres_iou']:.4f} -> {out}/test_metrics.json")
     return summary
 
 

@@ -158,8 +158,7 @@ def lesion_stats(data_dir, split):
         with Image.open(image_path) as im:
             stats["width"].append(im.size[0])
             stats["height"].append(im.size[1])
-        with Image.open(mask_path) as im:
-            mask = data.binarize_mask(np.asarray(im.convert("L") if im.mode == "P" else im))
+        mask = data.read_binary_mask(mask_path)
         stats["area_fraction"].append(float(mask.mean()))
         edges = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
         stats["touches_border"].append(bool(edges.any()))

@@ -1,0 +1,60 @@
+"""Export a trained checkpoint to ONNX (dynamic batch size) and check it against PyTorch.
+
+    python export.py --checkpoint runs/exp2-finetune/best.pt --out model.onnx
+
+The ONNX model takes float32 RGB images [N,3,S,S] with values 0..255 (S: the checkpoint's image size) and
+returns logits [N,1,S,S]. The check needs onnxruntime (pip install -r requirements-export.txt).
+"""
+import argparse
+import warnings
+
+import numpy as np
+import torch
+
+from model import load_checkpoint
+
+
+def export(model, size, path):
+    example = torch.rand(2, 3, size, size) * 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        torch.onnx.export(model, (example,), path, input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+
+
+def check(model, size, path, batch_sizes=(1, 3), tolerance=1e-3):
+    """Largest absolute difference between ONNX Runtime's and PyTorch's logits over a few random inputs,
+    or None when onnxruntime is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for n in batch_sizes:
+        images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(n)) * 255
+        with torch.no_grad():
+            expected = model(images).numpy()
+        got = session.run(None, {"images": images.numpy()})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > tolerance:
+        raise SystemExit(f"ONNX output differs from PyTorch's by {worst:.2e} (> {tolerance})")
+    return worst
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by train.py")
+    parser.add_argument("--out", default="model.onnx")
+    args = parser.parse_args(argv)
+    model, config = load_checkpoint(args.checkpoint)
+    export(model, config["image_size"], args.out)
+    worst = check(model, config["image_size"], args.out)
+    if worst is None:
+        print(f"wrote {args.out}; not checked: onnxruntime is not installed (pip install -r requirements-export.txt)")
+    else:
+        print(f"wrote {args.out}; ONNX Runtime matches PyTorch within {worst:.1e} for batch sizes 1 and 3")
+
+
+if __name__ == "__main__":
+    main()

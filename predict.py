@@ -1,0 +1,97 @@
+"""Segment your own images with a trained checkpoint: one binary mask (0/255 PNG) per image, at the image's
+original width and height.
+
+    python predict.py --checkpoint runs/exp2-finetune/best.pt photos/ "more/*.jpg" --out masks --overlay
+"""
+import argparse
+import glob
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+import data
+from evaluate import pick_device, predict_probs
+from model import load_checkpoint
+
+
+def expand_inputs(inputs):
+    """Image files from files, folders (searched recursively) and glob patterns, expanded here so that quoted
+    patterns work on every OS. Raises SystemExit naming any input that matched nothing."""
+    found, unmatched = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in data.IMAGE_EXTS)
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True)
+                             if Path(p).suffix.lower() in data.IMAGE_EXTS)
+        found += matches
+        if not matches:
+            unmatched.append(item)
+    if unmatched:
+        raise SystemExit("no images found for: " + ", ".join(unmatched))
+    return list(dict.fromkeys(found))  # drop duplicates, keep order
+
+
+def outline(mask):
+    """Pixels on the boundary of a boolean mask (inside the mask, next to a pixel outside it)."""
+    padded = np.pad(mask, 1)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
+
+
+def save_overlay(image_path, mask, path):
+    """The image with the predicted lesion's contour drawn in red, thicker on large images so it stays visible."""
+    with Image.open(image_path) as im:
+        image = np.array(im.convert("RGB"))
+    edge = outline(mask)
+    for _ in range(min(image.shape[:2]) // 300):  # grow the contour by one pixel each way
+        p = np.pad(edge, 1)
+        edge = edge | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+    image[edge] = (255, 0, 0)
+    Image.fromarray(image).save(path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by train.py")
+    parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="lesion where probability > this")
+    parser.add_argument("--tta", action="store_true", help="average with horizontal and vertical flips")
+    parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png with the contour")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    args = parser.parse_args(argv)
+
+    device = pick_device(args.device)
+    model, config = load_checkpoint(args.checkpoint, device)
+    paths = expand_inputs(args.inputs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    size, amp = config["image_size"], not config["no_amp"]
+    for start in tqdm(range(0, len(paths), args.batch_size), desc=f"predicting {len(paths)} images"):
+        batch = paths[start:start + args.batch_size]
+        try:
+            decoded = [data.read_image(p, size) for p in batch]
+        except Exception as e:
+            raise SystemExit(f"cannot read an image in {[str(p) for p in batch]}: {e}") from None
+        images = torch.from_numpy(np.stack([d[0] for d in decoded])).permute(0, 3, 1, 2)
+        probs = predict_probs(model, images, args.batch_size, device, amp, args.tta)
+        for path, prob, (_, (width, height)) in zip(batch, probs, decoded):
+            full = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+            mask = (full > args.threshold).numpy()
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{path.stem}_segmentation.png")
+            if args.overlay:
+                save_overlay(path, mask, out / f"{path.stem}_overlay.png")
+    print(f"wrote {len(paths)} masks to {out}/")
+
+
+if __name__ == "__main__":
+    main()
