@@ -47,6 +47,9 @@ demo: setup
 	$(PY) train.py --data-dir $(RUNS)/demo-data --cache-dir $(RUNS)/demo-data/cache --encoder-weights none \
 		--image-size 64 --epochs 2 --batch-size 16 --device $(DEVICE) --out $(RUNS)/demo --overwrite
 
+bench: setup
+	$(PY) bench.py --device $(DEVICE)
+
 report: setup
 	$(PY) visualize.py report --runs $(RUNS) --data-dir $(DATA_DIR)
 

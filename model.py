@@ -15,7 +15,7 @@ STD = (0.229, 0.224, 0.225)
 # with 16, 24, 32, 96 and 1280 channels.
 TAPS = (1, 3, 6, 13, 18)
 TAP_CHANNELS = (16, 24, 32, 96, 1280)
-DECODER_WIDTHS = (96, 48, 32, 24, 16)  # outputs at 1/16, 1/8, 1/4, 1/2, 1/1
+DECODER_WIDTHS = (128, 64, 32, 16, 8)  # outputs at 1/16, 1/8, 1/4, 1/2, 1/1
 
 
 def load_encoder(weights):

@@ -21,7 +21,7 @@ import runfiles
 import visualize
 from evaluate import autocast, evaluate, pick_device, predict_logits, score_model, write_results
 from losses import LOSSES
-from model import SegNet
+from model import DECODER_WIDTHS, SegNet
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 # Flags that may differ when a run is resumed; every other flag is taken from the run's config.json.
@@ -43,7 +43,7 @@ def parse_args(argv=None):
     a("--no-feature-cache", action="store_true",
       help="with --freeze-encoder, run the encoder at every step instead of once per run (same results, slower)")
     a("--skips", action="store_true", help="feed encoder stages into the decoder (U-Net style skip connections)")
-    a("--decoder-widths", type=int, nargs=5, default=[96, 48, 32, 24, 16], metavar="C",
+    a("--decoder-widths", type=int, nargs=5, default=list(DECODER_WIDTHS), metavar="C",
       help="decoder channels at 1/16, 1/8, 1/4, 1/2 and full resolution")
     a("--loss", default="bce", choices=sorted(LOSSES), help="bce: BCEWithLogitsLoss; iou: soft Jaccard")
     a("--optimizer", default="adam", choices=["adam", "rmsprop"])
@@ -160,9 +160,10 @@ def main(argv=None):
         history, best_iou, start_epoch = last["history"], last["best_iou"], last["epoch"]
         print(f"resuming {out} after epoch {start_epoch}")
 
-    if device.type != "cpu":
+    if device.type != "cpu":  # the whole (small) training set lives on the GPU; test batches copy from pinned memory
         train_images, train_masks, val_images, val_masks = (
             t.to(device) for t in (train_images, train_masks, val_images, val_masks))
+        test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
     cached = args.freeze_encoder and not args.no_feature_cache
     if cached:  # a frozen encoder computes the same features every epoch: compute them once
         model.eval()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from losses import bce_loss
-from model import SegNet, load_checkpoint
+from model import DECODER_WIDTHS, SegNet, load_checkpoint
 
 
 @pytest.mark.parametrize("skips", [False, True])
@@ -48,7 +48,7 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="not a readable train.py checkpoint"):
         load_checkpoint(tmp_path / "broken.pt")
-    config = {"skips": False, "freeze_encoder": False, "decoder_widths": [96, 48, 32, 24, 16]}
+    config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS)}
     state = SegNet("none", skips=True).state_dict()  # weights of another configuration
     torch.save({"config": config, "model": state}, tmp_path / "other.pt")
     with pytest.raises(RuntimeError, match="does not match the model its config describes"):

@@ -10,7 +10,7 @@ import data
 import export
 import predict
 from evaluate import full_resolution_metrics, predict_probs, score_model
-from model import SegNet
+from model import DECODER_WIDTHS, SegNet
 
 BIG = 50.0
 
@@ -19,7 +19,7 @@ BIG = 50.0
 def checkpoint(synthetic, tmp_path_factory):
     """A checkpoint of an untrained model in the format train.py writes."""
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    config = {"skips": False, "freeze_encoder": False, "decoder_widths": [96, 48, 32, 24, 16],
+    config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS),
               "image_size": 64, "no_amp": False, "loss": "bce"}
     torch.manual_seed(0)
     torch.save({"config": config, "model": SegNet("none").state_dict()}, path)

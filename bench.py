@@ -1,0 +1,197 @@
+"""Measure speed on this machine's device: training (frozen encoder with and without the feature cache, full
+fine-tuning), inference, the decoder's cost against the encoder's, and building the image cache from JPEGs.
+Each number is printed beside the slower variant measured in the same run.
+
+    python bench.py                    # CPU or the best GPU present
+    python bench.py --device cuda --batch-size 64
+"""
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+import data
+from evaluate import autocast, pick_device
+from losses import bce_loss
+from model import SegNet
+
+
+def rate(step, n_images, device, seconds=4.0):
+    """Images per second of step(), after one warm-up call, over at least `seconds`."""
+    step()
+    sync(device)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        calls += 1
+    sync(device)
+    return calls * n_images / (time.perf_counter() - start)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def flops(fn):
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def line(name, fast, slow=None, slow_name="", unit="img/s"):
+    text = f"{name:<44} {fast:9.1f} {unit}"
+    if slow is not None:
+        text += f"   vs {slow_name}: {slow:9.1f} {unit}  ({fast / slow:.1f}x)"
+    print(text, flush=True)
+
+
+def bench_training(args, device):
+    n, size, amp = args.batch_size, args.image_size, not args.no_amp
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
+    masks = (torch.rand(n, 1, size, size, device=device) > 0.5).float()
+    results = {}
+    for skips in (False, True):
+        torch.manual_seed(0)
+        frozen = SegNet(args.encoder_weights, skips=skips, freeze_encoder=True).to(device).train()
+        optimizer = torch.optim.Adam(frozen.decoder_parameters())
+        with torch.no_grad(), autocast(device, amp):
+            feats = [f.float() for f in frozen.encode(images)]
+
+        def step(forward):
+            with autocast(device, amp):
+                loss = bce_loss(forward(), masks)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        def without_cache():
+            with torch.no_grad(), autocast(device, amp):
+                f = frozen.encode(images)
+            step(lambda: frozen.decode([x.float() for x in f]))
+        cached = rate(lambda: step(lambda: frozen.decode(feats)), n, device, args.seconds)
+        uncached = rate(without_cache, n, device, args.seconds)
+        tag = "with skips" if skips else "no skips"
+        line(f"train, frozen encoder, feature cache ({tag})", cached, uncached, "encoder every step")
+        results[skips] = cached
+
+    full = SegNet(args.encoder_weights).to(device).train()
+    optimizer = torch.optim.Adam(full.parameters())
+
+    def finetune():
+        with autocast(device, amp):
+            loss = bce_loss(full(images), masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    line("train, whole network fine-tuned (no skips)", rate(finetune, n, device, args.seconds), results[False],
+         "frozen + cache")
+
+    # Where the time goes: encoder and decoder, forward + backward each, and their FLOPs.
+    model = SegNet(args.encoder_weights).to(device).train()
+    feats = [f.detach().requires_grad_() for f in model.encode(images)]
+
+    def encoder_fb():
+        sum(f.float().mean() for f in model.encode(images)).backward()
+
+    def decoder_fb():
+        model.decode(feats).float().mean().backward()
+    enc, dec = rate(encoder_fb, n, device, args.seconds), rate(decoder_fb, n, device, args.seconds)
+    line("decoder forward+backward", dec, enc, "encoder forward+backward")
+    enc_flops = flops(lambda: model.encode(images[:1]))
+    dec_flops = flops(lambda: model.decode([f[:1].detach() for f in feats]))
+    print(f"{'FLOPs per image, forward':<44} decoder {dec_flops / 1e6:.0f} M, encoder {enc_flops / 1e6:.0f} M "
+          f"(decoder/encoder {dec_flops / enc_flops:.2f})")
+
+
+def bench_inference(args, device):
+    model = SegNet(args.encoder_weights).to(device).eval()
+    images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8,
+                           device=device)
+
+    def batched():
+        with torch.no_grad(), autocast(device, not args.no_amp):
+            model(images)
+
+    def one_by_one():
+        with torch.no_grad(), autocast(device, not args.no_amp):
+            for i in range(len(images)):
+                model(images[i:i + 1])
+    line(f"inference, batch {args.batch_size}", rate(batched, len(images), device, args.seconds),
+         rate(one_by_one, len(images), device, args.seconds), "one image at a time")
+
+
+def bench_data_cache(args):
+    """Decoding large JPEGs into the uint8 cache: ours (JPEG draft mode, worker processes) against a full-size
+    decode and resize, and loading the finished cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rng = np.random.default_rng(0)
+        for split in data.SPLITS:
+            for folder in data.SPLITS[split]:
+                (root / folder).mkdir()
+            for i in range(args.cache_images):
+                image_id = f"ISIC_{split[:2]}{i:05d}"
+                noise = rng.integers(0, 255, (768 // 8, 1024 // 8, 3), dtype=np.uint8)
+                Image.fromarray(noise).resize((1024, 768), Image.BICUBIC).save(
+                    root / data.SPLITS[split][0] / f"{image_id}.jpg", quality=90)
+                Image.fromarray((noise[..., 0] > 128).astype(np.uint8) * 255).resize((1024, 768)).save(
+                    root / data.SPLITS[split][1] / f"{image_id}{data.MASK_SUFFIX}")
+        pairs = data.find_pairs(root, "train")
+
+        start = time.perf_counter()
+        for _, image_path, _ in pairs:
+            with Image.open(image_path) as im:
+                np.asarray(im.convert("RGB").resize((args.image_size, args.image_size), Image.BILINEAR))
+        naive = len(pairs) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for _, image_path, _ in pairs:
+            data.read_image(image_path, args.image_size)
+        draft = len(pairs) / (time.perf_counter() - start)
+        line("JPEG 1024x768 decode+resize, draft mode", draft, naive, "full decode", "img/s")
+
+        start = time.perf_counter()
+        data.load_split(root, "train", args.image_size, root / "cache", workers=args.workers)
+        build = len(pairs) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        data.load_split(root, "train", args.image_size, root / "cache")
+        load = len(pairs) / (time.perf_counter() - start)
+        line(f"build cache (images+masks, {args.workers} workers)", build, naive, "full decode, 1 process",
+             "img/s")
+        line("load the finished cache", load, build, "building it", "img/s")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--encoder-weights", default="none", help="weights do not change speed; 'none' needs no file")
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per number")
+    parser.add_argument("--cache-images", type=int, default=48, help="synthetic 1024x768 JPEGs for the cache test")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device {device} ({name}), {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+          f"batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+          f"mixed precision {'off' if args.no_amp or device.type == 'cpu' else 'on'}")
+    bench_training(args, device)
+    bench_inference(args, device)
+    bench_data_cache(args)
+
+
+if __name__ == "__main__":
+    main()
