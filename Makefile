@@ -42,6 +42,12 @@ exp1-iou: data
 exp2-finetune: data
 	$(PY) train.py $(COMMON) --loss bce --optimizer adam --lr 1e-4
 
+# Beyond the report (README, "Beyond the report"): skip connections, BCE + Dice, a lower encoder learning rate,
+# warm-up and cosine decay.
+best: data
+	$(PY) train.py $(COMMON) --skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.1 \
+		--schedule cosine --warmup-epochs 1
+
 demo: setup
 	$(PY) data.py --synthetic $(RUNS)/demo-data
 	$(PY) train.py --data-dir $(RUNS)/demo-data --cache-dir $(RUNS)/demo-data/cache --encoder-weights none \

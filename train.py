@@ -194,17 +194,18 @@ def main(argv=None):
                 data_seconds += time.perf_counter() - t0
                 with autocast(device, amp):
                     loss = LOSSES[args.loss](forward(batch), masks)
-                if not torch.isfinite(loss):
+                value = loss.item()  # the one host-device sync of a step
+                if not math.isfinite(value):
                     raise FloatingPointError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}. {out}/last.pt holds the "
+                        f"loss is {value} at epoch {epoch + 1}, step {step + 1}. {out}/last.pt holds the "
                         f"last good epoch. Try a lower --lr (now {args.lr}) or --no-amp.")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                total_loss += loss.item() * len(idx)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                total_loss += value * len(idx)
+                bar.set_postfix(loss=f"{value:.4f}")
             model.eval()
             val, _ = evaluate(forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)
             seconds = time.perf_counter() - started
@@ -229,7 +230,8 @@ def main(argv=None):
                                      out / f"panel_epoch{epoch + 1:03d}.png", f"{out.name}, epoch {epoch + 1}")
             print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {history[-1]['train_loss']:.4f}  "
                   f"val loss {val['loss']:.4f}  val IoU {val['iou']:.4f}  val Dice {val['dice']:.4f}  "
-                  f"{seconds:.0f}s (data {100 * data_seconds / seconds:.1f}%)" + ("  *best" if is_best else ""), flush=True)
+                  f"{seconds:.0f}s (data {100 * data_seconds / seconds:.1f}%)" + ("  *best" if is_best else ""),
+                  flush=True)
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else 0
         kept = f"{out}/last.pt holds epoch {done}" if done else "no epoch had finished"

@@ -86,17 +86,20 @@ def read_run(run_dir):
 
 def report_table(runs):
     """Markdown table comparing finished runs (ordered by name), with the reference report beside ours."""
-    lines = ["| experiment | loss | optimizer | encoder | epochs | test loss | test IoU | test Dice | "
-             "reference IoU | reference Dice | training time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    def number(value):
+        return "-" if value is None else f"{value:.4f}"
+    lines = ["| experiment | loss | optimizer | encoder | epochs | test loss | test IoU | test Dice | IoU, TTA | "
+             "IoU, full res | Dice, full res | reference IoU | reference Dice | training time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in sorted(runs, key=lambda r: r["name"]):
         c, t = run["config"], run["test"]
-        ref = REFERENCE.get(run["name"])
+        ref = REFERENCE.get(run["name"], (None, None))
+        encoder = ("frozen" if c["freeze_encoder"] else "fine-tuned") + (" + skips" if c.get("skips") else "")
         minutes = sum(h["seconds"] for h in run["history"]) / 60
-        lines.append(f"| {run['name']} | {c['loss']} | {c['optimizer']} | "
-                     f"{'frozen' if c['freeze_encoder'] else 'fine-tuned'} | {len(run['history'])} | "
-                     f"{t['loss']:.4f} | {t['iou']:.4f} | {t['dice']:.4f} | "
-                     f"{f'{ref[0]:.4f}' if ref else '-'} | {f'{ref[1]:.4f}' if ref else '-'} | {minutes:.1f} min |")
+        cells = [run["name"], c["loss"], c["optimizer"], encoder, str(len(run["history"])), number(t["loss"]),
+                 number(t["iou"]), number(t["dice"]), number(t.get("tta_iou")), number(t.get("fullres_iou")),
+                 number(t.get("fullres_dice")), number(ref[0]), number(ref[1]), f"{minutes:.1f} min"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

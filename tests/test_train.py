@@ -99,3 +99,22 @@ def test_interrupted_run_resumes_to_the_same_result(synthetic, tmp_path):
     test_whole, test_resumed = (json.loads((tmp_path / r / "test_metrics.json").read_text())
                                 for r in ("whole", "interrupted"))
     assert test_resumed == test_whole
+
+
+def test_learning_rate_schedule():
+    assert train.lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)  # warm-up starts low
+    assert train.lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert train.lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)  # half-way through the decay
+    assert train.lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0)
+    assert train.lr_factor(99, 100, 0, "constant") == 1.0
+
+
+def test_fine_tuning_gives_the_encoder_a_scaled_learning_rate(synthetic, tmp_path):
+    import torch
+    out = tmp_path / "run"
+    train.main(train_args(synthetic[0], out, "--skips", "--loss", "bce+dice", "--schedule", "cosine",
+                          "--warmup-epochs", "0.5", "--encoder-lr-scale", "0.1", "--epochs", "2"))
+    groups = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert groups[0]["initial_lr"] == pytest.approx(0.1 * groups[1]["initial_lr"])
+    history = runfiles.read_csv(out / "history.csv")
+    assert history[0]["lr"] > history[1]["lr"] and history[1]["lr"] == pytest.approx(0, abs=1e-9)
