@@ -56,6 +56,7 @@ def predict_logits(forward, inputs, batch_size, device, amp=True):
 
 def score(logits, masks, loss_name):
     """({'loss', 'iou', 'dice', ..., 'n_images'}, per-image metrics) of logits against masks; threshold logit > 0."""
+    masks = masks.to(logits.device)
     per_image = per_image_metrics(logits > 0, masks)
     summary = {"loss": LOSSES[loss_name](logits, masks).item(), "n_images": len(masks)}
     summary.update({k: v.mean().item() for k, v in per_image.items()})
@@ -78,17 +79,22 @@ def predict_probs(model, images, batch_size, device, amp=True, tta=False):
     return predict_logits(forward, [images], batch_size, device, amp)
 
 
-def full_resolution_metrics(probs, mask_paths, threshold=0.5):
-    """Per-image metrics with each prediction upsampled (bilinear, on probabilities) to its ground-truth mask's
-    own size and thresholded there, as the ISIC challenges score; plus the pooled IoU over all pixels."""
-    per_image, tp, union = [], 0.0, 0.0
-    for p, path in zip(probs, mask_paths):
+def full_resolution_metrics(variants, mask_paths, threshold=0.5):
+    """{name: (per-image metrics, pooled IoU)} for each {name: probabilities [N,1,S,S]}, every prediction
+    upsampled (bilinear, on probabilities) to its ground-truth mask's own size and thresholded there, as the ISIC
+    challenges score. Each mask file is read once."""
+    per_image = {name: [] for name in variants}
+    counts = {name: [0, 0] for name in variants}  # pooled intersection, union
+    for i, path in enumerate(mask_paths):
         mask = torch.from_numpy(data.read_binary_mask(path))[None, None]
-        pred = F.interpolate(p[None].float(), size=mask.shape[-2:], mode="bilinear", align_corners=False) > threshold
-        per_image.append(per_image_metrics(pred, mask))
-        tp += (pred & mask).sum().item()
-        union += (pred | mask).sum().item()
-    return {k: torch.cat([m[k] for m in per_image]) for k in per_image[0]}, tp / max(union, 1)
+        for name, probs in variants.items():
+            up = F.interpolate(probs[i:i + 1].float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
+            pred = up > threshold
+            per_image[name].append(per_image_metrics(pred, mask))
+            counts[name][0] += (pred & mask).sum().item()
+            counts[name][1] += (pred | mask).sum().item()
+    return {name: ({k: torch.cat([m[k] for m in rows]) for k in rows[0]}, counts[name][0] / max(counts[name][1], 1))
+            for name, rows in per_image.items()}
 
 
 def pooled_iou(pred, masks):
@@ -99,25 +105,28 @@ def pooled_iou(pred, masks):
 
 def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True):
     """Every test number of a model on a load_split() result: per-image means at model resolution (plain keys),
-    with 'tta_' for flip test-time augmentation and 'fullres_' at each mask's original size; 'pooled_iou' keys
-    pool all pixels. Returns (summary, per-image metrics)."""
+    'tta_' keys with flip test-time augmentation, 'fullres_' keys at each mask's original size, and 'pooled_iou'
+    keys over all pixels together. Returns (summary, per-image metrics)."""
+    masks = split["masks"]
     logits = predict_logits(lambda b: model(b[0]), [split["images"]], batch_size, device, amp)
-    summary, per_image = score(logits, split["masks"], loss_name)
+    summary, per_image = score(logits, masks, loss_name)
     variants = {"": logits.sigmoid()}
     if tta:
         variants["tta_"] = predict_probs(model, split["images"], batch_size, device, amp, tta=True)
+        add_metrics(summary, per_image, "tta_", per_image_metrics(variants["tta_"] > 0.5, masks))
     for prefix, probs in variants.items():
-        metrics = per_image if not prefix else per_image_metrics(probs > 0.5, split["masks"])
-        summary[f"{prefix}pooled_iou"] = pooled_iou(probs > 0.5, split["masks"])
-        if prefix:
-            summary.update({prefix + k: v.mean().item() for k, v in metrics.items()})
-            per_image.update({prefix + k: v for k, v in metrics.items()})
-        if full_res:
-            full, pooled = full_resolution_metrics(probs, split["mask_paths"])
-            summary.update({f"fullres_{prefix}{k}": v.mean().item() for k, v in full.items()})
+        summary[f"{prefix}pooled_iou"] = pooled_iou(probs > 0.5, masks)
+    if full_res:
+        for prefix, (metrics, pooled) in full_resolution_metrics(variants, split["mask_paths"]).items():
+            add_metrics(summary, per_image, f"fullres_{prefix}", metrics)
             summary[f"fullres_{prefix}pooled_iou"] = pooled
-            per_image.update({f"fullres_{prefix}{k}": v for k, v in full.items()})
     return summary, per_image
+
+
+def add_metrics(summary, per_image, prefix, metrics):
+    """Put per-image `metrics` and their means under prefixed keys."""
+    per_image.update({prefix + k: v for k, v in metrics.items()})
+    summary.update({prefix + k: v.mean().item() for k, v in metrics.items()})
 
 
 def write_results(run_dir, split, summary, per_image, ids):

@@ -29,10 +29,12 @@ RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "resume", "
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     a = p.add_argument
-    a("--data-dir", default="data", help="ISIC 2016 Part 1 folder in the official layout (default: data)")
-    a("--cache-dir", default="cache", help="where decoded images are cached between runs (default: cache)")
+    a("--data-dir", default="data", help="ISIC 2016 Part 1 folder in the official layout")
+    a("--cache-dir", default="cache", help="where decoded images are cached between runs")
     a("--out", default="runs/train", help="run folder for config, history, checkpoints, metrics and plots")
     a("--encoder-weights", default="imagenet",
       help="'imagenet' (torchvision download), 'none' (random), or a MobileNetV2 state_dict file")
@@ -45,15 +47,16 @@ def parse_args(argv=None):
     a("--skips", action="store_true", help="feed encoder stages into the decoder (U-Net style skip connections)")
     a("--decoder-widths", type=int, nargs=5, default=list(DECODER_WIDTHS), metavar="C",
       help="decoder channels at 1/16, 1/8, 1/4, 1/2 and full resolution")
-    a("--loss", default="bce", choices=sorted(LOSSES), help="bce: BCEWithLogitsLoss; iou: soft Jaccard")
-    a("--optimizer", default="adam", choices=["adam", "rmsprop"])
+    a("--loss", default="bce", choices=sorted(LOSSES),
+      help="bce: BCEWithLogitsLoss; iou: soft Jaccard; bce+dice: BCE plus soft Dice")
+    a("--optimizer", default="adam", choices=["adam", "rmsprop"], help="Adam or RMSprop (PyTorch defaults otherwise)")
     a("--lr", type=float, default=1e-3, help="learning rate (of the decoder when --encoder-lr-scale is set)")
     a("--encoder-lr-scale", type=float, default=1.0, help="encoder learning rate = lr x this, when fine-tuning")
-    a("--weight-decay", type=float, default=0.0)
+    a("--weight-decay", type=float, default=0.0, help="L2 penalty of the optimizer")
     a("--schedule", default="constant", choices=["constant", "cosine"], help="learning rate over the run")
     a("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up before the schedule")
-    a("--epochs", type=int, default=15)
-    a("--batch-size", type=int, default=32)
+    a("--epochs", type=int, default=15, help="passes over the augmented training set")
+    a("--batch-size", type=int, default=32, help="images per optimizer step")
     a("--seed", type=int, default=0, help="seeds the split, augmentation, initialisation and batch order")
     a("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, then mps, then cpu")
     a("--workers", type=int, default=2, help="processes that decode JPEGs when the cache is built")

@@ -51,10 +51,12 @@ def test_full_resolution_metrics_score_at_the_masks_own_size(tmp_path):
     Image.fromarray(mask).save(tmp_path / "m.png")
     probs = torch.zeros(1, 1, 4, 4)
     probs[..., :2] = 1.0  # left half at model resolution
-    per_image, pooled = full_resolution_metrics(probs, [tmp_path / "m.png"])
+    wider = probs.clone()
+    wider[..., 2] = 1.0  # three quarters predicted, the edge blurred by bilinear upsampling
+    results = full_resolution_metrics({"half": probs, "wider": wider}, [tmp_path / "m.png"])
+    per_image, pooled = results["half"]
     assert per_image["iou"].item() == 1 and pooled == 1
-    probs[..., 2] = 1.0  # three quarters predicted: IoU 1/2 ... blurred by bilinear upsampling at the edge
-    per_image, pooled = full_resolution_metrics(probs, [tmp_path / "m.png"])
+    per_image, pooled = results["wider"]
     assert 0.6 < per_image["iou"].item() < 0.8 and math.isclose(pooled, per_image["iou"].item())
 
 

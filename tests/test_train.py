@@ -68,6 +68,16 @@ def test_non_finite_loss_stops_with_advice(synthetic, tmp_path, monkeypatch):
         train.main(train_args(synthetic[0], tmp_path / "run"))
 
 
+def test_out_of_memory_names_the_batch_size(synthetic, tmp_path, monkeypatch):
+    import torch
+
+    def oom(logits, masks):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setitem(train.LOSSES, "bce", oom)
+    with pytest.raises(SystemExit, match="memory at batch size 16.*--batch-size"):
+        train.main(train_args(synthetic[0], tmp_path / "run"))
+
+
 @pytest.mark.parametrize("flags, message", [(["--image-size", "100"], "not divisible by 32"),
                                             (["--loss", "dice"], "invalid choice"),
                                             (["--optimizer", "sgd"], "invalid choice")])
