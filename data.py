@@ -221,7 +221,12 @@ def download(data_dir):
                 def hook(blocks, block_size, total):
                     bar.total = total
                     bar.update(blocks * block_size - bar.n)
-                urllib.request.urlretrieve(URL + archive.name, archive.with_suffix(".part"), hook)
+                try:
+                    urllib.request.urlretrieve(URL + archive.name, archive.with_suffix(".part"), hook)
+                except OSError as e:
+                    raise SystemExit(f"could not download {URL + archive.name}: {e}\nDownload and unzip the four "
+                                     f"ISIC 2016 Part 1 archives into {data_dir} by hand, or point DATA_DIR "
+                                     "(--data-dir) at a copy that is already there.") from None
             archive.with_suffix(".part").rename(archive)
         with zipfile.ZipFile(archive) as z:
             z.extractall(data_dir)

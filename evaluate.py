@@ -3,6 +3,7 @@
     python evaluate.py --checkpoint runs/exp1-bce/best.pt --data-dir ../shared/isic2016
 """
 import argparse
+import sys
 import contextlib
 from pathlib import Path
 
@@ -177,4 +178,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from model import USER_ERRORS
+    try:
+        main()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")

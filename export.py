@@ -6,12 +6,13 @@ The ONNX model takes float32 RGB images [N,3,S,S] with values 0..255 (S: the che
 returns logits [N,1,S,S]. The check needs onnxruntime (pip install -r requirements-export.txt).
 """
 import argparse
+import sys
 import warnings
 
 import numpy as np
 import torch
 
-from model import load_checkpoint
+from model import USER_ERRORS, load_checkpoint
 
 
 def export(model, size, path):
@@ -57,4 +58,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
+from data import DataError
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # Indices into mobilenet_v2().features after which the resolution is 1/2, 1/4, 1/8, 1/16 and 1/32,
@@ -18,13 +20,21 @@ TAP_CHANNELS = (16, 24, 32, 96, 1280)
 DECODER_WIDTHS = (128, 64, 32, 16, 8)  # outputs at 1/16, 1/8, 1/4, 1/2, 1/1
 
 
+class ModelFileError(RuntimeError):
+    """Weights or a checkpoint that cannot be had or used; the message says what to do."""
+
+
+# What the command-line scripts report as a message instead of a traceback.
+USER_ERRORS = (DataError, ModelFileError, FileNotFoundError)
+
+
 def load_encoder(weights):
     """torchvision MobileNetV2 `features`: weights is 'imagenet' (torchvision download), 'none', or a state_dict file."""
     if weights == "imagenet":
         try:
             net = mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1)
         except Exception as e:  # no internet, proxy, ...
-            raise RuntimeError(f"could not download torchvision's ImageNet MobileNetV2 weights ({e}). "
+            raise ModelFileError(f"could not download torchvision's ImageNet MobileNetV2 weights ({e}). "
                                "Offline, pass a local state_dict: --encoder-weights path/to/mobilenet_v2.pth "
                                "(make ... ENCODER_WEIGHTS=...)") from None
         return net.features
@@ -115,10 +125,10 @@ def load_checkpoint(path, device="cpu"):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         config, state = ckpt["config"], ckpt["model"]
     except Exception as e:
-        raise RuntimeError(f"checkpoint {path} is not a readable train.py checkpoint ({e})") from None
+        raise ModelFileError(f"checkpoint {path} is not a readable train.py checkpoint ({e})") from None
     model = build_model(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise RuntimeError(f"checkpoint {path} does not match the model its config describes: {e}") from None
+        raise ModelFileError(f"checkpoint {path} does not match the model its config describes: {e}") from None
     return model.to(device).eval(), config

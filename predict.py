@@ -4,6 +4,7 @@ original width and height.
     python predict.py --checkpoint runs/exp2-finetune/best.pt photos/ "more/*.jpg" --out masks --overlay
 """
 import argparse
+import sys
 import glob
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 import data
 from evaluate import pick_device, predict_probs
-from model import load_checkpoint
+from model import USER_ERRORS, load_checkpoint
 
 
 def expand_inputs(inputs):
@@ -94,4 +95,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")

@@ -21,7 +21,7 @@ import runfiles
 import visualize
 from evaluate import autocast, evaluate, pick_device, predict_logits, score_model, write_results
 from losses import LOSSES
-from model import DECODER_WIDTHS, SegNet
+from model import DECODER_WIDTHS, USER_ERRORS, SegNet
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 # Flags that may differ when a run is resumed; every other flag is taken from the run's config.json.
@@ -127,7 +127,6 @@ def main(argv=None):
     if last:  # a resumed run keeps its own configuration
         args = argparse.Namespace(**{**last["config"], **{k: getattr(args, k) for k in RESUMABLE}})
     config = vars(args)
-    runfiles.write_json(out / "config.json", config)
     device = pick_device(args.device)
     amp = not args.no_amp
     if device.type == "cuda":
@@ -148,6 +147,7 @@ def main(argv=None):
     model = SegNet(args.encoder_weights, args.skips, args.freeze_encoder, tuple(args.decoder_widths)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    runfiles.write_json(out / "config.json", config)  # only now: bad data or weights leave no half-made run
     optimizer = make_optimizer(model, args)
     steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
@@ -261,4 +261,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    try:
+        main()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")

@@ -7,6 +7,7 @@
 train.py calls plot_curves() every epoch and save_panel() every few epochs.
 """
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -226,4 +227,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from model import USER_ERRORS
+    try:
+        main()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")

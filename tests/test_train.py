@@ -128,3 +128,12 @@ def test_fine_tuning_gives_the_encoder_a_scaled_learning_rate(synthetic, tmp_pat
     assert groups[0]["initial_lr"] == pytest.approx(0.1 * groups[1]["initial_lr"])
     history = runfiles.read_csv(out / "history.csv")
     assert history[0]["lr"] > history[1]["lr"] and history[1]["lr"] == pytest.approx(0, abs=1e-9)
+
+
+def test_command_line_reports_bad_data_as_a_message_not_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "--data-dir", str(tmp_path / "nowhere"),
+                             "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Missing folder(s)") and "Traceback" not in result.stderr
+    assert "make data" in result.stderr
+    assert not (tmp_path / "run" / "config.json").exists()  # nothing to --overwrite after fixing the path
