@@ -9,7 +9,7 @@ BATCH_SIZE ?= 32
 DEVICE ?= auto
 SEED ?= 0
 RUNS ?= runs
-CHECKPOINT ?= $(RUNS)/exp2-finetune/best.pt
+CHECKPOINT ?= $(RUNS)/best/best.pt
 INPUT ?= $(DATA_DIR)/ISBI2016_ISIC_Part1_Test_Data
 OUT ?= predictions
 ONNX ?= model.onnx
@@ -48,10 +48,11 @@ best: data
 	$(PY) train.py $(COMMON) --skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.1 \
 		--schedule cosine --warmup-epochs 1
 
+# Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup
-	$(PY) data.py --synthetic $(RUNS)/demo-data
-	$(PY) train.py --data-dir $(RUNS)/demo-data --cache-dir $(RUNS)/demo-data/cache --encoder-weights none \
-		--image-size 64 --epochs 2 --batch-size 16 --device $(DEVICE) --out $(RUNS)/demo --overwrite
+	$(PY) data.py --synthetic demo/data
+	$(PY) train.py --data-dir demo/data --cache-dir demo/cache --encoder-weights none \
+		--image-size 64 --epochs 2 --batch-size 16 --device $(DEVICE) --out demo/run --overwrite
 
 bench: setup
 	$(PY) bench.py --device $(DEVICE)

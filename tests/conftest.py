@@ -13,9 +13,9 @@ REAL_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
 
 
 @pytest.fixture(scope="session")
-def synthetic():
+def synthetic(tmp_path_factory):
     """(data_dir, {id: lesion area fraction}) of a small synthetic ISIC-layout data set, shared by tests."""
-    root = Path(__import__("tempfile").mkdtemp(prefix="isic-synthetic-"))
+    root = tmp_path_factory.mktemp("isic-synthetic")
     areas = data.write_synthetic(root, n_train=40, n_test=12, seed=1)
     return root, areas
 
