@@ -52,7 +52,7 @@ best: data
 demo: setup
 	$(PY) data.py --synthetic demo/data
 	$(PY) train.py --data-dir demo/data --cache-dir demo/cache --encoder-weights none \
-		--image-size 64 --epochs 2 --batch-size 16 --device $(DEVICE) --out demo/run --overwrite
+		--image-size 64 --epochs 2 --batch-size 8 --lr 2e-3 --device $(DEVICE) --out demo/run --overwrite
 
 bench: setup
 	$(PY) bench.py --device $(DEVICE)

@@ -241,7 +241,7 @@ if __name__ == "__main__":
     parser.add_argument("--synthetic", metavar="DIR", help="write a small synthetic data set to DIR and exit")
     args = parser.parse_args()
     if args.synthetic:
-        write_synthetic(args.synthetic)
+        write_synthetic(args.synthetic, n_train=160, n_test=32)
         args.data_dir = args.synthetic
     elif args.download:
         download(args.data_dir)
