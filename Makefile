@@ -50,6 +50,7 @@ best: data
 
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup
+	rm -rf demo
 	$(PY) data.py --synthetic demo/data
 	$(PY) train.py --data-dir demo/data --cache-dir demo/cache --encoder-weights none \
 		--image-size 64 --epochs 2 --batch-size 8 --lr 2e-3 --device $(DEVICE) --out demo/run --overwrite
