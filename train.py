@@ -24,8 +24,8 @@ from losses import LOSSES
 from model import DECODER_WIDTHS, USER_ERRORS, SegNet
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
-# Flags that may differ when a run is resumed; every other flag is taken from the run's config.json.
-RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "resume", "overwrite", "compile")
+# Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
+RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile")
 
 
 def parse_args(argv=None):
@@ -66,11 +66,13 @@ def parse_args(argv=None):
     a("--resume", action="store_true", help="continue the run in --out from its last.pt")
     a("--overwrite", action="store_true", help="replace an existing run in --out")
     args = p.parse_args(argv)
+    tokens = {t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv)}
+    given = {a.dest for a in p._actions if tokens & set(a.option_strings)}
     if args.image_size % 32:
         p.error(f"--image-size {args.image_size} is not divisible by 32 (the encoder downsamples 32x); try 128 or 160")
     if not 0 < args.val_fraction < 1:
         p.error("--val-fraction must be between 0 and 1")
-    return args
+    return args, given
 
 
 def prepare_run_dir(args):
@@ -121,11 +123,12 @@ def encode_all(model, images, batch_size, device, amp):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args, given = parse_args(argv)
     out = prepare_run_dir(args)
     last = torch.load(out / "last.pt", map_location="cpu", weights_only=True) if args.resume else None
     if last:  # a resumed run keeps its own configuration
-        args = argparse.Namespace(**{**last["config"], **{k: getattr(args, k) for k in RESUMABLE}})
+        changed = {k: getattr(args, k) for k in RESUMABLE if k in given}  # e.g. more --epochs, another --device
+        args = argparse.Namespace(**{**last["config"], **changed, "resume": True, "overwrite": False})
     config = vars(args)
     device = pick_device(args.device)
     amp = not args.no_amp

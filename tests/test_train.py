@@ -137,3 +137,13 @@ def test_command_line_reports_bad_data_as_a_message_not_a_traceback(tmp_path):
     assert result.stderr.startswith("error: Missing folder(s)") and "Traceback" not in result.stderr
     assert "make data" in result.stderr
     assert not (tmp_path / "run" / "config.json").exists()  # nothing to --overwrite after fixing the path
+
+
+def test_resume_takes_the_runs_own_flags_and_can_extend_it(synthetic, tmp_path):
+    out = tmp_path / "run"
+    train.main(train_args(synthetic[0], out))
+    train.main(["--out", str(out), "--resume", "--epochs", "2"])  # data, size, weights... come from config.json
+    history = runfiles.read_csv(out / "history.csv")
+    config = runfiles.read_json(out / "config.json")
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert config["image_size"] == 64 and config["epochs"] == 2 and config["data_dir"] == str(synthetic[0])
