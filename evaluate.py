@@ -3,8 +3,8 @@
     python evaluate.py --checkpoint runs/exp1-bce/best.pt --data-dir ../shared/isic2016
 """
 import argparse
-import sys
 import contextlib
+import sys
 from pathlib import Path
 
 import torch
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import data
 import runfiles
 from losses import LOSSES
+from model import USER_ERRORS, load_checkpoint
 
 
 def per_image_metrics(pred, masks):
@@ -148,8 +149,6 @@ def pick_device(name):
 
 
 def main(argv=None):
-    from model import load_checkpoint
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train.py")
     parser.add_argument("--data-dir", default="data", help="ISIC 2016 Part 1 folder (default: data)")
@@ -178,7 +177,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from model import USER_ERRORS
     try:
         main()
     except USER_ERRORS as e:

@@ -35,8 +35,8 @@ def load_encoder(weights):
             net = mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1)
         except Exception as e:  # no internet, proxy, ...
             raise ModelFileError(f"could not download torchvision's ImageNet MobileNetV2 weights ({e}). "
-                               "Offline, pass a local state_dict: --encoder-weights path/to/mobilenet_v2.pth "
-                               "(make ... ENCODER_WEIGHTS=...)") from None
+                                 "Offline, pass a local state_dict: --encoder-weights path/to/mobilenet_v2.pth "
+                                 "(make ... ENCODER_WEIGHTS=...)") from None
         return net.features
     net = mobilenet_v2()
     if weights != "none":

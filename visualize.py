@@ -21,6 +21,8 @@ from tqdm import tqdm  # noqa: E402
 
 import data  # noqa: E402
 import runfiles  # noqa: E402
+from evaluate import predict_logits  # noqa: E402
+from model import USER_ERRORS, load_checkpoint  # noqa: E402
 
 # Test IoU / Dice of the reference report, by experiment.
 REFERENCE = {"exp1-bce": (0.7585, 0.8025), "exp1-iou": (0.7724, 0.8154), "exp2-finetune": (0.7659, 0.8094)}
@@ -128,9 +130,6 @@ def plot_comparison(runs, path):
 
 def report(runs_dir, data_dir, cache_dir, n_images=6):
     """runs/report.md, runs/comparison.png and runs/test_panel.png from every finished run in runs_dir."""
-    from evaluate import predict_logits
-    from model import load_checkpoint
-
     runs_dir = Path(runs_dir)
     runs = [r for r in map(read_run, sorted(runs_dir.glob("*/"))) if r]
     if not runs:
@@ -227,7 +226,6 @@ def main():
 
 
 if __name__ == "__main__":
-    from model import USER_ERRORS
     try:
         main()
     except USER_ERRORS as e:

@@ -10,7 +10,7 @@ import data
 import export
 import predict
 from evaluate import full_resolution_metrics, predict_probs, score_model
-from model import DECODER_WIDTHS, SegNet
+from model import DECODER_WIDTHS, SegNet, load_checkpoint
 
 BIG = 50.0
 
@@ -61,7 +61,6 @@ def test_full_resolution_metrics_score_at_the_masks_own_size(tmp_path):
 
 
 def test_score_model_reports_every_variant(synthetic, checkpoint, tmp_path):
-    from model import load_checkpoint
     model, config = load_checkpoint(checkpoint)
     split = data.load_split(synthetic[0], "test", 64, tmp_path)
     summary, per_image = score_model(model, split, "bce", 8, torch.device("cpu"))
@@ -101,7 +100,6 @@ def test_outline_is_the_inner_boundary():
 
 def test_onnx_export_round_trips(checkpoint, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -r requirements-export.txt")
-    from model import load_checkpoint
     model, config = load_checkpoint(checkpoint)
     export.export(model, 64, tmp_path / "m.onnx")
     assert export.check(model, 64, tmp_path / "m.onnx") < 1e-3

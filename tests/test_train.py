@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import evaluate
 import runfiles
@@ -69,8 +70,6 @@ def test_non_finite_loss_stops_with_advice(synthetic, tmp_path, monkeypatch):
 
 
 def test_out_of_memory_names_the_batch_size(synthetic, tmp_path, monkeypatch):
-    import torch
-
     def oom(logits, masks):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     monkeypatch.setitem(train.LOSSES, "bce", oom)
@@ -120,7 +119,6 @@ def test_learning_rate_schedule():
 
 
 def test_fine_tuning_gives_the_encoder_a_scaled_learning_rate(synthetic, tmp_path):
-    import torch
     out = tmp_path / "run"
     train.main(train_args(synthetic[0], out, "--skips", "--loss", "bce+dice", "--schedule", "cosine",
                           "--warmup-epochs", "0.5", "--encoder-lr-scale", "0.1", "--epochs", "2"))
