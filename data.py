@@ -6,6 +6,7 @@ split off validation images, and expand the training set with flips and rotation
 """
 import argparse
 import hashlib
+import math
 import os
 import urllib.request
 import warnings
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -176,6 +178,33 @@ def augment(images, masks, copies, seed):
         out_images.append(new_images)
         out_masks.append(new_masks)
     return torch.cat(out_images), torch.cat(out_masks)
+
+
+def random_distort(images, masks, generator, max_angle=180.0, max_zoom=1.25, jitter=0.2):
+    """Per image: a random rotation (any angle), zoom (1/max_zoom..max_zoom) and brightness, contrast and
+    saturation change (x 1 +- jitter); image and mask share the geometry, corners are mirrored in.
+    Returns float images 0..255 and float masks {0,1} (resampled bilinearly, thresholded at 0.5)."""
+    n, device = len(images), images.device
+
+    def uniform(low, high):  # drawn on the CPU from `generator`, so runs repeat on any device
+        return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
+
+    angle = uniform(-max_angle, max_angle) * math.pi / 180
+    zoom = uniform(-math.log(max_zoom), math.log(max_zoom)).exp()
+    cos, sin, zero = angle.cos() / zoom, angle.sin() / zoom, torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+
+    def warp(x):
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    images, masks = warp(images), (warp(masks) > 0.5).float()
+    brightness, contrast, saturation = (uniform(1 - jitter, 1 + jitter).view(n, 1, 1, 1) for _ in range(3))
+    images = images * brightness
+    mean = images.mean((1, 2, 3), keepdim=True)
+    images = (images - mean) * contrast + mean
+    gray = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    images = (images - gray) * saturation + gray
+    return images.clamp(0, 255), masks
 
 
 def take(tensors, idx, device):

@@ -40,6 +40,9 @@ def parse_args(argv=None):
       help="'imagenet' (torchvision download), 'none' (random), or a MobileNetV2 state_dict file")
     a("--image-size", type=int, default=128, help="images and masks are resized to this square size (multiple of 32)")
     a("--aug-copies", type=int, default=3, help="flipped/rotated copies added per training image (3: 4x data)")
+    a("--random-aug", action="store_true",
+      help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; "
+           "turns the feature cache off")
     a("--val-fraction", type=float, default=0.1, help="share of training images held out for validation")
     a("--freeze-encoder", action="store_true", help="train the decoder only; the encoder stays fixed")
     a("--no-feature-cache", action="store_true",
@@ -128,7 +131,7 @@ def main(argv=None):
     last = torch.load(out / "last.pt", map_location="cpu", weights_only=True) if args.resume else None
     if last:  # a resumed run keeps its own configuration
         changed = {k: getattr(args, k) for k in RESUMABLE if k in given}  # e.g. more --epochs, another --device
-        args = argparse.Namespace(**{**last["config"], **changed, "resume": True, "overwrite": False})
+        args = argparse.Namespace(**{**vars(args), **last["config"], **changed, "resume": True, "overwrite": False})
     config = vars(args)
     device = pick_device(args.device)
     amp = not args.no_amp
@@ -170,7 +173,7 @@ def main(argv=None):
         train_images, train_masks, val_images, val_masks = (
             t.to(device) for t in (train_images, train_masks, val_images, val_masks))
         test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
-    cached = args.freeze_encoder and not args.no_feature_cache
+    cached = args.freeze_encoder and not args.no_feature_cache and not args.random_aug
     if cached:  # a frozen encoder computes the same features every epoch: compute them once
         model.eval()
         train_inputs = encode_all(model, train_images, 2 * args.batch_size, device, amp)
@@ -190,13 +193,16 @@ def main(argv=None):
         for epoch in range(start_epoch, args.epochs):
             model.train()
             started, data_seconds, total_loss = time.perf_counter(), 0.0, 0.0
-            order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed + epoch))
+            rng = torch.Generator().manual_seed(args.seed + epoch)  # batch order and random augmentation
+            order = torch.randperm(len(train_images), generator=rng)
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
             for step in bar:
                 t0 = time.perf_counter()
                 idx = order[step * args.batch_size:(step + 1) * args.batch_size].to(train_masks.device)
                 batch = data.take(train_inputs, idx, device)
                 masks = train_masks[idx].to(device, non_blocking=True)
+                if args.random_aug:
+                    batch[0], masks = data.random_distort(batch[0], masks, rng)
                 data_seconds += time.perf_counter() - t0
                 with autocast(device, amp):
                     loss = LOSSES[args.loss](forward(batch), masks)

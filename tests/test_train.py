@@ -63,6 +63,14 @@ def test_an_existing_run_is_not_overwritten_silently(synthetic, tmp_path):
     assert len(runfiles.read_csv(out / "history.csv")) == 1
 
 
+def test_random_augmentation_trains_without_the_feature_cache(synthetic, tmp_path):
+    for name, extra in (("a", ["--random-aug"]), ("b", ["--random-aug"]), ("plain", [])):
+        train.main(train_args(synthetic[0], tmp_path / name, "--freeze-encoder", *extra))
+    a, b, plain = (learned(runfiles.read_csv(tmp_path / name / "history.csv")) for name in ("a", "b", "plain"))
+    assert a == b  # seeded: both runs drew the same augmentation
+    assert a[0]["train_loss"] != plain[0]["train_loss"]  # and it changed what the model saw
+
+
 def test_non_finite_loss_stops_with_advice(synthetic, tmp_path, monkeypatch):
     monkeypatch.setitem(train.LOSSES, "bce", lambda logits, masks: (logits * float("nan")).mean())
     with pytest.raises(SystemExit, match=r"epoch 1, step 1.*lower --lr.*--no-amp"):
