@@ -151,8 +151,6 @@ def main(argv=None):
           f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
 
     model = SegNet(args.encoder_weights, args.skips, args.freeze_encoder, tuple(args.decoder_widths)).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     runfiles.write_json(out / "config.json", config)  # only now: bad data or weights leave no half-made run
     optimizer = make_optimizer(model, args)
     steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
