@@ -152,7 +152,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train.py")
     parser.add_argument("--data-dir", default="data", help="ISIC 2016 Part 1 folder (default: data)")
-    parser.add_argument("--split", default="test", choices=["train", "test"], help="which split to score")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="which split to score; val: the training images the run held out (default: test)")
     parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -165,7 +166,12 @@ def main(argv=None):
 
     device = pick_device(args.device)
     model, config = load_checkpoint(args.checkpoint, device)
-    split = data.load_split(args.data_dir, args.split, config["image_size"], args.cache_dir, args.workers)
+    split = data.load_split(args.data_dir, "test" if args.split == "test" else "train", config["image_size"],
+                            args.cache_dir, args.workers)
+    if args.split == "val":  # the same seeded split as training
+        _, val_idx = data.split_indices(len(split["ids"]), config["val_fraction"], config["seed"])
+        split = {"images": split["images"][val_idx], "masks": split["masks"][val_idx],
+                 "ids": [split["ids"][i] for i in val_idx], "mask_paths": [split["mask_paths"][i] for i in val_idx]}
     summary, per_image = score_model(model, split, config["loss"], args.batch_size, device,
                                       not config["no_amp"], args.tta, args.full_res)
     out = Path(args.out or Path(args.checkpoint).parent)

@@ -41,6 +41,12 @@ def test_one_epoch_writes_every_run_file_and_evaluate_reproduces_the_test_metric
     for key in ("loss", "iou", "dice", "n_images"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
 
+    # --split val re-scores the images training held out: the same IoU as the best epoch's validation IoU
+    evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(synthetic[0]), "--split", "val",
+                   "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0"])
+    val = runfiles.read_json(out / "val_metrics.json")
+    assert val["n_images"] == 4 and val["iou"] == pytest.approx(history[0]["val_iou"], abs=1e-5)
+
 
 def test_feature_cache_matches_running_the_frozen_encoder_and_runs_are_deterministic(synthetic, tmp_path):
     flags = ["--freeze-encoder", "--skips", "--epochs", "2"]
