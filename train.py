@@ -51,7 +51,7 @@ def parse_args(argv=None):
     a("--decoder-widths", type=int, nargs=5, default=list(DECODER_WIDTHS), metavar="C",
       help="decoder channels at 1/16, 1/8, 1/4, 1/2 and full resolution")
     a("--loss", default="bce", choices=sorted(LOSSES),
-      help="bce: BCEWithLogitsLoss; iou: soft Jaccard; bce+dice: BCE plus soft Dice")
+      help="bce: BCEWithLogitsLoss; iou: soft Jaccard; bce+dice: BCE plus soft Dice; bce+lovasz: BCE plus Lovasz hinge")
     a("--optimizer", default="adam", choices=["adam", "rmsprop"], help="Adam or RMSprop (PyTorch defaults otherwise)")
     a("--lr", type=float, default=1e-3, help="learning rate (of the decoder when --encoder-lr-scale is set)")
     a("--encoder-lr-scale", type=float, default=1.0, help="encoder learning rate = lr x this, when fine-tuning")

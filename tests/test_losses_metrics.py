@@ -3,7 +3,7 @@ import math
 import torch
 
 from evaluate import per_image_metrics, score
-from losses import bce_loss, soft_iou_loss
+from losses import bce_loss, lovasz_hinge_loss, soft_iou_loss
 
 BIG = 50.0  # a logit whose sigmoid is 1 to float precision
 
@@ -75,3 +75,16 @@ def test_bce_matches_definition():
     logits, true = torch.tensor([[[[2.0, -1.0]]]]), torch.tensor([[[[1.0, 0.0]]]])
     expected = -(math.log(1 / (1 + math.exp(-2))) + math.log(1 - 1 / (1 + math.exp(1)))) / 2
     assert math.isclose(bce_loss(logits, true).item(), expected, rel_tol=1e-6)
+
+
+def test_lovasz_hinge_at_plus_minus_one_logits_is_twice_the_jaccard_loss():
+    # with logits +-1 the hinge errors are 0 (right) or 2 (wrong), and the Lovasz extension is exact there
+    torch.manual_seed(0)
+    masks = (torch.rand(6, 1, 8, 8) > 0.5).float()
+    pred = (torch.rand(6, 1, 8, 8) > 0.5).float()
+    pred[0] = masks[0]  # one perfect image
+    iou = per_image_metrics(pred > 0, masks)["iou"]
+    assert math.isclose(lovasz_hinge_loss(pred * 2 - 1, masks).item(), 2 * (1 - iou).mean().item(), rel_tol=1e-5)
+    assert lovasz_hinge_loss((masks * 2 - 1) * 3, masks) == 0  # right with a margin: nothing to pay
+    empty = torch.zeros(2, 1, 8, 8)
+    assert torch.isfinite(lovasz_hinge_loss(torch.randn(2, 1, 8, 8), empty))
