@@ -1,5 +1,5 @@
 """Measure speed on this machine's device: training (frozen encoder with and without the feature cache, full
-fine-tuning), inference, the decoder's cost against the encoder's, and building the image cache from JPEGs.
+fine-tuning in channels_last and NCHW), inference, the decoder's cost against the encoder's, and building the image cache from JPEGs.
 Each number is printed beside the slower variant measured in the same run.
 
     python bench.py                    # CPU or the best GPU present
@@ -84,16 +84,19 @@ def bench_training(args, device):
         line(f"train, frozen encoder, feature cache ({tag})", cached, uncached, "encoder every step")
         results[skips] = cached
 
-    full = SegNet(args.encoder_weights).to(device).train()
-    optimizer = torch.optim.Adam(full.parameters())
+    def finetune_rate(memory_format):
+        full = SegNet(args.encoder_weights).to(device, memory_format=memory_format).train()
+        optimizer = torch.optim.Adam(full.parameters())
 
-    def finetune():
-        with autocast(device, amp):
-            loss = bce_loss(full(images), masks)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    line("train, whole network fine-tuned (no skips)", rate(finetune, n, device, args.seconds))
+        def finetune():
+            with autocast(device, amp):
+                loss = bce_loss(full(images), masks)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return rate(finetune, n, device, args.seconds)
+    line("train, whole network fine-tuned (no skips)", finetune_rate(torch.channels_last),
+         finetune_rate(torch.contiguous_format), "NCHW weights")
 
     # Where the time goes: encoder and decoder, forward + backward each, and their FLOPs.
     model = SegNet(args.encoder_weights).to(device).train()
