@@ -43,10 +43,10 @@ exp2-finetune: data
 	$(PY) train.py $(COMMON) --loss bce --optimizer adam --lr 1e-4
 
 # Beyond the report (README, "Beyond the report"): skip connections, BCE + Dice, a lower encoder learning rate,
-# warm-up and cosine decay.
+# warm-up and cosine decay, random rotation/zoom/colour augmentation.
 best: data
 	$(PY) train.py $(COMMON) --skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.1 \
-		--schedule cosine --warmup-epochs 1
+		--schedule cosine --warmup-epochs 1 --random-aug
 
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup
