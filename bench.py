@@ -1,5 +1,6 @@
 """Measure speed on this machine's device: training (frozen encoder with and without the feature cache, full
-fine-tuning in channels_last and NCHW), inference, the decoder's cost against the encoder's, and building the image cache from JPEGs.
+fine-tuning in channels_last and NCHW), inference, the decoder's cost against the encoder's, and building the
+image cache from JPEGs.
 Each number is printed beside the slower variant measured in the same run.
 
     python bench.py                    # CPU or the best GPU present
