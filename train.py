@@ -69,8 +69,11 @@ def parse_args(argv=None):
     a("--resume", action="store_true", help="continue the run in --out from its last.pt")
     a("--overwrite", action="store_true", help="replace an existing run in --out")
     args = p.parse_args(argv)
-    tokens = {t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv)}
-    given = {a.dest for a in p._actions if tokens & set(a.option_strings)}
+    # The flags on the command line, as argparse itself resolved them (abbreviations, --flag=value): parse again
+    # with every default suppressed.
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(p.parse_args(argv)))
     if args.image_size % 32:
         p.error(f"--image-size {args.image_size} is not divisible by 32 (the encoder downsamples 32x); try 128 or 160")
     if not 0 < args.val_fraction < 1:
