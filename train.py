@@ -60,13 +60,15 @@ def parse_args(argv=None):
     a("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up before the schedule")
     a("--epochs", type=int, default=15, help="passes over the augmented training set")
     a("--batch-size", type=int, default=32, help="images per optimizer step")
-    a("--seed", type=int, default=0, help="seeds the split, augmentation, initialisation and batch order")
+    a("--seed", type=int, default=0, help="seeds the augmentation, initialisation and batch order")
+    a("--split-seed", type=int, default=0,
+      help="seeds the train/validation split (apart from --seed: runs of several seeds validate on the same images)")
     a("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, then mps, then cpu")
     a("--workers", type=int, default=2, help="processes that decode JPEGs when the cache is built")
     a("--no-amp", action="store_true", help="no mixed precision on GPU (CPU always runs float32)")
     a("--compile", action="store_true", help="torch.compile the forward pass (opt-in; slow to start)")
     a("--viz-every", type=int, default=0, help="prediction panels every N epochs (0: about 4 per run)")
-    a("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    a("--resume", action="store_true", help="continue the run in --out from its last.pt (start it if it has none)")
     a("--overwrite", action="store_true", help="replace an existing run in --out")
     args = p.parse_args(argv)
     # The flags on the command line, as argparse itself resolved them (abbreviations, --flag=value): parse again
@@ -86,8 +88,8 @@ def prepare_run_dir(args):
     out = Path(args.out)
     existing = [f for f in RUN_FILES if (out / f).exists()]
     if args.resume:
-        if not (out / "last.pt").exists():
-            raise SystemExit(f"--resume: {out}/last.pt does not exist; start the run without --resume")
+        if not (out / "last.pt").exists():  # e.g. `make best RESUME=1`: the seeds after the interrupted one
+            print(f"--resume: {out}/last.pt does not exist (no epoch finished there yet); starting the run")
     elif existing and not args.overwrite:
         raise SystemExit(f"{out} already holds a run ({', '.join(existing)}). "
                          "Add --resume to continue it or --overwrite to replace it (make ... RESUME=1 / OVERWRITE=1).")
@@ -131,10 +133,13 @@ def encode_all(model, images, batch_size, device, amp):
 def main(argv=None):
     args, given = parse_args(argv)
     out = prepare_run_dir(args)
-    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True) if args.resume else None
+    resuming = args.resume and (out / "last.pt").exists()
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True) if resuming else None
     if last:  # a resumed run keeps its own configuration
         changed = {k: getattr(args, k) for k in RESUMABLE if k in given}  # e.g. more --epochs, another --device
         args = argparse.Namespace(**{**vars(args), **last["config"], **changed, "resume": True, "overwrite": False})
+        if "split_seed" not in last["config"]:  # runs from before --split-seed split by --seed
+            args.split_seed = args.seed
     config = vars(args)
     device = pick_device(args.device)
     amp = not args.no_amp
@@ -145,11 +150,11 @@ def main(argv=None):
     # Data: decoded once into uint8 tensors, split before augmentation, held in memory (on the GPU if there is one).
     full = data.load_split(args.data_dir, "train", args.image_size, args.cache_dir, args.workers)
     test = data.load_split(args.data_dir, "test", args.image_size, args.cache_dir, args.workers)
-    train_idx, val_idx = data.split_indices(len(full["images"]), args.val_fraction, args.seed)
+    train_idx, val_idx = data.split_indices(len(full["images"]), args.val_fraction, args.split_seed)
     train_images, train_masks = data.augment(full["images"][train_idx], full["masks"][train_idx],
                                              args.aug_copies, args.seed)
     val_images, val_masks = full["images"][val_idx], full["masks"][val_idx]
-    viz_idx = torch.randperm(len(val_idx), generator=torch.Generator().manual_seed(args.seed))[:6]
+    viz_idx = torch.randperm(len(val_idx), generator=torch.Generator().manual_seed(args.split_seed))[:6]
     print(f"{len(train_idx)} training images x{args.aug_copies + 1} = {len(train_images)}, "
           f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
 
