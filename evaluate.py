@@ -4,16 +4,19 @@
 """
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 import data
 import runfiles
 from losses import LOSSES
-from model import USER_ERRORS, load_checkpoint
+from model import USER_ERRORS, load_models
 
 
 def per_image_metrics(pred, masks):
@@ -81,20 +84,33 @@ def predict_probs(model, images, batch_size, device, amp=True, tta=False):
     return predict_logits(forward, [images], batch_size, device, amp)
 
 
+def keep_largest_component(mask):
+    """A boolean [H,W] numpy mask with only its largest 8-connected region: the lesion, without stray specks."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0  # background
+    return labels == sizes.argmax()
+
+
 def full_resolution_metrics(variants, mask_paths, threshold=0.5):
     """{name: (per-image metrics, pooled IoU)} for each {name: probabilities [N,1,S,S]}, every prediction
     upsampled (bilinear, on probabilities) to its ground-truth mask's own size and thresholded there, as the ISIC
-    challenges score. Each mask file is read once."""
-    per_image = {name: [] for name in variants}
-    counts = {name: [0, 0] for name in variants}  # pooled intersection, union
+    challenges score; and the same under 'lcc_' + name with only the largest region kept. Each mask is read once."""
+    names = [pre + name for name in variants for pre in ("", "lcc_")]
+    per_image = {name: [] for name in names}
+    counts = {name: [0, 0] for name in names}  # pooled intersection, union
     for i, path in enumerate(mask_paths):
         mask = torch.from_numpy(data.read_binary_mask(path))[None, None]
         for name, probs in variants.items():
             up = F.interpolate(probs[i:i + 1].float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
             pred = up > threshold
-            per_image[name].append(per_image_metrics(pred, mask))
-            counts[name][0] += (pred & mask).sum().item()
-            counts[name][1] += (pred | mask).sum().item()
+            largest = torch.from_numpy(keep_largest_component(pred[0, 0].numpy()))[None, None]
+            for key, p in ((name, pred), ("lcc_" + name, largest)):
+                per_image[key].append(per_image_metrics(p, mask))
+                counts[key][0] += (p & mask).sum().item()
+                counts[key][1] += (p | mask).sum().item()
     return {name: ({k: torch.cat([m[k] for m in rows]) for k in rows[0]}, counts[name][0] / max(counts[name][1], 1))
             for name, rows in per_image.items()}
 
@@ -107,8 +123,9 @@ def pooled_iou(pred, masks):
 
 def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True):
     """Every test number of a model on a load_split() result: per-image means at model resolution (plain keys),
-    'tta_' keys with flip test-time augmentation, 'fullres_' keys at each mask's original size, and 'pooled_iou'
-    keys over all pixels together. Returns (summary, per-image metrics)."""
+    'tta_' keys with flip test-time augmentation, 'fullres_' keys at each mask's original size ('fullres_lcc_' with
+    only the largest region kept), and 'pooled_iou' keys over all pixels together. Returns (summary, per-image
+    metrics)."""
     masks = split["masks"]
     logits = predict_logits(lambda b: model(b[0]), [split["images"]], batch_size, device, amp)
     summary, per_image = score(logits, masks, loss_name)
@@ -148,13 +165,26 @@ def pick_device(name):
     return torch.device(name)
 
 
+def validation_seed(configs):
+    """The --split-seed that all these runs held their validation images out with (one run, or an ensemble's)."""
+    # runs from before --split-seed split by --seed
+    splits = {(c["val_fraction"], c.get("split_seed", c["seed"])) for c in configs}
+    if len(splits) > 1:
+        raise SystemExit("--split val: these runs held out different validation images (--val-fraction, --split-seed "
+                         f"{sorted(splits)}), so some were trained on the others' validation images")
+    return splits.pop()[1]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train.py")
+    parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
+                        help="a best.pt or last.pt written by train.py; several: score their ensemble (mean of the "
+                        "probabilities)")
     parser.add_argument("--data-dir", default="data", help="ISIC 2016 Part 1 folder (default: data)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="which split to score; val: the training images the run held out (default: test)")
-    parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder)")
+    parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder; with several, "
+                        "the folder that holds them all)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
@@ -165,17 +195,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
-    model, config = load_checkpoint(args.checkpoint, device)
+    model, configs = load_models(args.checkpoint, device)
+    config = configs[0]
     split = data.load_split(args.data_dir, "test" if args.split == "test" else "train", config["image_size"],
                             args.cache_dir, args.workers)
     if args.split == "val":  # the same seeded split as training
-        _, val_idx = data.split_indices(len(split["ids"]), config["val_fraction"], config["seed"])
+        _, val_idx = data.split_indices(len(split["ids"]), config["val_fraction"], validation_seed(configs))
         split = {"images": split["images"][val_idx], "masks": split["masks"][val_idx],
                  "ids": [split["ids"][i] for i in val_idx], "mask_paths": [split["mask_paths"][i] for i in val_idx]}
     summary, per_image = score_model(model, split, config["loss"], args.batch_size, device,
                                       not config["no_amp"], args.tta, args.full_res)
-    out = Path(args.out or Path(args.checkpoint).parent)
+    out = Path(args.out or os.path.commonpath([Path(c).parent for c in args.checkpoint]))
     out.mkdir(parents=True, exist_ok=True)
+    summary["checkpoints"] = [os.path.relpath(c, out) for c in args.checkpoint]  # from `out`: the folder can move
     write_results(out, args.split, summary, per_image, split["ids"])
     print(f"{args.split} ({summary['n_images']} images): " + ", ".join(
         f"{k} {summary[k]:.4f}" for k in ("loss", "iou", "dice", "tta_iou", "fullres_iou", "fullres_tta_iou")

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from model import USER_ERRORS, load_checkpoint
+from model import USER_ERRORS, load_models
 
 
 def export(model, size, path):
@@ -45,12 +45,14 @@ def check(model, size, path, batch_sizes=(1, 3), tolerance=1e-3):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by train.py")
+    parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
+                        help="best.pt or last.pt written by train.py; several: export their ensemble as one model")
     parser.add_argument("--out", default="model.onnx")
     args = parser.parse_args(argv)
-    model, config = load_checkpoint(args.checkpoint)
-    export(model, config["image_size"], args.out)
-    worst = check(model, config["image_size"], args.out)
+    model, configs = load_models(args.checkpoint)
+    size = configs[0]["image_size"]
+    export(model, size, args.out)
+    worst = check(model, size, args.out)
     if worst is None:
         print(f"wrote {args.out}; not checked: onnxruntime is not installed (pip install -r requirements-export.txt)")
     else:

@@ -135,3 +135,24 @@ def load_checkpoint(path, device="cpu"):
     except RuntimeError as e:
         raise ModelFileError(f"checkpoint {path} does not match the model its config describes: {e}") from None
     return model.to(device).eval(), config
+
+
+class Ensemble(nn.Module):
+    """Several trained models as one: the logit of their mean lesion probability."""
+    def __init__(self, models):
+        super().__init__()
+        self.members = nn.ModuleList(models)
+
+    def forward(self, images):
+        probs = torch.stack([m(images).float().sigmoid() for m in self.members]).mean(0)
+        return torch.logit(probs, eps=1e-6)  # keeps the sign: logit > 0 exactly where the mean probability > 0.5
+
+
+def load_models(paths, device="cpu"):
+    """(model, [config]) of one checkpoint, or (their Ensemble, [config of each]) of several of one input size."""
+    models, configs = zip(*[load_checkpoint(path, device) for path in paths])
+    sizes = sorted({config["image_size"] for config in configs})
+    if len(sizes) > 1:
+        raise ModelFileError(f"the checkpoints were trained at different --image-size {sizes}; "
+                             "an ensemble needs one input size")
+    return (models[0] if len(models) == 1 else Ensemble(models).eval()), list(configs)

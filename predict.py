@@ -15,8 +15,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
-from evaluate import pick_device, predict_probs
-from model import USER_ERRORS, load_checkpoint
+from evaluate import keep_largest_component, pick_device, predict_probs
+from model import USER_ERRORS, load_models
 
 
 def expand_inputs(inputs):
@@ -62,21 +62,24 @@ def save_overlay(image_path, mask, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by train.py")
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="best.pt or last.pt written by train.py; repeat the flag to average several (ensemble)")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--threshold", type=float, default=0.5, help="lesion where probability > this")
     parser.add_argument("--tta", action="store_true", help="average with horizontal and vertical flips")
+    parser.add_argument("--largest-component", action="store_true",
+                        help="keep only the largest connected region of each mask (one lesion per image)")
     parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png with the contour")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
-    model, config = load_checkpoint(args.checkpoint, device)
+    model, configs = load_models(args.checkpoint, device)
     paths = expand_inputs(args.inputs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    size, amp = config["image_size"], not config["no_amp"]
+    size, amp = configs[0]["image_size"], not configs[0]["no_amp"]
     for start in tqdm(range(0, len(paths), args.batch_size), desc=f"predicting {len(paths)} images"):
         batch = paths[start:start + args.batch_size]
         try:
@@ -88,6 +91,8 @@ def main(argv=None):
         for path, prob, (_, (width, height)) in zip(batch, probs, decoded):
             full = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
             mask = (full > args.threshold).numpy()
+            if args.largest_component:
+                mask = keep_largest_component(mask)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{path.stem}_segmentation.png")
             if args.overlay:
                 save_overlay(path, mask, out / f"{path.stem}_overlay.png")

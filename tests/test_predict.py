@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 import data
 import export
 import predict
-from evaluate import full_resolution_metrics, predict_probs, score_model
-from model import DECODER_WIDTHS, SegNet, load_checkpoint
+from evaluate import full_resolution_metrics, keep_largest_component, predict_probs, score_model
+from model import DECODER_WIDTHS, Ensemble, ModelFileError, SegNet, load_checkpoint, load_models
 
 BIG = 50.0
 
@@ -33,6 +34,51 @@ class LeftColumn(torch.nn.Module):
         logits = torch.full((len(images), 1, *images.shape[-2:]), -BIG)
         logits[..., 0] = BIG
         return logits
+
+
+class Constant(torch.nn.Module):
+    """A fake model that gives every pixel the same logit."""
+
+    def __init__(self, logit):
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, images):
+        return torch.full((len(images), 1, *images.shape[-2:]), self.logit)
+
+
+def test_ensemble_averages_the_members_probabilities():
+    images = torch.zeros(2, 3, 4, 4)
+    mean = Ensemble([Constant(2.0), Constant(-1.0)])(images).sigmoid()
+    expected = (torch.tensor(2.0).sigmoid() + torch.tensor(-1.0).sigmoid()) / 2
+    assert torch.allclose(mean, expected.expand_as(mean))
+    two = Ensemble([LeftColumn(), LeftColumn()])(images)
+    assert (two[..., 0] > 0).all() and (two[..., 1:] < 0).all()
+
+
+def test_load_models_makes_an_ensemble_of_several_checkpoints(checkpoint, tmp_path):
+    single, configs = load_models([checkpoint])
+    assert isinstance(single, SegNet) and len(configs) == 1
+    twice, configs = load_models([checkpoint, checkpoint])
+    assert isinstance(twice, Ensemble) and len(configs) == 2
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    assert torch.allclose(predict_probs(twice, images, 2, torch.device("cpu")),
+                          predict_probs(single, images, 2, torch.device("cpu")), atol=1e-5)
+    other = torch.load(checkpoint, weights_only=True)
+    other["config"] = {**other["config"], "image_size": 96}
+    torch.save(other, tmp_path / "96.pt")
+    with pytest.raises(ModelFileError, match="different --image-size"):
+        load_models([checkpoint, tmp_path / "96.pt"])
+
+
+def test_keep_largest_component_drops_smaller_regions():
+    mask = np.zeros((8, 8), bool)
+    mask[0:3, 0:3] = True  # 9 pixels
+    mask[3, 3] = True  # touches the square at a corner: 8-connected, so part of it
+    mask[5:8, 6:8] = True  # 6 pixels
+    kept = keep_largest_component(mask)
+    assert kept.sum() == 10 and kept[3, 3] and not kept[5:, 6:].any()
+    assert not keep_largest_component(np.zeros((4, 4), bool)).any()
 
 
 def test_tta_averages_flipped_back_predictions():
@@ -66,7 +112,8 @@ def test_score_model_reports_every_variant(synthetic, checkpoint, tmp_path):
     summary, per_image = score_model(model, split, "bce", 8, torch.device("cpu"))
     for key in ("loss", "iou", "dice", "pooled_iou", "tta_iou", "tta_dice", "fullres_iou", "fullres_dice",
                 "fullres_accuracy", "fullres_sensitivity", "fullres_specificity", "fullres_iou_thresholded",
-                "fullres_pooled_iou", "fullres_tta_iou"):
+                "fullres_pooled_iou", "fullres_tta_iou", "fullres_lcc_iou", "fullres_lcc_tta_iou",
+                "fullres_lcc_pooled_iou"):
         assert key in summary and 0 <= summary[key] <= 1 + 1e-9, key
     assert all(len(v) == 12 for v in per_image.values()) and "fullres_tta_dice" in per_image
 
@@ -77,12 +124,13 @@ def test_predict_writes_masks_at_each_images_own_size(synthetic, checkpoint, tmp
     Image.open(next(folder.glob("*.jpg"))).convert("L").resize((333, 71)).save(folder / "gray.png")
     inputs = [str(folder / "ISIC_000004*.jpg"), str(folder / "gray.png"), str(folder)]
     predict.main(["--checkpoint", str(checkpoint), *inputs, "--out", str(tmp_path / "out"), "--overlay",
-                  "--tta", "--device", "cpu"])
+                  "--tta", "--device", "cpu", "--checkpoint", str(checkpoint), "--largest-component"])
     images = sorted(folder.iterdir())
     assert len(list((tmp_path / "out").glob("*_segmentation.png"))) == len(images) == 13
     for image_path in images:
         with Image.open(image_path) as im, Image.open(tmp_path / "out" / f"{image_path.stem}_segmentation.png") as m:
             assert m.size == im.size and set(np.unique(np.asarray(m))) <= {0, 255}
+            assert ndimage.label(np.asarray(m), structure=np.ones((3, 3)))[1] <= 1  # one region at most
         assert (tmp_path / "out" / f"{image_path.stem}_overlay.png").exists()
 
 

@@ -48,6 +48,25 @@ def test_one_epoch_writes_every_run_file_and_evaluate_reproduces_the_test_metric
     assert val["n_images"] == 4 and val["iou"] == pytest.approx(history[0]["val_iou"], abs=1e-5)
 
 
+def test_seeds_share_the_validation_split_and_evaluate_scores_their_ensemble(synthetic, tmp_path):
+    train.main(train_args(synthetic[0], tmp_path / "runs" / "a", "--seed", "1"))
+    train.main(train_args(synthetic[0], tmp_path / "runs" / "b", "--seed", "2", "--split-seed", "3"))
+    common = ["--data-dir", str(synthetic[0]), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+              "--workers", "0"]
+    a, b = (str(tmp_path / "runs" / r / "best.pt") for r in "ab")
+    # --seed 1 held out --split-seed 0's images: re-scoring them gives the run's own validation IoU
+    evaluate.main(["--checkpoint", a, "--split", "val", *common])
+    val = runfiles.read_json(tmp_path / "runs" / "a" / "val_metrics.json")
+    assert val["iou"] == pytest.approx(runfiles.read_csv(tmp_path / "runs" / "a" / "history.csv")[0]["val_iou"],
+                                       abs=1e-5)
+    with pytest.raises(SystemExit, match="held out different validation images"):
+        evaluate.main(["--checkpoint", a, b, "--split", "val", *common])
+    evaluate.main(["--checkpoint", a, b, *common])  # written to the folder that holds both runs
+    ensemble = runfiles.read_json(tmp_path / "runs" / "test_metrics.json")
+    assert ensemble["checkpoints"] == ["a/best.pt", "b/best.pt"]
+    assert 0 <= ensemble["iou"] <= 1 and ensemble["n_images"] == 12
+
+
 def test_feature_cache_matches_running_the_frozen_encoder_and_runs_are_deterministic(synthetic, tmp_path):
     flags = ["--freeze-encoder", "--skips", "--epochs", "2"]
     train.main(train_args(synthetic[0], tmp_path / "a", *flags))
@@ -60,9 +79,10 @@ def test_feature_cache_matches_running_the_frozen_encoder_and_runs_are_determini
             assert row_a[key] == pytest.approx(row_c[key], rel=1e-4, abs=1e-5), key
 
 
-def test_an_existing_run_is_not_overwritten_silently(synthetic, tmp_path):
+def test_an_existing_run_is_not_overwritten_silently(synthetic, tmp_path, capsys):
     out = tmp_path / "run"
-    train.main(train_args(synthetic[0], out))
+    train.main(train_args(synthetic[0], out, "--resume"))  # nothing to resume yet: the run starts
+    assert "starting the run" in capsys.readouterr().out and len(runfiles.read_csv(out / "history.csv")) == 1
     with pytest.raises(SystemExit, match="--resume .* or --overwrite"):
         train.main(train_args(synthetic[0], out))
     train.main(train_args(synthetic[0], out, "--overwrite"))
