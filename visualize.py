@@ -22,7 +22,7 @@ from tqdm import tqdm  # noqa: E402
 import data  # noqa: E402
 import runfiles  # noqa: E402
 from evaluate import predict_logits  # noqa: E402
-from model import USER_ERRORS, load_checkpoint  # noqa: E402
+from model import USER_ERRORS, load_models  # noqa: E402
 
 # Test IoU / Dice of the reference report, by experiment.
 REFERENCE = {"exp1-bce": (0.7585, 0.8025), "exp1-iou": (0.7724, 0.8154), "exp2-finetune": (0.7659, 0.8094)}
@@ -78,41 +78,48 @@ def save_panel(images, masks, predictions, path, title, columns=None):
 
 
 def read_run(run_dir):
-    """config, history and test metrics of a finished run folder, or None if it has no test metrics yet."""
+    """Config, histories, checkpoints and test metrics of a finished run folder, or None if it has no test metrics
+    yet. An ensemble's folder (evaluate.py with several checkpoints) has its members' histories and the first
+    member's config."""
     run_dir = Path(run_dir)
     if not (run_dir / "test_metrics.json").exists():
         return None
-    return {"name": run_dir.name, "dir": run_dir, "config": runfiles.read_json(run_dir / "config.json"),
-            "history": runfiles.read_csv(run_dir / "history.csv"),
-            "test": runfiles.read_json(run_dir / "test_metrics.json")}
+    test = runfiles.read_json(run_dir / "test_metrics.json")
+    checkpoints = [run_dir / c for c in test.get("checkpoints", ["best.pt"])]
+    return {"name": run_dir.name, "test": test, "checkpoints": checkpoints,
+            "config": runfiles.read_json(checkpoints[0].parent / "config.json"),
+            "histories": [runfiles.read_csv(c.parent / "history.csv") for c in checkpoints]}
 
 
 def report_table(runs):
     """Markdown table comparing finished runs (ordered by name), with the reference report beside ours."""
     def number(value):
         return "-" if value is None else f"{value:.4f}"
-    lines = ["| experiment | loss | optimizer | encoder | epochs | test loss | test IoU | test Dice | IoU, TTA | "
-             "IoU, full res | Dice, full res | reference IoU | reference Dice | training time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | loss | optimizer | encoder | models | epochs | test loss | test IoU | test Dice | "
+             "IoU, TTA | IoU, full res | Dice, full res | IoU / Dice, full res, TTA, largest region | reference IoU | "
+             "reference Dice | training time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in sorted(runs, key=lambda r: r["name"]):
         c, t = run["config"], run["test"]
         ref = REFERENCE.get(run["name"], (None, None))
         encoder = ("frozen" if c["freeze_encoder"] else "fine-tuned") + (" + skips" if c.get("skips") else "")
-        minutes = sum(h["seconds"] for h in run["history"]) / 60
-        cells = [run["name"], c["loss"], c["optimizer"], encoder, str(len(run["history"])), number(t["loss"]),
-                 number(t["iou"]), number(t["dice"]), number(t.get("tta_iou")), number(t.get("fullres_iou")),
-                 number(t.get("fullres_dice")), number(ref[0]), number(ref[1]), f"{minutes:.1f} min"]
+        minutes = sum(h["seconds"] for history in run["histories"] for h in history) / 60
+        best = f"{number(t.get('fullres_lcc_tta_iou'))} / {number(t.get('fullres_lcc_tta_dice'))}"
+        cells = [run["name"], c["loss"], c["optimizer"], encoder, str(len(run["histories"])),
+                 str(len(run["histories"][0])), number(t["loss"]), number(t["iou"]), number(t["dice"]),
+                 number(t.get("tta_iou")), number(t.get("fullres_iou")), number(t.get("fullres_dice")), best,
+                 number(ref[0]), number(ref[1]), f"{minutes:.1f} min"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot_comparison(runs, path):
-    """Validation IoU of every run against epochs, and test IoU/Dice side by side."""
+    """Validation IoU of every run (an ensemble's first member) against epochs, and test IoU/Dice side by side."""
     runs = sorted(runs, key=lambda r: r["name"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in runs:
-        left.plot([h["epoch"] for h in run["history"]], [h["val_iou"] for h in run["history"]], "o-",
-                  label=run["name"])
+        history = run["histories"][0]
+        left.plot([h["epoch"] for h in history], [h["val_iou"] for h in history], "o-", label=run["name"])
     left.set(xlabel="epoch", ylabel="validation IoU", title="validation IoU per epoch")
     left.legend()
     left.grid(alpha=0.3)
@@ -141,8 +148,8 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
     plot_comparison(runs, runs_dir / "comparison.png")
     predictions, test = {}, None
     for run in sorted(runs, key=lambda r: r["name"]):
-        model, config = load_checkpoint(run["dir"] / "best.pt")
-        test = data.load_split(data_dir, "test", config["image_size"], cache_dir)
+        model, configs = load_models(run["checkpoints"])
+        test = data.load_split(data_dir, "test", configs[0]["image_size"], cache_dir)
         pick = torch.randperm(len(test["images"]), generator=torch.Generator().manual_seed(0))[:n_images]
         logits = predict_logits(lambda b: model(b[0]), [test["images"][pick]], 32, torch.device("cpu"))
         if logits.shape[-1] != 128:  # runs at other sizes are shown at a common size

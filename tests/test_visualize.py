@@ -42,13 +42,22 @@ def write_fake_run(runs, name, loss, iou, dice, epochs):
 def test_report_table_lists_runs_in_order_with_reference(tmp_path):
     write_fake_run(tmp_path, "exp2-finetune", "bce", 0.81, 0.88, 3)
     write_fake_run(tmp_path, "exp1-iou", "iou", 0.79, 0.86, 2)
+    # an ensemble folder as `make best` leaves it: member runs inside, the ensemble's test metrics beside them
+    write_fake_run(tmp_path / "best", "seed0", "bce", 0.85, 0.9, 4)
+    write_fake_run(tmp_path / "best", "seed1", "bce", 0.86, 0.91, 4)
+    runfiles.write_json(tmp_path / "best" / "test_metrics.json",
+                        {"loss": 0.2, "iou": 0.87, "dice": 0.92, "fullres_lcc_tta_iou": 0.88,
+                         "fullres_lcc_tta_dice": 0.93,
+                         "checkpoints": ["seed0/best.pt", "seed1/best.pt"]})
     (tmp_path / "unfinished").mkdir()
     runs = [r for r in map(visualize.read_run, sorted(tmp_path.glob("*/"))) if r]
     lines = visualize.report_table(runs).splitlines()
-    assert len(lines) == 4
-    assert lines[2] == ("| exp1-iou | iou | adam | frozen | 2 | 0.2500 | 0.7900 | 0.8600 | 0.7800 | - | - | "
-                        "0.7724 | 0.8154 | 2.0 min |")
-    assert lines[3].startswith("| exp2-finetune | bce | adam | fine-tuned | 3 | 0.2500 | 0.8100 | 0.8800 | 0.8000 |")
+    assert len(lines) == 5
+    assert lines[2] == ("| best | bce | adam | fine-tuned | 2 | 4 | 0.2000 | 0.8700 | 0.9200 | - | - | - | "
+                        "0.8800 / 0.9300 | - | - | 8.0 min |")
+    assert lines[3] == ("| exp1-iou | iou | adam | frozen | 1 | 2 | 0.2500 | 0.7900 | 0.8600 | 0.7800 | - | - | "
+                        "- / - | 0.7724 | 0.8154 | 2.0 min |")
+    assert lines[4].startswith("| exp2-finetune | bce | adam | fine-tuned | 1 | 3 | 0.2500 | 0.8100 | 0.8800 |")
     visualize.plot_comparison(runs, tmp_path / "comparison.png")
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
 
