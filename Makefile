@@ -8,14 +8,15 @@ EPOCHS ?= 15
 BATCH_SIZE ?= 32
 DEVICE ?= auto
 SEED ?= 0
+SEEDS ?= 0 1 2
 RUNS ?= runs
-CHECKPOINT ?= $(RUNS)/best/best.pt
+CHECKPOINT ?= $(foreach seed,$(SEEDS),$(RUNS)/best/seed$(seed)/best.pt)
 INPUT ?= $(DATA_DIR)/ISBI2016_ISIC_Part1_Test_Data
 OUT ?= predictions
 ONNX ?= model.onnx
-COMMON = --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHTS) --epochs $(EPOCHS) \
-	--batch-size $(BATCH_SIZE) --device $(DEVICE) --seed $(SEED) --out $(RUNS)/$@ \
-	$(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
+TRAIN = $(PY) train.py --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHTS) --epochs $(EPOCHS) \
+	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
+COMMON = --seed $(SEED) --out $(RUNS)/$@
 
 .PHONY: setup data exp1-bce exp1-iou exp2-finetune best demo report eda bench test predict export
 
@@ -34,19 +35,24 @@ data: setup
 	$(PY) data.py --download --data-dir $(DATA_DIR)
 
 exp1-bce: data
-	$(PY) train.py $(COMMON) --freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3
+	$(TRAIN) $(COMMON) --freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3
 
 exp1-iou: data
-	$(PY) train.py $(COMMON) --freeze-encoder --loss iou --optimizer adam --lr 1e-3
+	$(TRAIN) $(COMMON) --freeze-encoder --loss iou --optimizer adam --lr 1e-3
 
 exp2-finetune: data
-	$(PY) train.py $(COMMON) --loss bce --optimizer adam --lr 1e-4
+	$(TRAIN) $(COMMON) --loss bce --optimizer adam --lr 1e-4
 
 # Beyond the report (README, "Beyond the report"): skip connections, BCE + Dice, a lower encoder learning rate,
-# warm-up and cosine decay, random rotation/zoom/colour augmentation.
+# warm-up and cosine decay, random rotation/zoom/colour augmentation; one model per seed in SEEDS, then their
+# ensemble scored with flip TTA at full resolution (fullres_lcc_tta_*: only the largest region kept).
 best: data
-	$(PY) train.py $(COMMON) --skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.1 \
-		--schedule cosine --warmup-epochs 1 --random-aug
+	for seed in $(SEEDS); do \
+		$(TRAIN) --seed $$seed --out $(RUNS)/best/seed$$seed --skips --loss bce+dice --optimizer adam --lr 1e-3 \
+			--encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1 --random-aug || exit 1; \
+	done
+	$(PY) evaluate.py --checkpoint $(CHECKPOINT) --split val --data-dir $(DATA_DIR) --device $(DEVICE) --tta --full-res
+	$(PY) evaluate.py --checkpoint $(CHECKPOINT) --split test --data-dir $(DATA_DIR) --device $(DEVICE) --tta --full-res
 
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup
@@ -65,7 +71,8 @@ eda: data
 	$(PY) visualize.py eda --data-dir $(DATA_DIR) --out $(RUNS)/eda
 
 predict: setup
-	$(PY) predict.py --checkpoint $(CHECKPOINT) $(INPUT) --out $(OUT) --overlay
+	$(PY) predict.py $(foreach c,$(CHECKPOINT),--checkpoint $(c)) $(INPUT) --out $(OUT) --tta --largest-component \
+		--overlay
 
 export: .venv/export-installed
 	$(PY) export.py --checkpoint $(CHECKPOINT) --out $(ONNX)
