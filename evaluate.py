@@ -50,7 +50,7 @@ def autocast(device, enabled):
 
 @torch.no_grad()
 def predict_logits(forward, inputs, batch_size, device, amp=True):
-    """forward(list of batch tensors) -> logits, run over `inputs` (list of tensors with N rows), gathered on the CPU."""
+    """forward(list of batch tensors) -> logits over `inputs` (list of tensors with N rows), gathered on the CPU."""
     out = []
     for start in range(0, len(inputs[0]), batch_size):
         batch = data.take(inputs, slice(start, start + batch_size), device)

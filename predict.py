@@ -2,6 +2,8 @@
 original width and height.
 
     python predict.py --checkpoint runs/exp2-finetune/best.pt photos/ "more/*.jpg" --out masks --overlay
+    python predict.py photos/ --tta --largest-component --checkpoint runs/best/seed0/best.pt \\
+        --checkpoint runs/best/seed1/best.pt --checkpoint runs/best/seed2/best.pt    # make best's ensemble
 """
 import argparse
 import sys
