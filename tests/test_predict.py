@@ -151,3 +151,6 @@ def test_onnx_export_round_trips(checkpoint, tmp_path):
     model, config = load_checkpoint(checkpoint)
     export.export(model, 64, tmp_path / "m.onnx")
     assert export.check(model, 64, tmp_path / "m.onnx") < 1e-3
+    ensemble, _ = load_models([checkpoint, checkpoint])
+    export.export(ensemble, 64, tmp_path / "ensemble.onnx")
+    assert export.check(ensemble, 64, tmp_path / "ensemble.onnx") < 1e-3
