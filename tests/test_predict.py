@@ -134,6 +134,27 @@ def test_predict_writes_masks_at_each_images_own_size(synthetic, checkpoint, tmp
         assert (tmp_path / "out" / f"{image_path.stem}_overlay.png").exists()
 
 
+class TwoSquares(torch.nn.Module):
+    """A fake model that marks a large square and, apart from it, a small one."""
+
+    def forward(self, images):
+        logits = torch.full((len(images), 1, *images.shape[-2:]), -BIG)
+        logits[..., 4:24, 4:24] = BIG
+        logits[..., 40:48, 40:48] = BIG
+        return logits
+
+
+def test_predict_largest_component_keeps_one_region_per_mask(synthetic, checkpoint, tmp_path, monkeypatch):
+    _, configs = load_models([checkpoint])
+    monkeypatch.setattr(predict, "load_models", lambda paths, device: (TwoSquares(), configs))
+    image = next((synthetic[0] / data.SPLITS["test"][0]).glob("*.jpg"))
+    for flags, regions in (([], 2), (["--largest-component"], 1)):
+        out = tmp_path / str(regions)
+        predict.main(["--checkpoint", str(checkpoint), str(image), "--out", str(out), "--device", "cpu", *flags])
+        with Image.open(out / f"{image.stem}_segmentation.png") as m:
+            assert ndimage.label(np.asarray(m), structure=np.ones((3, 3)))[1] == regions
+
+
 def test_predict_names_inputs_that_match_nothing(checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="no images found for: .*nothing-here"):
         predict.main(["--checkpoint", str(checkpoint), str(tmp_path / "nothing-here*.jpg")])
