@@ -10,7 +10,8 @@ DEVICE ?= auto
 SEED ?= 0
 SEEDS ?= 0 1 2
 RUNS ?= runs
-CHECKPOINT ?= $(foreach seed,$(SEEDS),$(RUNS)/best/seed$(seed)/best.pt)
+BEST_CHECKPOINTS = $(foreach seed,$(SEEDS),$(RUNS)/best/seed$(seed)/best.pt)
+CHECKPOINT ?= $(BEST_CHECKPOINTS)
 INPUT ?= $(DATA_DIR)/ISBI2016_ISIC_Part1_Test_Data
 OUT ?= predictions
 ONNX ?= model.onnx
@@ -51,8 +52,10 @@ best: data
 		$(TRAIN) --seed $$seed --out $(RUNS)/best/seed$$seed --skips --loss bce+dice --optimizer adam --lr 1e-3 \
 			--encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1 --random-aug || exit 1; \
 	done
-	$(PY) evaluate.py --checkpoint $(CHECKPOINT) --split val --data-dir $(DATA_DIR) --device $(DEVICE) --tta --full-res
-	$(PY) evaluate.py --checkpoint $(CHECKPOINT) --split test --data-dir $(DATA_DIR) --device $(DEVICE) --tta --full-res
+	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split val --data-dir $(DATA_DIR) --device $(DEVICE) \
+		--tta --full-res
+	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir $(DATA_DIR) --device $(DEVICE) \
+		--tta --full-res
 
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup
