@@ -43,7 +43,8 @@ def parse_args(argv=None):
     a("--random-aug", action="store_true",
       help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; "
            "turns the feature cache off")
-    a("--val-fraction", type=float, default=0.1, help="share of training images held out for validation")
+    a("--val-fraction", type=float, default=0.1,
+      help="share of training images held out for validation (0: train on all of them; best.pt is the last epoch)")
     a("--freeze-encoder", action="store_true", help="train the decoder only; the encoder stays fixed")
     a("--no-feature-cache", action="store_true",
       help="with --freeze-encoder, run the encoder at every step instead of once per run (same results, slower)")
@@ -78,8 +79,8 @@ def parse_args(argv=None):
     given = set(vars(p.parse_args(argv)))
     if args.image_size % 32:
         p.error(f"--image-size {args.image_size} is not divisible by 32 (the encoder downsamples 32x); try 128 or 160")
-    if not 0 < args.val_fraction < 1:
-        p.error("--val-fraction must be between 0 and 1")
+    if not 0 <= args.val_fraction < 1:
+        p.error("--val-fraction must be at least 0 and below 1")
     return args, given
 
 
@@ -154,7 +155,10 @@ def main(argv=None):
     train_images, train_masks = data.augment(full["images"][train_idx], full["masks"][train_idx],
                                              args.aug_copies, args.seed)
     val_images, val_masks = full["images"][val_idx], full["masks"][val_idx]
-    viz_idx = torch.randperm(len(val_idx), generator=torch.Generator().manual_seed(args.split_seed))[:6]
+    held_out = len(val_idx) > 0  # --val-fraction 0: no validation; every epoch's checkpoint is best.pt
+    # Panels show validation images, or without them training images (augment() puts the originals first).
+    viz_idx = torch.randperm(len(val_idx) if held_out else len(train_idx),
+                             generator=torch.Generator().manual_seed(args.split_seed))[:6]
     print(f"{len(train_idx)} training images x{args.aug_copies + 1} = {len(train_images)}, "
           f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
 
@@ -183,13 +187,15 @@ def main(argv=None):
     if cached:  # a frozen encoder computes the same features every epoch: compute them once
         model.eval()
         train_inputs = encode_all(model, train_images, 2 * args.batch_size, device, amp)
-        val_inputs = encode_all(model, val_images, 2 * args.batch_size, device, amp)
+        val_inputs = encode_all(model, val_images, 2 * args.batch_size, device, amp) if held_out else []
         forward = model.decode
     else:
         train_inputs, val_inputs = [train_images], [val_images]
         forward = lambda batch: model(batch[0])  # noqa: E731
     if args.compile:
         forward = torch.compile(forward)
+    panel_inputs, panel_images, panel_masks = ((val_inputs, val_images, val_masks) if held_out
+                                               else (train_inputs, train_images, train_masks))
 
     def handle_sigterm(signum, frame):
         raise KeyboardInterrupt
@@ -225,12 +231,15 @@ def main(argv=None):
                 total_loss += value * len(idx)
                 bar.set_postfix(loss=f"{value:.4f}")
             model.eval()
-            val, _ = evaluate(forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)
+            if held_out:
+                val, _ = evaluate(forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)
+            else:
+                val = dict.fromkeys(("loss", "iou", "dice"), math.nan)
             seconds = time.perf_counter() - started
             history.append({"epoch": epoch + 1, "train_loss": total_loss / len(train_images),
                             "val_loss": val["loss"], "val_iou": val["iou"], "val_dice": val["dice"],
                             "lr": optimizer.param_groups[-1]["lr"], "seconds": seconds, "data_seconds": data_seconds})
-            is_best = val["iou"] > best_iou
+            is_best = val["iou"] > best_iou or not held_out
             best_iou = max(best_iou, val["iou"])
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
@@ -242,13 +251,14 @@ def main(argv=None):
             visualize.plot_curves(history, out / "curves.png", out.name)
             viz_every = args.viz_every or max(1, args.epochs // 4)
             if (epoch + 1) % viz_every == 0 or epoch + 1 == args.epochs:
-                logits = predict_logits(forward, [t[viz_idx.to(t.device)] for t in val_inputs], 64, device, amp)
-                visualize.save_panel(val_images[viz_idx.to(val_images.device)].cpu(),
-                                     val_masks[viz_idx.to(val_masks.device)].cpu(), logits,
+                logits = predict_logits(forward, [t[viz_idx.to(t.device)] for t in panel_inputs], 64, device, amp)
+                visualize.save_panel(panel_images[viz_idx.to(panel_images.device)].cpu(),
+                                     panel_masks[viz_idx.to(panel_masks.device)].cpu(), logits,
                                      out / f"panel_epoch{epoch + 1:03d}.png", f"{out.name}, epoch {epoch + 1}")
-            print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {history[-1]['train_loss']:.4f}  "
-                  f"val loss {val['loss']:.4f}  val IoU {val['iou']:.4f}  val Dice {val['dice']:.4f}  "
-                  f"{seconds:.0f}s (data {100 * data_seconds / seconds:.1f}%)" + ("  *best" if is_best else ""),
+            print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {history[-1]['train_loss']:.4f}  " + (
+                  f"val loss {val['loss']:.4f}  val IoU {val['iou']:.4f}  val Dice {val['dice']:.4f}  " if held_out
+                  else "no validation split  ") +
+                  f"{seconds:.0f}s (data {100 * data_seconds / seconds:.1f}%)" + ("  *best" if is_best and held_out else ""),
                   flush=True)
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else 0
@@ -263,7 +273,7 @@ def main(argv=None):
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    # Test: the best checkpoint (by validation IoU), through the whole model on the test images.
+    # Test: the best checkpoint (by validation IoU; the last without validation), through the whole model.
     best = torch.load(out / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     model.eval()

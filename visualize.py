@@ -7,6 +7,7 @@
 train.py calls plot_curves() every epoch and save_panel() every few epochs.
 """
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -114,11 +115,14 @@ def report_table(runs):
 
 
 def plot_comparison(runs, path):
-    """Validation IoU of every run (an ensemble's first member) against epochs, and test IoU/Dice side by side."""
+    """Validation IoU of every run that held images out (an ensemble's first member) against epochs, and test
+    IoU/Dice of every run side by side."""
     runs = sorted(runs, key=lambda r: r["name"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in runs:
         history = run["histories"][0]
+        if all(math.isnan(h["val_iou"]) for h in history):  # --val-fraction 0: trained on every image
+            continue
         left.plot([h["epoch"] for h in history], [h["val_iou"] for h in history], "o-", label=run["name"])
     left.set(xlabel="epoch", ylabel="validation IoU", title="validation IoU per epoch")
     left.legend()
@@ -143,7 +147,8 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
         raise SystemExit(f"no finished runs (with test_metrics.json) in {runs_dir}; run an experiment first")
     table = report_table(runs)
     runfiles.write_text(runs_dir / "report.md", "# Experiments\n\nTest metrics of each run's best checkpoint "
-                        "(by validation IoU); per-image means, threshold 0.5.\n\n" + table
+                        "(by validation IoU; the last epoch for runs trained on every training image, --val-fraction 0); "
+                        "per-image means, threshold 0.5.\n\n" + table
                         + "\n![comparison](comparison.png)\n\n![test panel](test_panel.png)\n")
     plot_comparison(runs, runs_dir / "comparison.png")
     predictions, test = {}, None

@@ -1,4 +1,5 @@
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -67,6 +68,22 @@ def test_seeds_share_the_validation_split_and_evaluate_scores_their_ensemble(syn
     assert 0 <= ensemble["iou"] <= 1 and ensemble["n_images"] == 12
 
 
+@pytest.mark.parametrize("frozen", [[], ["--freeze-encoder"]])
+def test_val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch(synthetic, tmp_path, capsys, frozen):
+    out = tmp_path / "run"
+    train.main(train_args(synthetic[0], out, "--val-fraction", "0", "--epochs", "2", *frozen))
+    assert "40 training images x2 = 80, 0 validation" in capsys.readouterr().out
+    history = runfiles.read_csv(out / "history.csv")
+    assert len(history) == 2 and all(math.isnan(row["val_iou"]) for row in history)
+    best, last = (torch.load(out / f, weights_only=True) for f in ("best.pt", "last.pt"))
+    assert best["epoch"] == last["epoch"] == 2
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    assert (out / "panel_epoch002.png").stat().st_size > 0  # panels of training images instead
+    with pytest.raises(SystemExit, match="none was held out"):
+        evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(synthetic[0]), "--split", "val",
+                       "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0"])
+
+
 def test_feature_cache_matches_running_the_frozen_encoder_and_runs_are_deterministic(synthetic, tmp_path):
     flags = ["--freeze-encoder", "--skips", "--epochs", "2"]
     train.main(train_args(synthetic[0], tmp_path / "a", *flags))
@@ -113,7 +130,8 @@ def test_out_of_memory_names_the_batch_size(synthetic, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("flags, message", [(["--image-size", "100"], "not divisible by 32"),
                                             (["--loss", "dice"], "invalid choice"),
-                                            (["--optimizer", "sgd"], "invalid choice")])
+                                            (["--optimizer", "sgd"], "invalid choice"),
+                                            (["--val-fraction", "1"], "below 1")])
 def test_bad_flags_are_refused(synthetic, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         train.main(train_args(synthetic[0], tmp_path / "run", *flags))
