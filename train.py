@@ -255,11 +255,11 @@ def main(argv=None):
                 visualize.save_panel(panel_images[viz_idx.to(panel_images.device)].cpu(),
                                      panel_masks[viz_idx.to(panel_masks.device)].cpu(), logits,
                                      out / f"panel_epoch{epoch + 1:03d}.png", f"{out.name}, epoch {epoch + 1}")
-            print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {history[-1]['train_loss']:.4f}  " + (
-                  f"val loss {val['loss']:.4f}  val IoU {val['iou']:.4f}  val Dice {val['dice']:.4f}  " if held_out
-                  else "no validation split  ") +
-                  f"{seconds:.0f}s (data {100 * data_seconds / seconds:.1f}%)" + ("  *best" if is_best and held_out else ""),
-                  flush=True)
+            scores = (f"val loss {val['loss']:.4f}  val IoU {val['iou']:.4f}  val Dice {val['dice']:.4f}  "
+                      if held_out else "no validation split  ")
+            mark = "  *best" if is_best and held_out else ""
+            print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {history[-1]['train_loss']:.4f}  {scores}"
+                  f"{seconds:.0f}s (data {100 * data_seconds / seconds:.1f}%){mark}", flush=True)
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else 0
         kept = f"{out}/last.pt holds epoch {done}" if done else "no epoch had finished"
