@@ -167,9 +167,9 @@ def pick_device(name):
 
 def validation_seed(configs):
     """The --split-seed that all these runs held their validation images out with (one run, or an ensemble's)."""
-    # runs from before --split-seed split by --seed
     if any(c["val_fraction"] == 0 for c in configs):
         raise SystemExit("--split val: trained with --val-fraction 0, on every training image; none was held out")
+    # runs from before --split-seed split by --seed
     splits = {(c["val_fraction"], c.get("split_seed", c["seed"])) for c in configs}
     if len(splits) > 1:
         raise SystemExit("--split val: these runs held out different validation images (--val-fraction, --split-seed "

@@ -147,8 +147,8 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
         raise SystemExit(f"no finished runs (with test_metrics.json) in {runs_dir}; run an experiment first")
     table = report_table(runs)
     runfiles.write_text(runs_dir / "report.md", "# Experiments\n\nTest metrics of each run's best checkpoint "
-                        "(by validation IoU; the last epoch for runs trained on every training image, --val-fraction 0); "
-                        "per-image means, threshold 0.5.\n\n" + table
+                        "(by validation IoU; the last epoch for runs trained on every training image, "
+                        "--val-fraction 0); per-image means, threshold 0.5.\n\n" + table
                         + "\n![comparison](comparison.png)\n\n![test panel](test_panel.png)\n")
     plot_comparison(runs, runs_dir / "comparison.png")
     predictions, test = {}, None
