@@ -45,13 +45,14 @@ exp2-finetune: data
 	$(TRAIN) $(COMMON) --loss bce --optimizer adam --lr 1e-4
 
 # Beyond the report (README, "Beyond the report"): skip connections, BCE + Dice, a lower encoder learning rate,
-# warm-up and cosine decay, random rotation/zoom/colour augmentation, all chosen on the validation split, then
-# trained on all training images (--val-fraction 0: the last epoch); one model per seed in SEEDS, then their
-# ensemble scored with flip TTA at full resolution (fullres_lcc_tta_*: only the largest region kept).
+# warm-up and cosine decay, random rotation/zoom/colour augmentation, an average of the weights (EMA), all chosen
+# on the validation split, then trained on all training images (--val-fraction 0: the last epoch); one model per
+# seed in SEEDS, then their ensemble scored with flip TTA at full resolution (fullres_lcc_tta_*: only the largest
+# region kept).
 best: data
 	for seed in $(SEEDS); do \
 		$(TRAIN) --seed $$seed --out $(RUNS)/best/seed$$seed --skips --loss bce+dice --optimizer adam --lr 1e-3 \
-			--encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1 --random-aug --val-fraction 0 || exit 1; \
+			--encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1 --random-aug --ema 0.99 --val-fraction 0 || exit 1; \
 	done
 	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir $(DATA_DIR) --device $(DEVICE) \
 		--tta --full-res

@@ -6,6 +6,7 @@ test_per_image.csv, curves.png and prediction panels. Ctrl-C keeps last.pt; --re
     python train.py --freeze-encoder --loss bce --optimizer rmsprop --out runs/exp1-bce
 """
 import argparse
+import copy
 import math
 import shutil
 import signal
@@ -59,6 +60,9 @@ def parse_args(argv=None):
     a("--weight-decay", type=float, default=0.0, help="L2 penalty of the optimizer")
     a("--schedule", default="constant", choices=["constant", "cosine"], help="learning rate over the run")
     a("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up before the schedule")
+    a("--ema", type=float, default=0.0, metavar="DECAY",
+      help="validate, save and test an exponential moving average of the weights with this decay per step "
+           "(e.g. 0.99); 0: the weights as trained")
     a("--epochs", type=int, default=15, help="passes over the augmented training set")
     a("--batch-size", type=int, default=32, help="images per optimizer step")
     a("--seed", type=int, default=0, help="seeds the augmentation, initialisation and batch order")
@@ -81,6 +85,8 @@ def parse_args(argv=None):
         p.error(f"--image-size {args.image_size} is not divisible by 32 (the encoder downsamples 32x); try 128 or 160")
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be at least 0 and below 1")
+    if not 0 <= args.ema < 1:
+        p.error("--ema must be at least 0 and below 1 (e.g. 0.995)")
     return args, given
 
 
@@ -117,6 +123,18 @@ def make_optimizer(model, args):
     if args.optimizer == "adam":
         return torch.optim.Adam(groups, weight_decay=args.weight_decay)
     return torch.optim.RMSprop(groups, weight_decay=args.weight_decay)
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay, updates):
+    """ema = decay * ema + (1 - decay) * model, buffers included; a lower decay for the first updates lets the
+    random initial weights fade quickly."""
+    decay = min(decay, (1 + updates) / (10 + updates))
+    for averaged, current in zip(ema.state_dict().values(), model.state_dict().values()):
+        if averaged.is_floating_point():
+            averaged.lerp_(current, 1 - decay)
+        else:
+            averaged.copy_(current)
 
 
 @torch.no_grad()
@@ -163,6 +181,8 @@ def main(argv=None):
           f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
 
     model = SegNet(args.encoder_weights, args.skips, args.freeze_encoder, tuple(args.decoder_widths)).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
+    kept = model if ema is None else ema  # the weights that are validated, saved as "model" and tested
     runfiles.write_json(out / "config.json", config)  # only now: bad data or weights leave no half-made run
     optimizer = make_optimizer(model, args)
     steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
@@ -172,7 +192,9 @@ def main(argv=None):
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     history, best_iou, start_epoch = [], -1.0, 0
     if last:
-        model.load_state_dict(last["model"])
+        model.load_state_dict(last.get("trained_model", last["model"]))
+        if ema is not None:
+            ema.load_state_dict(last["model"])
         optimizer.load_state_dict(last["optimizer"])
         scheduler.load_state_dict(last["scheduler"])
         scaler.load_state_dict(last["scaler"])
@@ -188,12 +210,15 @@ def main(argv=None):
         model.eval()
         train_inputs = encode_all(model, train_images, 2 * args.batch_size, device, amp)
         val_inputs = encode_all(model, val_images, 2 * args.batch_size, device, amp) if held_out else []
-        forward = model.decode
     else:
         train_inputs, val_inputs = [train_images], [val_images]
-        forward = lambda batch: model(batch[0])  # noqa: E731
-    if args.compile:
-        forward = torch.compile(forward)
+
+    def forward_of(net):
+        """net's logits from a batch of train_inputs/val_inputs (features when cached, else images)."""
+        fn = net.decode if cached else lambda batch: net(batch[0])
+        return torch.compile(fn) if args.compile else fn
+    forward = forward_of(model)
+    kept_forward = forward if ema is None else forward_of(ema)
     panel_inputs, panel_images, panel_masks = ((val_inputs, val_images, val_masks) if held_out
                                                else (train_inputs, train_images, train_masks))
 
@@ -228,11 +253,13 @@ def main(argv=None):
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    update_ema(ema, model, args.ema, epoch * steps_per_epoch + step + 1)
                 total_loss += value * len(idx)
                 bar.set_postfix(loss=f"{value:.4f}")
             model.eval()
             if held_out:
-                val, _ = evaluate(forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)
+                val, _ = evaluate(kept_forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)
             else:
                 val = dict.fromkeys(("loss", "iou", "dice"), math.nan)
             seconds = time.perf_counter() - started
@@ -241,9 +268,11 @@ def main(argv=None):
                             "lr": optimizer.param_groups[-1]["lr"], "seconds": seconds, "data_seconds": data_seconds})
             is_best = val["iou"] > best_iou or not held_out
             best_iou = max(best_iou, val["iou"])
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            state = {"model": kept.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
                      "history": history, "best_iou": best_iou, "config": config}
+            if ema is not None:
+                state["trained_model"] = model.state_dict()  # what --resume trains on from
             runfiles.atomic_save(state, out / "last.pt")
             if is_best:
                 runfiles.atomic_save(state, out / "best.pt")
@@ -251,7 +280,8 @@ def main(argv=None):
             visualize.plot_curves(history, out / "curves.png", out.name)
             viz_every = args.viz_every or max(1, args.epochs // 4)
             if (epoch + 1) % viz_every == 0 or epoch + 1 == args.epochs:
-                logits = predict_logits(forward, [t[viz_idx.to(t.device)] for t in panel_inputs], 64, device, amp)
+                panel_batch = [t[viz_idx.to(t.device)] for t in panel_inputs]
+                logits = predict_logits(kept_forward, panel_batch, 64, device, amp)
                 visualize.save_panel(panel_images[viz_idx.to(panel_images.device)].cpu(),
                                      panel_masks[viz_idx.to(panel_masks.device)].cpu(), logits,
                                      out / f"panel_epoch{epoch + 1:03d}.png", f"{out.name}, epoch {epoch + 1}")

@@ -131,7 +131,8 @@ def test_out_of_memory_names_the_batch_size(synthetic, tmp_path, monkeypatch):
 @pytest.mark.parametrize("flags, message", [(["--image-size", "100"], "not divisible by 32"),
                                             (["--loss", "dice"], "invalid choice"),
                                             (["--optimizer", "sgd"], "invalid choice"),
-                                            (["--val-fraction", "1"], "below 1")])
+                                            (["--val-fraction", "1"], "below 1"),
+                                            (["--ema", "1"], "below 1")])
 def test_bad_flags_are_refused(synthetic, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         train.main(train_args(synthetic[0], tmp_path / "run", *flags))
@@ -160,6 +161,39 @@ def test_interrupted_run_resumes_to_the_same_result(synthetic, tmp_path):
     test_whole, test_resumed = (json.loads((tmp_path / r / "test_metrics.json").read_text())
                                 for r in ("whole", "interrupted"))
     assert test_resumed == test_whole
+
+
+def test_ema_weights_are_validated_saved_and_tested_and_resume_keeps_both(synthetic, tmp_path):
+    flags = ["--epochs", "2", "--aug-copies", "3"]
+    train.main(train_args(synthetic[0], tmp_path / "plain", *flags))
+    train.main(train_args(synthetic[0], tmp_path / "ema", *flags, "--ema", "0.9"))
+    train.main(train_args(synthetic[0], tmp_path / "resumed", *flags, "--ema", "0.9", "--epochs", "1"))
+    train.main(["--out", str(tmp_path / "resumed"), "--resume", "--epochs", "2"])
+    plain, ema, resumed = (runfiles.read_csv(tmp_path / r / "history.csv") for r in ("plain", "ema", "resumed"))
+    assert learned(resumed) == learned(ema)
+    # the average does not change what is trained, only what is validated
+    assert [row["train_loss"] for row in ema] == [row["train_loss"] for row in plain]
+    assert [row["val_loss"] for row in ema] != [row["val_loss"] for row in plain]
+    best = torch.load(tmp_path / "ema" / "best.pt", weights_only=True)
+    assert any(not torch.equal(best["model"][k], best["trained_model"][k]) for k in best["model"])
+    # evaluate.py scores the averaged weights: the validation loss and IoU of the run's best epoch
+    evaluate.main(["--checkpoint", str(tmp_path / "ema" / "best.pt"), "--data-dir", str(synthetic[0]), "--split",
+                   "val", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0"])
+    val, row = runfiles.read_json(tmp_path / "ema" / "val_metrics.json"), ema[best["epoch"] - 1]
+    assert (val["loss"], val["iou"]) == pytest.approx((row["val_loss"], row["val_iou"]), abs=1e-5)
+
+
+def test_ema_update_starts_fast_then_uses_the_decay():
+    ema, model = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    model.num_batches_tracked.fill_(7)
+    train.update_ema(ema, model, 0.99, updates=1)  # decay 2/11 at the first update, not 0.99
+    assert ema.weight.tolist() == pytest.approx([2 / 11 * 1 + 9 / 11 * 2] * 3)
+    assert ema.num_batches_tracked.item() == 7  # counters are copied, not averaged
+    before = ema.weight.clone()
+    train.update_ema(ema, model, 0.99, updates=10_000)
+    assert ema.weight.tolist() == pytest.approx((0.99 * before + 0.01 * 2.0).tolist())
 
 
 def test_learning_rate_schedule():
