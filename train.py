@@ -86,7 +86,7 @@ def parse_args(argv=None):
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be at least 0 and below 1")
     if not 0 <= args.ema < 1:
-        p.error("--ema must be at least 0 and below 1 (e.g. 0.995)")
+        p.error("--ema must be at least 0 and below 1 (e.g. 0.99)")
     return args, given
 
 
