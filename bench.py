@@ -1,6 +1,6 @@
-"""Measure speed on this machine's device: training (frozen encoder with and without the feature cache, full
-fine-tuning in channels_last and NCHW), inference, the decoder's cost against the encoder's, and building the
-image cache from JPEGs.
+"""Measure speed on this machine's device: training (frozen encoder with and without the feature cache, the
+cached step's FLOP rate against a large matrix product's, full fine-tuning in channels_last and NCHW),
+inference, the decoder's cost against the encoder's, and building the image cache from JPEGs.
 Each number is printed beside the slower variant measured in the same run.
 
     python bench.py                    # CPU or the best GPU present
@@ -49,6 +49,16 @@ def flops(fn):
     return counter.get_total_flops()
 
 
+def matmul_gflops(device, amp, seconds, n=2048):
+    """This device's rate on a large matrix product (in the training step's precision): near its peak."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+
+    def matmul():
+        with autocast(device, amp):
+            a @ b
+    return rate(matmul, 1, device, seconds) * 2 * n ** 3 / 1e9
+
+
 def line(name, fast, slow=None, slow_name="", unit="img/s"):
     text = f"{name:<52} {fast:8.1f} {unit}"
     if slow is not None:
@@ -60,7 +70,6 @@ def bench_training(args, device):
     n, size, amp = args.batch_size, args.image_size, not args.no_amp
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
     masks = (torch.rand(n, 1, size, size, device=device) > 0.5).float()
-    results = {}
     for skips in (False, True):
         torch.manual_seed(0)
         frozen = SegNet(args.encoder_weights, skips=skips, freeze_encoder=True).to(device).train()
@@ -83,7 +92,10 @@ def bench_training(args, device):
         uncached = rate(without_cache, n, device, args.seconds)
         tag = "with skips" if skips else "no skips"
         line(f"train, frozen encoder, feature cache ({tag})", cached, uncached, "encoder every step")
-        results[skips] = cached
+        if not skips:  # what bounds the cache's gain: how fast the decoder's step already runs
+            step_flops = flops(lambda: step(lambda: frozen.decode(feats))) / n
+            line("  the same step's FLOP rate (forward + backward)", cached * step_flops / 1e9,
+                 matmul_gflops(device, amp, args.seconds), "2048x2048 matmul", "GFLOP/s")
 
     def finetune_rate(memory_format):
         full = SegNet(args.encoder_weights).to(device, memory_format=memory_format).train()

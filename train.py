@@ -130,10 +130,11 @@ def update_ema(ema, model, decay, updates):
     """ema = decay * ema + (1 - decay) * model, buffers included; a lower decay for the first updates lets the
     random initial weights fade quickly."""
     decay = min(decay, (1 + updates) / (10 + updates))
-    for averaged, current in zip(ema.state_dict().values(), model.state_dict().values()):
-        if averaged.is_floating_point():
-            averaged.lerp_(current, 1 - decay)
-        else:
+    pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
+    floats = [(averaged, current) for averaged, current in pairs if averaged.is_floating_point()]
+    torch._foreach_lerp_(*map(list, zip(*floats)), 1 - decay)  # one fused call on a GPU, not one per tensor
+    for averaged, current in pairs:
+        if not averaged.is_floating_point():
             averaged.copy_(current)
 
 

@@ -1,0 +1,23 @@
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_prints_every_measurement_beside_its_slower_variant():
+    result = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--seconds", "0.05", "--batch-size", "2",
+                             "--image-size", "64", "--cache-images", "2", "--workers", "0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for name in ("feature cache (no skips)", "feature cache (with skips)", "FLOP rate", "fine-tuned",
+                 "decoder forward+backward", "FLOPs per image", "inference", "JPEG", "build the cache",
+                 "load the finished cache"):
+        assert name in out, name
+    # every comparison line: a positive rate, then the slower variant's, and their ratio
+    comparisons = re.findall(r"([\d.]+) (?:img/s|GFLOP/s)\s+vs [^:]+: ([\d.]+) (?:img/s|GFLOP/s) \(([\d.]+)x\)", out)
+    assert len(comparisons) == 9
+    for fast, slow, ratio in comparisons:
+        assert float(fast) > 0 and float(slow) > 0
+        assert abs(float(ratio) - float(fast) / float(slow)) < 0.06  # the ratio is of the unrounded rates
