@@ -131,10 +131,10 @@ def update_ema(ema, model, decay, updates):
     random initial weights fade quickly."""
     decay = min(decay, (1 + updates) / (10 + updates))
     pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
-    floats = [(averaged, current) for averaged, current in pairs if averaged.is_floating_point()]
-    torch._foreach_lerp_(*map(list, zip(*floats)), 1 - decay)  # one fused call on a GPU, not one per tensor
+    floats = [pair for pair in pairs if pair[0].is_floating_point()]
+    torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - decay)  # one call for all tensors
     for averaged, current in pairs:
-        if not averaged.is_floating_point():
+        if not averaged.is_floating_point():  # counters, such as BatchNorm's num_batches_tracked
             averaged.copy_(current)
 
 
