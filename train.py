@@ -293,8 +293,8 @@ def main(argv=None):
                   f"{seconds:.0f}s (data {100 * data_seconds / seconds:.1f}%){mark}", flush=True)
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else 0
-        kept = f"{out}/last.pt holds epoch {done}" if done else "no epoch had finished"
-        print(f"\ninterrupted during epoch {done + 1}; {kept}. Resume with: {resume_hint}", file=sys.stderr)
+        saved = f"{out}/last.pt holds epoch {done}" if done else "no epoch had finished"
+        print(f"\ninterrupted during epoch {done + 1}; {saved}. Resume with: {resume_hint}", file=sys.stderr)
         raise SystemExit(130) from None
     except FloatingPointError as e:
         raise SystemExit(f"training stopped: {e}") from None
