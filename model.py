@@ -29,7 +29,7 @@ USER_ERRORS = (DataError, ModelFileError, FileNotFoundError)
 
 
 def load_encoder(weights):
-    """torchvision MobileNetV2 `features`: weights is 'imagenet' (torchvision download), 'none', or a state_dict file."""
+    """torchvision MobileNetV2 `features`; weights: 'imagenet' (torchvision download), 'none' or a state_dict file."""
     if weights == "imagenet":
         try:
             net = mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1)
@@ -115,7 +115,7 @@ class SegNet(nn.Module):
 
 
 def build_model(config):
-    """A SegNet from a run's config (a dict of train.py flags), with random weights to be overwritten by a checkpoint."""
+    """A SegNet from a run's config (a dict of train.py flags), its random weights to be overwritten by a checkpoint."""
     return SegNet("none", skips=config["skips"], freeze_encoder=config["freeze_encoder"],
                   widths=tuple(config["decoder_widths"]))
 

@@ -33,7 +33,8 @@ def test_panel_has_a_row_per_image(tmp_path):
 def write_fake_run(runs, name, loss, iou, dice, epochs):
     run = runs / name
     run.mkdir(parents=True)
-    runfiles.write_json(run / "config.json", {"loss": loss, "optimizer": "adam", "freeze_encoder": name.startswith("exp1")})
+    runfiles.write_json(run / "config.json",
+                        {"loss": loss, "optimizer": "adam", "freeze_encoder": name.startswith("exp1")})
     runfiles.write_csv(run / "history.csv", fake_history(epochs))
     runfiles.write_json(run / "test_metrics.json",
                         {"loss": 0.25, "iou": iou, "dice": dice, "tta_iou": iou - 0.01, "n_images": 10})
