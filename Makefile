@@ -52,7 +52,7 @@ exp2-finetune: data
 best: data
 	for seed in $(SEEDS); do \
 		$(TRAIN) --seed $$seed --out $(RUNS)/best/seed$$seed --skips --loss bce+dice --optimizer adam --lr 1e-3 \
-			--encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1 --random-aug --ema 0.99 --val-fraction 0 || exit 1; \
+			--encoder-lr-scale 0.3 --schedule cosine --warmup-epochs 1 --random-aug --ema 0.99 --val-fraction 0 || exit 1; \
 	done
 	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir $(DATA_DIR) --device $(DEVICE) \
 		--tta --full-res
