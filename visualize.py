@@ -130,7 +130,7 @@ def plot_comparison(runs, path):
     x = np.arange(len(runs))
     for offset, key in ((-0.2, "iou"), (0.2, "dice")):
         bars = right.bar(x + offset, [r["test"][key] for r in runs], 0.4, label=f"test {key}")
-        right.bar_label(bars, fmt="%.3f", fontsize=8)
+        right.bar_label(bars, fmt="%.4f", fontsize=7)
     refs = [REFERENCE.get(r["name"], (np.nan, np.nan))[0] for r in runs]
     right.scatter(x - 0.2, refs, marker="_", s=600, color="black", label="reference report IoU", zorder=3)
     right.set_xticks(x, [r["name"] for r in runs], rotation=15)
