@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import runfiles
+from errors import DataError
 
 URL = "https://isic-challenge-data.s3.amazonaws.com/2016/"
 SPLITS = {
@@ -30,10 +31,6 @@ SPLITS = {
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = "_Segmentation.png"
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are rebuilt
-
-
-class DataError(Exception):
-    """Problems with the data folder, listed all at once, with what to do."""
 
 
 def expected_layout(data_dir):
@@ -180,17 +177,24 @@ def augment(images, masks, copies, seed):
     return torch.cat(out_images), torch.cat(out_masks)
 
 
-def random_distort(images, masks, generator, max_angle=180.0, max_zoom=1.25, jitter=0.2):
+def draw_distortions(n, generator):
+    """Uniform draws [5, n] in 0..1 for random_distort() of n images, from a CPU generator so that runs repeat on
+    any device: rotation, zoom, brightness, contrast, saturation."""
+    return torch.stack([torch.rand(n, generator=generator) for _ in range(5)])
+
+
+def random_distort(images, masks, draws, max_angle=180.0, max_zoom=1.25, jitter=0.2):
     """Per image: a random rotation (any angle), zoom (1/max_zoom..max_zoom) and brightness, contrast and
-    saturation change (x 1 +- jitter); image and mask share the geometry, corners are mirrored in.
-    Returns float images 0..255 and float masks {0,1} (resampled bilinearly, thresholded at 0.5)."""
-    n, device = len(images), images.device
+    saturation change (x 1 +- jitter), from draw_distortions(); image and mask share the geometry, corners are
+    mirrored in. Images [N,3,S,S] 0..255 and masks [N,1,S,S] {0,1} in; float images 0..255 and float masks {0,1}
+    out (masks resampled bilinearly, thresholded at 0.5)."""
+    n = len(images)
 
-    def uniform(low, high):  # drawn on the CPU from `generator`, so runs repeat on any device
-        return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
+    def uniform(low, high, u):
+        return low + (high - low) * u
 
-    angle = uniform(-max_angle, max_angle) * math.pi / 180
-    zoom = uniform(-math.log(max_zoom), math.log(max_zoom)).exp()
+    angle = uniform(-max_angle, max_angle, draws[0]) * math.pi / 180
+    zoom = uniform(-math.log(max_zoom), math.log(max_zoom), draws[1]).exp()
     cos, sin, zero = angle.cos() / zoom, angle.sin() / zoom, torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
@@ -198,18 +202,13 @@ def random_distort(images, masks, generator, max_angle=180.0, max_zoom=1.25, jit
     def warp(x):
         return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     images, masks = warp(images), (warp(masks) > 0.5).float()
-    brightness, contrast, saturation = (uniform(1 - jitter, 1 + jitter).view(n, 1, 1, 1) for _ in range(3))
+    brightness, contrast, saturation = (uniform(1 - jitter, 1 + jitter, u).view(n, 1, 1, 1) for u in draws[2:])
     images = images * brightness
     mean = images.mean((1, 2, 3), keepdim=True)
     images = (images - mean) * contrast + mean
     gray = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     images = (images - gray) * saturation + gray
     return images.clamp(0, 255), masks
-
-
-def take(tensors, idx, device):
-    """Rows `idx` of each tensor in a list, moved to `device` (non-blocking from pinned memory)."""
-    return [t[idx].to(device, non_blocking=True) for t in tensors]
 
 
 def write_synthetic(data_dir, n_train=48, n_test=16, seed=0):
@@ -253,7 +252,7 @@ def download(data_dir):
                 try:
                     urllib.request.urlretrieve(URL + archive.name, archive.with_suffix(".part"), hook)
                 except OSError as e:
-                    raise SystemExit(f"could not download {URL + archive.name}: {e}\nDownload and unzip the four "
+                    raise DataError(f"could not download {URL + archive.name}: {e}\nDownload and unzip the four "
                                      f"ISIC 2016 Part 1 archives into {data_dir} by hand, or point DATA_DIR "
                                      "(--data-dir) at a copy that is already there.") from None
             archive.with_suffix(".part").rename(archive)

@@ -1,71 +1,34 @@
-"""Segmentation metrics (defined once, used by training, evaluation and prediction) and checkpoint evaluation.
+"""Score trained checkpoints (one, or several as an ensemble) on a split: per-image metrics at model and at
+full resolution, with flip TTA and the largest region (metrics.py), written beside the checkpoints.
 
     python evaluate.py --checkpoint runs/exp1-bce/best.pt --data-dir ../shared/isic2016
+    python evaluate.py --checkpoint runs/best/seed*/best.pt --data-dir ../shared/isic2016 --tta --full-res
 """
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 import data
 import runfiles
-from losses import LOSSES
-from model import USER_ERRORS, load_models
-
-
-def per_image_metrics(pred, masks):
-    """Metrics of binary predictions against binary masks, one value per image ([N] tensors).
-    An image whose prediction and mask are both empty scores 1 for IoU and Dice."""
-    pred, masks = pred.flatten(1).bool(), masks.flatten(1).bool()
-    tp = (pred & masks).sum(1).double()
-    fp = (pred & ~masks).sum(1).double()
-    fn = (~pred & masks).sum(1).double()
-    tn = (~pred & ~masks).sum(1).double()
-
-    def ratio(num, den):  # 0/0 means nothing to get wrong: a perfect score
-        return torch.where(den > 0, num / den.clamp(min=1), torch.ones_like(num))
-
-    iou = ratio(tp, tp + fp + fn)
-    return {"iou": iou,
-            "dice": ratio(2 * tp, 2 * tp + fp + fn),
-            "accuracy": (tp + tn) / (tp + fp + fn + tn),
-            "sensitivity": ratio(tp, tp + fn),
-            "specificity": ratio(tn, tn + fp),
-            "iou_thresholded": torch.where(iou >= 0.65, iou, torch.zeros_like(iou))}  # ISIC 2018 score
-
-
-def autocast(device, enabled):
-    """Mixed precision on accelerators: bfloat16 where supported, else float16. CPU runs in float32."""
-    if not enabled or device.type == "cpu":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+from device import add_device_flag, autocast, pick_device
+from errors import USER_ERRORS, UsageError
+from metrics import add_metrics, full_resolution_metrics, per_image_metrics, pooled_iou, score
+from model import load_models
 
 
 @torch.no_grad()
 def predict_logits(forward, inputs, batch_size, device, amp=True):
-    """forward(list of batch tensors) -> logits over `inputs` (list of tensors with N rows), gathered on the CPU."""
+    """Logits [N,1,S,S] of forward() over the N rows of `inputs` (images [N,3,S,S], or anything that slices and
+    moves with .to() like them), batch by batch, gathered on the CPU."""
     out = []
-    for start in range(0, len(inputs[0]), batch_size):
-        batch = data.take(inputs, slice(start, start + batch_size), device)
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start:start + batch_size].to(device, non_blocking=True)
         with autocast(device, amp):
             out.append(forward(batch).float().cpu())
     return torch.cat(out)
-
-
-def score(logits, masks, loss_name):
-    """({'loss', 'iou', 'dice', ..., 'n_images'}, per-image metrics) of logits against masks; threshold logit > 0."""
-    masks = masks.to(logits.device)
-    per_image = per_image_metrics(logits > 0, masks)
-    summary = {"loss": LOSSES[loss_name](logits, masks).item(), "n_images": len(masks)}
-    summary.update({k: v.mean().item() for k, v in per_image.items()})
-    return summary, per_image
 
 
 def evaluate(forward, inputs, masks, loss_name, batch_size, device, amp=True):
@@ -80,45 +43,8 @@ def predict_probs(model, images, batch_size, device, amp=True, tta=False):
     flips = [(), (-1,), (-2,)] if tta else [()]
 
     def forward(batch):
-        return sum(model(batch[0].flip(f)).float().sigmoid().flip(f) for f in flips) / len(flips)
-    return predict_logits(forward, [images], batch_size, device, amp)
-
-
-def keep_largest_component(mask):
-    """A boolean [H,W] numpy mask with only its largest 8-connected region: the lesion, without stray specks."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0  # background
-    return labels == sizes.argmax()
-
-
-def full_resolution_metrics(variants, mask_paths, threshold=0.5):
-    """{name: (per-image metrics, pooled IoU)} for each {name: probabilities [N,1,S,S]}, every prediction
-    upsampled (bilinear, on probabilities) to its ground-truth mask's own size and thresholded there, as the ISIC
-    challenges score; and the same under 'lcc_' + name with only the largest region kept. Each mask is read once."""
-    names = [pre + name for name in variants for pre in ("", "lcc_")]
-    per_image = {name: [] for name in names}
-    counts = {name: [0, 0] for name in names}  # pooled intersection, union
-    for i, path in enumerate(mask_paths):
-        mask = torch.from_numpy(data.read_binary_mask(path))[None, None]
-        for name, probs in variants.items():
-            up = F.interpolate(probs[i:i + 1].float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
-            pred = up > threshold
-            largest = torch.from_numpy(keep_largest_component(pred[0, 0].numpy()))[None, None]
-            for key, p in ((name, pred), ("lcc_" + name, largest)):
-                per_image[key].append(per_image_metrics(p, mask))
-                counts[key][0] += (p & mask).sum().item()
-                counts[key][1] += (p | mask).sum().item()
-    return {name: ({k: torch.cat([m[k] for m in rows]) for k in rows[0]}, counts[name][0] / max(counts[name][1], 1))
-            for name, rows in per_image.items()}
-
-
-def pooled_iou(pred, masks):
-    """IoU of all pixels of all images together (not a per-image mean)."""
-    pred, masks = pred.bool(), masks.bool()
-    return (pred & masks).sum().item() / max((pred | masks).sum().item(), 1)
+        return sum(model(batch.flip(f)).float().sigmoid().flip(f) for f in flips) / len(flips)
+    return predict_logits(forward, images, batch_size, device, amp)
 
 
 def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True):
@@ -127,7 +53,7 @@ def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True,
     only the largest region kept), and 'pooled_iou' keys over all pixels together. Returns (summary, per-image
     metrics)."""
     masks = split["masks"]
-    logits = predict_logits(lambda b: model(b[0]), [split["images"]], batch_size, device, amp)
+    logits = predict_logits(model, split["images"], batch_size, device, amp)
     summary, per_image = score(logits, masks, loss_name)
     variants = {"": logits.sigmoid()}
     if tta:
@@ -142,12 +68,6 @@ def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True,
     return summary, per_image
 
 
-def add_metrics(summary, per_image, prefix, metrics):
-    """Put per-image `metrics` and their means under prefixed keys."""
-    per_image.update({prefix + k: v for k, v in metrics.items()})
-    summary.update({prefix + k: v.mean().item() for k, v in metrics.items()})
-
-
 def write_results(run_dir, split, summary, per_image, ids):
     """<split>_metrics.json and <split>_per_image.csv in the run folder."""
     runfiles.write_json(Path(run_dir) / f"{split}_metrics.json", summary)
@@ -155,24 +75,14 @@ def write_results(run_dir, split, summary, per_image, ids):
     runfiles.write_csv(Path(run_dir) / f"{split}_per_image.csv", rows)
 
 
-def pick_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to PyTorch; use --device cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit("--device mps: MPS is not available on this machine; use --device cpu or auto")
-    return torch.device(name)
-
-
 def validation_seed(configs):
     """The --split-seed that all these runs held their validation images out with (one run, or an ensemble's)."""
     if any(c["val_fraction"] == 0 for c in configs):
-        raise SystemExit("--split val: trained with --val-fraction 0, on every training image; none was held out")
+        raise UsageError("--split val: trained with --val-fraction 0, on every training image; none was held out")
     # runs from before --split-seed split by --seed
     splits = {(c["val_fraction"], c.get("split_seed", c["seed"])) for c in configs}
     if len(splits) > 1:
-        raise SystemExit("--split val: these runs held out different validation images (--val-fraction, --split-seed "
+        raise UsageError("--split val: these runs held out different validation images (--val-fraction, --split-seed "
                          f"{sorted(splits)}), so some were trained on the others' validation images")
     return splits.pop()[1]
 
@@ -187,8 +97,8 @@ def main(argv=None):
                         help="which split to score; val: the training images the run held out (default: test)")
     parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder; with several, "
                         "the folder that holds them all)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    add_device_flag(parser)
     parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
     parser.add_argument("--workers", type=int, default=2, help="processes that decode JPEGs into the cache")
     parser.add_argument("--full-res", action="store_true",

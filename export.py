@@ -12,7 +12,8 @@ import warnings
 import numpy as np
 import torch
 
-from model import USER_ERRORS, load_models
+from errors import USER_ERRORS, ModelFileError
+from model import load_models
 
 
 def export(model, size, path):
@@ -39,7 +40,7 @@ def check(model, size, path, batch_sizes=(1, 3), tolerance=1e-3):
         got = session.run(None, {"images": images.numpy()})[0]
         worst = max(worst, float(np.abs(got - expected).max()))
     if worst > tolerance:
-        raise SystemExit(f"ONNX output differs from PyTorch's by {worst:.2e} (> {tolerance})")
+        raise ModelFileError(f"ONNX output differs from PyTorch's by {worst:.2e} (> {tolerance})")
     return worst
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
-from data import DataError
+from errors import ModelFileError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -18,14 +18,6 @@ STD = (0.229, 0.224, 0.225)
 TAPS = (1, 3, 6, 13, 18)
 TAP_CHANNELS = (16, 24, 32, 96, 1280)
 DECODER_WIDTHS = (128, 64, 32, 16, 8)  # outputs at 1/16, 1/8, 1/4, 1/2, 1/1
-
-
-class ModelFileError(RuntimeError):
-    """Weights or a checkpoint that cannot be had or used; the message says what to do."""
-
-
-# What the command-line scripts report as a message instead of a traceback.
-USER_ERRORS = (DataError, ModelFileError, FileNotFoundError)
 
 
 def load_encoder(weights):
@@ -42,8 +34,12 @@ def load_encoder(weights):
     if weights != "none":
         if not Path(weights).is_file():
             raise FileNotFoundError(f"--encoder-weights {weights}: no such file (use 'imagenet', 'none' or a path)")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+        try:
+            net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except Exception as e:  # not a torch file, a pickle of other objects, another architecture's weights
+            reason = str(e).split("\n")[0][:200]
+            raise ModelFileError(f"--encoder-weights {weights} is not a MobileNetV2 state_dict ({reason}). Use "
+                                 "torchvision's mobilenet_v2 ImageNet weights, 'imagenet' or 'none'.") from None
     return net.features
 
 
@@ -66,7 +62,9 @@ class UpBlock(nn.Module):
         return self.refine(x if skip is None else torch.cat([x, skip], 1))
 
 
-class SegNet(nn.Module):
+class MobileNetSegmenter(nn.Module):
+    """RGB images [N,3,H,W] (0..255, H and W multiples of 32) -> lesion logits [N,1,H,W]."""
+
     def __init__(self, encoder_weights="imagenet", skips=False, freeze_encoder=False, widths=DECODER_WIDTHS):
         super().__init__()
         self.skips, self.freeze_encoder = skips, freeze_encoder
@@ -90,7 +88,7 @@ class SegNet(nn.Module):
         return self
 
     def encode(self, images):
-        """Encoder features the decoder needs, deepest last: [1/2, 1/4, 1/8, 1/16, 1/32] with skips, else [1/32]."""
+        """Encoder features of images [N,3,H,W] the decoder needs, deepest last: [1/2, 1/4, 1/8, 1/16, 1/32] with skips, else [1/32]."""
         x = (images.float() - self.mean) / self.std
         feats = []
         for i, layer in enumerate(self.encoder):
@@ -100,6 +98,7 @@ class SegNet(nn.Module):
         return feats
 
     def decode(self, feats):
+        """Logits [N,1,H,W] from encode()'s features."""
         x, skips = feats[-1], feats[-2::-1] + [None] * 5
         for block, skip in zip(self.blocks, skips):
             x = block(x, skip)
@@ -114,10 +113,12 @@ class SegNet(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
 
 
-def build_model(config):
-    """A SegNet from a run's config (a dict of train.py flags), its random weights to be overwritten by a checkpoint."""
-    return SegNet("none", skips=config["skips"], freeze_encoder=config["freeze_encoder"],
-                  widths=tuple(config["decoder_widths"]))
+def build_model(config, pretrained=False):
+    """The model a run's config (a dict of train.py flags) describes: the one place a model is built. pretrained:
+    the encoder starts from config['encoder_weights'] (training); else from random weights that a checkpoint
+    will replace."""
+    return MobileNetSegmenter(config["encoder_weights"] if pretrained else "none", skips=config["skips"],
+                              freeze_encoder=config["freeze_encoder"], widths=tuple(config["decoder_widths"]))
 
 
 def load_checkpoint(path, device="cpu"):

@@ -12,18 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 import data
-from evaluate import keep_largest_component, pick_device, predict_probs
-from model import USER_ERRORS, load_models
+from device import add_device_flag, pick_device
+from errors import USER_ERRORS, UsageError
+from evaluate import predict_probs
+from metrics import keep_largest_component, upsample
+from model import load_models
 
 
 def expand_inputs(inputs):
     """Image files from files, folders (searched recursively) and glob patterns, expanded here so that quoted
-    patterns work on every OS. Raises SystemExit naming any input that matched nothing."""
+    patterns work on every OS. Raises UsageError naming any input that matched nothing."""
     found, unmatched = [], []
     for item in inputs:
         path = Path(item)
@@ -38,7 +40,7 @@ def expand_inputs(inputs):
         if not matches:
             unmatched.append(item)
     if unmatched:
-        raise SystemExit("no images found for: " + ", ".join(unmatched))
+        raise UsageError("no images found for: " + ", ".join(unmatched))
     return list(dict.fromkeys(found))  # drop duplicates, keep order
 
 
@@ -63,22 +65,26 @@ def save_overlay(image_path, mask, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    parser.add_argument("--checkpoint", required=True, action="append",
-                        help="best.pt or last.pt written by train.py; repeat the flag to average several (ensemble)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("--input", nargs="+", action="extend", default=[], dest="more_inputs", metavar="INPUT",
+                        help="more inputs, e.g. after --checkpoint's files")
+    parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
+                        help="best.pt or last.pt written by train.py; several: average their probabilities (ensemble)")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--threshold", type=float, default=0.5, help="lesion where probability > this")
     parser.add_argument("--tta", action="store_true", help="average with horizontal and vertical flips")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected region of each mask (one lesion per image)")
     parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png with the contour")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    add_device_flag(parser)
     args = parser.parse_args(argv)
+    if not args.inputs + args.more_inputs:
+        parser.error("no INPUT given: name images, folders or patterns before --checkpoint, or after --input")
 
     device = pick_device(args.device)
     model, configs = load_models(args.checkpoint, device)
-    paths = expand_inputs(args.inputs)
+    paths = expand_inputs(args.inputs + args.more_inputs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     size, amp = configs[0]["image_size"], not configs[0]["no_amp"]
@@ -87,11 +93,11 @@ def main(argv=None):
         try:
             decoded = [data.read_image(p, size) for p in batch]
         except Exception as e:
-            raise SystemExit(f"cannot read an image in {[str(p) for p in batch]}: {e}") from None
+            raise UsageError(f"cannot read an image in {[str(p) for p in batch]}: {e}") from None
         images = torch.from_numpy(np.stack([d[0] for d in decoded])).permute(0, 3, 1, 2)
         probs = predict_probs(model, images, args.batch_size, device, amp, args.tta)
         for path, prob, (_, (width, height)) in zip(batch, probs, decoded):
-            full = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+            full = upsample(prob[None], (height, width))[0, 0]
             mask = (full > args.threshold).numpy()
             if args.largest_component:
                 mask = keep_largest_component(mask)

@@ -6,6 +6,7 @@ test_per_image.csv, curves.png and prediction panels. Ctrl-C keeps last.pt; --re
     python train.py --freeze-encoder --loss bce --optimizer rmsprop --out runs/exp1-bce
 """
 import argparse
+import contextlib
 import copy
 import math
 import shutil
@@ -20,20 +21,26 @@ from tqdm import tqdm
 import data
 import runfiles
 import visualize
-from evaluate import autocast, evaluate, pick_device, predict_logits, score_model, write_results
+from device import add_device_flag, autocast, pick_device
+from errors import USER_ERRORS, Interrupted, TrainingError, UsageError
+from evaluate import evaluate, predict_logits, score_model, write_results
 from losses import LOSSES
-from model import DECODER_WIDTHS, USER_ERRORS, SegNet
+from model import DECODER_WIDTHS, build_model
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
-RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile")
+RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
+SYNC_EVERY = 10  # training steps between reads of the loss from the device (each read waits for the GPU)
 
 
-def parse_args(argv=None):
+def build_parser(defaults=True):
+    """train.py's flags; with defaults=False every default is left out, so parsing tells which flags were given."""
     class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
         pass
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
-    a = p.add_argument
+
+    def a(*names, default=None, **kwargs):
+        p.add_argument(*names, default=default if defaults else argparse.SUPPRESS, **kwargs)
     a("--data-dir", default="data", help="ISIC 2016 Part 1 folder in the official layout")
     a("--cache-dir", default="cache", help="where decoded images are cached between runs")
     a("--out", default="runs/train", help="run folder for config, history, checkpoints, metrics and plots")
@@ -41,15 +48,16 @@ def parse_args(argv=None):
       help="'imagenet' (torchvision download), 'none' (random), or a MobileNetV2 state_dict file")
     a("--image-size", type=int, default=128, help="images and masks are resized to this square size (multiple of 32)")
     a("--aug-copies", type=int, default=3, help="flipped/rotated copies added per training image (3: 4x data)")
-    a("--random-aug", action="store_true",
+    a("--random-aug", default=False, action="store_true",
       help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; "
            "turns the feature cache off")
     a("--val-fraction", type=float, default=0.1,
       help="share of training images held out for validation (0: train on all of them; best.pt is the last epoch)")
-    a("--freeze-encoder", action="store_true", help="train the decoder only; the encoder stays fixed")
-    a("--no-feature-cache", action="store_true",
+    a("--freeze-encoder", default=False, action="store_true", help="train the decoder only; the encoder stays fixed")
+    a("--no-feature-cache", default=False, action="store_true",
       help="with --freeze-encoder, run the encoder at every step instead of once per run (same results, slower)")
-    a("--skips", action="store_true", help="feed encoder stages into the decoder (U-Net style skip connections)")
+    a("--skips", default=False, action="store_true",
+      help="feed encoder stages into the decoder (U-Net style skip connections)")
     a("--decoder-widths", type=int, nargs=5, default=list(DECODER_WIDTHS), metavar="C",
       help="decoder channels at 1/16, 1/8, 1/4, 1/2 and full resolution")
     a("--loss", default="bce", choices=sorted(LOSSES),
@@ -68,25 +76,44 @@ def parse_args(argv=None):
     a("--seed", type=int, default=0, help="seeds the augmentation, initialisation and batch order")
     a("--split-seed", type=int, default=0,
       help="seeds the train/validation split (apart from --seed: runs of several seeds validate on the same images)")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, then mps, then cpu")
     a("--workers", type=int, default=2, help="processes that decode JPEGs when the cache is built")
-    a("--no-amp", action="store_true", help="no mixed precision on GPU (CPU always runs float32)")
-    a("--compile", action="store_true", help="torch.compile the forward pass (opt-in; slow to start)")
+    a("--no-amp", default=False, action="store_true", help="no mixed precision on GPU (CPU always runs float32)")
+    a("--compile", default=False, action="store_true", help="torch.compile the forward pass (opt-in; slow to start)")
+    a("--cudnn-benchmark", default=False, action="store_true",
+      help="let cuDNN time its kernels for each new input shape (a slower first epoch; see docs/speed.md)")
     a("--viz-every", type=int, default=0, help="prediction panels every N epochs (0: about 4 per run)")
-    a("--resume", action="store_true", help="continue the run in --out from its last.pt (start it if it has none)")
-    a("--overwrite", action="store_true", help="replace an existing run in --out")
-    args = p.parse_args(argv)
-    # The flags on the command line, as argparse itself resolved them (abbreviations, --flag=value): parse again
-    # with every default suppressed.
-    for action in p._actions:
-        action.default = argparse.SUPPRESS
-    given = set(vars(p.parse_args(argv)))
-    if args.image_size % 32:
-        p.error(f"--image-size {args.image_size} is not divisible by 32 (the encoder downsamples 32x); try 128 or 160")
-    if not 0 <= args.val_fraction < 1:
-        p.error("--val-fraction must be at least 0 and below 1")
-    if not 0 <= args.ema < 1:
-        p.error("--ema must be at least 0 and below 1 (e.g. 0.99)")
+    a("--resume", default=False, action="store_true",
+      help="continue the run in --out from its last.pt (start it if it has none)")
+    a("--overwrite", default=False, action="store_true", help="replace an existing run in --out")
+    if defaults:
+        add_device_flag(p)
+    else:
+        p.add_argument("--device", default=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv=None):
+    """(flags, names of the flags given on the command line); refuses values that cannot train (exit 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = set(vars(build_parser(defaults=False).parse_args(argv)))
+    checks = [(args.image_size % 32 == 0 and args.image_size > 0,
+               f"--image-size {args.image_size} is not a positive multiple of 32 (the encoder downsamples 32x); "
+               "try 128 or 160"),
+              (0 <= args.val_fraction < 1, "--val-fraction must be at least 0 and below 1"),
+              (0 <= args.ema < 1, "--ema must be at least 0 and below 1 (e.g. 0.99)"),
+              (args.epochs >= 1, "--epochs must be at least 1"),
+              (args.batch_size >= 1, "--batch-size must be at least 1"),
+              (args.lr > 0 and math.isfinite(args.lr), "--lr must be a positive number (e.g. 1e-3)"),
+              (args.encoder_lr_scale >= 0, "--encoder-lr-scale must be at least 0"),
+              (args.weight_decay >= 0, "--weight-decay must be at least 0"),
+              (args.warmup_epochs >= 0, "--warmup-epochs must be at least 0"),
+              (args.aug_copies >= 0, "--aug-copies must be at least 0"),
+              (args.workers >= 0, "--workers must be at least 0"),
+              (args.viz_every >= 0, "--viz-every must be at least 0")]
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
     return args, given
 
 
@@ -98,12 +125,71 @@ def prepare_run_dir(args):
         if not (out / "last.pt").exists():  # e.g. `make best RESUME=1`: the seeds after the interrupted one
             print(f"--resume: {out}/last.pt does not exist (no epoch finished there yet); starting the run")
     elif existing and not args.overwrite:
-        raise SystemExit(f"{out} already holds a run ({', '.join(existing)}). "
+        raise UsageError(f"{out} already holds a run ({', '.join(existing)}). "
                          "Add --resume to continue it or --overwrite to replace it (make ... RESUME=1 / OVERWRITE=1).")
     elif existing:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def resumed_config(args, given, out):
+    """(flags, last.pt's contents or None): a resumed run keeps its own configuration, except RESUMABLE flags
+    given anew (e.g. more --epochs, another --device)."""
+    if not (args.resume and (out / "last.pt").exists()):
+        return args, None
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    changed = {k: getattr(args, k) for k in RESUMABLE if k in given}
+    args = argparse.Namespace(**{**vars(args), **last["config"], **changed, "resume": True, "overwrite": False})
+    if "split_seed" not in last["config"]:  # runs from before --split-seed split by --seed
+        args.split_seed = args.seed
+    return args, last
+
+
+class Rows:
+    """Tensors with the same number of rows, sliced and moved together: a frozen encoder's cached features."""
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(self.tensors[0])
+
+    def __getitem__(self, idx):
+        return Rows([t[idx] for t in self.tensors])
+
+    def to(self, device, non_blocking=False):
+        return Rows([t.to(device, non_blocking=non_blocking) for t in self.tensors])
+
+
+def load_data(args, device):
+    """{'train': (images, masks) augmented, 'val': (images, masks), 'test': load_split() result, 'panel_idx'}.
+    Decoded once into uint8 tensors, split before augmentation; on a GPU the training set lives on the device."""
+    full = data.load_split(args.data_dir, "train", args.image_size, args.cache_dir, args.workers)
+    test = data.load_split(args.data_dir, "test", args.image_size, args.cache_dir, args.workers)
+    train_idx, val_idx = data.split_indices(len(full["images"]), args.val_fraction, args.split_seed)
+    train = data.augment(full["images"][train_idx], full["masks"][train_idx], args.aug_copies, args.seed)
+    val = full["images"][val_idx], full["masks"][val_idx]
+    # Panels show validation images, or without them training images (augment() puts the originals first).
+    panel_idx = torch.randperm(len(val_idx) or len(train_idx),
+                               generator=torch.Generator().manual_seed(args.split_seed))[:6]
+    print(f"{len(train_idx)} training images x{args.aug_copies + 1} = {len(train[0])}, "
+          f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
+    if device.type != "cpu":  # the whole (small) training set on the GPU; test batches copy from pinned memory
+        train, val = tuple(t.to(device) for t in train), tuple(t.to(device) for t in val)
+        test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
+    return {"train": train, "val": val, "test": test, "panel_idx": panel_idx}
+
+
+def make_optimizer(model, args, device):
+    if args.freeze_encoder:
+        groups = [{"params": model.decoder_parameters(), "lr": args.lr}]
+    else:
+        groups = [{"params": model.encoder.parameters(), "lr": args.lr * args.encoder_lr_scale},
+                  {"params": model.decoder_parameters(), "lr": args.lr}]
+    if args.optimizer == "adam":  # fused: one kernel per step for all parameters on a GPU
+        return torch.optim.Adam(groups, weight_decay=args.weight_decay, fused=device.type == "cuda")
+    return torch.optim.RMSprop(groups, weight_decay=args.weight_decay)
 
 
 def lr_factor(step, total_steps, warmup_steps, schedule):
@@ -112,17 +198,6 @@ def lr_factor(step, total_steps, warmup_steps, schedule):
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
     return 1.0
-
-
-def make_optimizer(model, args):
-    if args.freeze_encoder:
-        groups = [{"params": model.decoder_parameters(), "lr": args.lr}]
-    else:
-        groups = [{"params": model.encoder.parameters(), "lr": args.lr * args.encoder_lr_scale},
-                  {"params": model.decoder_parameters(), "lr": args.lr}]
-    if args.optimizer == "adam":
-        return torch.optim.Adam(groups, weight_decay=args.weight_decay)
-    return torch.optim.RMSprop(groups, weight_decay=args.weight_decay)
 
 
 @torch.no_grad()
@@ -140,171 +215,109 @@ def update_ema(ema, model, decay, updates):
 
 @torch.no_grad()
 def encode_all(model, images, batch_size, device, amp):
-    """The frozen encoder's features of every image, computed once ([tensor per tap], rows = images)."""
+    """The frozen encoder's features of every image, computed once (Rows: one tensor per tap, a row per image)."""
     feats = None
-    for start in tqdm(range(0, len(images), batch_size), desc="encoding (frozen encoder, once)", leave=False):
+    for start in tqdm(range(0, len(images), batch_size), desc="encoding (frozen encoder, once)", leave=False,
+                      disable=None):
         with autocast(device, amp):
             out = model.encode(images[start:start + batch_size].to(device))
         out = [f.float() for f in out]
         feats = [[f] for f in out] if feats is None else [acc + [f] for acc, f in zip(feats, out)]
-    return [torch.cat(f) for f in feats]
+    return Rows([torch.cat(f) for f in feats])
 
 
-def main(argv=None):
-    args, given = parse_args(argv)
-    out = prepare_run_dir(args)
-    resuming = args.resume and (out / "last.pt").exists()
-    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True) if resuming else None
-    if last:  # a resumed run keeps its own configuration
-        changed = {k: getattr(args, k) for k in RESUMABLE if k in given}  # e.g. more --epochs, another --device
-        args = argparse.Namespace(**{**vars(args), **last["config"], **changed, "resume": True, "overwrite": False})
-        if "split_seed" not in last["config"]:  # runs from before --split-seed split by --seed
-            args.split_seed = args.seed
-    config = vars(args)
-    device = pick_device(args.device)
-    amp = not args.no_amp
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    torch.manual_seed(args.seed)
-
-    # Data: decoded once into uint8 tensors, split before augmentation, held in memory (on the GPU if there is one).
-    full = data.load_split(args.data_dir, "train", args.image_size, args.cache_dir, args.workers)
-    test = data.load_split(args.data_dir, "test", args.image_size, args.cache_dir, args.workers)
-    train_idx, val_idx = data.split_indices(len(full["images"]), args.val_fraction, args.split_seed)
-    train_images, train_masks = data.augment(full["images"][train_idx], full["masks"][train_idx],
-                                             args.aug_copies, args.seed)
-    val_images, val_masks = full["images"][val_idx], full["masks"][val_idx]
-    held_out = len(val_idx) > 0  # --val-fraction 0: no validation; every epoch's checkpoint is best.pt
-    # Panels show validation images, or without them training images (augment() puts the originals first).
-    viz_idx = torch.randperm(len(val_idx) if held_out else len(train_idx),
-                             generator=torch.Generator().manual_seed(args.split_seed))[:6]
-    print(f"{len(train_idx)} training images x{args.aug_copies + 1} = {len(train_images)}, "
-          f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
-
-    model = SegNet(args.encoder_weights, args.skips, args.freeze_encoder, tuple(args.decoder_widths)).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
-    kept = model if ema is None else ema  # the weights that are validated, saved as "model" and tested
-    runfiles.write_json(out / "config.json", config)  # only now: bad data or weights leave no half-made run
-    optimizer = make_optimizer(model, args)
-    steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-        step, args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch, args.schedule))
-    fp16 = amp and device.type != "cpu" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    history, best_iou, start_epoch = [], -1.0, 0
-    if last:
-        model.load_state_dict(last.get("trained_model", last["model"]))
-        if ema is not None:
-            ema.load_state_dict(last["model"])
-        optimizer.load_state_dict(last["optimizer"])
-        scheduler.load_state_dict(last["scheduler"])
-        scaler.load_state_dict(last["scaler"])
-        history, best_iou, start_epoch = last["history"], last["best_iou"], last["epoch"]
-        print(f"resuming {out} after epoch {start_epoch}")
-
-    if device.type != "cpu":  # the whole (small) training set lives on the GPU; test batches copy from pinned memory
-        train_images, train_masks, val_images, val_masks = (
-            t.to(device) for t in (train_images, train_masks, val_images, val_masks))
-        test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
-    cached = args.freeze_encoder and not args.no_feature_cache and not args.random_aug
-    if cached:  # a frozen encoder computes the same features every epoch: compute them once
+def model_inputs(model, args, splits, device, amp):
+    """(training inputs, validation inputs, forward_of): images, or with a frozen encoder (and no random
+    augmentation) its features computed once; forward_of(net) maps a batch of those inputs to logits."""
+    train_images, val_images = splits["train"][0], splits["val"][0]
+    if args.freeze_encoder and not args.no_feature_cache and not args.random_aug:
         model.eval()
         train_inputs = encode_all(model, train_images, 2 * args.batch_size, device, amp)
-        val_inputs = encode_all(model, val_images, 2 * args.batch_size, device, amp) if held_out else []
-    else:
-        train_inputs, val_inputs = [train_images], [val_images]
+        val_inputs = encode_all(model, val_images, 2 * args.batch_size, device, amp) if len(val_images) else None
+        return train_inputs, val_inputs, lambda net: lambda rows: net.decode(rows.tensors)
+    return train_images, val_images, lambda net: net
 
-    def forward_of(net):
-        """net's logits from a batch of train_inputs/val_inputs (features when cached, else images)."""
-        fn = net.decode if cached else lambda batch: net(batch[0])
-        return torch.compile(fn) if args.compile else fn
-    forward = forward_of(model)
-    kept_forward = forward if ema is None else forward_of(ema)
-    panel_inputs, panel_images, panel_masks = ((val_inputs, val_images, val_masks) if held_out
-                                               else (train_inputs, train_images, train_masks))
 
-    def handle_sigterm(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handle_sigterm)
-    resume_hint = f"python train.py --out {out} --resume (or: make <experiment> RESUME=1)"
-    try:
-        for epoch in range(start_epoch, args.epochs):
-            model.train()
-            started, data_seconds, total_loss = time.perf_counter(), 0.0, 0.0
-            rng = torch.Generator().manual_seed(args.seed + epoch)  # batch order and random augmentation
-            order = torch.randperm(len(train_images), generator=rng)
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
-            for step in bar:
-                t0 = time.perf_counter()
-                idx = order[step * args.batch_size:(step + 1) * args.batch_size].to(train_masks.device)
-                batch = data.take(train_inputs, idx, device)
-                masks = train_masks[idx].to(device, non_blocking=True)
-                if args.random_aug:
-                    batch[0], masks = data.random_distort(batch[0], masks, rng)
-                data_seconds += time.perf_counter() - t0
-                with autocast(device, amp):
-                    loss = LOSSES[args.loss](forward(batch), masks)
-                value = loss.item()  # the one host-device sync of a step
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"loss is {value} at epoch {epoch + 1}, step {step + 1}. {out}/last.pt holds the "
-                        f"last good epoch. Try a lower --lr (now {args.lr}) or --no-amp.")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    update_ema(ema, model, args.ema, epoch * steps_per_epoch + step + 1)
-                total_loss += value * len(idx)
-                bar.set_postfix(loss=f"{value:.4f}")
-            model.eval()
-            if held_out:
-                val, _ = evaluate(kept_forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)
-            else:
-                val = dict.fromkeys(("loss", "iou", "dice"), math.nan)
-            seconds = time.perf_counter() - started
-            history.append({"epoch": epoch + 1, "train_loss": total_loss / len(train_images),
-                            "val_loss": val["loss"], "val_iou": val["iou"], "val_dice": val["dice"],
-                            "lr": optimizer.param_groups[-1]["lr"], "seconds": seconds, "data_seconds": data_seconds})
-            is_best = val["iou"] > best_iou or not held_out
-            best_iou = max(best_iou, val["iou"])
-            state = {"model": kept.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                     "history": history, "best_iou": best_iou, "config": config}
-            if ema is not None:
-                state["trained_model"] = model.state_dict()  # what --resume trains on from
-            runfiles.atomic_save(state, out / "last.pt")
-            if is_best:
-                runfiles.atomic_save(state, out / "best.pt")
-            runfiles.write_csv(out / "history.csv", history)
-            visualize.plot_curves(history, out / "curves.png", out.name)
-            viz_every = args.viz_every or max(1, args.epochs // 4)
-            if (epoch + 1) % viz_every == 0 or epoch + 1 == args.epochs:
-                panel_batch = [t[viz_idx.to(t.device)] for t in panel_inputs]
-                logits = predict_logits(kept_forward, panel_batch, 64, device, amp)
-                visualize.save_panel(panel_images[viz_idx.to(panel_images.device)].cpu(),
-                                     panel_masks[viz_idx.to(panel_masks.device)].cpu(), logits,
-                                     out / f"panel_epoch{epoch + 1:03d}.png", f"{out.name}, epoch {epoch + 1}")
-            scores = (f"val loss {val['loss']:.4f}  val IoU {val['iou']:.4f}  val Dice {val['dice']:.4f}  "
-                      if held_out else "no validation split  ")
-            mark = "  *best" if is_best and held_out else ""
-            print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {history[-1]['train_loss']:.4f}  {scores}"
-                  f"{seconds:.0f}s (data {100 * data_seconds / seconds:.1f}%){mark}", flush=True)
-    except KeyboardInterrupt:
-        done = history[-1]["epoch"] if history else 0
-        saved = f"{out}/last.pt holds epoch {done}" if done else "no epoch had finished"
-        print(f"\ninterrupted during epoch {done + 1}; {saved}. Resume with: {resume_hint}", file=sys.stderr)
-        raise SystemExit(130) from None
-    except FloatingPointError as e:
-        raise SystemExit(f"training stopped: {e}") from None
-    except torch.OutOfMemoryError:
-        raise SystemExit(f"out of {device.type} memory at batch size {args.batch_size}. Try a smaller --batch-size "
-                         f"(e.g. {max(1, args.batch_size // 2)}) or a smaller --image-size.") from None
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler, ema, args, epoch, device, amp):
+    """One pass over the training inputs in a seeded order. Returns (mean loss per image, seconds getting
+    batches). The loss is read from the device every SYNC_EVERY steps, not at every step, so a GPU never waits."""
+    model.train()
+    rng = torch.Generator().manual_seed(args.seed + epoch)  # batch order and random augmentation
+    order = torch.randperm(len(masks), generator=rng).to(masks.device)
+    batches = [order[start:start + args.batch_size] for start in range(0, len(order), args.batch_size)]
+    if args.random_aug:  # drawn for the whole epoch at once: one copy to the device
+        distortions = torch.cat([data.draw_distortions(len(idx), rng) for idx in batches], 1).to(device)
+    values, pending, data_seconds = [], [], 0.0
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=None)
+    for step, idx in enumerate(bar):
+        t0 = time.perf_counter()
+        batch, target = inputs[idx].to(device, non_blocking=True), masks[idx].to(device, non_blocking=True)
+        if args.random_aug:
+            first = step * args.batch_size
+            batch, target = data.random_distort(batch, target, distortions[:, first:first + len(idx)])
+        data_seconds += time.perf_counter() - t0
+        with autocast(device, amp):
+            loss = LOSSES[args.loss](forward(batch), target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            update_ema(ema, model, args.ema, epoch * len(batches) + step + 1)
+        pending.append(loss.detach())
+        if len(pending) == SYNC_EVERY or step == len(batches) - 1:
+            values += finite_losses(pending, epoch, len(values), args)
+            pending = []
+            bar.set_postfix(loss=f"{values[-1]:.4f}")
+    return sum(value * len(idx) for value, idx in zip(values, batches)) / len(masks), data_seconds
 
-    # Test: the best checkpoint (by validation IoU; the last without validation), through the whole model.
+
+def finite_losses(losses, epoch, first_step, args):
+    """The losses (0-dim tensors) as floats; raises TrainingError at the first that is not finite."""
+    values = torch.stack(losses).tolist()
+    for step, value in enumerate(values, first_step + 1):
+        if not math.isfinite(value):
+            raise TrainingError(f"loss is {value} at epoch {epoch + 1}, step {step}. {args.out}/last.pt holds the "
+                                f"last good epoch. Try a lower --lr (now {args.lr}) or --no-amp.")
+    return values
+
+
+def save_checkpoints(out, model, ema, optimizer, scheduler, scaler, history, best_iou, config, is_best):
+    """best.pt (when this epoch is the best) before last.pt: a kill between the two leaves a last.pt from which
+    --resume trains this epoch again and rewrites both."""
+    state = {"model": (model if ema is None else ema).state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": history[-1]["epoch"],
+             "history": history, "best_iou": best_iou, "config": config}
+    if ema is not None:
+        state["trained_model"] = model.state_dict()  # what --resume trains on from
+    if is_best:
+        runfiles.atomic_save(state, out / "best.pt")
+    runfiles.atomic_save(state, out / "last.pt")
+
+
+def report_epoch(out, args, history, is_best, panel, device, amp):
+    """history.csv, curves.png, prediction panels every few epochs, and one line on the console."""
+    record, epoch = history[-1], history[-1]["epoch"]
+    runfiles.write_csv(out / "history.csv", history)
+    visualize.plot_curves(history, out / "curves.png", out.name)
+    if epoch % (args.viz_every or max(1, args.epochs // 4)) == 0 or epoch == args.epochs:
+        forward, inputs, images, masks, kind = panel
+        logits = predict_logits(forward, inputs, 64, device, amp)
+        visualize.save_panel(images.cpu(), masks.cpu(), logits, out / f"panel_epoch{epoch:03d}.png",
+                             f"{out.name}, epoch {epoch}: {kind} images")
+    held_out = not math.isnan(record["val_iou"])
+    scores = (f"val loss {record['val_loss']:.4f}  val IoU {record['val_iou']:.4f}  val Dice "
+              f"{record['val_dice']:.4f}  " if held_out else "no validation split  ")
+    seconds = record["seconds"]
+    print(f"epoch {epoch:3d}/{args.epochs}  train loss {record['train_loss']:.4f}  {scores}{seconds:.0f}s "
+          f"(data {100 * record['data_seconds'] / seconds:.1f}%){'  *best' if is_best and held_out else ''}",
+          flush=True)
+
+
+def test_best_checkpoint(model, out, test, args, device, amp):
+    """Score best.pt (by validation IoU; the last epoch without validation) on the test split, through the whole
+    model; writes test_metrics.json and test_per_image.csv."""
     best = torch.load(out / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     model.eval()
@@ -316,8 +329,91 @@ def main(argv=None):
     return summary
 
 
+def restore(last, out, model, ema, optimizer, scheduler, scaler):
+    """(history, best validation IoU) of a resumed run, its state loaded from last.pt; ([], -1) for a new run."""
+    if last is None:
+        return [], -1.0
+    model.load_state_dict(last.get("trained_model", last["model"]))
+    if ema is not None:
+        ema.load_state_dict(last["model"])
+    optimizer.load_state_dict(last["optimizer"])
+    scheduler.load_state_dict(last["scheduler"])
+    scaler.load_state_dict(last["scaler"])
+    print(f"resuming {out} after epoch {last['epoch']}")
+    return last["history"], last["best_iou"]
+
+
+@contextlib.contextmanager
+def stop_cleanly(out, history, device, args):
+    """Turn Ctrl-C and SIGTERM into Interrupted, and running out of GPU memory into TrainingError, each saying
+    what was kept and what to do."""
+    def handle_sigterm(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handle_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt:
+        done = history[-1]["epoch"] if history else 0
+        saved = f"{out}/last.pt holds epoch {done}" if done else "no epoch had finished"
+        raise Interrupted(f"interrupted during epoch {done + 1}; {saved}. Resume with: python train.py --out {out} "
+                          "--resume (or: make <experiment> RESUME=1)") from None
+    except torch.OutOfMemoryError:
+        raise TrainingError(f"out of {device.type} memory at batch size {args.batch_size}. Try a smaller "
+                            f"--batch-size (e.g. {max(1, args.batch_size // 2)}) or a smaller --image-size.") from None
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def main(argv=None):
+    args, given = parse_args(argv)
+    out = prepare_run_dir(args)
+    args, last = resumed_config(args, given, out)
+    config, device, amp = vars(args), pick_device(args.device), not args.no_amp
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    torch.manual_seed(args.seed)
+    splits = load_data(args, device)
+    model = build_model(config, pretrained=True).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
+    kept = model if ema is None else ema  # the weights that are validated, saved as "model" and tested
+    runfiles.write_json(out / "config.json", config)  # only now: bad data or weights leave no half-made run
+    optimizer = make_optimizer(model, args, device)
+    steps_per_epoch = math.ceil(len(splits["train"][0]) / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+        step, args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch, args.schedule))
+    fp16 = amp and device.type != "cpu" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    history, best_iou = restore(last, out, model, ema, optimizer, scheduler, scaler)
+    train_inputs, val_inputs, forward_of = model_inputs(model, args, splits, device, amp)
+    compiled = torch.compile if args.compile else (lambda fn: fn)
+    forward, kept_forward = compiled(forward_of(model)), compiled(forward_of(kept))
+    (train_images, train_masks), (val_images, val_masks) = splits["train"], splits["val"]
+    held_out, idx = len(val_masks) > 0, splits["panel_idx"]
+    panel_from = (val_inputs, val_images, val_masks, "validation") if held_out else (
+        train_inputs, train_images, train_masks, "training")
+    panel = (kept_forward, *(t[idx] for t in panel_from[:3]), panel_from[3])
+    with stop_cleanly(out, history, device, args):
+        for epoch in range(len(history), args.epochs):
+            started = time.perf_counter()
+            train_loss, data_seconds = train_one_epoch(model, forward, train_inputs, train_masks, optimizer,
+                                                       scheduler, scaler, ema, args, epoch, device, amp)
+            model.eval()
+            val = (evaluate(kept_forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)[0]
+                   if held_out else dict.fromkeys(("loss", "iou", "dice"), math.nan))
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                            "val_iou": val["iou"], "val_dice": val["dice"], "lr": optimizer.param_groups[-1]["lr"],
+                            "seconds": time.perf_counter() - started, "data_seconds": data_seconds})
+            is_best = val["iou"] > best_iou or not held_out
+            best_iou = max(best_iou, val["iou"])
+            save_checkpoints(out, model, ema, optimizer, scheduler, scaler, history, best_iou, config, is_best)
+            report_epoch(out, args, history, is_best, panel, device, amp)
+    return test_best_checkpoint(model, out, splits["test"], args, device, amp)
+
+
 if __name__ == "__main__":
     try:
         main()
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        sys.exit(130)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")

@@ -22,8 +22,10 @@ from tqdm import tqdm  # noqa: E402
 
 import data  # noqa: E402
 import runfiles  # noqa: E402
+from errors import USER_ERRORS, UsageError  # noqa: E402
 from evaluate import predict_logits  # noqa: E402
-from model import USER_ERRORS, load_models  # noqa: E402
+from metrics import upsample  # noqa: E402
+from model import load_models  # noqa: E402
 
 # Test IoU / Dice of the reference report, by experiment.
 REFERENCE = {"exp1-bce": (0.7585, 0.8025), "exp1-iou": (0.7724, 0.8154), "exp2-finetune": (0.7659, 0.8094)}
@@ -144,7 +146,7 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
     runs_dir = Path(runs_dir)
     runs = [r for r in map(read_run, sorted(runs_dir.glob("*/"))) if r]
     if not runs:
-        raise SystemExit(f"no finished runs (with test_metrics.json) in {runs_dir}; run an experiment first")
+        raise UsageError(f"no finished runs (with test_metrics.json) in {runs_dir}; run an experiment first")
     table = report_table(runs)
     runfiles.write_text(runs_dir / "report.md", "# Experiments\n\nTest metrics of each run's best checkpoint "
                         "(by validation IoU; the last epoch for runs trained on every training image, "
@@ -156,9 +158,9 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
         model, configs = load_models(run["checkpoints"])
         test = data.load_split(data_dir, "test", configs[0]["image_size"], cache_dir)
         pick = torch.randperm(len(test["images"]), generator=torch.Generator().manual_seed(0))[:n_images]
-        logits = predict_logits(lambda b: model(b[0]), [test["images"][pick]], 32, torch.device("cpu"))
+        logits = predict_logits(model, test["images"][pick], 32, torch.device("cpu"))
         if logits.shape[-1] != 128:  # runs at other sizes are shown at a common size
-            logits = torch.nn.functional.interpolate(logits, size=(128, 128), mode="bilinear")
+            logits = torch.logit(upsample(logits.sigmoid(), (128, 128)), eps=1e-6)
         predictions[run["name"]] = logits
     test128 = data.load_split(data_dir, "test", 128, cache_dir)
     save_panel(test128["images"][pick], test128["masks"][pick], predictions, runs_dir / "test_panel.png",

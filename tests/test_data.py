@@ -170,17 +170,19 @@ def test_random_distort_moves_image_and_mask_together():
     masks = (torch.rand(8, 1, 32, 32) > 0.5).to(torch.uint8)
     images = torch.cat([masks * 200, torch.randint(0, 255, (8, 2, 32, 32), dtype=torch.uint8)], 1)
     # geometry only: bilinear resampling is linear, so channel 0 (200 x mask) crosses 100 where the mask crosses 0.5
-    out_images, out_masks = data.random_distort(images, masks, torch.Generator().manual_seed(1), jitter=0)
+    def draws(seed):
+        return data.draw_distortions(8, torch.Generator().manual_seed(seed))
+    out_images, out_masks = data.random_distort(images, masks, draws(1), jitter=0)
     assert out_images.shape == images.shape and out_masks.shape == masks.shape
     assert torch.equal((out_images[:, :1] > 100).float(), out_masks)
     assert not torch.equal(out_masks, masks.float())
     # with colour jitter: values stay in range, masks binary, and the same generator seed repeats the result
-    a = data.random_distort(images, masks, torch.Generator().manual_seed(2))
-    b = data.random_distort(images, masks, torch.Generator().manual_seed(2))
+    a = data.random_distort(images, masks, draws(2))
+    b = data.random_distort(images, masks, draws(2))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert 0 <= a[0].min() and a[0].max() <= 255 and set(a[1].unique().tolist()) <= {0.0, 1.0}
     # no rotation, zoom or jitter: the identity
-    same = data.random_distort(images, masks, torch.Generator(), max_angle=0, max_zoom=1, jitter=0)
+    same = data.random_distort(images, masks, draws(3), max_angle=0, max_zoom=1, jitter=0)
     assert torch.allclose(same[0], images.float(), atol=1e-3) and torch.equal(same[1], masks.float())
 
 

@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from losses import bce_loss
-from model import DECODER_WIDTHS, SegNet, load_checkpoint
+from model import DECODER_WIDTHS, MobileNetSegmenter, load_checkpoint
 
 
 @pytest.mark.parametrize("skips", [False, True])
 @pytest.mark.parametrize("size", [(64, 64), (96, 160), (128, 128)])
 def test_output_is_one_logit_per_pixel(skips, size):
-    model = SegNet("none", skips=skips).eval()
+    model = MobileNetSegmenter("none", skips=skips).eval()
     with torch.no_grad():
         out = model(torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8))
     assert out.shape == (2, 1, *size)
@@ -16,17 +16,17 @@ def test_output_is_one_logit_per_pixel(skips, size):
 
 def test_size_not_divisible_by_32_is_refused():
     with pytest.raises(ValueError, match="divisible by 32"):
-        SegNet("none")(torch.zeros(1, 3, 100, 100))
+        MobileNetSegmenter("none")(torch.zeros(1, 3, 100, 100))
 
 
 def test_missing_weights_file_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="'imagenet', 'none' or a path"):
-        SegNet(str(tmp_path / "absent.pth"))
+        MobileNetSegmenter(str(tmp_path / "absent.pth"))
 
 
 def test_frozen_encoder_is_untouched_by_training_while_decoder_learns():
     torch.manual_seed(0)
-    model = SegNet("none", skips=True, freeze_encoder=True).train()
+    model = MobileNetSegmenter("none", skips=True, freeze_encoder=True).train()
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     decoder_before = {k: v.clone() for k, v in model.blocks.state_dict().items()}
     assert all(not p.requires_grad for p in model.encoder.parameters())
@@ -49,10 +49,10 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(RuntimeError, match="not a readable train.py checkpoint"):
         load_checkpoint(tmp_path / "broken.pt")
     config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS)}
-    state = SegNet("none", skips=True).state_dict()  # weights of another configuration
+    state = MobileNetSegmenter("none", skips=True).state_dict()  # weights of another configuration
     torch.save({"config": config, "model": state}, tmp_path / "other.pt")
     with pytest.raises(RuntimeError, match="does not match the model its config describes"):
         load_checkpoint(tmp_path / "other.pt")
-    torch.save({"config": config, "model": SegNet("none").state_dict()}, tmp_path / "good.pt")
+    torch.save({"config": config, "model": MobileNetSegmenter("none").state_dict()}, tmp_path / "good.pt")
     model, loaded = load_checkpoint(tmp_path / "good.pt")
     assert loaded == config and not model.training

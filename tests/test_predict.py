@@ -10,8 +10,10 @@ from scipy import ndimage
 import data
 import export
 import predict
-from evaluate import full_resolution_metrics, keep_largest_component, predict_probs, score_model
-from model import DECODER_WIDTHS, Ensemble, ModelFileError, SegNet, load_checkpoint, load_models
+from evaluate import predict_probs, score_model
+from metrics import full_resolution_metrics, keep_largest_component
+from errors import ModelFileError, UsageError
+from model import DECODER_WIDTHS, Ensemble, MobileNetSegmenter, load_checkpoint, load_models
 
 BIG = 50.0
 
@@ -23,7 +25,7 @@ def checkpoint(synthetic, tmp_path_factory):
     config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS),
               "image_size": 64, "no_amp": False, "loss": "bce"}
     torch.manual_seed(0)
-    torch.save({"config": config, "model": SegNet("none").state_dict()}, path)
+    torch.save({"config": config, "model": MobileNetSegmenter("none").state_dict()}, path)
     return path
 
 
@@ -58,7 +60,7 @@ def test_ensemble_averages_the_members_probabilities():
 
 def test_load_models_makes_an_ensemble_of_several_checkpoints(checkpoint, tmp_path):
     single, configs = load_models([checkpoint])
-    assert isinstance(single, SegNet) and len(configs) == 1
+    assert isinstance(single, MobileNetSegmenter) and len(configs) == 1
     twice, configs = load_models([checkpoint, checkpoint])
     assert isinstance(twice, Ensemble) and len(configs) == 2
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
@@ -123,8 +125,8 @@ def test_predict_writes_masks_at_each_images_own_size(synthetic, checkpoint, tmp
     shutil.copytree(synthetic[0] / data.SPLITS["test"][0], folder)
     Image.open(next(folder.glob("*.jpg"))).convert("L").resize((333, 71)).save(folder / "gray.png")
     inputs = [str(folder / "ISIC_000004*.jpg"), str(folder / "gray.png"), str(folder)]
-    predict.main(["--checkpoint", str(checkpoint), *inputs, "--out", str(tmp_path / "out"), "--overlay",
-                  "--tta", "--device", "cpu", "--checkpoint", str(checkpoint), "--largest-component"])
+    predict.main([*inputs, "--out", str(tmp_path / "out"), "--overlay", "--tta", "--device", "cpu",
+                  "--checkpoint", str(checkpoint), str(checkpoint), "--largest-component"])
     images = sorted(folder.iterdir())
     assert len(list((tmp_path / "out").glob("*_segmentation.png"))) == len(images) == 13
     for image_path in images:
@@ -150,14 +152,14 @@ def test_predict_largest_component_keeps_one_region_per_mask(synthetic, checkpoi
     image = next((synthetic[0] / data.SPLITS["test"][0]).glob("*.jpg"))
     for flags, regions in (([], 2), (["--largest-component"], 1)):
         out = tmp_path / str(regions)
-        predict.main(["--checkpoint", str(checkpoint), str(image), "--out", str(out), "--device", "cpu", *flags])
+        predict.main([str(image), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu", *flags])
         with Image.open(out / f"{image.stem}_segmentation.png") as m:
             assert ndimage.label(np.asarray(m), structure=np.ones((3, 3)))[1] == regions
 
 
 def test_predict_names_inputs_that_match_nothing(checkpoint, tmp_path):
-    with pytest.raises(SystemExit, match="no images found for: .*nothing-here"):
-        predict.main(["--checkpoint", str(checkpoint), str(tmp_path / "nothing-here*.jpg")])
+    with pytest.raises(UsageError, match="no images found for: .*nothing-here"):
+        predict.main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "nothing-here*.jpg")])
 
 
 def test_outline_is_the_inner_boundary():

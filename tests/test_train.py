@@ -10,6 +10,7 @@ import torch
 
 import evaluate
 import runfiles
+from errors import TrainingError, UsageError
 import train
 from conftest import ROOT, train_args
 
@@ -60,7 +61,7 @@ def test_seeds_share_the_validation_split_and_evaluate_scores_their_ensemble(syn
     val = runfiles.read_json(tmp_path / "runs" / "a" / "val_metrics.json")
     assert val["iou"] == pytest.approx(runfiles.read_csv(tmp_path / "runs" / "a" / "history.csv")[0]["val_iou"],
                                        abs=1e-5)
-    with pytest.raises(SystemExit, match="held out different validation images"):
+    with pytest.raises(UsageError, match="held out different validation images"):
         evaluate.main(["--checkpoint", a, b, "--split", "val", *common])
     evaluate.main(["--checkpoint", a, b, *common])  # written to the folder that holds both runs
     ensemble = runfiles.read_json(tmp_path / "runs" / "test_metrics.json")
@@ -79,7 +80,7 @@ def test_val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch(synthe
     assert best["epoch"] == last["epoch"] == 2
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
     assert (out / "panel_epoch002.png").stat().st_size > 0  # panels of training images instead
-    with pytest.raises(SystemExit, match="none was held out"):
+    with pytest.raises(UsageError, match="none was held out"):
         evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(synthetic[0]), "--split", "val",
                        "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0"])
 
@@ -100,7 +101,7 @@ def test_an_existing_run_is_not_overwritten_silently(synthetic, tmp_path, capsys
     out = tmp_path / "run"
     train.main(train_args(synthetic[0], out, "--resume"))  # nothing to resume yet: the run starts
     assert "starting the run" in capsys.readouterr().out and len(runfiles.read_csv(out / "history.csv")) == 1
-    with pytest.raises(SystemExit, match="--resume .* or --overwrite"):
+    with pytest.raises(UsageError, match="--resume .* or --overwrite"):
         train.main(train_args(synthetic[0], out))
     train.main(train_args(synthetic[0], out, "--overwrite"))
     assert len(runfiles.read_csv(out / "history.csv")) == 1
@@ -116,7 +117,7 @@ def test_random_augmentation_trains_without_the_feature_cache(synthetic, tmp_pat
 
 def test_non_finite_loss_stops_with_advice(synthetic, tmp_path, monkeypatch):
     monkeypatch.setitem(train.LOSSES, "bce", lambda logits, masks: (logits * float("nan")).mean())
-    with pytest.raises(SystemExit, match=r"epoch 1, step 1.*lower --lr.*--no-amp"):
+    with pytest.raises(TrainingError, match=r"epoch 1, step 1.*lower --lr.*--no-amp"):
         train.main(train_args(synthetic[0], tmp_path / "run"))
 
 
@@ -124,11 +125,11 @@ def test_out_of_memory_names_the_batch_size(synthetic, tmp_path, monkeypatch):
     def oom(logits, masks):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     monkeypatch.setitem(train.LOSSES, "bce", oom)
-    with pytest.raises(SystemExit, match="memory at batch size 16.*--batch-size"):
+    with pytest.raises(TrainingError, match="memory at batch size 16.*--batch-size"):
         train.main(train_args(synthetic[0], tmp_path / "run"))
 
 
-@pytest.mark.parametrize("flags, message", [(["--image-size", "100"], "not divisible by 32"),
+@pytest.mark.parametrize("flags, message", [(["--image-size", "100"], "multiple of 32"),
                                             (["--loss", "dice"], "invalid choice"),
                                             (["--optimizer", "sgd"], "invalid choice"),
                                             (["--val-fraction", "1"], "below 1"),

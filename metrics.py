@@ -1,0 +1,89 @@
+"""Segmentation metrics, defined once and used by training, evaluation and prediction: per-image IoU, Dice,
+accuracy, sensitivity, specificity and thresholded Jaccard, pooled IoU, scores at each mask's own resolution,
+and keeping the largest region. Masks and predictions are binary; shapes are given per function."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+from losses import LOSSES
+
+
+def per_image_metrics(pred, masks):
+    """Metrics of binary predictions against binary masks [N,1,H,W], one value per image ({name: [N] tensor}).
+    An image whose prediction and mask are both empty scores 1 for IoU and Dice."""
+    pred, masks = pred.flatten(1).bool(), masks.flatten(1).bool()
+    tp = (pred & masks).sum(1).double()
+    fp = (pred & ~masks).sum(1).double()
+    fn = (~pred & masks).sum(1).double()
+    tn = (~pred & ~masks).sum(1).double()
+
+    def ratio(num, den):  # 0/0 means nothing to get wrong: a perfect score
+        return torch.where(den > 0, num / den.clamp(min=1), torch.ones_like(num))
+
+    iou = ratio(tp, tp + fp + fn)
+    return {"iou": iou,
+            "dice": ratio(2 * tp, 2 * tp + fp + fn),
+            "accuracy": (tp + tn) / (tp + fp + fn + tn),
+            "sensitivity": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp),
+            "iou_thresholded": torch.where(iou >= 0.65, iou, torch.zeros_like(iou))}  # ISIC 2018 score
+
+
+def score(logits, masks, loss_name):
+    """({'loss', 'iou', 'dice', ..., 'n_images'}, per-image metrics) of logits [N,1,S,S] against masks; a pixel is
+    lesion where its logit > 0."""
+    masks = masks.to(logits.device)
+    per_image = per_image_metrics(logits > 0, masks)
+    summary = {"loss": LOSSES[loss_name](logits, masks).item(), "n_images": len(masks)}
+    summary.update({k: v.mean().item() for k, v in per_image.items()})
+    return summary, per_image
+
+
+def pooled_iou(pred, masks):
+    """IoU of all pixels of all images together (not a per-image mean)."""
+    pred, masks = pred.bool(), masks.bool()
+    return (pred & masks).sum().item() / max((pred | masks).sum().item(), 1)
+
+
+def upsample(probs, size):
+    """Probabilities [N,1,S,S] resized (bilinear) to size (height, width): how every prediction reaches an image's
+    own resolution before it is thresholded."""
+    return F.interpolate(probs.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def keep_largest_component(mask):
+    """A boolean [H,W] numpy mask with only its largest 8-connected region: the lesion, without stray specks."""
+    from scipy import ndimage  # here: only this step needs scipy
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0  # background
+    return labels == sizes.argmax()
+
+
+def full_resolution_metrics(variants, mask_paths, threshold=0.5):
+    """{name: (per-image metrics, pooled IoU)} for each {name: probabilities [N,1,S,S]}, every prediction
+    upsampled to its ground-truth mask's own size and thresholded there, as the ISIC challenges score; and the
+    same under 'lcc_' + name with only the largest region kept. Each mask is read once."""
+    names = [pre + name for name in variants for pre in ("", "lcc_")]
+    per_image = {name: [] for name in names}
+    counts = {name: [0, 0] for name in names}  # pooled intersection, union
+    for i, path in enumerate(mask_paths):
+        mask = torch.from_numpy(data.read_binary_mask(path))[None, None]
+        for name, probs in variants.items():
+            pred = upsample(probs[i:i + 1], mask.shape[-2:]) > threshold
+            largest = torch.from_numpy(keep_largest_component(pred[0, 0].numpy()))[None, None]
+            for key, p in ((name, pred), ("lcc_" + name, largest)):
+                per_image[key].append(per_image_metrics(p, mask))
+                counts[key][0] += (p & mask).sum().item()
+                counts[key][1] += (p | mask).sum().item()
+    return {name: ({k: torch.cat([m[k] for m in rows]) for k in rows[0]}, counts[name][0] / max(counts[name][1], 1))
+            for name, rows in per_image.items()}
+
+
+def add_metrics(summary, per_image, prefix, metrics):
+    """Put per-image `metrics` and their means under prefixed keys."""
+    per_image.update({prefix + k: v for k, v in metrics.items()})
+    summary.update({prefix + k: v.mean().item() for k, v in metrics.items()})
