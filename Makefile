@@ -19,7 +19,7 @@ TRAIN = $(PY) train.py --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHT
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
 COMMON = --seed $(SEED) --out $(RUNS)/$@
 
-.PHONY: setup data exp1-bce exp1-iou exp2-finetune best demo report eda bench test predict export
+.PHONY: setup data exp1-bce exp1-iou exp2-finetune best demo report eda bench gpu-check check-same test predict export
 
 setup: .venv/installed
 .venv/installed: requirements.txt
@@ -66,6 +66,15 @@ demo: setup
 
 bench: setup
 	$(PY) bench.py --device $(DEVICE)
+
+# On a CUDA machine: bench, make best's seed 0 (AMP, --no-amp, --compile), exp1-bce, exp2-finetune -> $(RUNS)/gpu-check
+gpu-check: setup
+	PY=$(PY) bash gpu_check.sh $(DATA_DIR) $(ENCODER_WEIGHTS) $(RUNS)/gpu-check
+
+# Refactors must not change a digit: one epoch of exp1-bce and of make best's recipe at BASE and in this tree
+BASE ?= HEAD
+check-same: setup
+	PY=$(PY) bash check_same.sh $(DATA_DIR) $(ENCODER_WEIGHTS) $(BASE)
 
 report: setup
 	$(PY) visualize.py report --runs $(RUNS) --data-dir $(DATA_DIR)

@@ -18,9 +18,9 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import data
-from evaluate import autocast, pick_device
-from losses import bce_loss
-from model import SegNet
+from device import add_device_flag, autocast, pick_device, sync
+from losses import LOSSES, bce_loss
+from model import MobileNetSegmenter
 
 
 def rate(step, n_images, device, seconds=4.0):
@@ -33,13 +33,6 @@ def rate(step, n_images, device, seconds=4.0):
         calls += 1
     sync(device)
     return calls * n_images / (time.perf_counter() - start)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def flops(fn):
@@ -72,7 +65,7 @@ def bench_training(args, device):
     masks = (torch.rand(n, 1, size, size, device=device) > 0.5).float()
     for skips in (False, True):
         torch.manual_seed(0)
-        frozen = SegNet(args.encoder_weights, skips=skips, freeze_encoder=True).to(device).train()
+        frozen = MobileNetSegmenter(args.encoder_weights, skips=skips, freeze_encoder=True).to(device).train()
         optimizer = torch.optim.Adam(frozen.decoder_parameters())
         with torch.no_grad(), autocast(device, amp):
             feats = [f.float() for f in frozen.encode(images)]
@@ -98,7 +91,7 @@ def bench_training(args, device):
                  matmul_gflops(device, amp, args.seconds), "2048x2048 matmul", "GFLOP/s")
 
     def finetune_rate(memory_format):
-        full = SegNet(args.encoder_weights).to(device, memory_format=memory_format).train()
+        full = MobileNetSegmenter(args.encoder_weights).to(device, memory_format=memory_format).train()
         optimizer = torch.optim.Adam(full.parameters())
 
         def finetune():
@@ -112,7 +105,7 @@ def bench_training(args, device):
          finetune_rate(torch.contiguous_format), "NCHW weights")
 
     # Where the time goes: encoder and decoder, forward + backward each, and their FLOPs.
-    model = SegNet(args.encoder_weights).to(device).train()
+    model = MobileNetSegmenter(args.encoder_weights).to(device).train()
     feats = [f.detach().requires_grad_() for f in model.encode(images)]
 
     def encoder_fb():
@@ -129,7 +122,7 @@ def bench_training(args, device):
 
 
 def bench_inference(args, device):
-    model = SegNet(args.encoder_weights).to(device).eval()
+    model = MobileNetSegmenter(args.encoder_weights).to(device).eval()
     images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8,
                            device=device)
 
@@ -185,24 +178,78 @@ def bench_data_cache(args):
         line("load the finished cache", len(pairs) / (time.perf_counter() - start), serial, "building it", "img/s")
 
 
+def profile_best_step(args, device, steps=10):
+    """torch.profiler over `make best`'s training step (skips, random distortion, BCE + Dice, two learning rates,
+    EMA): wall time per step against the time the device spends in kernels. On a GPU the difference is time the
+    device waits for Python, launches or copies."""
+    from torch.profiler import ProfilerActivity, profile
+    from train import update_ema
+    n, size, amp = args.batch_size, args.image_size, not args.no_amp
+    model = MobileNetSegmenter(args.encoder_weights, skips=True).to(device).train()
+    ema = MobileNetSegmenter(args.encoder_weights, skips=True).to(device).requires_grad_(False).eval()
+    optimizer = torch.optim.Adam([{"params": model.encoder.parameters(), "lr": 3e-4},
+                                  {"params": model.decoder_parameters(), "lr": 1e-3}])
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
+    masks = (torch.rand(n, 1, size, size, device=device) > 0.5).to(torch.uint8)
+    draws = data.draw_distortions(n, torch.Generator().manual_seed(0)).to(device)
+
+    def step(i):
+        batch, target = data.random_distort(images, masks, draws)
+        with autocast(device, amp):
+            loss = LOSSES["bce+dice"](model(batch), target)
+        loss.item()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        update_ema(ema, model, 0.99, i + 1)
+    start = time.perf_counter()
+    step(0)  # the first step: with --cudnn-benchmark, cuDNN times its kernels for every new shape here
+    sync(device)
+    print(f"{'first training step (make best, cudnn.benchmark ' + str(args.cudnn_benchmark) + ')':<52} "
+          f"{time.perf_counter() - start:8.2f} s")
+    for i in range(1, 5):
+        step(i)
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        sync(device)
+        wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    busy = ""
+    if device.type == "cuda":
+        kernels = sum(e.self_device_time_total for e in events) / steps / 1e6
+        busy = f", GPU busy {kernels * 1e3:.2f} ms ({100 * kernels / wall:.0f}%)"
+    print(f"{'profile of make best step, batch ' + str(n):<52} {wall * 1e3:8.2f} ms/step ({n / wall:.0f} img/s){busy}")
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=args.profile_rows, max_name_column_width=48))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_device_flag(parser)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--encoder-weights", default="none", help="weights do not change speed; 'none' needs no file")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per number")
     parser.add_argument("--cache-images", type=int, default=48, help="synthetic 1024x768 JPEGs for the cache test")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its kernels per shape")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile make best's training step (torch.profiler): device busy time and top ops")
+    parser.add_argument("--profile-rows", type=int, default=15, help="operators listed by --profile")
     args = parser.parse_args()
     device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
           f"batch {args.batch_size}, {args.image_size}x{args.image_size}, "
           f"mixed precision {'off' if args.no_amp or device.type == 'cpu' else 'on'}")
+    if args.profile:
+        return profile_best_step(args, device)
     bench_training(args, device)
     bench_inference(args, device)
     bench_data_cache(args)
