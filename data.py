@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import runfiles
@@ -30,7 +30,8 @@ SPLITS = {
 }
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = "_Segmentation.png"
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are rebuilt
+CACHE_VERSION = 2  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, EXIF orientation)
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 def expected_layout(data_dir):
@@ -42,29 +43,66 @@ def expected_layout(data_dir):
 
 def find_pairs(data_dir, split):
     """[(id, image_path, mask_path)] for one split, sorted by id; raises DataError listing every problem."""
+    pairs, problems = pair_files(data_dir, split)
+    raise_problems(data_dir, problems)
+    return pairs
+
+
+def pair_files(data_dir, split):
+    """([(id, image_path, mask_path)] sorted by id, [problem sentences]) for one split: images without masks and
+    masks without images are listed, not raised, so that load_split() reports them with the unreadable files in
+    one message. A missing folder raises DataError at once. Hidden files (._name.jpg) are skipped."""
     data_dir = Path(data_dir)
     image_dir, mask_dir = (data_dir / f for f in SPLITS[split])
     missing = [str(d) for d in (data_dir, image_dir, mask_dir) if not d.is_dir()]
     if missing:
         raise DataError("Missing folder(s): " + ", ".join(missing) + "\n" + expected_layout(data_dir))
-    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
-    masks = {p.name[:-len(MASK_SUFFIX)]: p for p in mask_dir.iterdir() if p.name.endswith(MASK_SUFFIX)}
+    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not is_hidden(p)}
+    masks = {p.name[:-len(MASK_SUFFIX)]: p for p in mask_dir.iterdir()
+             if p.name.endswith(MASK_SUFFIX) and not is_hidden(p)}
     problems = [f"image without a mask: {images[i]} (expected {mask_dir / (i + MASK_SUFFIX)})"
                 for i in sorted(images.keys() - masks.keys())]
     problems += [f"mask without an image: {masks[i]}" for i in sorted(masks.keys() - images.keys())]
     if not images and not masks:
         problems.append(f"the {split} split is empty: no images in {image_dir}")
+    return [(i, images[i], masks[i]) for i in sorted(images.keys() & masks.keys())], problems
+
+
+def is_hidden(path):
+    """Dot files, such as the ._name.jpg resource files macOS leaves beside every image."""
+    return Path(path).name.startswith(".")
+
+
+def raise_problems(data_dir, problems):
     if problems:
         raise DataError(f"{len(problems)} problem(s) in {data_dir}:\n  " + "\n  ".join(problems))
-    return [(i, images[i], masks[i]) for i in sorted(images)]
+
+
+def to_8bit_rgb(im):
+    """An RGB image from any PIL mode. 16-bit and 32-bit integer and float greyscale images are scaled to 0..255
+    (PIL's own convert() clips them, which turns a 16-bit image white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" and arr.max() <= 1 else 255.0 if arr.max() <= 255 else 65535.0
+        im = Image.fromarray((arr.clip(0, top) * (255 / top)).round().astype(np.uint8))
+    return im.convert("RGB")
 
 
 def read_image(path, size):
-    """RGB uint8 array (size, size, 3) and the original (width, height), from any image mode."""
+    """RGB uint8 array (size, size, 3) and the original (width, height) as displayed, from any image mode; a
+    camera's EXIF orientation is applied, so masks line up with the image every viewer shows."""
     with Image.open(path) as im:
-        original_size = im.size
+        turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # rotated by 90 degrees
+        original_size = im.size[::-1] if turned else im.size
         im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
-        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)), original_size
+        im = ImageOps.exif_transpose(im)
+        return np.asarray(to_8bit_rgb(im).resize((size, size), Image.BILINEAR)), original_size
+
+
+def read_full_image(path):
+    """RGB uint8 array (height, width, 3) at the image's own size, turned as its EXIF orientation says."""
+    with Image.open(path) as im:
+        return np.array(to_8bit_rgb(ImageOps.exif_transpose(im)))
 
 
 def binarize_mask(arr):
@@ -120,21 +158,19 @@ def cache_key(pairs, size):
 def load_split(data_dir, split, size, cache_dir="cache", workers=0):
     """{'images': uint8 [N,3,S,S], 'masks': uint8 [N,1,S,S] of 0/1, 'ids', 'mask_paths'}; decoded images come
     from the cache when it is current."""
-    pairs = find_pairs(data_dir, split)
+    pairs, problems = pair_files(data_dir, split)
     cache_file = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size)}.pt"
     mask_paths = [str(p[2]) for p in pairs]  # not cached: the data folder may move
-    if cache_file.exists():
+    if cache_file.exists() and not problems:
         return {**torch.load(cache_file, weights_only=True), "mask_paths": mask_paths}
     jobs = [(image_path, mask_path, size) for _, image_path, mask_path in pairs]
     desc = f"decoding {split} images to {size}x{size}"
     if workers > 0:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(decode_pair, jobs, chunksize=8), total=len(jobs), desc=desc))
+            results = list(tqdm(pool.map(decode_pair, jobs, chunksize=8), total=len(jobs), desc=desc, disable=None))
     else:
-        results = [decode_pair(j) for j in tqdm(jobs, desc=desc)]
-    problems = [p for _, _, p in results if p]
-    if problems:
-        raise DataError(f"{len(problems)} unreadable file(s) in the {split} split:\n  " + "\n  ".join(problems))
+        results = [decode_pair(j) for j in tqdm(jobs, desc=desc, disable=None)]
+    raise_problems(data_dir, problems + [p for _, _, p in results if p])  # every problem of the split at once
     for (image_id, _, mask_path), (_, mask, _) in zip(pairs, results):
         if mask.min() == mask.max():
             warnings.warn(f"mask {mask_path} is all {'lesion' if mask.max() else 'background'}")

@@ -18,9 +18,13 @@ class TrainingError(RuntimeError):
     """A run that had to stop (a non-finite loss, out of memory); the message says what to try."""
 
 
+class StorageError(OSError):
+    """A file that could not be written for lack of space; the message says how much is needed."""
+
+
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM during training; the message says what was kept and how to resume."""
 
 
 # What the command-line scripts report as a message instead of a traceback.
-USER_ERRORS = (DataError, ModelFileError, UsageError, TrainingError, FileNotFoundError)
+USER_ERRORS = (DataError, ModelFileError, UsageError, TrainingError, StorageError, FileNotFoundError)

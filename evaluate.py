@@ -68,11 +68,21 @@ def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True,
     return summary, per_image
 
 
-def write_results(run_dir, split, summary, per_image, ids):
-    """<split>_metrics.json and <split>_per_image.csv in the run folder."""
-    runfiles.write_json(Path(run_dir) / f"{split}_metrics.json", summary)
+def write_results(run_dir, name, summary, per_image, ids):
+    """<name>_metrics.json and <name>_per_image.csv in the run folder; returns the JSON file's path."""
+    runfiles.write_json(Path(run_dir) / f"{name}_metrics.json", summary)
     rows = [{"id": i, **{k: v[n].item() for k, v in per_image.items()}} for n, i in enumerate(ids)]
-    runfiles.write_csv(Path(run_dir) / f"{split}_per_image.csv", rows)
+    runfiles.write_csv(Path(run_dir) / f"{name}_per_image.csv", rows)
+    return Path(run_dir) / f"{name}_metrics.json"
+
+
+def results_name(out, split):
+    """The name evaluate.py writes its results under: <split>, unless that would replace what train.py wrote
+    for its own run (train.py's test_metrics.json has no 'checkpoints' key); then <split>_eval."""
+    existing = Path(out) / f"{split}_metrics.json"
+    if existing.exists() and "checkpoints" not in runfiles.read_json(existing):
+        return f"{split}_eval"
+    return split
 
 
 def validation_seed(configs):
@@ -96,7 +106,8 @@ def main(argv=None):
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="which split to score; val: the training images the run held out (default: test)")
     parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder; with several, "
-                        "the folder that holds them all)")
+                        "the folder that holds them all). A training run's own test_metrics.json is never replaced: "
+                        "the scores then go to test_eval_metrics.json")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     add_device_flag(parser)
     parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
@@ -120,10 +131,10 @@ def main(argv=None):
     out = Path(args.out or os.path.commonpath([Path(c).parent for c in args.checkpoint]))
     out.mkdir(parents=True, exist_ok=True)
     summary["checkpoints"] = [os.path.relpath(c, out) for c in args.checkpoint]  # from `out`: the folder can move
-    write_results(out, args.split, summary, per_image, split["ids"])
+    path = write_results(out, results_name(out, args.split), summary, per_image, split["ids"])
     print(f"{args.split} ({summary['n_images']} images): " + ", ".join(
         f"{k} {summary[k]:.4f}" for k in ("loss", "iou", "dice", "tta_iou", "fullres_iou", "fullres_tta_iou")
-        if k in summary) + f" -> {out}/{args.split}_metrics.json")
+        if k in summary) + f" -> {path}")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,8 @@ def load_encoder(weights):
         try:
             net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         except Exception as e:  # not a torch file, a pickle of other objects, another architecture's weights
-            reason = str(e).split("\n")[0][:200]
-            raise ModelFileError(f"--encoder-weights {weights} is not a MobileNetV2 state_dict ({reason}). Use "
-                                 "torchvision's mobilenet_v2 ImageNet weights, 'imagenet' or 'none'.") from None
+            raise ModelFileError(f"--encoder-weights {weights} is not a MobileNetV2 state_dict ({type(e).__name__}). "
+                                 "Use torchvision's mobilenet_v2 ImageNet weights, 'imagenet' or 'none'.") from None
     return net.features
 
 
@@ -128,13 +127,15 @@ def load_checkpoint(path, device="cpu"):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         config, state = ckpt["config"], ckpt["model"]
-    except Exception as e:
-        raise ModelFileError(f"checkpoint {path} is not a readable train.py checkpoint ({e})") from None
+    except Exception as e:  # not PyTorch's message: it suggests weights_only=False, which runs the file's code
+        raise ModelFileError(f"checkpoint {path} is not a checkpoint written by train.py: it is damaged, or not "
+                             f"PyTorch weights at all ({type(e).__name__})") from None
     model = build_model(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ModelFileError(f"checkpoint {path} does not match the model its config describes: {e}") from None
+        raise ModelFileError(f"checkpoint {path} does not match the model its config describes: "
+                             f"{str(e).splitlines()[0][:300]}") from None
     return model.to(device).eval(), config
 
 

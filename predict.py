@@ -6,8 +6,9 @@ original width and height.
         --checkpoint runs/best/seed1/best.pt --checkpoint runs/best/seed2/best.pt    # make best's ensemble
 """
 import argparse
-import sys
 import glob
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,16 @@ from model import load_models
 
 def expand_inputs(inputs):
     """Image files from files, folders (searched recursively) and glob patterns, expanded here so that quoted
-    patterns work on every OS. Raises UsageError naming any input that matched nothing."""
+    patterns work on every OS; hidden files in folders (macOS's ._name.jpg) are skipped. Raises UsageError naming
+    any input that matched nothing."""
     found, unmatched = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in data.IMAGE_EXTS)
+            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in data.IMAGE_EXTS and not data.is_hidden(p))
         elif path.is_file():
             matches = [path]
-        else:
+        else:  # glob skips dot files (._name.jpg) itself
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True)
                              if Path(p).suffix.lower() in data.IMAGE_EXTS)
         found += matches
@@ -42,6 +44,32 @@ def expand_inputs(inputs):
     if unmatched:
         raise UsageError("no images found for: " + ", ".join(unmatched))
     return list(dict.fromkeys(found))  # drop duplicates, keep order
+
+
+def output_names(paths):
+    """One output name per input path: its stem, or where stems clash (x.jpg, x.png, sub/x.jpg), its path below
+    the inputs' common folder with the extension kept (x_jpg, x_png, sub/x_jpg), so no mask overwrites another."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    resolved = [p.resolve() for p in paths]
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    return [str(p.relative_to(root).with_suffix("")) + "_" + p.suffix[1:].lower() for p in resolved]
+
+
+def open_output_folder(out):
+    """Create --out; a sentence instead of a traceback when it is a file or cannot be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {out} ({e.strerror}); choose a folder you can write to") from None
+    return out
 
 
 def outline(mask):
@@ -53,8 +81,7 @@ def outline(mask):
 
 def save_overlay(image_path, mask, path):
     """The image with the predicted lesion's contour drawn in red, thicker on large images so it stays visible."""
-    with Image.open(image_path) as im:
-        image = np.array(im.convert("RGB"))
+    image = data.read_full_image(image_path)
     edge = outline(mask)
     for _ in range(min(image.shape[:2]) // 300):  # grow the contour by one pixel each way
         p = np.pad(edge, 1)
@@ -85,27 +112,39 @@ def main(argv=None):
     device = pick_device(args.device)
     model, configs = load_models(args.checkpoint, device)
     paths = expand_inputs(args.inputs + args.more_inputs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    size, amp = configs[0]["image_size"], not configs[0]["no_amp"]
-    for start in tqdm(range(0, len(paths), args.batch_size), desc=f"predicting {len(paths)} images"):
-        batch = paths[start:start + args.batch_size]
-        try:
-            decoded = [data.read_image(p, size) for p in batch]
-        except Exception as e:
-            raise UsageError(f"cannot read an image in {[str(p) for p in batch]}: {e}") from None
-        images = torch.from_numpy(np.stack([d[0] for d in decoded])).permute(0, 3, 1, 2)
-        probs = predict_probs(model, images, args.batch_size, device, amp, args.tta)
-        for path, prob, (_, (width, height)) in zip(batch, probs, decoded):
-            full = upsample(prob[None], (height, width))[0, 0]
-            mask = (full > args.threshold).numpy()
-            if args.largest_component:
-                mask = keep_largest_component(mask)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{path.stem}_segmentation.png")
-            if args.overlay:
-                save_overlay(path, mask, out / f"{path.stem}_overlay.png")
-    print(f"wrote {len(paths)} masks to {out}/")
+    out = open_output_folder(args.out)
+    names, failures, written = dict(zip(paths, output_names(paths))), [], 0
+    for start in tqdm(range(0, len(paths), args.batch_size), desc=f"predicting {len(paths)} images", disable=None):
+        batch, decoded = [], []
+        for path in paths[start:start + args.batch_size]:
+            try:
+                decoded.append(data.read_image(path, configs[0]["image_size"]))
+                batch.append(path)
+            except Exception as e:  # PIL raises many types for corrupt or non-image files
+                failures.append(f"{path}: {e}")
+        if batch:
+            written += write_masks(model, batch, decoded, names, out, args, device, not configs[0]["no_amp"])
+    print(f"wrote {written} masks to {out}/")
+    if failures:
+        raise UsageError(f"{len(failures)} of {len(paths)} images could not be read (the other masks were "
+                         "written):\n  " + "\n  ".join(failures))
 
+
+def write_masks(model, paths, decoded, names, out, args, device, amp):
+    """Predict a batch of decoded images and write each one's mask (and overlay) at the image's own size;
+    returns how many masks are on disk."""
+    images = torch.from_numpy(np.stack([d[0] for d in decoded])).permute(0, 3, 1, 2)
+    probs = predict_probs(model, images, args.batch_size, device, amp, args.tta)
+    for path, prob, (_, (width, height)) in zip(paths, probs, decoded):
+        mask = (upsample(prob[None], (height, width))[0, 0] > args.threshold).numpy()
+        if args.largest_component:
+            mask = keep_largest_component(mask)
+        target = out / f"{names[path]}_segmentation.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+        if args.overlay:
+            save_overlay(path, mask, out / f"{names[path]}_overlay.png")
+    return sum((out / f"{names[path]}_segmentation.png").exists() for path in paths)
 
 if __name__ == "__main__":
     try:

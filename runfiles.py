@@ -1,26 +1,54 @@
-"""Run-folder files, written atomically (temporary file, then rename): a crash never leaves half a file."""
+"""Run-folder files, written atomically (temporary file, then rename): a crash never leaves half a file, and a
+full disk leaves the previous version and no temporary file."""
 import csv
+import errno
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from errors import StorageError
+
+TMP_PATTERN = ".*.tmp"  # the temporary files atomic_write() leaves when a process is killed mid-write
+
 
 def atomic_write(path, write):
-    """Call write(file_object) on a temporary file next to `path`, then rename it over `path`."""
+    """Call write(file_object) on an in-memory buffer, write that to a temporary file next to `path`, then rename
+    it over `path`. Raises StorageError, with the size needed and free, when the disk is full."""
     path = Path(path)
+    buf = io.BytesIO()
+    write(buf)
+    data = buf.getbuffer()
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise StorageError(f"no space left to write {path} ({len(data) / 1e6:.1f} MB needed, {free / 1e6:.1f} MB "
+                           f"free there: {e.strerror}). Free some space or choose another folder; the previous "
+                           "version of the file is intact.") from None
 
 
 def atomic_save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files a killed process left in `folder`; returns their names."""
+    stale = sorted(Path(folder).glob(TMP_PATTERN))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return [t.name for t in stale]
 
 
 def write_text(path, text):

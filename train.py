@@ -8,8 +8,9 @@ test_per_image.csv, curves.png and prediction panels. Ctrl-C keeps last.pt; --re
 import argparse
 import contextlib
 import copy
+import fcntl
 import math
-import shutil
+import os
 import signal
 import sys
 import time
@@ -28,6 +29,9 @@ from losses import LOSSES
 from model import DECODER_WIDTHS, build_model
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
+# Everything a run writes in its folder: what --overwrite removes (anything else there stays).
+RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "val_metrics.json", "val_per_image.csv",
+                           "curves.png", "panel_epoch*.png", runfiles.TMP_PATTERN)
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
 SYNC_EVERY = 10  # training steps between reads of the loss from the device (each read waits for the GPU)
@@ -110,27 +114,56 @@ def parse_args(argv=None):
               (args.warmup_epochs >= 0, "--warmup-epochs must be at least 0"),
               (args.aug_copies >= 0, "--aug-copies must be at least 0"),
               (args.workers >= 0, "--workers must be at least 0"),
-              (args.viz_every >= 0, "--viz-every must be at least 0")]
+              (args.viz_every >= 0, "--viz-every must be at least 0"),
+              (args.encoder_weights in ("imagenet", "none") or Path(args.encoder_weights).is_file(),
+               f"--encoder-weights {args.encoder_weights}: no such file (use 'imagenet', 'none' or a path)")]
     for ok, message in checks:
         if not ok:
             parser.error(message)
     return args, given
 
 
-def prepare_run_dir(args):
-    """Create --out, or refuse to touch an existing run unless --resume or --overwrite says what to do."""
+def check_run_dir(args, announce=True):
+    """--out as a Path; refuses, before anything is loaded or written, a folder that holds a run unless --resume
+    or --overwrite says what to do with it."""
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
     existing = [f for f in RUN_FILES if (out / f).exists()]
     if args.resume:
-        if not (out / "last.pt").exists():  # e.g. `make best RESUME=1`: the seeds after the interrupted one
+        if announce and not (out / "last.pt").exists():  # e.g. `make best RESUME=1`: the seeds after the interrupted one
             print(f"--resume: {out}/last.pt does not exist (no epoch finished there yet); starting the run")
     elif existing and not args.overwrite:
         raise UsageError(f"{out} already holds a run ({', '.join(existing)}). "
                          "Add --resume to continue it or --overwrite to replace it (make ... RESUME=1 / OVERWRITE=1).")
-    elif existing:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def open_run_dir(out, args):
+    """Create --out and hold its lock while the run lasts: a second train.py on the same folder is refused, and
+    the kernel releases the lock of a process that dies. --overwrite then removes what an earlier run wrote (and
+    nothing else); --resume removes the temporary files of a run that was killed mid-write."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise UsageError(f"another train.py is running in {out} (pid {lock.read().strip() or '?'}); wait for it, "
+                             "or choose another --out") from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        check_run_dir(args, announce=False)  # again, under the lock: a run that finished meanwhile is not replaced silently
+        if args.overwrite and not args.resume:
+            for pattern in RUN_OUTPUTS:
+                for path in out.glob(pattern):
+                    path.unlink()
+        stale = runfiles.remove_stale_temporaries(out)
+        if stale:
+            print(f"removed temporary files of an interrupted write: {', '.join(stale)}")
+        yield out
 
 
 def resumed_config(args, given, out):
@@ -318,7 +351,8 @@ def report_epoch(out, args, history, is_best, panel, device, amp):
 def test_best_checkpoint(model, out, test, args, device, amp):
     """Score best.pt (by validation IoU; the last epoch without validation) on the test split, through the whole
     model; writes test_metrics.json and test_per_image.csv."""
-    best = torch.load(out / "best.pt", map_location=device, weights_only=True)
+    best = torch.load(out / "best.pt" if (out / "best.pt").exists() else out / "last.pt", map_location=device,
+                      weights_only=True)  # runs from before best.pt was written first may lack it
     model.load_state_dict(best["model"])
     model.eval()
     summary, per_image = score_model(model, test, args.loss, 2 * args.batch_size, device, amp)
@@ -366,7 +400,7 @@ def stop_cleanly(out, history, device, args):
 
 def main(argv=None):
     args, given = parse_args(argv)
-    out = prepare_run_dir(args)
+    out = check_run_dir(args)
     args, last = resumed_config(args, given, out)
     config, device, amp = vars(args), pick_device(args.device), not args.no_amp
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -374,40 +408,41 @@ def main(argv=None):
     splits = load_data(args, device)
     model = build_model(config, pretrained=True).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
-    kept = model if ema is None else ema  # the weights that are validated, saved as "model" and tested
-    runfiles.write_json(out / "config.json", config)  # only now: bad data or weights leave no half-made run
-    optimizer = make_optimizer(model, args, device)
-    steps_per_epoch = math.ceil(len(splits["train"][0]) / args.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-        step, args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch, args.schedule))
-    fp16 = amp and device.type != "cpu" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    history, best_iou = restore(last, out, model, ema, optimizer, scheduler, scaler)
-    train_inputs, val_inputs, forward_of = model_inputs(model, args, splits, device, amp)
-    compiled = torch.compile if args.compile else (lambda fn: fn)
-    forward, kept_forward = compiled(forward_of(model)), compiled(forward_of(kept))
-    (train_images, train_masks), (val_images, val_masks) = splits["train"], splits["val"]
-    held_out, idx = len(val_masks) > 0, splits["panel_idx"]
-    panel_from = (val_inputs, val_images, val_masks, "validation") if held_out else (
-        train_inputs, train_images, train_masks, "training")
-    panel = (kept_forward, *(t[idx] for t in panel_from[:3]), panel_from[3])
-    with stop_cleanly(out, history, device, args):
-        for epoch in range(len(history), args.epochs):
-            started = time.perf_counter()
-            train_loss, data_seconds = train_one_epoch(model, forward, train_inputs, train_masks, optimizer,
-                                                       scheduler, scaler, ema, args, epoch, device, amp)
-            model.eval()
-            val = (evaluate(kept_forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)[0]
-                   if held_out else dict.fromkeys(("loss", "iou", "dice"), math.nan))
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
-                            "val_iou": val["iou"], "val_dice": val["dice"], "lr": optimizer.param_groups[-1]["lr"],
-                            "seconds": time.perf_counter() - started, "data_seconds": data_seconds})
-            is_best = val["iou"] > best_iou or not held_out
-            best_iou = max(best_iou, val["iou"])
-            save_checkpoints(out, model, ema, optimizer, scheduler, scaler, history, best_iou, config, is_best)
-            report_epoch(out, args, history, is_best, panel, device, amp)
-    return test_best_checkpoint(model, out, splits["test"], args, device, amp)
-
+    with open_run_dir(out, args):  # only now: bad flags, data or weights leave nothing behind
+        runfiles.write_json(out / "config.json", config)
+        optimizer = make_optimizer(model, args, device)
+        steps_per_epoch = math.ceil(len(splits["train"][0]) / args.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+            step, args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch, args.schedule))
+        fp16 = amp and device.type != "cpu" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+        history, best_iou = restore(last, out, model, ema, optimizer, scheduler, scaler)
+        train_inputs, val_inputs, forward_of = model_inputs(model, args, splits, device, amp)
+        compiled = torch.compile if args.compile else (lambda fn: fn)
+        kept = model if ema is None else ema  # the weights that are validated, saved as "model" and tested
+        forward, kept_forward = compiled(forward_of(model)), compiled(forward_of(kept))
+        (train_images, train_masks), (val_images, val_masks) = splits["train"], splits["val"]
+        held_out, idx = len(val_masks) > 0, splits["panel_idx"]
+        panel_from = (val_inputs, val_images, val_masks, "validation") if held_out else (
+            train_inputs, train_images, train_masks, "training")
+        panel = (kept_forward, *(t[idx] for t in panel_from[:3]), panel_from[3])
+        with stop_cleanly(out, history, device, args):
+            for epoch in range(len(history), args.epochs):
+                started = time.perf_counter()
+                train_loss, data_seconds = train_one_epoch(model, forward, train_inputs, train_masks, optimizer,
+                                                           scheduler, scaler, ema, args, epoch, device, amp)
+                model.eval()
+                val = (evaluate(kept_forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)[0]
+                       if held_out else dict.fromkeys(("loss", "iou", "dice"), math.nan))
+                history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                                "val_iou": val["iou"], "val_dice": val["dice"],
+                                "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started,
+                                "data_seconds": data_seconds})
+                is_best = val["iou"] > best_iou or not held_out
+                best_iou = max(best_iou, val["iou"])
+                save_checkpoints(out, model, ema, optimizer, scheduler, scaler, history, best_iou, config, is_best)
+                report_epoch(out, args, history, is_best, panel, device, amp)
+        return test_best_checkpoint(model, out, splits["test"], args, device, amp)
 
 if __name__ == "__main__":
     try:

@@ -2,11 +2,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
+from model import DECODER_WIDTHS, MobileNetSegmenter  # noqa: E402
 
 REAL_DATA = ROOT.parent / "shared" / "isic2016"
 REAL_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
@@ -25,3 +27,14 @@ def train_args(data_dir, out, *extra):
     return ["--data-dir", str(data_dir), "--cache-dir", str(Path(out).parent / "cache"), "--out", str(out),
             "--encoder-weights", "none", "--image-size", "64", "--epochs", "1", "--batch-size", "16",
             "--aug-copies", "1", "--workers", "0", "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A checkpoint of an untrained model in the format train.py writes."""
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS),
+              "image_size": 64, "no_amp": False, "loss": "bce"}
+    torch.manual_seed(0)
+    torch.save({"config": config, "model": MobileNetSegmenter("none").state_dict()}, path)
+    return path

@@ -18,17 +18,6 @@ from model import DECODER_WIDTHS, Ensemble, MobileNetSegmenter, load_checkpoint,
 BIG = 50.0
 
 
-@pytest.fixture(scope="module")
-def checkpoint(synthetic, tmp_path_factory):
-    """A checkpoint of an untrained model in the format train.py writes."""
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS),
-              "image_size": 64, "no_amp": False, "loss": "bce"}
-    torch.manual_seed(0)
-    torch.save({"config": config, "model": MobileNetSegmenter("none").state_dict()}, path)
-    return path
-
-
 class LeftColumn(torch.nn.Module):
     """A fake model that marks the leftmost column of any image as lesion."""
 

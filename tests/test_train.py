@@ -36,10 +36,12 @@ def test_one_epoch_writes_every_run_file_and_evaluate_reproduces_the_test_metric
     assert 0 <= metrics["iou"] <= metrics["dice"] <= 1 and metrics == pytest.approx(summary)
     assert len(runfiles.read_csv(out / "test_per_image.csv")) == 12
 
-    (out / "test_metrics.json").unlink()
+    # re-scoring never replaces the run's own results: without --tta it writes beside them
     evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(synthetic[0]),
                    "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0"])
-    again = runfiles.read_json(out / "test_metrics.json")
+    assert runfiles.read_json(out / "test_metrics.json") == metrics
+    again = runfiles.read_json(out / "test_eval_metrics.json")
+    assert "tta_iou" not in again and (out / "test_eval_per_image.csv").exists()
     for key in ("loss", "iou", "dice", "n_images"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
 
