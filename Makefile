@@ -44,7 +44,7 @@ exp1-iou: data
 exp2-finetune: data
 	$(TRAIN) $(COMMON) --loss bce --optimizer adam --lr 1e-4
 
-# Beyond the report (README, "Beyond the report"): skip connections, BCE + Dice, a lower encoder learning rate,
+# Beyond the report (docs/experiments.md): skip connections, BCE + Dice, a lower encoder learning rate,
 # warm-up and cosine decay, random rotation/zoom/colour augmentation, an average of the weights (EMA), all chosen
 # on the validation split, then trained on all training images (--val-fraction 0: the last epoch); one model per
 # seed in SEEDS, then their ensemble scored with flip TTA at full resolution (fullres_lcc_tta_*: only the largest
@@ -79,15 +79,18 @@ check-same: setup
 report: setup
 	$(PY) visualize.py report --runs $(RUNS) --data-dir $(DATA_DIR)
 
-eda: data
-	$(PY) visualize.py eda --data-dir $(DATA_DIR) --out $(RUNS)/eda
+eda: setup
+	$(PY) visualize.py eda --data-dir $(DATA_DIR) --runs $(RUNS) --out $(RUNS)/eda
 
 predict: setup
-	$(PY) predict.py $(foreach c,$(CHECKPOINT),--checkpoint $(c)) $(INPUT) --out $(OUT) --tta --largest-component \
-		--overlay
+	$(PY) predict.py $(INPUT) --checkpoint $(CHECKPOINT) --out $(OUT) --tta --largest-component --overlay
 
 export: .venv/export-installed
 	$(PY) export.py --checkpoint $(CHECKPOINT) --out $(ONNX)
 
-test: setup .venv/export-installed
+.venv/dev-installed: requirements-dev.txt .venv/installed
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+test: .venv/dev-installed .venv/export-installed
 	$(PY) -m pytest -q tests

@@ -20,7 +20,7 @@ for tree in "$work/base" "$PWD"; do
   name=$([ "$tree" = "$PWD" ] && echo new || echo base)
   for run in exp1 best; do
     flags=$([ $run = exp1 ] && echo "$exp1" || echo "$best")
-    (cd "$tree" && TQDM_DISABLE=1 "$py" train.py $common $flags --out "$work/$name-$run" > "$work/$name-$run.log" 2>&1) \
+    (cd "$tree" && "$py" train.py $common $flags --out "$work/$name-$run" > "$work/$name-$run.log" 2>&1) \
       || { echo "$name $run failed:"; tail -5 "$work/$name-$run.log"; exit 1; }
   done
 done
@@ -31,7 +31,8 @@ work, same = Path(sys.argv[1]), True
 for run in ("exp1", "best"):
     def results(tree):
         folder = work / f"{tree}-{run}"
-        history = [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(open(folder / "history.csv"))]
+        rows = csv.DictReader(open(folder / "history.csv"))
+        history = [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
         return history, json.load(open(folder / "test_metrics.json")), (folder / "test_per_image.csv").read_text()
     base, new = results("base"), results("new")
     print(f"{run}: {'identical' if base == new else 'DIFFERENT'}; test IoU {new[1]['iou']!r} (was {base[1]['iou']!r}), "

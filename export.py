@@ -3,7 +3,7 @@
     python export.py --checkpoint runs/exp2-finetune/best.pt --out model.onnx
 
 The ONNX model takes float32 RGB images [N,3,S,S] with values 0..255 (S: the checkpoint's image size) and
-returns logits [N,1,S,S]. The check needs onnxruntime (pip install -r requirements-export.txt).
+returns logits [N,1,S,S]. The export needs onnx and its check onnxruntime (pip install -r requirements-export.txt).
 """
 import argparse
 import sys
@@ -12,11 +12,16 @@ import warnings
 import numpy as np
 import torch
 
-from errors import USER_ERRORS, ModelFileError
+from errors import USER_ERRORS, ModelFileError, UsageError
 from model import load_models
 
 
 def export(model, size, path):
+    """Write the model as ONNX to path; the exporter needs the onnx package (requirements-export.txt)."""
+    try:
+        import onnx  # noqa: F401  imported here: only the export needs it
+    except ImportError:
+        raise UsageError("export needs the onnx package: pip install -r requirements-export.txt") from None
     example = torch.rand(2, 3, size, size) * 255
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice

@@ -11,7 +11,8 @@
 set -u
 if [ $# -ne 3 ]; then echo "usage: bash gpu_check.sh DATA_DIR ENCODER_WEIGHTS OUT_DIR" >&2; exit 2; fi
 data=$1 weights=$2 out=$3
-py=${PY:-python3} device=${DEVICE:-cuda} epochs=${EPOCHS:-15} extra=${EXTRA:-} budget=${BUDGET:-1000000000} bench=${BENCH:-}
+py=${PY:-python3} device=${DEVICE:-cuda} epochs=${EPOCHS:-15} extra=${EXTRA:-} bench=${BENCH:-}
+budget=${BUDGET:-1000000000}
 mkdir -p "$out/runs" || exit 1
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1   # plain lines in the logs
 start=$SECONDS
@@ -44,7 +45,8 @@ step env bash -c "nvidia-smi; $py -c 'import torch, torchvision; print(\"torch\"
   torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"torchvision\", torchvision.__version__)'"
 train best-seed0-amp $best
 step profile-best-step "$py" bench.py --device "$device" --profile --profile-rows 25 $bench
-step profile-best-step-cudnn-benchmark "$py" bench.py --device "$device" --profile --profile-rows 5 --cudnn-benchmark $bench
+step profile-best-step-cudnn-benchmark "$py" bench.py --device "$device" --profile --profile-rows 5 \
+  --cudnn-benchmark $bench
 train exp1-bce --freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3 --seed 0
 train exp2-finetune --loss bce --optimizer adam --lr 1e-4 --seed 0
 train best-seed0-noamp $best --no-amp

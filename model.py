@@ -87,7 +87,8 @@ class MobileNetSegmenter(nn.Module):
         return self
 
     def encode(self, images):
-        """Encoder features of images [N,3,H,W] the decoder needs, deepest last: [1/2, 1/4, 1/8, 1/16, 1/32] with skips, else [1/32]."""
+        """The encoder's features of images [N,3,H,W] that the decoder needs, deepest last: at 1/2, 1/4, 1/8, 1/16
+        and 1/32 of H and W with skips, else at 1/32 only."""
         x = (images.float() - self.mean) / self.std
         feats = []
         for i, layer in enumerate(self.encoder):

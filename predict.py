@@ -32,7 +32,8 @@ def expand_inputs(inputs):
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in data.IMAGE_EXTS and not data.is_hidden(p))
+            matches = sorted(p for p in path.rglob("*")
+                             if p.suffix.lower() in data.IMAGE_EXTS and not data.is_hidden(p))
         elif path.is_file():
             matches = [path]
         else:  # glob skips dot files (._name.jpg) itself

@@ -31,7 +31,7 @@ from model import DECODER_WIDTHS, build_model
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 # Everything a run writes in its folder: what --overwrite removes (anything else there stays).
 RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "val_metrics.json", "val_per_image.csv",
-                           "curves.png", "panel_epoch*.png", runfiles.TMP_PATTERN)
+                           "curves.png", "panel_epoch*.png", "train.log", runfiles.TMP_PATTERN)
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
 SYNC_EVERY = 10  # training steps between reads of the loss from the device (each read waits for the GPU)
@@ -86,6 +86,8 @@ def build_parser(defaults=True):
     a("--cudnn-benchmark", default=False, action="store_true",
       help="let cuDNN time its kernels for each new input shape (a slower first epoch; see docs/speed.md)")
     a("--viz-every", type=int, default=0, help="prediction panels every N epochs (0: about 4 per run)")
+    a("--config", metavar="CONFIG_JSON",
+      help="start from a saved run's flags (runs/<run>/config.json); flags given here override them")
     a("--resume", default=False, action="store_true",
       help="continue the run in --out from its last.pt (start it if it has none)")
     a("--overwrite", default=False, action="store_true", help="replace an existing run in --out")
@@ -99,8 +101,12 @@ def build_parser(defaults=True):
 def parse_args(argv=None):
     """(flags, names of the flags given on the command line); refuses values that cannot train (exit 2)."""
     parser = build_parser()
+    given = vars(build_parser(defaults=False).parse_args(argv))
+    if "config" in given:  # a saved run's flags become the defaults; flags on the command line still win
+        saved = runfiles.read_json(given["config"])
+        parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("out", "resume", "overwrite", "config")})
     args = parser.parse_args(argv)
-    given = set(vars(build_parser(defaults=False).parse_args(argv)))
+    given = set(given)
     checks = [(args.image_size % 32 == 0 and args.image_size > 0,
                f"--image-size {args.image_size} is not a positive multiple of 32 (the encoder downsamples 32x); "
                "try 128 or 160"),
@@ -131,7 +137,7 @@ def check_run_dir(args, announce=True):
         raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
     existing = [f for f in RUN_FILES if (out / f).exists()]
     if args.resume:
-        if announce and not (out / "last.pt").exists():  # e.g. `make best RESUME=1`: the seeds after the interrupted one
+        if announce and not (out / "last.pt").exists():  # `make best RESUME=1`: seeds not started yet
             print(f"--resume: {out}/last.pt does not exist (no epoch finished there yet); starting the run")
     elif existing and not args.overwrite:
         raise UsageError(f"{out} already holds a run ({', '.join(existing)}). "
@@ -155,15 +161,31 @@ def open_run_dir(out, args):
         lock.truncate(0)
         lock.write(str(os.getpid()))
         lock.flush()
-        check_run_dir(args, announce=False)  # again, under the lock: a run that finished meanwhile is not replaced silently
+        check_run_dir(args, announce=False)  # again, under the lock: a run that ended meanwhile stays
         if args.overwrite and not args.resume:
             for pattern in RUN_OUTPUTS:
                 for path in out.glob(pattern):
                     path.unlink()
-        stale = runfiles.remove_stale_temporaries(out)
-        if stale:
-            print(f"removed temporary files of an interrupted write: {', '.join(stale)}")
-        yield out
+        with open(out / "train.log", "a") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
+            stale = runfiles.remove_stale_temporaries(out)
+            if stale:
+                print(f"removed temporary files of an interrupted write: {', '.join(stale)}")
+            yield out
+
+
+class Tee:
+    """A text stream that writes to several: the console and the run's train.log."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for stream in self.streams:
+            stream.write(text)
+
+    def flush(self):
+        for stream in self.streams:
+            stream.flush()
 
 
 def resumed_config(args, given, out):
@@ -196,7 +218,8 @@ class Rows:
 
 
 def load_data(args, device):
-    """{'train': (images, masks) augmented, 'val': (images, masks), 'test': load_split() result, 'panel_idx'}.
+    """{'train': (images, masks) augmented, 'val': (images, masks), 'test': load_split() result, 'panel_idx',
+    'sizes': a line that counts them}.
     Decoded once into uint8 tensors, split before augmentation; on a GPU the training set lives on the device."""
     full = data.load_split(args.data_dir, "train", args.image_size, args.cache_dir, args.workers)
     test = data.load_split(args.data_dir, "test", args.image_size, args.cache_dir, args.workers)
@@ -206,12 +229,12 @@ def load_data(args, device):
     # Panels show validation images, or without them training images (augment() puts the originals first).
     panel_idx = torch.randperm(len(val_idx) or len(train_idx),
                                generator=torch.Generator().manual_seed(args.split_seed))[:6]
-    print(f"{len(train_idx)} training images x{args.aug_copies + 1} = {len(train[0])}, "
-          f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
+    sizes = (f"{len(train_idx)} training images x{args.aug_copies + 1} = {len(train[0])}, "
+             f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
     if device.type != "cpu":  # the whole (small) training set on the GPU; test batches copy from pinned memory
         train, val = tuple(t.to(device) for t in train), tuple(t.to(device) for t in val)
         test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
-    return {"train": train, "val": val, "test": test, "panel_idx": panel_idx}
+    return {"train": train, "val": val, "test": test, "panel_idx": panel_idx, "sizes": sizes}
 
 
 def make_optimizer(model, args, device):
@@ -410,6 +433,7 @@ def main(argv=None):
     ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
     with open_run_dir(out, args):  # only now: bad flags, data or weights leave nothing behind
         runfiles.write_json(out / "config.json", config)
+        print(splits["sizes"])
         optimizer = make_optimizer(model, args, device)
         steps_per_epoch = math.ceil(len(splits["train"][0]) / args.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(

@@ -24,7 +24,7 @@ import data  # noqa: E402
 import runfiles  # noqa: E402
 from errors import USER_ERRORS, UsageError  # noqa: E402
 from evaluate import predict_logits  # noqa: E402
-from metrics import upsample  # noqa: E402
+from metrics import per_image_metrics, upsample  # noqa: E402
 from model import load_models  # noqa: E402
 
 # Test IoU / Dice of the reference report, by experiment.
@@ -53,27 +53,33 @@ def save_figure(fig, path):
     plt.close(fig)
 
 
-def save_panel(images, masks, predictions, path, title, columns=None):
-    """One row per image: image, ground truth, each prediction, and the prediction's contour (red) with the
-    ground truth's (green) on the image. predictions: logits [N,1,H,W] or a dict name -> logits."""
+TRUTH_COLOUR, PREDICTION_COLOUR = "#0072B2", "#E69F00"  # blue and orange (Okabe-Ito): told apart by colour-blind eyes
+
+
+def save_panel(images, masks, predictions, path, title):
+    """One row per image: image, ground truth, each prediction with its IoU, and with one prediction the image
+    with both contours (truth blue, prediction orange). images uint8 [N,3,H,W], masks [N,1,H,W], predictions:
+    logits [N,1,H,W] or a dict name -> logits."""
     predictions = predictions if isinstance(predictions, dict) else {"prediction": predictions}
     n, k = len(images), len(predictions)
     ncols = 2 + k + (1 if k == 1 else 0)
     fig, axes = plt.subplots(n, ncols, figsize=(2.2 * ncols, 2.2 * n + 0.4), squeeze=False)
+    ious = {name: per_image_metrics(logits > 0, masks)["iou"] for name, logits in predictions.items()}
     for row in range(n):
         image, mask = images[row].permute(1, 2, 0).numpy(), masks[row, 0].numpy()
         cells = [("image", image, None), ("ground truth", mask, "gray")]
-        cells += [(name, (logits[row, 0] > 0).numpy(), "gray") for name, logits in predictions.items()]
+        cells += [(f"{name}: IoU {ious[name][row]:.2f}", (logits[row, 0] > 0).numpy(), "gray")
+                  for name, logits in predictions.items()]
         for col, (name, picture, cmap) in enumerate(cells):
             axes[row, col].imshow(picture, cmap=cmap, vmin=0, vmax=1 if cmap else None)
-            axes[0, col].set_title(name, fontsize=9)
+            axes[row, col].set_title(name if row == 0 or col >= 2 else "", fontsize=8)
         if k == 1:
             ax = axes[row, -1]
             ax.imshow(image)
-            ax.contour(mask, levels=[0.5], colors="lime", linewidths=1)
+            ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=1.5)
             ax.contour((next(iter(predictions.values()))[row, 0] > 0).numpy().astype(float), levels=[0.5],
-                       colors="red", linewidths=1)
-            axes[0, -1].set_title("overlay (red: pred, green: truth)", fontsize=8)
+                       colors=PREDICTION_COLOUR, linewidths=1.5)
+            axes[0, -1].set_title("truth (blue), prediction (orange)", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(title)
@@ -89,7 +95,7 @@ def read_run(run_dir):
         return None
     test = runfiles.read_json(run_dir / "test_metrics.json")
     checkpoints = [run_dir / c for c in test.get("checkpoints", ["best.pt"])]
-    return {"name": run_dir.name, "test": test, "checkpoints": checkpoints,
+    return {"name": run_dir.name, "dir": run_dir, "test": test, "checkpoints": checkpoints,
             "config": runfiles.read_json(checkpoints[0].parent / "config.json"),
             "histories": [runfiles.read_csv(c.parent / "history.csv") for c in checkpoints]}
 
@@ -132,18 +138,33 @@ def plot_comparison(runs, path):
     x = np.arange(len(runs))
     for offset, key in ((-0.2, "iou"), (0.2, "dice")):
         bars = right.bar(x + offset, [r["test"][key] for r in runs], 0.4, label=f"test {key}")
-        right.bar_label(bars, fmt="%.4f", fontsize=7)
+        right.bar_label(bars, fmt="%.4f", fontsize=9)
     refs = [REFERENCE.get(r["name"], (np.nan, np.nan))[0] for r in runs]
-    right.scatter(x - 0.2, refs, marker="_", s=600, color="black", label="reference report IoU", zorder=3)
+    if not all(np.isnan(refs)):
+        right.scatter(x - 0.2, refs, marker="_", s=600, color="black", label="reference report IoU", zorder=3)
     right.set_xticks(x, [r["name"] for r in runs], rotation=15)
-    right.set(ylim=(0, 1), title="test set (best checkpoint)")
-    right.legend(loc="lower right")
+    right.set(ylim=(0, 1.18), yticks=np.arange(0, 1.01, 0.2), title="test set (best checkpoint)")
+    right.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)
     save_figure(fig, path)
+
+
+def find_data_dir(data_dir, runs_dir):
+    """data_dir if it exists, else the data folder that the runs in runs_dir were trained on (their config.json
+    says), so that `make report` and `make eda` need no DATA_DIR after a training run."""
+    if Path(data_dir).is_dir():
+        return data_dir
+    for config in sorted(Path(runs_dir).glob("**/config.json")):
+        trained_on = runfiles.read_json(config).get("data_dir")
+        if trained_on and Path(trained_on).is_dir():
+            print(f"data folder {data_dir} does not exist; using {trained_on}, from {config}")
+            return trained_on
+    return data_dir
 
 
 def report(runs_dir, data_dir, cache_dir, n_images=6):
     """runs/report.md, runs/comparison.png and runs/test_panel.png from every finished run in runs_dir."""
     runs_dir = Path(runs_dir)
+    data_dir = find_data_dir(data_dir, runs_dir)
     runs = [r for r in map(read_run, sorted(runs_dir.glob("*/"))) if r]
     if not runs:
         raise UsageError(f"no finished runs (with test_metrics.json) in {runs_dir}; run an experiment first")
@@ -151,7 +172,8 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
     runfiles.write_text(runs_dir / "report.md", "# Experiments\n\nTest metrics of each run's best checkpoint "
                         "(by validation IoU; the last epoch for runs trained on every training image, "
                         "--val-fraction 0); per-image means, threshold 0.5.\n\n" + table
-                        + "\n![comparison](comparison.png)\n\n![test panel](test_panel.png)\n")
+                        + "\n![comparison](comparison.png)\n\n![test panel](test_panel.png)\n\n"
+                        "![worst and best](worst_best_panel.png)\n")
     plot_comparison(runs, runs_dir / "comparison.png")
     predictions, test = {}, None
     for run in sorted(runs, key=lambda r: r["name"]):
@@ -165,13 +187,29 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
     test128 = data.load_split(data_dir, "test", 128, cache_dir)
     save_panel(test128["images"][pick], test128["masks"][pick], predictions, runs_dir / "test_panel.png",
                "test images: every experiment's prediction")
-    print(table + f"\nwrote {runs_dir}/report.md, comparison.png, test_panel.png")
+    best = max(runs, key=lambda r: r["test"]["iou"])
+    plot_worst_and_best(best, data_dir, cache_dir, runs_dir / "worst_best_panel.png")
+    print(table + f"\nwrote {runs_dir}/report.md, comparison.png, test_panel.png, worst_best_panel.png")
+
+
+def plot_worst_and_best(run, data_dir, cache_dir, path, n=6):
+    """The run's n worst and n best test images by IoU (its test_per_image.csv), with its predictions: where
+    does the model fail?"""
+    model, configs = load_models(run["checkpoints"])
+    test = data.load_split(data_dir, "test", configs[0]["image_size"], cache_dir)
+    rows = sorted(runfiles.read_csv(run["dir"] / "test_per_image.csv"), key=lambda row: row["iou"])
+    position = {image_id: i for i, image_id in enumerate(test["ids"])}
+    pick = torch.tensor([position[row["id"]] for row in rows[:n] + rows[-n:]])
+    logits = predict_logits(model, test["images"][pick], 32, torch.device("cpu"))
+    save_panel(test["images"][pick], test["masks"][pick], {run["name"]: logits}, path,
+               f"{run['name']}: the {n} worst test images by IoU (top), then the {n} best")
 
 
 def lesion_stats(data_dir, split):
     """Per-image statistics read from the full-size masks and image headers."""
     stats = {"width": [], "height": [], "area_fraction": [], "touches_border": []}
-    for _, image_path, mask_path in tqdm(data.find_pairs(data_dir, split), desc=f"reading {split} masks"):
+    for _, image_path, mask_path in tqdm(data.find_pairs(data_dir, split), desc=f"reading {split} masks",
+                                         disable=None):
         with Image.open(image_path) as im:
             stats["width"].append(im.size[0])
             stats["height"].append(im.size[1])
@@ -200,19 +238,34 @@ def eda(data_dir, out):
     stats = {split: lesion_stats(data_dir, split) for split in data.SPLITS}
     summary = {split: summarize_stats(s) for split, s in stats.items()}
     runfiles.write_json(out / "eda.json", summary)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for split, s in stats.items():
-        left.hist(s["area_fraction"], bins=25, range=(0, 1), alpha=0.6, label=f"{split} ({len(s['width'])})")
-        right.scatter(s["width"], s["height"], s=8, alpha=0.5, label=split)
-    left.set(xlabel="lesion area / image area", ylabel="images", title="lesion size")
-    right.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
-    for ax in (left, right):
-        ax.legend()
+    fig, (sizes, balance, shapes) = plt.subplots(1, 3, figsize=(15, 4))
+    for split, st in stats.items():  # densities: the splits differ in size, their shapes are what compares
+        sizes.hist(st["area_fraction"], bins=25, range=(0, 1), alpha=0.6, density=True,
+                   label=f"{split} ({len(st['width'])} images)")
+    sizes.set(xlabel="lesion area / image area", ylabel="density", title="lesion size")
+    names = list(summary)
+    for offset, (key, label) in zip((-0.2, 0.2), (("foreground_pixel_fraction", "lesion pixels"),
+                                                  ("lesions_touching_border_fraction", "lesions touching the border"))):
+        bars = balance.bar(np.arange(len(names)) + offset, [summary[n][key] for n in names], 0.4, label=label)
+        balance.bar_label(bars, fmt="%.2f", fontsize=9)
+    balance.set_xticks(np.arange(len(names)), names)
+    balance.set(ylim=(0, 1), ylabel="fraction", title="class balance and border")
+    distinct = {(w, h) for st in stats.values() for w, h in zip(st["width"], st["height"])}
+    if len(distinct) == 1:  # a scatter of one dot says nothing: say it in words
+        shapes.text(0.5, 0.5, "every image is {}x{} px".format(*distinct.pop()), ha="center", va="center")
+        shapes.set_title("image sizes")
+        shapes.axis("off")
+    else:
+        for split, st in stats.items():
+            shapes.scatter(st["width"], st["height"], s=8, alpha=0.5, label=split)
+        shapes.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
+        shapes.legend()
+    for ax in (sizes, balance):
+        ax.legend(fontsize=8)
     save_figure(fig, out / "eda.png")
-    for split, s in summary.items():
-        print(f"{split}: {s['n_images']} images, mean lesion area {s['lesion_area_fraction']['mean']:.3f}, "
-              f"foreground pixels {s['foreground_pixel_fraction']:.3f}, "
-              f"{s['lesions_touching_border']} lesions touch the border")
+    for split, st in summary.items():
+        print(f"{split}: {st['n_images']} images, mean lesion area {st['lesion_area_fraction']['mean']:.3f} of an "
+              f"image, {st['lesions_touching_border']} lesions touch the border")
     print(f"wrote {out}/eda.json and eda.png")
     return summary
 
@@ -226,6 +279,7 @@ def main():
     r.add_argument("--cache-dir", default="cache")
     e = sub.add_parser("eda", help="statistics of the data set")
     e.add_argument("--data-dir", default="data")
+    e.add_argument("--runs", default="runs", help="where to look for a run's data folder if --data-dir is missing")
     e.add_argument("--out", default="runs/eda")
     c = sub.add_parser("curves", help="redraw curves.png of one run folder")
     c.add_argument("run_dir")
@@ -233,7 +287,7 @@ def main():
     if args.command == "report":
         report(args.runs, args.data_dir, args.cache_dir)
     elif args.command == "eda":
-        eda(args.data_dir, args.out)
+        eda(find_data_dir(args.data_dir, args.runs), args.out)
     else:
         plot_curves(runfiles.read_csv(Path(args.run_dir) / "history.csv"), Path(args.run_dir) / "curves.png",
                     Path(args.run_dir).name)

@@ -107,7 +107,7 @@ def test_bad_files_are_all_reported_before_training(copy, tmp_path):
     with pytest.raises(data.DataError) as e:
         data.load_split(copy, "train", 64, tmp_path / "cache")
     message = str(e.value)
-    assert "3 unreadable file(s)" in message
+    assert "3 problem(s)" in message
     assert "ISIC_0000000.jpg" in message and "ISIC_0000001.jpg" in message
     assert "size mismatch" in message and "ISIC_0000002_Segmentation.png" in message
 

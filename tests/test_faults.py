@@ -24,7 +24,8 @@ LEARNED = ("epoch", "train_loss", "val_loss", "val_iou", "val_dice", "lr")
 
 def learned(run):
     """history.csv's columns that training determines (not timings), NaN (no validation) as None."""
-    return [{k: None if row[k] != row[k] else row[k] for k in LEARNED} for row in runfiles.read_csv(run / "history.csv")]
+    rows = runfiles.read_csv(run / "history.csv")
+    return [{k: None if row[k] != row[k] else row[k] for k in LEARNED} for row in rows]
 
 
 def start(args):

@@ -46,7 +46,7 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "none.pt")
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="not a readable train.py checkpoint"):
+    with pytest.raises(RuntimeError, match="not a checkpoint written by train.py"):
         load_checkpoint(tmp_path / "broken.pt")
     config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS)}
     state = MobileNetSegmenter("none", skips=True).state_dict()  # weights of another configuration

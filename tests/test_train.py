@@ -234,3 +234,14 @@ def test_resume_takes_the_runs_own_flags_and_can_extend_it(synthetic, tmp_path):
     config = runfiles.read_json(out / "config.json")
     assert [row["epoch"] for row in history] == [1, 2]
     assert config["image_size"] == 64 and config["epochs"] == 2 and config["data_dir"] == str(synthetic[0])
+
+
+def test_config_reruns_a_saved_run_and_the_console_is_kept_in_train_log(synthetic, tmp_path):
+    first = tmp_path / "first"
+    train.main(train_args(synthetic[0], first, "--skips", "--lr", "2e-3"))
+    train.main(["--config", str(first / "config.json"), "--out", str(tmp_path / "again")])
+    assert learned(runfiles.read_csv(tmp_path / "again" / "history.csv")) == learned(
+        runfiles.read_csv(first / "history.csv"))
+    assert runfiles.read_json(tmp_path / "again" / "config.json")["lr"] == 2e-3
+    log = (first / "train.log").read_text()
+    assert "training images" in log and "epoch   1/1" in log and "test (best epoch 1" in log

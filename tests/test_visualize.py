@@ -73,3 +73,18 @@ def test_eda_numbers_match_the_synthetic_lesions(synthetic, tmp_path):
     assert summary["train"]["lesions_touching_border"] == 0  # synthetic lesions sit in the middle
     assert 0 < summary["train"]["foreground_pixel_fraction"] < 0.3
     assert (tmp_path / "eda.png").stat().st_size > 10_000 and (tmp_path / "eda.json").exists()
+
+
+def test_report_after_real_runs_finds_their_data_and_draws_every_picture(synthetic, tmp_path, capsys):
+    import train
+    from conftest import train_args
+    runs = tmp_path / "runs"
+    for name in ("exp1-bce", "exp2-finetune"):
+        train.main(train_args(synthetic[0], runs / name, *(["--freeze-encoder"] if name == "exp1-bce" else [])))
+    visualize.report(runs, tmp_path / "no-such-data", tmp_path / "cache")  # the runs' config.json says where
+    assert f"using {synthetic[0]}" in capsys.readouterr().out
+    for name in ("comparison.png", "test_panel.png", "worst_best_panel.png"):
+        assert (runs / name).stat().st_size > 10_000, name
+    with Image.open(runs / "worst_best_panel.png") as panel:
+        assert panel.size[1] > 12 * 200  # twelve rows: six worst, six best
+    assert "worst_best_panel.png" in (runs / "report.md").read_text()
