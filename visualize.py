@@ -56,14 +56,14 @@ def save_figure(fig, path):
 TRUTH_COLOUR, PREDICTION_COLOUR = "#0072B2", "#E69F00"  # blue and orange (Okabe-Ito): told apart by colour-blind eyes
 
 
-def save_panel(images, masks, predictions, path, title):
+def save_panel(images, masks, predictions, path, title, cell=2.2):
     """One row per image: image, ground truth, each prediction with its IoU, and with one prediction the image
     with both contours (truth blue, prediction orange). images uint8 [N,3,H,W], masks [N,1,H,W], predictions:
-    logits [N,1,H,W] or a dict name -> logits."""
+    logits [N,1,H,W] or a dict name -> logits; cell: inches per picture."""
     predictions = predictions if isinstance(predictions, dict) else {"prediction": predictions}
     n, k = len(images), len(predictions)
     ncols = 2 + k + (1 if k == 1 else 0)
-    fig, axes = plt.subplots(n, ncols, figsize=(2.2 * ncols, 2.2 * n + 0.4), squeeze=False)
+    fig, axes = plt.subplots(n, ncols, figsize=(cell * ncols, cell * n + 0.4), squeeze=False)
     ious = {name: per_image_metrics(logits > 0, masks)["iou"] for name, logits in predictions.items()}
     for row in range(n):
         image, mask = images[row].permute(1, 2, 0).numpy(), masks[row, 0].numpy()
@@ -202,7 +202,7 @@ def plot_worst_and_best(run, data_dir, cache_dir, path, n=6):
     pick = torch.tensor([position[row["id"]] for row in rows[:n] + rows[-n:]])
     logits = predict_logits(model, test["images"][pick], 32, torch.device("cpu"))
     save_panel(test["images"][pick], test["masks"][pick], {run["name"]: logits}, path,
-               f"{run['name']}: the {n} worst test images by IoU (top), then the {n} best")
+               f"{run['name']}: {n} worst, then {n} best test images", cell=1.6)
 
 
 def lesion_stats(data_dir, split):

@@ -86,5 +86,5 @@ def test_report_after_real_runs_finds_their_data_and_draws_every_picture(synthet
     for name in ("comparison.png", "test_panel.png", "worst_best_panel.png"):
         assert (runs / name).stat().st_size > 10_000, name
     with Image.open(runs / "worst_best_panel.png") as panel:
-        assert panel.size[1] > 12 * 200  # twelve rows: six worst, six best
+        assert panel.size[1] > 12 * 150  # twelve rows: six worst, six best
     assert "worst_best_panel.png" in (runs / "report.md").read_text()
