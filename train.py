@@ -296,7 +296,8 @@ def model_inputs(model, args, splits, device, amp):
 
 def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler, ema, args, epoch, device, amp):
     """One pass over the training inputs in a seeded order. Returns (mean loss per image, seconds getting
-    batches). The loss is read from the device every SYNC_EVERY steps, not at every step, so a GPU never waits."""
+    batches). The loss is read from the device every SYNC_EVERY steps, not at every step: each read makes the host
+    wait for the GPU."""
     model.train()
     rng = torch.Generator().manual_seed(args.seed + epoch)  # batch order and random augmentation
     order = torch.randperm(len(masks), generator=rng).to(masks.device)
