@@ -55,7 +55,7 @@ best: data
 			--encoder-lr-scale 0.3 --schedule cosine --warmup-epochs 1 --random-aug --ema 0.99 --val-fraction 0 || exit 1; \
 	done
 	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir $(DATA_DIR) --device $(DEVICE) \
-		--tta --full-res
+		--tta --full-res --out $(RUNS)/best
 
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup
