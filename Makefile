@@ -57,6 +57,23 @@ best: data
 	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir $(DATA_DIR) --device $(DEVICE) \
 		--tta --full-res --out $(RUNS)/best
 
+# The first ablation table of docs/experiments.md, one run per row (seed 0; hours on a CPU): make ablations
+ABL_B = --skips --loss bce+dice --encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1
+ABLATIONS = abl-frozen-skips abl-finetune-skips abl-size192 abl-aug abl-aug-e30 abl-aug-wide abl-aug-lovasz \
+	abl-aug-size192
+abl-frozen-skips: FLAGS = --skips --freeze-encoder
+abl-finetune-skips: FLAGS = $(ABL_B)
+abl-size192: FLAGS = $(ABL_B) --image-size 192
+abl-aug: FLAGS = $(ABL_B) --random-aug
+abl-aug-e30: FLAGS = $(ABL_B) --random-aug --epochs 30
+abl-aug-wide: FLAGS = $(ABL_B) --random-aug --decoder-widths 256 128 64 32 16
+abl-aug-lovasz: FLAGS = $(subst bce+dice,bce+lovasz,$(ABL_B)) --random-aug
+abl-aug-size192: FLAGS = $(ABL_B) --random-aug --image-size 192
+$(ABLATIONS): data
+	$(TRAIN) $(COMMON) $(FLAGS)
+ablations: $(ABLATIONS)
+.PHONY: ablations $(ABLATIONS)
+
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup
 	rm -rf demo
