@@ -13,7 +13,7 @@ import predict
 from evaluate import predict_probs, score_model
 from metrics import full_resolution_metrics, keep_largest_component
 from errors import ModelFileError, UsageError
-from model import DECODER_WIDTHS, Ensemble, MobileNetSegmenter, load_checkpoint, load_models
+from model import Ensemble, MobileNetSegmenter, load_checkpoint, load_models
 
 BIG = 50.0
 
