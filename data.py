@@ -28,17 +28,43 @@ SPLITS = {
     "train": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
     "test": ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth"),
 }
+# The folder layouts --data-dir accepts, by name: {split: (image folder, mask folder)}, tried in this order.
+LAYOUTS = {"ISIC 2016 Part 1": SPLITS,
+           "plain folders": {"train": ("train/images", "train/masks"), "test": ("test/images", "test/masks")}}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-MASK_SUFFIX = "_Segmentation.png"
+MASK_EXTS = (".png", ".bmp", ".gif", ".tif", ".tiff")
+MASK_NAME_SUFFIXES = ("_Segmentation", "_segmentation", "_mask")  # a mask's stem: the image's, with or without one
+MASK_SUFFIX = "_Segmentation.png"  # what the ISIC 2016 archives and write_synthetic() use
 CACHE_VERSION = 2  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, EXIF orientation)
 ORIENTATION = 0x0112  # the EXIF tag
 
 
 def expected_layout(data_dir):
-    folders = "\n".join(f"  {data_dir}/{f}/" for pair in SPLITS.values() for f in pair)
-    return (f"Expected the official ISIC 2016 Part 1 layout:\n{folders}\n"
-            "with images ISIC_XXXXXXX.jpg and masks ISIC_XXXXXXX_Segmentation.png.\n"
-            "Run `make data` to download it, or pass DATA_DIR=/path/to/isic2016 (--data-dir).")
+    layouts = "\n".join(f"  {name}: " + ", ".join(f"{data_dir}/{f}/" for pair in splits.values() for f in pair)
+                         for name, splits in LAYOUTS.items())
+    return (f"Accepted layouts:\n{layouts}\nImages are .jpg or .png; a mask has its image's name, with or without "
+            f"a {', '.join(MASK_NAME_SUFFIXES)} suffix, in {', '.join(MASK_EXTS)} (ISIC: ISIC_XXXXXXX.jpg and "
+            "ISIC_XXXXXXX_Segmentation.png).\nRun `make data` to download ISIC 2016, or pass DATA_DIR=/path/to/data "
+            "(--data-dir).")
+
+
+def detect_layout(data_dir):
+    """The name of the first layout in LAYOUTS that data_dir holds any folder of; DataError if none."""
+    for name, splits in LAYOUTS.items():
+        if any((Path(data_dir) / f).is_dir() for pair in splits.values() for f in pair):
+            return name
+    problem = "Missing folder(s): " + str(data_dir) if not Path(data_dir).is_dir() else (
+        f"{data_dir} holds none of the accepted layouts")
+    raise DataError(problem + "\n" + expected_layout(data_dir))
+
+
+def mask_id(path):
+    """The id of the image a mask file belongs to (its stem without a MASK_NAME_SUFFIXES suffix), or None for a
+    file that is no mask."""
+    path = Path(path)
+    if path.suffix.lower() not in MASK_EXTS or is_hidden(path):
+        return None
+    return next((path.stem[:-len(s)] for s in MASK_NAME_SUFFIXES if path.stem.endswith(s)), path.stem)
 
 
 def find_pairs(data_dir, split):
@@ -53,14 +79,13 @@ def pair_files(data_dir, split):
     masks without images are listed, not raised, so that load_split() reports them with the unreadable files in
     one message. A missing folder raises DataError at once. Hidden files (._name.jpg) are skipped."""
     data_dir = Path(data_dir)
-    image_dir, mask_dir = (data_dir / f for f in SPLITS[split])
-    missing = [str(d) for d in (data_dir, image_dir, mask_dir) if not d.is_dir()]
+    image_dir, mask_dir = (data_dir / f for f in LAYOUTS[detect_layout(data_dir)][split])
+    missing = [str(d) for d in (image_dir, mask_dir) if not d.is_dir()]
     if missing:
         raise DataError("Missing folder(s): " + ", ".join(missing) + "\n" + expected_layout(data_dir))
     images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not is_hidden(p)}
-    masks = {p.name[:-len(MASK_SUFFIX)]: p for p in mask_dir.iterdir()
-             if p.name.endswith(MASK_SUFFIX) and not is_hidden(p)}
-    problems = [f"image without a mask: {images[i]} (expected {mask_dir / (i + MASK_SUFFIX)})"
+    masks = {mask_id(p): p for p in mask_dir.iterdir() if mask_id(p)}
+    problems = [f"image without a mask: {images[i]} (expected {mask_dir / i}{MASK_SUFFIX} or another mask name)"
                 for i in sorted(images.keys() - masks.keys())]
     problems += [f"mask without an image: {masks[i]}" for i in sorted(masks.keys() - images.keys())]
     if not images and not masks:

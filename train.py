@@ -229,7 +229,8 @@ def load_data(args, device):
     # Panels show validation images, or without them training images (augment() puts the originals first).
     panel_idx = torch.randperm(len(val_idx) or len(train_idx),
                                generator=torch.Generator().manual_seed(args.split_seed))[:6]
-    sizes = (f"{len(train_idx)} training images x{args.aug_copies + 1} = {len(train[0])}, "
+    sizes = (f"{data.detect_layout(args.data_dir)} in {args.data_dir}: "
+             f"{len(train_idx)} training images x{args.aug_copies + 1} = {len(train[0])}, "
              f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
     if device.type != "cpu":  # the whole (small) training set on the GPU; test batches copy from pinned memory
         train, val = tuple(t.to(device) for t in train), tuple(t.to(device) for t in val)

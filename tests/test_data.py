@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import data
+import runfiles
 from conftest import REAL_DATA
 
 TRAIN_IMAGES, TRAIN_MASKS = data.SPLITS["train"]
@@ -195,3 +196,29 @@ def test_real_images_load(tmp_path):
     mask, mask_size = data.read_mask(pairs[0][2], 128)
     assert image.shape == (128, 128, 3) and size == mask_size
     assert 0 < mask.mean() < 1
+
+
+def test_plain_folders_train_and_score_exactly_like_the_isic_layout(synthetic, tmp_path, capsys):
+    import train
+    from conftest import train_args
+    plain = tmp_path / "plain"
+    for split, (image_folder, mask_folder) in data.SPLITS.items():
+        shutil.copytree(synthetic[0] / image_folder, plain / split / "images")
+        (plain / split / "masks").mkdir(parents=True)
+        for i, mask in enumerate(sorted((synthetic[0] / mask_folder).iterdir())):  # every naming a user may have
+            stem = mask.name[:-len(data.MASK_SUFFIX)] + ("_mask", "", "_segmentation")[i % 3]
+            Image.open(mask).save(plain / split / "masks" / (stem + (".png", ".bmp", ".tif")[i % 3]))
+    (plain / "train" / "images" / "._ISIC_0000000.jpg").write_bytes(b"macOS resource fork")
+    assert data.detect_layout(plain) == "plain folders" and data.detect_layout(synthetic[0]) == "ISIC 2016 Part 1"
+    train.main(train_args(synthetic[0], tmp_path / "isic"))
+    train.main(train_args(plain, tmp_path / "plain-run"))
+    assert "plain folders in" in capsys.readouterr().out
+    assert runfiles.read_json(tmp_path / "plain-run" / "test_metrics.json") == runfiles.read_json(
+        tmp_path / "isic" / "test_metrics.json")
+
+
+def test_a_folder_of_no_known_layout_lists_the_accepted_ones(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(data.DataError, match="holds none of the accepted layouts") as e:
+        data.find_pairs(tmp_path, "train")
+    assert "ISIC 2016 Part 1" in str(e.value) and "train/images" in str(e.value)
