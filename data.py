@@ -84,8 +84,9 @@ def pair_files(data_dir, split):
     if missing:
         raise DataError("Missing folder(s): " + ", ".join(missing) + "\n" + expected_layout(data_dir))
     images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not is_hidden(p)}
-    masks = {mask_id(p): p for p in mask_dir.iterdir() if mask_id(p)}
-    problems = [f"image without a mask: {images[i]} (expected {mask_dir / i}{MASK_SUFFIX} or another mask name)"
+    masks = {i: p for p in mask_dir.iterdir() if (i := mask_id(p))}
+    problems = [f"image without a mask: {images[i]} (no mask named {i}, {i}_mask, {i}_segmentation or "
+                f"{i}_Segmentation in {mask_dir})"
                 for i in sorted(images.keys() - masks.keys())]
     problems += [f"mask without an image: {masks[i]}" for i in sorted(masks.keys() - images.keys())]
     if not images and not masks:
