@@ -3,6 +3,7 @@
 PYTHON ?= python3
 PY := .venv/bin/python
 DATA_DIR ?= data
+DATASET ?= isic2016
 ENCODER_WEIGHTS ?= imagenet
 EPOCHS ?= 15
 BATCH_SIZE ?= 32
@@ -19,7 +20,7 @@ TRAIN = $(PY) train.py --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHT
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
 COMMON = --seed $(SEED) --out $(RUNS)/$@
 
-.PHONY: setup data exp1-bce exp1-iou exp2-finetune best demo report eda bench gpu-check check-same test predict export
+.PHONY: setup data cross-dataset exp1-bce exp1-iou exp2-finetune best demo report eda bench gpu-check check-same test predict export
 
 setup: .venv/installed
 .venv/installed: requirements.txt
@@ -32,8 +33,9 @@ setup: .venv/installed
 	$(PY) -m pip install -r requirements-export.txt
 	touch $@
 
+# Downloads DATASET (isic2016, isic2017, isic2018) into DATA_DIR unless DATA_DIR already holds data
 data: setup
-	$(PY) data.py --download --data-dir $(DATA_DIR)
+	$(PY) download.py --dataset $(DATASET) --data-dir $(DATA_DIR)
 
 exp1-bce: data
 	$(TRAIN) $(COMMON) --freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3
@@ -92,6 +94,16 @@ gpu-check: setup
 BASE ?= HEAD
 check-same: setup
 	PY=$(PY) bash check_same.sh $(DATA_DIR) $(ENCODER_WEIGHTS) $(BASE)
+
+# CHECKPOINT scored on DATA_DIR's test split and on OTHER's (default: a plain-folder copy of DATA_DIR, which must
+# score the same), each to $(RUNS)/cross-dataset/<folder name>; OTHER may be any layout (README: Data)
+OTHER ?= $(RUNS)/plain-copy
+cross-dataset: setup
+	test -d $(OTHER) || $(PY) data.py --data-dir $(DATA_DIR) --to-plain $(OTHER)
+	for d in $(DATA_DIR) $(OTHER); do \
+		$(PY) evaluate.py --checkpoint $(CHECKPOINT) --data-dir $$d --device $(DEVICE) --tta --full-res \
+			--out $(RUNS)/cross-dataset/$$(basename $$d) || exit 1; \
+	done
 
 report: setup
 	$(PY) visualize.py report --runs $(RUNS) --data-dir $(DATA_DIR)

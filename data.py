@@ -1,16 +1,18 @@
-"""ISIC 2016 Part 1 data: find the files, decode them once into a uint8 cache,
-split off validation images, and expand the training set with flips and rotations.
+"""Lesion data in any accepted layout (LAYOUTS: ISIC 2016, 2017, 2018, PH2, plain folders): find the files,
+decode them once into a uint8 cache, split off validation images, and expand the training set with flips,
+rotations and random distortions. Downloads: download.py.
 
-    python data.py --download --data-dir data     # fetch the four official archives
-    python data.py --synthetic runs/demo-data      # write a small fake data set in the same layout
+    python data.py --data-dir ../shared/isic2016          # which layout, and how many pairs in each split
+    python data.py --synthetic demo/data                  # write a small fake data set in the ISIC 2016 layout
+    python data.py --data-dir ../shared/isic2016 --to-plain runs/isic2016-plain   # re-lay as plain folders
 """
 import argparse
 import hashlib
 import math
 import os
-import urllib.request
+import shutil
+import sys
 import warnings
-import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -23,39 +25,75 @@ from tqdm import tqdm
 import runfiles
 from errors import DataError
 
-URL = "https://isic-challenge-data.s3.amazonaws.com/2016/"
 SPLITS = {
     "train": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
     "test": ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth"),
 }
-# The folder layouts --data-dir accepts, by name: {split: (image folder, mask folder)}, tried in this order.
-LAYOUTS = {"ISIC 2016 Part 1": SPLITS,
-           "plain folders": {"train": ("train/images", "train/masks"), "test": ("test/images", "test/masks")}}
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+# The folder layouts --data-dir accepts: {name: {group: (image folders, mask folders)}}, as glob patterns under
+# --data-dir. A group is a split ("train", "val", "test"), or "all" for data without an official split.
+LAYOUTS = {
+    "ISIC 2016 Part 1": SPLITS,
+    "ISIC 2017 Part 1": {
+        "train": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),
+        "val": ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth"),
+        "test": ("ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth")},
+    "ISIC 2018 Task 1": {
+        "train": ("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"),
+        "val": ("ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Validation_GroundTruth"),
+        "test": ("ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1_Test_GroundTruth")},
+    "PH2": {"all": ("PH2 Dataset images/IMD*/IMD*_Dermoscopic_Image", "PH2 Dataset images/IMD*/IMD*_lesion")},
+    "plain folders": {"train": ("train/images", "train/masks"), "val": ("val/images", "val/masks"),
+                      "test": ("test/images", "test/masks"), "all": ("images", "masks")},
+}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+NOT_IMAGES = ("_superpixels",)  # ISIC 2017 keeps superpixel maps (PNG) beside its images
 MASK_EXTS = (".png", ".bmp", ".gif", ".tif", ".tiff")
-MASK_NAME_SUFFIXES = ("_Segmentation", "_segmentation", "_mask")  # a mask's stem: the image's, with or without one
+# A mask's stem: the image's, with or without one of these (ISIC 2016, 2017/2018, plain folders, PH2)
+MASK_NAME_SUFFIXES = ("_Segmentation", "_segmentation", "_mask", "_lesion")
 MASK_SUFFIX = "_Segmentation.png"  # what the ISIC 2016 archives and write_synthetic() use
+TEST_FRACTION = 0.2  # share of a folder without an official split (PH2) held out as its test split
 CACHE_VERSION = 2  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, EXIF orientation)
 ORIENTATION = 0x0112  # the EXIF tag
 
 
 def expected_layout(data_dir):
-    layouts = "\n".join(f"  {name}: " + ", ".join(f"{data_dir}/{f}/" for pair in splits.values() for f in pair)
-                         for name, splits in LAYOUTS.items())
-    return (f"Accepted layouts:\n{layouts}\nImages are .jpg or .png; a mask has its image's name, with or without "
-            f"a {', '.join(MASK_NAME_SUFFIXES)} suffix, in {', '.join(MASK_EXTS)} (ISIC: ISIC_XXXXXXX.jpg and "
-            "ISIC_XXXXXXX_Segmentation.png).\nRun `make data` to download ISIC 2016, or pass DATA_DIR=/path/to/data "
+    layouts = "\n".join(f"  {name}: " + ", ".join(f"{f}/" for pair in groups.values() for f in pair)
+                         for name, groups in LAYOUTS.items())
+    return (f"Accepted layouts (folders inside {data_dir}):\n{layouts}\nImages are .jpg, .png, .bmp or .tif; a mask "
+            f"has its image's name, with or without a {', '.join(MASK_NAME_SUFFIXES)} suffix, in "
+            f"{', '.join(MASK_EXTS)} (ISIC: ISIC_XXXXXXX.jpg and ISIC_XXXXXXX_Segmentation.png).\nRun `make data` "
+            "to download ISIC 2016 (DATASET=isic2017 or isic2018 for those), or pass DATA_DIR=/path/to/data "
             "(--data-dir).")
 
 
+def matching_dirs(data_dir, pattern):
+    """The folders under data_dir that a LAYOUTS pattern names, sorted."""
+    return sorted(p for p in Path(data_dir).glob(pattern) if p.is_dir())
+
+
 def detect_layout(data_dir):
-    """The name of the first layout in LAYOUTS that data_dir holds any folder of; DataError if none."""
-    for name, splits in LAYOUTS.items():
-        if any((Path(data_dir) / f).is_dir() for pair in splits.values() for f in pair):
-            return name
+    """The name of the one layout in LAYOUTS that data_dir holds any folder of; DataError if none or several."""
+    found = [name for name, groups in LAYOUTS.items()
+             if any(matching_dirs(data_dir, f) for pair in groups.values() for f in pair)]
+    if len(found) > 1:
+        raise DataError(f"{data_dir} holds folders of several layouts ({', '.join(found)}); give each data set a "
+                        "folder of its own")
+    if found:
+        return found[0]
     problem = "Missing folder(s): " + str(data_dir) if not Path(data_dir).is_dir() else (
         f"{data_dir} holds none of the accepted layouts")
     raise DataError(problem + "\n" + expected_layout(data_dir))
+
+
+def present_groups(data_dir):
+    """The groups of LAYOUTS ("train", "val", "test", "all") that data_dir holds images of, in layout order;
+    DataError if none."""
+    layout = detect_layout(data_dir)
+    groups = [g for g, (images, _) in LAYOUTS[layout].items() if matching_dirs(data_dir, images)]
+    if not groups:
+        raise DataError(f"{data_dir} looks like {layout} but holds none of its image folders: "
+                        + ", ".join(f"{images}/" for images, _ in LAYOUTS[layout].values()))
+    return groups
 
 
 def mask_id(path):
@@ -67,6 +105,11 @@ def mask_id(path):
     return next((path.stem[:-len(s)] for s in MASK_NAME_SUFFIXES if path.stem.endswith(s)), path.stem)
 
 
+def is_image(path):
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTS and not is_hidden(path) and not path.stem.endswith(NOT_IMAGES)
+
+
 def find_pairs(data_dir, split):
     """[(id, image_path, mask_path)] for one split, sorted by id; raises DataError listing every problem."""
     pairs, problems = pair_files(data_dir, split)
@@ -74,23 +117,26 @@ def find_pairs(data_dir, split):
     return pairs
 
 
-def pair_files(data_dir, split):
-    """([(id, image_path, mask_path)] sorted by id, [problem sentences]) for one split: images without masks and
-    masks without images are listed, not raised, so that load_split() reports them with the unreadable files in
-    one message. A missing folder raises DataError at once. Hidden files (._name.jpg) are skipped."""
-    data_dir = Path(data_dir)
-    image_dir, mask_dir = (data_dir / f for f in LAYOUTS[detect_layout(data_dir)][split])
-    missing = [str(d) for d in (image_dir, mask_dir) if not d.is_dir()]
+def pair_files(data_dir, group):
+    """([(id, image_path, mask_path)] sorted by id, [problem sentences]) for one group of LAYOUTS ("train", "val",
+    "test" or "all"): images without masks and masks without images are listed, not raised, so that load_split()
+    reports them with the unreadable files in one message. A missing folder raises DataError at once. Hidden files
+    (._name.jpg) and files of other kinds (LICENSE.txt, metadata CSVs, superpixel maps) are skipped."""
+    layout = detect_layout(data_dir)
+    if group not in LAYOUTS[layout]:
+        raise DataError(f"{data_dir} ({layout}) has no {group} split; it has: {', '.join(present_groups(data_dir))}")
+    image_dirs, mask_dirs = (matching_dirs(data_dir, f) for f in LAYOUTS[layout][group])
+    missing = [f"{data_dir}/{f}" for f, dirs in zip(LAYOUTS[layout][group], (image_dirs, mask_dirs)) if not dirs]
     if missing:
         raise DataError("Missing folder(s): " + ", ".join(missing) + "\n" + expected_layout(data_dir))
-    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not is_hidden(p)}
-    masks = {i: p for p in mask_dir.iterdir() if (i := mask_id(p))}
-    problems = [f"image without a mask: {images[i]} (no mask named {i}, {i}_mask, {i}_segmentation or "
-                f"{i}_Segmentation in {mask_dir})"
+    images = {p.stem: p for d in image_dirs for p in d.iterdir() if is_image(p)}
+    masks = {i: p for d in mask_dirs for p in d.iterdir() if (i := mask_id(p))}
+    problems = [f"image without a mask: {images[i]} (no mask named {i}, " + ", ".join(
+                    i + s for s in MASK_NAME_SUFFIXES) + f" in {', '.join(map(str, mask_dirs))})"
                 for i in sorted(images.keys() - masks.keys())]
     problems += [f"mask without an image: {masks[i]}" for i in sorted(masks.keys() - images.keys())]
     if not images and not masks:
-        problems.append(f"the {split} split is empty: no images in {image_dir}")
+        problems.append(f"the {group} split is empty: no images in {', '.join(map(str, image_dirs))}")
     return [(i, images[i], masks[i]) for i in sorted(images.keys() & masks.keys())], problems
 
 
@@ -215,6 +261,66 @@ def split_indices(n, val_fraction, seed):
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def subset(split, idx):
+    """The rows idx of a load_split() result."""
+    return {"images": split["images"][idx], "masks": split["masks"][idx], "ids": [split["ids"][i] for i in idx],
+            "mask_paths": [split["mask_paths"][i] for i in idx]}
+
+
+def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", workers=0):
+    """{'train', 'val', 'test': load_split() results (test None where the folder holds no test images), 'note': a
+    line that says where each came from} of one data folder in any layout. Validation is the layout's official
+    split when it has one (and val_fraction > 0), else a seeded val_fraction of the training images; a folder
+    without any split (PH2, plain images/ + masks/) first holds TEST_FRACTION of its images out as test."""
+    groups = present_groups(data_dir)
+
+    def load(group):
+        return load_split(data_dir, group, size, cache_dir, workers)
+    if "train" in groups:
+        train, test, held_out = load("train"), load("test") if "test" in groups else None, ""
+    elif "all" in groups:
+        everything = load("all")
+        rest, test_idx = split_indices(len(everything["ids"]), TEST_FRACTION, split_seed)
+        train, test = subset(everything, rest), subset(everything, test_idx)
+        held_out = f" (no official split: {TEST_FRACTION:.0%} held out by --split-seed {split_seed})"
+    else:
+        raise DataError(f"{data_dir} holds no training images: {detect_layout(data_dir)} folders "
+                        f"{', '.join(groups)} only\n{expected_layout(data_dir)}")
+    official = "val" in groups and val_fraction > 0
+    if official:
+        val = load("val")
+    else:
+        train_idx, val_idx = split_indices(len(train["ids"]), val_fraction, split_seed)
+        train, val = subset(train, train_idx), subset(train, val_idx)
+    note = (f"{detect_layout(data_dir)} in {data_dir}: {len(train['ids'])} training images, {len(val['ids'])} "
+            f"validation{' (official split)' if official else ''}, "
+            f"{len(test['ids']) if test else 'no'} test{held_out}")
+    return {"train": train, "val": val, "test": test, "note": note}
+
+
+def load_test(data_dir, size, split_seed, trained_on=True, cache_dir="cache", workers=0):
+    """(load_split() result, a line saying what it is) of data_dir's test split. A folder without one (PH2, plain
+    images/ + masks/) gives, for a model trained on it, the TEST_FRACTION it held out by split_seed; for a model
+    that never saw it (trained_on=False), every image of every split."""
+    groups = present_groups(data_dir)
+    if "test" in groups:
+        return load_split(data_dir, "test", size, cache_dir, workers), "test split"
+    if trained_on and "all" in groups:
+        return load_splits(data_dir, size, 0, split_seed, cache_dir, workers)["test"], (
+            f"no official test split: the {TEST_FRACTION:.0%} held out from training by --split-seed {split_seed}")
+    if trained_on:
+        raise DataError(f"{data_dir} ({detect_layout(data_dir)}) has no test images, and the model trained on the "
+                        f"others ({', '.join(groups)})")
+    return join([load_split(data_dir, g, size, cache_dir, workers) for g in groups]), (
+        f"no test split: every image ({', '.join(groups)})")
+
+
+def join(splits):
+    """One load_split()-like result of several, in order."""
+    return {"images": torch.cat([s["images"] for s in splits]), "masks": torch.cat([s["masks"] for s in splits]),
+            **{key: [x for s in splits for x in s[key]] for key in ("ids", "mask_paths")}}
+
+
 def augment(images, masks, copies, seed):
     """The originals plus `copies` copies of each, every copy with a seeded random horizontal
     flip and rotation by a multiple of 90 degrees (exact on pixels, so masks stay binary)."""
@@ -298,42 +404,40 @@ def write_synthetic(data_dir, n_train=48, n_test=16, seed=0):
     return areas
 
 
-def download(data_dir):
-    """Fetch and unpack the four official ISIC 2016 Part 1 archives (about 1 GB); skips what is there."""
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (f for pair in SPLITS.values() for f in pair):
-        if (data_dir / folder).is_dir():
-            continue
-        archive = data_dir / f"{folder}.zip"
-        if not archive.exists():
-            with tqdm(unit="B", unit_scale=True, desc=archive.name) as bar:
-                def hook(blocks, block_size, total):
-                    bar.total = total
-                    bar.update(blocks * block_size - bar.n)
-                try:
-                    urllib.request.urlretrieve(URL + archive.name, archive.with_suffix(".part"), hook)
-                except OSError as e:
-                    raise DataError(f"could not download {URL + archive.name}: {e}\nDownload and unzip the four "
-                                     f"ISIC 2016 Part 1 archives into {data_dir} by hand, or point DATA_DIR "
-                                     "(--data-dir) at a copy that is already there.") from None
-            archive.with_suffix(".part").rename(archive)
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(data_dir)
-        archive.unlink()
-    print(f"ISIC 2016 Part 1 is in {data_dir}")
+def copy_as_plain_folders(data_dir, out):
+    """Copy every group of data_dir into plain folders under out (<group>/images, <group>/masks; masks named by the
+    image's id alone), so that any layout can be re-read as a user's own folders. Returns {group: pairs copied}."""
+    counts = {}
+    for group in present_groups(data_dir):
+        pairs = find_pairs(data_dir, group)
+        base = Path(out) / group if group != "all" else Path(out)
+        for folder in ("images", "masks"):
+            (base / folder).mkdir(parents=True, exist_ok=True)
+        for image_id, image_path, mask_path in pairs:
+            shutil.copyfile(image_path, base / "images" / image_path.name)
+            shutil.copyfile(mask_path, base / "masks" / (image_id + mask_path.suffix))
+        counts[group] = len(pairs)
+    return counts
 
 
-if __name__ == "__main__":
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="data", help="where the four ISIC folders go (default: data)")
-    parser.add_argument("--download", action="store_true", help="download the official archives if missing")
-    parser.add_argument("--synthetic", metavar="DIR", help="write a small synthetic data set to DIR and exit")
-    args = parser.parse_args()
+    parser.add_argument("--data-dir", default="data", help="a data folder in any accepted layout (default: data)")
+    parser.add_argument("--synthetic", metavar="DIR", help="write a small synthetic data set to DIR first")
+    parser.add_argument("--to-plain", metavar="DIR", help="copy --data-dir into plain folders in DIR")
+    args = parser.parse_args(argv)
     if args.synthetic:
         write_synthetic(args.synthetic, n_train=160, n_test=32)
         args.data_dir = args.synthetic
-    elif args.download:
-        download(args.data_dir)
-    for split in SPLITS:
-        print(f"{split}: {len(find_pairs(args.data_dir, split))} image/mask pairs in {args.data_dir}")
+    if args.to_plain:
+        copy_as_plain_folders(args.data_dir, args.to_plain)
+        args.data_dir = args.to_plain
+    counts = ", ".join(f"{group} {len(find_pairs(args.data_dir, group))}" for group in present_groups(args.data_dir))
+    print(f"{detect_layout(args.data_dir)} in {args.data_dir}: image/mask pairs: {counts}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        sys.exit(f"error: {e}")

@@ -97,12 +97,30 @@ def validation_seed(configs):
     return splits.pop()[1]
 
 
+def load_split(args, configs):
+    """The --split of --data-dir at the models' image size: the training images they held out for validation
+    (the same seeded or official split as training), all training images, or the test split (data.load_test)."""
+    size, seed = configs[0]["image_size"], configs[0].get("split_seed", configs[0].get("seed", 0))
+    if args.split == "train":
+        return data.load_split(args.data_dir, "train", size, args.cache_dir, args.workers)
+    if args.split == "val":
+        return data.load_splits(args.data_dir, size, configs[0]["val_fraction"], validation_seed(configs),
+                                args.cache_dir, args.workers)["val"]
+    trained_on = any(Path(d).resolve() == Path(args.data_dir).resolve() for c in configs
+                     for d in ([c["data_dir"]] if isinstance(c.get("data_dir"), str) else c.get("data_dir", [])))
+    split, what = data.load_test(args.data_dir, size, seed, trained_on, args.cache_dir, args.workers)
+    print(f"{data.detect_layout(args.data_dir)} in {args.data_dir}, {what}")
+    return split
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
                         help="a best.pt or last.pt written by train.py; several: score their ensemble (mean of the "
                         "probabilities)")
-    parser.add_argument("--data-dir", default="data", help="ISIC 2016 Part 1 folder (default: data)")
+    parser.add_argument("--data-dir", default="data",
+                        help="a data folder in any accepted layout (README: Data), also one the models never saw; "
+                        "without a test split, all of its images are scored (default: data)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="which split to score; val: the training images the run held out (default: test)")
     parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder; with several, "
@@ -120,12 +138,7 @@ def main(argv=None):
     device = pick_device(args.device)
     model, configs = load_models(args.checkpoint, device)
     config = configs[0]
-    split = data.load_split(args.data_dir, "test" if args.split == "test" else "train", config["image_size"],
-                            args.cache_dir, args.workers)
-    if args.split == "val":  # the same seeded split as training
-        _, val_idx = data.split_indices(len(split["ids"]), config["val_fraction"], validation_seed(configs))
-        split = {"images": split["images"][val_idx], "masks": split["masks"][val_idx],
-                 "ids": [split["ids"][i] for i in val_idx], "mask_paths": [split["mask_paths"][i] for i in val_idx]}
+    split = load_split(args, configs)
     summary, per_image = score_model(model, split, config["loss"], args.batch_size, device,
                                       not config["no_amp"], args.tta, args.full_res)
     out = Path(args.out or os.path.commonpath([Path(c).parent for c in args.checkpoint]))

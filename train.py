@@ -30,7 +30,8 @@ from model import DECODER_WIDTHS, build_model
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 # Everything a run writes in its folder: what --overwrite removes (anything else there stays).
-RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "val_metrics.json", "val_per_image.csv",
+RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "test_*_metrics.json", "test_*_per_image.csv",
+                           "val_metrics.json", "val_per_image.csv",
                            "curves.png", "panel_epoch*.png", "train.log", runfiles.TMP_PATTERN)
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
@@ -45,7 +46,9 @@ def build_parser(defaults=True):
 
     def a(*names, default=None, **kwargs):
         p.add_argument(*names, default=default if defaults else argparse.SUPPRESS, **kwargs)
-    a("--data-dir", default="data", help="ISIC 2016 Part 1 folder in the official layout")
+    a("--data-dir", nargs="+", default=["data"], metavar="DIR",
+      help="data folder(s) in any accepted layout (README: Data); several: train on the union of their training "
+           "splits, validate on the union of their validation splits, test on each test split apart")
     a("--cache-dir", default="cache", help="where decoded images are cached between runs")
     a("--out", default="runs/train", help="run folder for config, history, checkpoints, metrics and plots")
     a("--encoder-weights", default="imagenet",
@@ -106,6 +109,7 @@ def parse_args(argv=None):
         saved = runfiles.read_json(given["config"])
         parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("out", "resume", "overwrite", "config")})
     args = parser.parse_args(argv)
+    args.data_dir = as_list(args.data_dir)
     given = set(given)
     checks = [(args.image_size % 32 == 0 and args.image_size > 0,
                f"--image-size {args.image_size} is not a positive multiple of 32 (the encoder downsamples 32x); "
@@ -127,6 +131,11 @@ def parse_args(argv=None):
         if not ok:
             parser.error(message)
     return args, given
+
+
+def as_list(data_dir):
+    """--data-dir as a list: configs of runs from before several folders were accepted hold one string."""
+    return [data_dir] if isinstance(data_dir, str) else list(data_dir)
 
 
 def check_run_dir(args, announce=True):
@@ -198,6 +207,7 @@ def resumed_config(args, given, out):
     args = argparse.Namespace(**{**vars(args), **last["config"], **changed, "resume": True, "overwrite": False})
     if "split_seed" not in last["config"]:  # runs from before --split-seed split by --seed
         args.split_seed = args.seed
+    args.data_dir = as_list(args.data_dir)
     return args, last
 
 
@@ -218,24 +228,28 @@ class Rows:
 
 
 def load_data(args, device):
-    """{'train': (images, masks) augmented, 'val': (images, masks), 'test': load_split() result, 'panel_idx',
-    'sizes': a line that counts them}.
-    Decoded once into uint8 tensors, split before augmentation; on a GPU the training set lives on the device."""
-    full = data.load_split(args.data_dir, "train", args.image_size, args.cache_dir, args.workers)
-    test = data.load_split(args.data_dir, "test", args.image_size, args.cache_dir, args.workers)
-    train_idx, val_idx = data.split_indices(len(full["images"]), args.val_fraction, args.split_seed)
-    train = data.augment(full["images"][train_idx], full["masks"][train_idx], args.aug_copies, args.seed)
-    val = full["images"][val_idx], full["masks"][val_idx]
+    """{'train': (images, masks) augmented, 'val': (images, masks), 'tests': {results name: load_split() result},
+    'panel_idx', 'sizes': lines that count them}. Decoded once into uint8 tensors, split before augmentation, each
+    --data-dir's splits joined (data.load_splits); on a GPU the training set lives on the device."""
+    parts = [data.load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir, args.workers)
+             for d in args.data_dir]
+
+    (train_images, train_masks), val = ((s["images"], s["masks"]) for s in (
+        data.join([p[split] for p in parts]) for split in ("train", "val")))
+    train = data.augment(train_images, train_masks, args.aug_copies, args.seed)
+    # the first folder's test split is the run's test_metrics.json; each further one's test_<folder>_metrics.json
+    tests = {"test" if n == 0 else f"test_{Path(d).name}": p["test"]
+             for n, (d, p) in enumerate(zip(args.data_dir, parts)) if p["test"] is not None}
     # Panels show validation images, or without them training images (augment() puts the originals first).
-    panel_idx = torch.randperm(len(val_idx) or len(train_idx),
+    panel_idx = torch.randperm(len(val[0]) or len(train_images),
                                generator=torch.Generator().manual_seed(args.split_seed))[:6]
-    sizes = (f"{data.detect_layout(args.data_dir)} in {args.data_dir}: "
-             f"{len(train_idx)} training images x{args.aug_copies + 1} = {len(train[0])}, "
-             f"{len(val_idx)} validation, {len(test['images'])} test; device {device}")
+    sizes = "\n".join([p["note"] for p in parts] + [
+        f"training on {len(train_images)} images x{args.aug_copies + 1} = {len(train[0])}; device {device}"])
     if device.type != "cpu":  # the whole (small) training set on the GPU; test batches copy from pinned memory
         train, val = tuple(t.to(device) for t in train), tuple(t.to(device) for t in val)
-        test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
-    return {"train": train, "val": val, "test": test, "panel_idx": panel_idx, "sizes": sizes}
+        for test in tests.values():
+            test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
+    return {"train": train, "val": val, "tests": tests, "panel_idx": panel_idx, "sizes": sizes}
 
 
 def make_optimizer(model, args, device):
@@ -373,19 +387,25 @@ def report_epoch(out, args, history, is_best, panel, device, amp):
           flush=True)
 
 
-def test_best_checkpoint(model, out, test, args, device, amp):
-    """Score best.pt (by validation IoU; the last epoch without validation) on the test split, through the whole
-    model; writes test_metrics.json and test_per_image.csv."""
+def test_best_checkpoint(model, out, tests, args, device, amp):
+    """Score best.pt (by validation IoU; the last epoch without validation) on each test split, through the whole
+    model; writes <name>_metrics.json and <name>_per_image.csv per split. Returns the first split's summary."""
     best = torch.load(out / "best.pt" if (out / "best.pt").exists() else out / "last.pt", map_location=device,
                       weights_only=True)  # runs from before best.pt was written first may lack it
     model.load_state_dict(best["model"])
     model.eval()
-    summary, per_image = score_model(model, test, args.loss, 2 * args.batch_size, device, amp)
-    write_results(out, "test", summary, per_image, test["ids"])
-    print(f"test (best epoch {best['epoch']}, {summary['n_images']} images): loss {summary['loss']:.4f}  "
-          f"IoU {summary['iou']:.4f}  Dice {summary['dice']:.4f}  with flip TTA: IoU {summary['tta_iou']:.4f}  "
-          f"at full resolution: IoU {summary['fullres_iou']:.4f} -> {out}/test_metrics.json")
-    return summary
+    summaries = []
+    for name, test in tests.items():
+        summary, per_image = score_model(model, test, args.loss, 2 * args.batch_size, device, amp)
+        path = write_results(out, name, summary, per_image, test["ids"])
+        print(f"{name} (best epoch {best['epoch']}, {summary['n_images']} images): loss {summary['loss']:.4f}  "
+              f"IoU {summary['iou']:.4f}  Dice {summary['dice']:.4f}  with flip TTA: IoU {summary['tta_iou']:.4f}  "
+              f"at full resolution: IoU {summary['fullres_iou']:.4f} -> {path}")
+        summaries.append(summary)
+    if not tests:
+        print(f"no test split in {', '.join(args.data_dir)}: score other data with evaluate.py --checkpoint "
+              f"{out}/best.pt --data-dir ...")
+    return summaries[0] if summaries else None
 
 
 def restore(last, out, model, ema, optimizer, scheduler, scaler):
@@ -468,7 +488,7 @@ def main(argv=None):
                 best_iou = max(best_iou, val["iou"])
                 save_checkpoints(out, model, ema, optimizer, scheduler, scaler, history, best_iou, config, is_best)
                 report_epoch(out, args, history, is_best, panel, device, amp)
-        return test_best_checkpoint(model, out, splits["test"], args, device, amp)
+        return test_best_checkpoint(model, out, splits["tests"], args, device, amp)
 
 if __name__ == "__main__":
     try:

@@ -155,6 +155,7 @@ def find_data_dir(data_dir, runs_dir):
         return data_dir
     for config in sorted(Path(runs_dir).glob("**/config.json")):
         trained_on = runfiles.read_json(config).get("data_dir")
+        trained_on = trained_on[0] if isinstance(trained_on, list) else trained_on  # the first of several
         if trained_on and Path(trained_on).is_dir():
             print(f"data folder {data_dir} does not exist; using {trained_on}, from {config}")
             return trained_on
@@ -178,13 +179,13 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
     predictions, test = {}, None
     for run in sorted(runs, key=lambda r: r["name"]):
         model, configs = load_models(run["checkpoints"])
-        test = data.load_split(data_dir, "test", configs[0]["image_size"], cache_dir)
+        test = load_test(data_dir, configs[0], cache_dir)
         pick = torch.randperm(len(test["images"]), generator=torch.Generator().manual_seed(0))[:n_images]
         logits = predict_logits(model, test["images"][pick], 32, torch.device("cpu"))
         if logits.shape[-1] != 128:  # runs at other sizes are shown at a common size
             logits = torch.logit(upsample(logits.sigmoid(), (128, 128)), eps=1e-6)
         predictions[run["name"]] = logits
-    test128 = data.load_split(data_dir, "test", 128, cache_dir)
+    test128 = load_test(data_dir, {**configs[0], "image_size": 128}, cache_dir)
     save_panel(test128["images"][pick], test128["masks"][pick], predictions, runs_dir / "test_panel.png",
                "test images: every experiment's prediction")
     best = max(runs, key=lambda r: r["test"]["iou"])
@@ -192,11 +193,17 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
     print(table + f"\nwrote {runs_dir}/report.md, comparison.png, test_panel.png, worst_best_panel.png")
 
 
+def load_test(data_dir, config, cache_dir):
+    """The test split that a run of this config was scored on (data.load_test), at its image size."""
+    return data.load_test(data_dir, config["image_size"], config.get("split_seed", config["seed"]), True,
+                          cache_dir)[0]
+
+
 def plot_worst_and_best(run, data_dir, cache_dir, path, n=6):
     """The run's n worst and n best test images by IoU (its test_per_image.csv), with its predictions: where
     does the model fail?"""
     model, configs = load_models(run["checkpoints"])
-    test = data.load_split(data_dir, "test", configs[0]["image_size"], cache_dir)
+    test = load_test(data_dir, configs[0], cache_dir)
     rows = sorted(runfiles.read_csv(run["dir"] / "test_per_image.csv"), key=lambda row: row["iou"])
     position = {image_id: i for i, image_id in enumerate(test["ids"])}
     pick = torch.tensor([position[row["id"]] for row in rows[:n] + rows[-n:]])
@@ -235,7 +242,7 @@ def summarize_stats(stats):
 def eda(data_dir, out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stats = {split: lesion_stats(data_dir, split) for split in data.SPLITS}
+    stats = {split: lesion_stats(data_dir, split) for split in data.present_groups(data_dir)}
     summary = {split: summarize_stats(s) for split, s in stats.items()}
     runfiles.write_json(out / "eda.json", summary)
     fig, (sizes, balance, shapes) = plt.subplots(1, 3, figsize=(15, 4))
