@@ -20,7 +20,7 @@ TRAIN = $(PY) train.py --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHT
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
 COMMON = --seed $(SEED) --out $(RUNS)/$@
 
-.PHONY: setup data cross-dataset exp1-bce exp1-iou exp2-finetune best demo report eda bench gpu-check check-same test predict export
+.PHONY: setup data cross-dataset robustness exp1-bce exp1-iou exp2-finetune best demo report eda bench gpu-check check-same test predict export
 
 setup: .venv/installed
 .venv/installed: requirements.txt
@@ -104,6 +104,13 @@ cross-dataset: setup
 		$(PY) evaluate.py --checkpoint $(CHECKPOINT) --data-dir $$d --device $(DEVICE) --tta --full-res \
 			--out $(RUNS)/cross-dataset/$$(basename $$d) || exit 1; \
 	done
+
+# The robustness suite (robustness.py) of CHECKPOINT on SPLIT (test, or val for choices) -> $(RUNS)/robustness/$(NAME)
+SPLIT ?= test
+NAME ?= best
+robustness: setup
+	$(PY) robustness.py --checkpoint $(CHECKPOINT) --data-dir $(DATA_DIR) --split $(SPLIT) --device $(DEVICE) \
+		--tta --largest-component --out $(RUNS)/robustness/$(NAME)
 
 report: setup
 	$(PY) visualize.py report --runs $(RUNS) --data-dir $(DATA_DIR)

@@ -228,13 +228,13 @@ def cache_key(pairs, size):
 
 
 def load_split(data_dir, split, size, cache_dir="cache", workers=0):
-    """{'images': uint8 [N,3,S,S], 'masks': uint8 [N,1,S,S] of 0/1, 'ids', 'mask_paths'}; decoded images come
-    from the cache when it is current."""
+    """{'images': uint8 [N,3,S,S], 'masks': uint8 [N,1,S,S] of 0/1, 'ids', 'image_paths', 'mask_paths'}; decoded
+    images come from the cache when it is current."""
     pairs, problems = pair_files(data_dir, split)
     cache_file = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size)}.pt"
-    mask_paths = [str(p[2]) for p in pairs]  # not cached: the data folder may move
-    if cache_file.exists() and not problems:
-        return {**torch.load(cache_file, weights_only=True), "mask_paths": mask_paths}
+    paths = {"image_paths": [str(p[1]) for p in pairs], "mask_paths": [str(p[2]) for p in pairs]}  # not cached:
+    if cache_file.exists() and not problems:                                               # the folder may move
+        return {**torch.load(cache_file, weights_only=True), **paths}
     jobs = [(image_path, mask_path, size) for _, image_path, mask_path in pairs]
     desc = f"decoding {split} images to {size}x{size}"
     if workers > 0:
@@ -251,7 +251,7 @@ def load_split(data_dir, split, size, cache_dir="cache", workers=0):
             "ids": [p[0] for p in pairs]}
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     runfiles.atomic_save(data, cache_file)
-    return {**data, "mask_paths": mask_paths}
+    return {**data, **paths}
 
 
 def split_indices(n, val_fraction, seed):
@@ -263,8 +263,8 @@ def split_indices(n, val_fraction, seed):
 
 def subset(split, idx):
     """The rows idx of a load_split() result."""
-    return {"images": split["images"][idx], "masks": split["masks"][idx], "ids": [split["ids"][i] for i in idx],
-            "mask_paths": [split["mask_paths"][i] for i in idx]}
+    return {"images": split["images"][idx], "masks": split["masks"][idx],
+            **{key: [split[key][i] for i in idx] for key in ("ids", "image_paths", "mask_paths")}}
 
 
 def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", workers=0):
@@ -318,7 +318,7 @@ def load_test(data_dir, size, split_seed, trained_on=True, cache_dir="cache", wo
 def join(splits):
     """One load_split()-like result of several, in order."""
     return {"images": torch.cat([s["images"] for s in splits]), "masks": torch.cat([s["masks"] for s in splits]),
-            **{key: [x for s in splits for x in s[key]] for key in ("ids", "mask_paths")}}
+            **{key: [x for s in splits for x in s[key]] for key in ("ids", "image_paths", "mask_paths")}}
 
 
 def augment(images, masks, copies, seed):

@@ -63,15 +63,17 @@ def keep_largest_component(mask):
     return labels == sizes.argmax()
 
 
-def full_resolution_metrics(variants, mask_paths, threshold=0.5):
+def full_resolution_metrics(variants, masks, threshold=0.5):
     """{name: (per-image metrics, pooled IoU)} for each {name: probabilities [N,1,S,S]}, every prediction
     upsampled to its ground-truth mask's own size and thresholded there, as the ISIC challenges score; and the
-    same under 'lcc_' + name with only the largest region kept. Each mask is read once."""
+    same under 'lcc_' + name with only the largest region kept. masks: N mask files (each read once) or boolean
+    arrays [H,W]."""
     names = [pre + name for name in variants for pre in ("", "lcc_")]
     per_image = {name: [] for name in names}
     counts = {name: [0, 0] for name in names}  # pooled intersection, union
-    for i, path in enumerate(mask_paths):
-        mask = torch.from_numpy(data.read_binary_mask(path))[None, None]
+    for i, mask in enumerate(masks):
+        mask = np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else data.read_binary_mask(mask)
+        mask = torch.from_numpy(mask)[None, None]
         for name, probs in variants.items():
             pred = upsample(probs[i:i + 1], mask.shape[-2:]) > threshold
             largest = torch.from_numpy(keep_largest_component(pred[0, 0].numpy()))[None, None]

@@ -86,6 +86,37 @@ def save_panel(images, masks, predictions, path, title, cell=2.2):
     save_figure(fig, path)
 
 
+def plot_robustness(rows, path, title):
+    """IoU and Dice per perturbation (robustness.py's rows), the clean scores as lines."""
+    names = [r["perturbation"] for r in rows][::-1]
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.2))
+    for offset, key, colour in ((0.2, "iou", TRUTH_COLOUR), (-0.2, "dice", PREDICTION_COLOUR)):
+        values = [r[key] for r in rows][::-1]
+        bars = ax.barh(y + offset, values, 0.4, color=colour, label=key.replace("iou", "IoU").capitalize())
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+        ax.axvline(rows[0][key], color=colour, linestyle=":", linewidth=1)
+    low = min(min(r["iou"] for r in rows) - 0.05, 0.6)
+    ax.set(yticks=y, yticklabels=names, xlim=(low, 1.0), xlabel="per-image mean at each mask's own size",
+           title=title)
+    ax.legend(loc="lower left", fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_examples(names, examples, path, cols=5):
+    """One picture per perturbation of the same image (examples: [(RGB uint8 [H,W,3], boolean mask [H,W])] at
+    their own sizes), with the mask's contour where the shift moved it."""
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.2 * rows), squeeze=False)
+    for ax, name, (image, mask) in zip(axes.flat, names, examples):
+        ax.imshow(image)
+        ax.contour(mask.astype(float), levels=[0.5], colors=TRUTH_COLOUR, linewidths=1)
+        ax.set_title(name, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    save_figure(fig, path)
+
+
 def read_run(run_dir):
     """Config, histories, checkpoints and test metrics of a finished run folder, or None if it has no test metrics
     yet. An ensemble's folder (evaluate.py with several checkpoints) has its members' histories and the first
