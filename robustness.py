@@ -80,7 +80,8 @@ def main(argv=None):
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected region of each mask (one lesion per image)")
     parser.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS), choices=list(PERTURBATIONS),
-                        metavar="NAME", help="which shifts ('clean' is always scored first); default: all")
+                        metavar="NAME", help="which shifts, quoted ('clean' is always scored first); default: all: "
+                        + ", ".join(f"'{p}'" for p in PERTURBATIONS).replace("%", "%%"))
     parser.add_argument("--seed", type=int, default=0, help="seeds the random shifts (noise, hair)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
