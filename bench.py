@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+import augment
 import data
 from device import add_device_flag, autocast, pick_device, sync
 from losses import LOSSES, bce_loss
@@ -191,10 +192,10 @@ def profile_best_step(args, device, steps=10):
                                   {"params": model.decoder_parameters(), "lr": 1e-3}])
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
     masks = (torch.rand(n, 1, size, size, device=device) > 0.5).to(torch.uint8)
-    draws = data.draw_distortions(n, torch.Generator().manual_seed(0)).to(device)
+    draws = augment.draw_distortions(n, torch.Generator().manual_seed(0)).to(device)
 
     def step(i):
-        batch, target = data.random_distort(images, masks, draws)
+        batch, target = augment.random_distort(images, masks, draws)
         with autocast(device, amp):
             loss = LOSSES["bce+dice"](model(batch), target)
         loss.item()

@@ -1,6 +1,6 @@
 """Lesion data in any accepted layout (LAYOUTS: ISIC 2016, 2017, 2018, PH2, plain folders): find the files,
-decode them once into a uint8 cache, split off validation images, and expand the training set with flips,
-rotations and random distortions. Downloads: download.py.
+decode them once into a uint8 cache, and split off validation and test images. Augmentation: augment.py;
+downloads: download.py.
 
     python data.py --data-dir ../shared/isic2016          # which layout, and how many pairs in each split
     python data.py --synthetic demo/data                  # write a small fake data set in the ISIC 2016 layout
@@ -8,7 +8,6 @@ rotations and random distortions. Downloads: download.py.
 """
 import argparse
 import hashlib
-import math
 import os
 import shutil
 import sys
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
@@ -319,64 +317,6 @@ def join(splits):
     """One load_split()-like result of several, in order."""
     return {"images": torch.cat([s["images"] for s in splits]), "masks": torch.cat([s["masks"] for s in splits]),
             **{key: [x for s in splits for x in s[key]] for key in ("ids", "image_paths", "mask_paths")}}
-
-
-def augment(images, masks, copies, seed):
-    """The originals plus `copies` copies of each, every copy with a seeded random horizontal
-    flip and rotation by a multiple of 90 degrees (exact on pixels, so masks stay binary)."""
-    g = torch.Generator().manual_seed(seed)
-    out_images, out_masks = [images], [masks]
-    for _ in range(copies):
-        flip = torch.randint(0, 2, (len(images),), generator=g)
-        turns = torch.randint(0, 4, (len(images),), generator=g)
-        new_images, new_masks = images.clone(), masks.clone()
-        for f in (0, 1):
-            for k in range(4):
-                idx = ((flip == f) & (turns == k)).nonzero().flatten()
-                if len(idx) == 0:
-                    continue
-                im, mk = images[idx], masks[idx]
-                if f:
-                    im, mk = im.flip(-1), mk.flip(-1)
-                new_images[idx] = im.rot90(k, (-2, -1))
-                new_masks[idx] = mk.rot90(k, (-2, -1))
-        out_images.append(new_images)
-        out_masks.append(new_masks)
-    return torch.cat(out_images), torch.cat(out_masks)
-
-
-def draw_distortions(n, generator):
-    """Uniform draws [5, n] in 0..1 for random_distort() of n images, from a CPU generator so that runs repeat on
-    any device: rotation, zoom, brightness, contrast, saturation."""
-    return torch.stack([torch.rand(n, generator=generator) for _ in range(5)])
-
-
-def random_distort(images, masks, draws, max_angle=180.0, max_zoom=1.25, jitter=0.2):
-    """Per image: a random rotation (any angle), zoom (1/max_zoom..max_zoom) and brightness, contrast and
-    saturation change (x 1 +- jitter), from draw_distortions(); image and mask share the geometry, corners are
-    mirrored in. Images [N,3,S,S] 0..255 and masks [N,1,S,S] {0,1} in; float images 0..255 and float masks {0,1}
-    out (masks resampled bilinearly, thresholded at 0.5)."""
-    n = len(images)
-
-    def uniform(low, high, u):
-        return low + (high - low) * u
-
-    angle = uniform(-max_angle, max_angle, draws[0]) * math.pi / 180
-    zoom = uniform(-math.log(max_zoom), math.log(max_zoom), draws[1]).exp()
-    cos, sin, zero = angle.cos() / zoom, angle.sin() / zoom, torch.zeros_like(angle)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-
-    def warp(x):
-        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    images, masks = warp(images), (warp(masks) > 0.5).float()
-    brightness, contrast, saturation = (uniform(1 - jitter, 1 + jitter, u).view(n, 1, 1, 1) for u in draws[2:])
-    images = images * brightness
-    mean = images.mean((1, 2, 3), keepdim=True)
-    images = (images - mean) * contrast + mean
-    gray = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    images = (images - gray) * saturation + gray
-    return images.clamp(0, 255), masks
 
 
 def write_synthetic(data_dir, n_train=48, n_test=16, seed=0):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import augment
 import data
 import runfiles
 import visualize
@@ -236,7 +237,7 @@ def load_data(args, device):
 
     (train_images, train_masks), val = ((s["images"], s["masks"]) for s in (
         data.join([p[split] for p in parts]) for split in ("train", "val")))
-    train = data.augment(train_images, train_masks, args.aug_copies, args.seed)
+    train = augment.augment(train_images, train_masks, args.aug_copies, args.seed)
     # the first folder's test split is the run's test_metrics.json; each further one's test_<folder>_metrics.json
     tests = {"test" if n == 0 else f"test_{Path(d).name}": p["test"]
              for n, (d, p) in enumerate(zip(args.data_dir, parts)) if p["test"] is not None}
@@ -318,7 +319,7 @@ def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler,
     order = torch.randperm(len(masks), generator=rng).to(masks.device)
     batches = [order[start:start + args.batch_size] for start in range(0, len(order), args.batch_size)]
     if args.random_aug:  # drawn for the whole epoch at once: one copy to the device
-        distortions = torch.cat([data.draw_distortions(len(idx), rng) for idx in batches], 1).to(device)
+        distortions = torch.cat([augment.draw_distortions(len(idx), rng) for idx in batches], 1).to(device)
     values, pending, data_seconds = [], [], 0.0
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=None)
     for step, idx in enumerate(bar):
@@ -326,7 +327,7 @@ def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler,
         batch, target = inputs[idx].to(device, non_blocking=True), masks[idx].to(device, non_blocking=True)
         if args.random_aug:
             first = step * args.batch_size
-            batch, target = data.random_distort(batch, target, distortions[:, first:first + len(idx)])
+            batch, target = augment.random_distort(batch, target, distortions[:, first:first + len(idx)])
         data_seconds += time.perf_counter() - t0
         with autocast(device, amp):
             loss = LOSSES[args.loss](forward(batch), target)
