@@ -91,9 +91,9 @@ def plot_robustness(rows, path, title):
     names = [r["perturbation"] for r in rows][::-1]
     y = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.2))
-    for offset, key, colour in ((0.2, "iou", TRUTH_COLOUR), (-0.2, "dice", PREDICTION_COLOUR)):
+    for offset, key, label, colour in ((0.2, "iou", "IoU", TRUTH_COLOUR), (-0.2, "dice", "Dice", PREDICTION_COLOUR)):
         values = [r[key] for r in rows][::-1]
-        bars = ax.barh(y + offset, values, 0.4, color=colour, label=key.replace("iou", "IoU").capitalize())
+        bars = ax.barh(y + offset, values, 0.4, color=colour, label=label)
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
         ax.axvline(rows[0][key], color=colour, linestyle=":", linewidth=1)
     low = min(min(r["iou"] for r in rows) - 0.05, 0.6)
