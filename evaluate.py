@@ -107,7 +107,7 @@ def load_split(args, configs):
         return data.load_splits(args.data_dir, size, configs[0]["val_fraction"], validation_seed(configs),
                                 args.cache_dir, args.workers)["val"]
     trained_on = any(Path(d).resolve() == Path(args.data_dir).resolve() for c in configs
-                     for d in ([c["data_dir"]] if isinstance(c.get("data_dir"), str) else c.get("data_dir", [])))
+                     for d in data.as_list(c.get("data_dir")))
     split, what = data.load_test(args.data_dir, size, seed, trained_on, args.cache_dir, args.workers)
     print(f"{data.detect_layout(args.data_dir)} in {args.data_dir}, {what}")
     return split

@@ -110,7 +110,7 @@ def parse_args(argv=None):
         saved = runfiles.read_json(given["config"])
         parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("out", "resume", "overwrite", "config")})
     args = parser.parse_args(argv)
-    args.data_dir = as_list(args.data_dir)
+    args.data_dir = data.as_list(args.data_dir)
     given = set(given)
     checks = [(args.image_size % 32 == 0 and args.image_size > 0,
                f"--image-size {args.image_size} is not a positive multiple of 32 (the encoder downsamples 32x); "
@@ -132,11 +132,6 @@ def parse_args(argv=None):
         if not ok:
             parser.error(message)
     return args, given
-
-
-def as_list(data_dir):
-    """--data-dir as a list: configs of runs from before several folders were accepted hold one string."""
-    return [data_dir] if isinstance(data_dir, str) else list(data_dir)
 
 
 def check_run_dir(args, announce=True):
@@ -208,7 +203,7 @@ def resumed_config(args, given, out):
     args = argparse.Namespace(**{**vars(args), **last["config"], **changed, "resume": True, "overwrite": False})
     if "split_seed" not in last["config"]:  # runs from before --split-seed split by --seed
         args.split_seed = args.seed
-    args.data_dir = as_list(args.data_dir)
+    args.data_dir = data.as_list(args.data_dir)
     return args, last
 
 
