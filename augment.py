@@ -1,10 +1,23 @@
-"""Training-set augmentation on uint8 tensors: fixed flipped and rotated copies made once (augment), and random
-rotation, zoom and colour jitter drawn for every batch (draw_distortions + random_distort, torch only, so they
-run on the training device)."""
+"""Training-set augmentation on uint8 tensors: fixed flipped and rotated copies made once (augment); random
+rotation, zoom and colour jitter drawn for every batch (draw_distortions + random_distort); and, wider, the kinds of
+shift the robustness suite measures (random_shift: zoom out, stretch, colour casts, gamma, blur, noise, hair). The
+random ones are torch only, so they run on the training device."""
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+# random_shift's ranges: each covers the matching shift of perturbations.py with some margin
+SHIFT_ZOOM = (0.55, 1.4)  # scale of the content; below 1 the image shrinks inside a border of its edge colour
+SHIFT_ASPECT = 1.35  # width:height stretched by up to this either way
+SHIFT_JITTER = 0.3  # brightness, contrast and saturation x 1 +- this
+SHIFT_GAMMA = (0.65, 1.5)
+SHIFT_CAST = 0.25  # each colour channel x 1 +- this: white balance
+SHIFT_BLUR = 0.012  # Gaussian sigma at full strength, of the image side (1.5 px at 128)
+SHIFT_NOISE = 10.0  # standard deviation at full strength, 0..255 units
+HAIR_SHADES = (10, 60)  # red channel of a hair; green and blue are 3/4 and 1/2 of it (dark brown)
 
 
 def augment(images, masks, copies, seed):
@@ -31,10 +44,10 @@ def augment(images, masks, copies, seed):
     return torch.cat(out_images), torch.cat(out_masks)
 
 
-def draw_distortions(n, generator):
-    """Uniform draws [5, n] in 0..1 for random_distort() of n images, from a CPU generator so that runs repeat on
-    any device: rotation, zoom, brightness, contrast, saturation."""
-    return torch.stack([torch.rand(n, generator=generator) for _ in range(5)])
+def draw_distortions(n, generator, shifts=False):
+    """Uniform draws in 0..1 for n images, from a CPU generator so that runs repeat on any device: [5, n] for
+    random_distort (rotation, zoom, brightness, contrast, saturation), [16, n] for random_shift (shifts=True)."""
+    return torch.stack([torch.rand(n, generator=generator) for _ in range(16 if shifts else 5)])
 
 
 def random_distort(images, masks, draws, max_angle=180.0, max_zoom=1.25, jitter=0.2):
@@ -43,10 +56,6 @@ def random_distort(images, masks, draws, max_angle=180.0, max_zoom=1.25, jitter=
     mirrored in. Images [N,3,S,S] 0..255 and masks [N,1,S,S] {0,1} in; float images 0..255 and float masks {0,1}
     out (masks resampled bilinearly, thresholded at 0.5)."""
     n = len(images)
-
-    def uniform(low, high, u):
-        return low + (high - low) * u
-
     angle = uniform(-max_angle, max_angle, draws[0]) * math.pi / 180
     zoom = uniform(-math.log(max_zoom), math.log(max_zoom), draws[1]).exp()
     cos, sin, zero = angle.cos() / zoom, angle.sin() / zoom, torch.zeros_like(angle)
@@ -63,3 +72,101 @@ def random_distort(images, masks, draws, max_angle=180.0, max_zoom=1.25, jitter=
     gray = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     images = (images - gray) * saturation + gray
     return images.clamp(0, 255), masks
+
+
+def hair_overlays(count, size, seed):
+    """[count, 1, size, size] float opacity 0..1 of random hair: 1-12 dark curves (quadratic Bezier between random
+    points) each, drawn at twice the size and averaged down, so thin hairs come out partly transparent."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, 50)[:, None]
+    overlays = []
+    for _ in range(count):
+        canvas = Image.new("L", (2 * size, 2 * size))
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(rng.integers(1, 13)):
+            p0, p1, p2 = rng.uniform(-0.1, 1.1, (3, 2)) * 2 * size
+            curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+            draw.line([tuple(p) for p in curve], fill=255, width=int(rng.integers(1, 4)))
+        overlays.append(np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32) / 255)
+    return torch.from_numpy(np.stack(overlays))[:, None]
+
+
+def random_shift(images, masks, draws, hairs):
+    """Per image, at random strengths: rotation (any angle), zoom (SHIFT_ZOOM, the border filled with the image's
+    edge colour as the suite does), stretch, hair from `hairs` (hair_overlays) on half the images, brightness,
+    contrast, saturation, gamma and per-channel gains, and blur and noise on half the images each. Draws [16, N] from
+    draw_distortions(N, g, shifts=True). Images [N,3,S,S] 0..255 and masks [N,1,S,S] {0,1} in; float images 0..255
+    and float masks {0,1} out."""
+    n, size = len(images), images.shape[-1]
+    images, masks = warp_into_edge_colour(images.float(), masks.float(), *draws[:3])
+    masks = (masks > 0.5).float()
+    hair = hairs[(draws[3] * len(hairs)).long().clamp(max=len(hairs) - 1)] * (draws[4] < 0.5).view(n, 1, 1, 1)
+    shade = uniform(*HAIR_SHADES, draws[5]).view(n, 1, 1, 1) * images.new_tensor([1, 0.75, 0.5]).view(1, 3, 1, 1)
+    images = images * (1 - hair) + shade * hair
+    images = jitter_colour(images, draws[6:13])
+    blur = sometimes(draws[13])
+    chosen = blur.nonzero().flatten()  # blurring only those is several times faster on a CPU than blurring all
+    blurred = gaussian_blur(images[chosen], SHIFT_BLUR * size)
+    images = images.index_copy(0, chosen, torch.lerp(images[chosen], blurred, blur[chosen].view(-1, 1, 1, 1)))
+    noise = sometimes(draws[15])
+    chosen = noise.nonzero().flatten()
+    seeded = torch.Generator(images.device).manual_seed(int(draws[14, 0] * 2 ** 31))
+    field = torch.randn((len(chosen),) + images.shape[1:], generator=seeded, device=images.device)
+    images = images.index_add(0, chosen, field * (SHIFT_NOISE * noise[chosen]).view(-1, 1, 1, 1))
+    return images.clamp(0, 255), masks
+
+
+def uniform(low, high, u):
+    return low + (high - low) * u
+
+
+def log_uniform(low, high, u):
+    return uniform(math.log(low), math.log(high), u).exp()
+
+
+def sometimes(u):
+    """Half of the draws u (0..1) give 0, the other half a strength uniform in 0..1."""
+    return (2 * u - 1).clamp(min=0)
+
+
+def warp_into_edge_colour(images, masks, angle_u, zoom_u, aspect_u):
+    """Rotation, zoom and stretch (float images [N,3,S,S], masks [N,1,S,S]); what comes in from outside the image
+    takes the mean colour of its outer 3-pixel frame, and no lesion."""
+    angle = uniform(-math.pi, math.pi, angle_u)
+    zoom, aspect = log_uniform(*SHIFT_ZOOM, zoom_u), log_uniform(1 / SHIFT_ASPECT, SHIFT_ASPECT, aspect_u).sqrt()
+    sx, sy = 1 / (zoom * aspect), aspect / zoom
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos * sx, -sin * sy, zero], 1), torch.stack([sin * sx, cos * sy, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    frame = torch.ones_like(masks)
+    frame[..., 3:-3, 3:-3] = 0
+    edge = (images * frame).sum((2, 3), keepdim=True) / frame.sum((2, 3), keepdim=True)
+    inside, images, masks = (F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                             for x in (torch.ones_like(masks), images, masks))
+    return images + (1 - inside) * edge, masks
+
+
+def jitter_colour(images, draws):
+    """Brightness, contrast, saturation, gamma and per-channel gains (a colour cast) from draws [7, N]."""
+    n = len(images)
+    brightness, contrast, saturation = (uniform(1 - SHIFT_JITTER, 1 + SHIFT_JITTER, u).view(n, 1, 1, 1)
+                                        for u in draws[:3])
+    images = images * brightness
+    mean = images.mean((1, 2, 3), keepdim=True)
+    images = (images - mean) * contrast + mean
+    gray = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    images = ((images - gray) * saturation + gray).clamp(0, 255)
+    images = 255 * (images / 255) ** log_uniform(*SHIFT_GAMMA, draws[3]).view(n, 1, 1, 1)
+    gains = uniform(1 - SHIFT_CAST, 1 + SHIFT_CAST, draws[4:7].T)
+    return images * gains.view(n, 3, 1, 1)
+
+
+def gaussian_blur(images, sigma):
+    """Images [N,C,S,S] blurred by a Gaussian of this sigma (pixels), edges replicated: B @ image @ B^T with a
+    banded [S,S] matrix B (on a CPU twice as fast as a depthwise convolution)."""
+    size, radius = images.shape[-1], max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=images.device)
+    weights = (-offsets.to(images.dtype) ** 2 / (2 * sigma ** 2)).exp()
+    columns = (torch.arange(size, device=images.device)[:, None] + offsets).clamp(0, size - 1)
+    band = images.new_zeros(size, size).scatter_add_(1, columns, (weights / weights.sum()).expand(size, -1))
+    return band @ images @ band.T

@@ -36,6 +36,7 @@ RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "test_*_me
                            "curves.png", "panel_epoch*.png", "train.log", runfiles.TMP_PATTERN)
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
+HAIR_OVERLAYS = 64  # --shift-aug: hair pictures drawn anew each epoch, one picked per image
 SYNC_EVERY = 10  # training steps between reads of the loss from the device (each read waits for the GPU)
 
 
@@ -59,6 +60,9 @@ def build_parser(defaults=True):
     a("--random-aug", default=False, action="store_true",
       help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; "
            "turns the feature cache off")
+    a("--shift-aug", default=False, action="store_true",
+      help="--random-aug widened to the robustness suite's kinds of shift (augment.random_shift): zoom out to 0.55x "
+           "in an edge-coloured border, stretch, colour casts, gamma, blur, noise, hair")
     a("--val-fraction", type=float, default=0.1,
       help="share of training images held out for validation (0: train on all of them; best.pt is the last epoch)")
     a("--freeze-encoder", default=False, action="store_true", help="train the decoder only; the encoder stays fixed")
@@ -111,6 +115,7 @@ def parse_args(argv=None):
         parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("out", "resume", "overwrite", "config")})
     args = parser.parse_args(argv)
     args.data_dir = data.as_list(args.data_dir)
+    args.random_aug = args.random_aug or args.shift_aug
     given = set(given)
     checks = [(args.image_size % 32 == 0 and args.image_size > 0,
                f"--image-size {args.image_size} is not a positive multiple of 32 (the encoder downsamples 32x); "
@@ -314,7 +319,10 @@ def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler,
     order = torch.randperm(len(masks), generator=rng).to(masks.device)
     batches = [order[start:start + args.batch_size] for start in range(0, len(order), args.batch_size)]
     if args.random_aug:  # drawn for the whole epoch at once: one copy to the device
-        distortions = torch.cat([augment.draw_distortions(len(idx), rng) for idx in batches], 1).to(device)
+        draws = [augment.draw_distortions(len(idx), rng, args.shift_aug) for idx in batches]
+        distortions = torch.cat(draws, 1).to(device)
+        hairs = augment.hair_overlays(HAIR_OVERLAYS, args.image_size, args.seed + epoch).to(device) \
+            if args.shift_aug else None
     values, pending, data_seconds = [], [], 0.0
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=None)
     for step, idx in enumerate(bar):
@@ -322,7 +330,9 @@ def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler,
         batch, target = inputs[idx].to(device, non_blocking=True), masks[idx].to(device, non_blocking=True)
         if args.random_aug:
             first = step * args.batch_size
-            batch, target = augment.random_distort(batch, target, distortions[:, first:first + len(idx)])
+            drawn = distortions[:, first:first + len(idx)]
+            batch, target = (augment.random_shift(batch, target, drawn, hairs) if args.shift_aug
+                             else augment.random_distort(batch, target, drawn))
         data_seconds += time.perf_counter() - t0
         with autocast(device, amp):
             loss = LOSSES[args.loss](forward(batch), target)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from PIL import Image
 
-import augment
 import data
 import runfiles
 from conftest import REAL_DATA
@@ -150,42 +149,6 @@ def test_split_is_disjoint_and_reproducible():
     assert set(train.tolist()).isdisjoint(val.tolist()) and set(train.tolist()) | set(val.tolist()) == set(range(100))
     assert torch.equal(val, data.split_indices(100, 0.1, seed=3)[1])
     assert not torch.equal(val, data.split_indices(100, 0.1, seed=4)[1])
-
-
-def test_augment_keeps_image_and_mask_aligned_and_binary():
-    torch.manual_seed(0)
-    masks = (torch.rand(20, 1, 16, 16) > 0.6).to(torch.uint8)
-    # channel 0 of each image encodes its mask; the other channels are noise
-    images = torch.cat([masks * 200, torch.randint(0, 255, (20, 2, 16, 16), dtype=torch.uint8)], 1)
-    aug_images, aug_masks = augment.augment(images, masks, copies=3, seed=0)
-    assert aug_images.shape == (80, 3, 16, 16) and aug_masks.shape == (80, 1, 16, 16)
-    assert torch.equal(aug_images[:20], images)  # originals first
-    assert torch.equal((aug_images[:, :1] == 200).to(torch.uint8), aug_masks)
-    assert set(aug_masks.unique().tolist()) <= {0, 1}
-    assert not torch.equal(aug_masks[20:40], masks)  # copies are transformed
-    again = augment.augment(images, masks, copies=3, seed=0)
-    assert torch.equal(again[0], aug_images)  # seeded
-
-
-def test_random_distort_moves_image_and_mask_together():
-    torch.manual_seed(0)
-    masks = (torch.rand(8, 1, 32, 32) > 0.5).to(torch.uint8)
-    images = torch.cat([masks * 200, torch.randint(0, 255, (8, 2, 32, 32), dtype=torch.uint8)], 1)
-    # geometry only: bilinear resampling is linear, so channel 0 (200 x mask) crosses 100 where the mask crosses 0.5
-    def draws(seed):
-        return augment.draw_distortions(8, torch.Generator().manual_seed(seed))
-    out_images, out_masks = augment.random_distort(images, masks, draws(1), jitter=0)
-    assert out_images.shape == images.shape and out_masks.shape == masks.shape
-    assert torch.equal((out_images[:, :1] > 100).float(), out_masks)
-    assert not torch.equal(out_masks, masks.float())
-    # with colour jitter: values stay in range, masks binary, and the same generator seed repeats the result
-    a = augment.random_distort(images, masks, draws(2))
-    b = augment.random_distort(images, masks, draws(2))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert 0 <= a[0].min() and a[0].max() <= 255 and set(a[1].unique().tolist()) <= {0.0, 1.0}
-    # no rotation, zoom or jitter: the identity
-    same = augment.random_distort(images, masks, draws(3), max_angle=0, max_zoom=1, jitter=0)
-    assert torch.allclose(same[0], images.float(), atol=1e-3) and torch.equal(same[1], masks.float())
 
 
 def test_real_images_load(tmp_path):

@@ -111,11 +111,14 @@ def test_an_existing_run_is_not_overwritten_silently(synthetic, tmp_path, capsys
 
 
 def test_random_augmentation_trains_without_the_feature_cache(synthetic, tmp_path):
-    for name, extra in (("a", ["--random-aug"]), ("b", ["--random-aug"]), ("plain", [])):
+    runs = {"a": ["--random-aug"], "b": ["--random-aug"], "plain": [], "shift": ["--shift-aug"],
+            "shift again": ["--shift-aug"]}
+    for name, extra in runs.items():
         train.main(train_args(synthetic[0], tmp_path / name, "--freeze-encoder", *extra))
-    a, b, plain = (learned(runfiles.read_csv(tmp_path / name / "history.csv")) for name in ("a", "b", "plain"))
-    assert a == b  # seeded: both runs drew the same augmentation
-    assert a[0]["train_loss"] != plain[0]["train_loss"]  # and it changed what the model saw
+    a, b, plain, shift, shift_again = (learned(runfiles.read_csv(tmp_path / name / "history.csv")) for name in runs)
+    assert a == b and shift == shift_again  # seeded: both runs drew the same augmentation
+    assert len({a[0]["train_loss"], plain[0]["train_loss"], shift[0]["train_loss"]}) == 3  # which changed the data
+    assert runfiles.read_json(tmp_path / "shift" / "config.json")["random_aug"]  # --shift-aug widens --random-aug
 
 
 def test_non_finite_loss_stops_with_advice(synthetic, tmp_path, monkeypatch):
