@@ -20,7 +20,7 @@ TRAIN = $(PY) train.py --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHT
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
 COMMON = --seed $(SEED) --out $(RUNS)/$@
 
-.PHONY: setup data cross-dataset robustness exp1-bce exp1-iou exp2-finetune best demo report eda bench gpu-check check-same test predict export
+.PHONY: setup data cross-dataset robustness robustness-compare exp1-bce exp1-iou exp2-finetune best demo report eda bench gpu-check check-same test predict export
 
 setup: .venv/installed
 .venv/installed: requirements.txt
@@ -111,6 +111,11 @@ NAME ?= best
 robustness: setup
 	$(PY) robustness.py --checkpoint $(CHECKPOINT) --data-dir $(DATA_DIR) --split $(SPLIT) --device $(DEVICE) \
 		--tta --largest-component --out $(RUNS)/robustness/$(NAME)
+
+# Suite results side by side (NAMES: folders under $(RUNS)/robustness): a Markdown table and compare.png
+NAMES ?= best
+robustness-compare: setup
+	$(PY) visualize.py robustness $(foreach n,$(NAMES),$(RUNS)/robustness/$(n)) --out $(RUNS)/robustness/compare.png
 
 report: setup
 	$(PY) visualize.py report --runs $(RUNS) --data-dir $(DATA_DIR)

@@ -3,6 +3,8 @@
     python visualize.py report --runs runs --data-dir data   # runs/report.md, comparison.png, test_panel.png
     python visualize.py eda --data-dir data --out runs/eda     # data statistics: JSON + plots
     python visualize.py curves runs/exp1-bce                   # redraw one run's curves
+    python visualize.py robustness runs/robustness/best runs/robustness/best-shift --out runs/robustness/compare.png
+                                                               # robustness suites side by side: plot + table
 
 train.py calls plot_curves() every epoch and save_panel() every few epochs.
 """
@@ -101,6 +103,33 @@ def plot_robustness(rows, path, title):
            title=title)
     ax.legend(loc="lower left", fontsize=8)
     save_figure(fig, path)
+
+
+def compare_robustness(folders, out):
+    """Suite results (robustness.py's --out folders) side by side: a grouped bar plot of IoU per shift to `out`,
+    and a Markdown table, 'IoU (drop)' per folder and shift, returned."""
+    results = {Path(f).name: runfiles.read_json(Path(f) / "robustness.json") for f in folders}
+    names = [r["perturbation"] for r in next(iter(results.values()))["rows"]]
+    if any([r["perturbation"] for r in res["rows"]] != names for res in results.values()):
+        raise UsageError("these suite results score different shifts; run robustness.py with the same --perturbations")
+    y, height = np.arange(len(names))[::-1], 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.2))
+    for k, (label, res) in enumerate(results.items()):
+        bars = ax.barh(y + 0.4 - height * (k + 0.5), [r["iou"] for r in res["rows"]], height, label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=2)
+    low = min(min(r["iou"] for r in res["rows"]) for res in results.values()) - 0.05
+    ax.set(yticks=y, yticklabels=names, xlim=(min(low, 0.6), 1.0), xlabel="IoU, per-image mean at mask size",
+           title="robustness suite: " + ", ".join(f"{k} ({v['split']})" for k, v in results.items()))
+    ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, out)
+    lines = ["| shift | " + " | ".join(f"{k}: IoU (drop)" for k in results) + " |", "|---" * (len(results) + 1) + "|"]
+    for i, name in enumerate(names):
+        cells = [f"{res['rows'][i]['iou']:.4f}" + (f" ({-res['rows'][i]['iou_drop']:+.4f})" if i else "")
+                 for res in results.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(f"| mean drop over the {len(names) - 1} shifts | "
+                 + " | ".join(f"{res['mean_iou_drop']:.4f}" for res in results.values()) + " |")
+    return "\n".join(lines)
 
 
 def plot_examples(names, examples, path, cols=5):
@@ -320,11 +349,17 @@ def main():
     e.add_argument("--out", default="runs/eda")
     c = sub.add_parser("curves", help="redraw curves.png of one run folder")
     c.add_argument("run_dir")
+    b = sub.add_parser("robustness", help="robustness.py results side by side: a bar plot and a Markdown table")
+    b.add_argument("folders", nargs="+", help="robustness.py --out folders (each holds robustness.json)")
+    b.add_argument("--out", default="runs/robustness/compare.png", help="where the plot goes")
     args = parser.parse_args()
     if args.command == "report":
         report(args.runs, args.data_dir, args.cache_dir)
     elif args.command == "eda":
         eda(find_data_dir(args.data_dir, args.runs), args.out)
+    elif args.command == "robustness":
+        print(compare_robustness(args.folders, Path(args.out)))
+        print(f"wrote {args.out}")
     else:
         plot_curves(runfiles.read_csv(Path(args.run_dir) / "history.csv"), Path(args.run_dir) / "curves.png",
                     Path(args.run_dir).name)

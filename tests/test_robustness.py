@@ -5,6 +5,8 @@ import pytest
 import perturbations
 import robustness
 import runfiles
+import visualize
+from errors import UsageError
 from perturbations import PERTURBATIONS
 
 GEOMETRIC = ("aspect 4:3", "aspect 3:4", "zoom out 0.6", "zoom in 1.4", "rotate 45")
@@ -73,3 +75,15 @@ def test_a_suite_run_writes_its_table_and_repeats_exactly(synthetic, checkpoint,
     assert len(runfiles.read_csv(outs[0] / "robustness.csv")) == 4
     assert (outs[0] / "robustness.png").stat().st_size > 0 and (outs[0] / "examples.png").stat().st_size > 0
     assert "mean IoU drop" in capsys.readouterr().out
+    # side by side (visualize.py robustness): one table row per shift plus the mean drop, and a plot
+    table = visualize.compare_robustness(outs, tmp_path / "compare.png").splitlines()
+    assert table[0] == "| shift | a: IoU (drop) | b: IoU (drop) |" and len(table) == 2 + 4 + 1
+    hair = first["rows"][3]
+    cell = f"{hair['iou']:.4f} ({-hair['iou_drop']:+.4f})"
+    assert table[5] == f"| hair | {cell} | {cell} |"
+    assert table[6].endswith(f"| {first['mean_iou_drop']:.4f} | {first['mean_iou_drop']:.4f} |")
+    assert (tmp_path / "compare.png").stat().st_size > 0
+    robustness.main(["--checkpoint", str(checkpoint), "--data-dir", str(synthetic[0]), "--device", "cpu",
+                     "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "other"), "--perturbations", "blur"])
+    with pytest.raises(UsageError, match="different shifts"):
+        visualize.compare_robustness([outs[0], tmp_path / "other"], tmp_path / "x.png")
