@@ -46,8 +46,8 @@ def augment(images, masks, copies, seed):
 
 def draw_distortions(n, generator, shifts=False):
     """Uniform draws in 0..1 for n images, from a CPU generator so that runs repeat on any device: [5, n] for
-    random_distort (rotation, zoom, brightness, contrast, saturation), [16, n] for random_shift (shifts=True)."""
-    return torch.stack([torch.rand(n, generator=generator) for _ in range(16 if shifts else 5)])
+    random_distort (rotation, zoom, brightness, contrast, saturation), [17, n] for random_mix (shifts=True)."""
+    return torch.stack([torch.rand(n, generator=generator) for _ in range(17 if shifts else 5)])
 
 
 def random_distort(images, masks, draws, max_angle=180.0, max_zoom=1.25, jitter=0.2):
@@ -94,7 +94,7 @@ def hair_overlays(count, size, seed):
 def random_shift(images, masks, draws, hairs):
     """Per image, at random strengths: rotation (any angle), zoom (SHIFT_ZOOM, the border filled with the image's
     edge colour as the suite does), stretch, hair from `hairs` (hair_overlays) on half the images, brightness,
-    contrast, saturation, gamma and per-channel gains, and blur and noise on half the images each. Draws [16, N] from
+    contrast, saturation, gamma and per-channel gains, and blur and noise on half the images each. Draws [17, N] from
     draw_distortions(N, g, shifts=True). Images [N,3,S,S] 0..255 and masks [N,1,S,S] {0,1} in; float images 0..255
     and float masks {0,1} out."""
     n, size = len(images), images.shape[-1]
@@ -114,6 +114,19 @@ def random_shift(images, masks, draws, hairs):
     field = torch.randn((len(chosen),) + images.shape[1:], generator=seeded, device=images.device)
     images = images.index_add(0, chosen, field * (SHIFT_NOISE * noise[chosen]).view(-1, 1, 1, 1))
     return images.clamp(0, 255), masks
+
+
+def random_mix(images, masks, draws, hairs, share):
+    """random_shift on a `share` of the images (those with draws[16] < share), random_distort on the others: the
+    wider shifts without losing sight of the clean images. Arguments and results as random_shift's."""
+    wide = draws[16] < share
+    out_images, out_masks = images.float(), masks.float()
+    for chosen, distort in ((wide, lambda i, m, d: random_shift(i, m, d, hairs)),
+                            (~wide, lambda i, m, d: random_distort(i, m, d[:5]))):
+        index = chosen.nonzero().flatten()
+        if len(index):
+            out_images[index], out_masks[index] = distort(images[index], masks[index], draws[:, index])
+    return out_images, out_masks
 
 
 def uniform(low, high, u):

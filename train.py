@@ -60,9 +60,10 @@ def build_parser(defaults=True):
     a("--random-aug", default=False, action="store_true",
       help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; "
            "turns the feature cache off")
-    a("--shift-aug", default=False, action="store_true",
-      help="--random-aug widened to the robustness suite's kinds of shift (augment.random_shift): zoom out to 0.55x "
-           "in an edge-coloured border, stretch, colour casts, gamma, blur, noise, hair")
+    a("--shift-aug", type=float, default=0.0, metavar="SHARE",
+      help="with --random-aug: this share of the images (0..1) gets the robustness suite's kinds of shift instead "
+           "(augment.random_shift): zoom out to 0.55x in an edge-coloured border, stretch, colour casts, gamma, "
+           "blur, noise, hair")
     a("--val-fraction", type=float, default=0.1,
       help="share of training images held out for validation (0: train on all of them; best.pt is the last epoch)")
     a("--freeze-encoder", default=False, action="store_true", help="train the decoder only; the encoder stays fixed")
@@ -115,7 +116,7 @@ def parse_args(argv=None):
         parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("out", "resume", "overwrite", "config")})
     args = parser.parse_args(argv)
     args.data_dir = data.as_list(args.data_dir)
-    args.random_aug = args.random_aug or args.shift_aug
+    args.random_aug = args.random_aug or args.shift_aug > 0
     given = set(given)
     checks = [(args.image_size % 32 == 0 and args.image_size > 0,
                f"--image-size {args.image_size} is not a positive multiple of 32 (the encoder downsamples 32x); "
@@ -129,6 +130,7 @@ def parse_args(argv=None):
               (args.weight_decay >= 0, "--weight-decay must be at least 0"),
               (args.warmup_epochs >= 0, "--warmup-epochs must be at least 0"),
               (args.aug_copies >= 0, "--aug-copies must be at least 0"),
+              (0 <= args.shift_aug <= 1, "--shift-aug is a share of the images, from 0 to 1 (e.g. 0.5)"),
               (args.workers >= 0, "--workers must be at least 0"),
               (args.viz_every >= 0, "--viz-every must be at least 0"),
               (args.encoder_weights in ("imagenet", "none") or Path(args.encoder_weights).is_file(),
@@ -319,7 +321,7 @@ def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler,
     order = torch.randperm(len(masks), generator=rng).to(masks.device)
     batches = [order[start:start + args.batch_size] for start in range(0, len(order), args.batch_size)]
     if args.random_aug:  # drawn for the whole epoch at once: one copy to the device
-        draws = [augment.draw_distortions(len(idx), rng, args.shift_aug) for idx in batches]
+        draws = [augment.draw_distortions(len(idx), rng, args.shift_aug > 0) for idx in batches]
         distortions = torch.cat(draws, 1).to(device)
         hairs = augment.hair_overlays(HAIR_OVERLAYS, args.image_size, args.seed + epoch).to(device) \
             if args.shift_aug else None
@@ -331,7 +333,7 @@ def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler,
         if args.random_aug:
             first = step * args.batch_size
             drawn = distortions[:, first:first + len(idx)]
-            batch, target = (augment.random_shift(batch, target, drawn, hairs) if args.shift_aug
+            batch, target = (augment.random_mix(batch, target, drawn, hairs, args.shift_aug) if args.shift_aug
                              else augment.random_distort(batch, target, drawn))
         data_seconds += time.perf_counter() - t0
         with autocast(device, amp):

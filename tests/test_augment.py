@@ -108,6 +108,21 @@ def test_random_shift_changes_pixels_but_not_the_mask_and_repeats():
     assert torch.allclose(plain, images.float(), atol=1e-3)  # and neutral draws change nothing
 
 
+def test_random_mix_shifts_a_share_and_distorts_the_rest():
+    images, masks = lesions(32, 32, seed=6)
+    hairs = augment.hair_overlays(4, 32, seed=0)
+    draws = augment.draw_distortions(32, torch.Generator().manual_seed(7), shifts=True)
+    wide = draws[16] < 0.5
+    mixed_images, mixed_masks = augment.random_mix(images, masks, draws, hairs, share=0.5)
+    shifted = augment.random_shift(images[wide], masks[wide], draws[:, wide], hairs)
+    distorted = augment.random_distort(images[~wide], masks[~wide], draws[:5, ~wide])
+    assert 0 < wide.sum() < 32
+    assert torch.equal(mixed_images[wide], shifted[0]) and torch.equal(mixed_masks[wide], shifted[1])
+    assert torch.equal(mixed_images[~wide], distorted[0]) and torch.equal(mixed_masks[~wide], distorted[1])
+    assert torch.equal(augment.random_mix(images, masks, draws, hairs, share=0)[0],
+                       augment.random_distort(images, masks, draws[:5])[0])
+
+
 def test_gaussian_blur_matches_a_convolution_with_replicated_edges():
     images = torch.rand(2, 3, 20, 20) * 255
     sigma, radius = 1.5, 5

@@ -111,14 +111,14 @@ def test_an_existing_run_is_not_overwritten_silently(synthetic, tmp_path, capsys
 
 
 def test_random_augmentation_trains_without_the_feature_cache(synthetic, tmp_path):
-    runs = {"a": ["--random-aug"], "b": ["--random-aug"], "plain": [], "shift": ["--shift-aug"],
-            "shift again": ["--shift-aug"]}
+    runs = {"a": ["--random-aug"], "b": ["--random-aug"], "plain": [], "shift": ["--shift-aug", "0.5"],
+            "shift again": ["--shift-aug", "0.5"]}
     for name, extra in runs.items():
         train.main(train_args(synthetic[0], tmp_path / name, "--freeze-encoder", *extra))
     a, b, plain, shift, shift_again = (learned(runfiles.read_csv(tmp_path / name / "history.csv")) for name in runs)
     assert a == b and shift == shift_again  # seeded: both runs drew the same augmentation
     assert len({a[0]["train_loss"], plain[0]["train_loss"], shift[0]["train_loss"]}) == 3  # which changed the data
-    assert runfiles.read_json(tmp_path / "shift" / "config.json")["random_aug"]  # --shift-aug widens --random-aug
+    assert runfiles.read_json(tmp_path / "shift" / "config.json")["random_aug"]  # --shift-aug implies --random-aug
 
 
 def test_non_finite_loss_stops_with_advice(synthetic, tmp_path, monkeypatch):
@@ -139,7 +139,8 @@ def test_out_of_memory_names_the_batch_size(synthetic, tmp_path, monkeypatch):
                                             (["--loss", "dice"], "invalid choice"),
                                             (["--optimizer", "sgd"], "invalid choice"),
                                             (["--val-fraction", "1"], "below 1"),
-                                            (["--ema", "1"], "below 1")])
+                                            (["--ema", "1"], "below 1"),
+                                            (["--shift-aug", "1.5"], "share of the images")])
 def test_bad_flags_are_refused(synthetic, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         train.main(train_args(synthetic[0], tmp_path / "run", *flags))
