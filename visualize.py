@@ -119,7 +119,7 @@ def compare_robustness(folders, out):
         ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=2)
     low = min(min(r["iou"] for r in res["rows"]) for res in results.values()) - 0.05
     ax.set(yticks=y, yticklabels=names, xlim=(min(low, 0.6), 1.0), xlabel="IoU, per-image mean at mask size",
-           title="robustness suite: " + ", ".join(f"{k} ({v['split']})" for k, v in results.items()))
+           title="robustness suite, " + " / ".join(sorted({f"{v['split']} split" for v in results.values()})))
     ax.legend(loc="lower right", fontsize=8)
     save_figure(fig, out)
     lines = ["| shift | " + " | ".join(f"{k}: IoU (drop)" for k in results) + " |", "|---" * (len(results) + 1) + "|"]
