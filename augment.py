@@ -65,13 +65,18 @@ def random_distort(images, masks, draws, max_angle=180.0, max_zoom=1.25, jitter=
     def warp(x):
         return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     images, masks = warp(images), (warp(masks) > 0.5).float()
-    brightness, contrast, saturation = (uniform(1 - jitter, 1 + jitter, u).view(n, 1, 1, 1) for u in draws[2:])
+    factors = (uniform(1 - jitter, 1 + jitter, u).view(n, 1, 1, 1) for u in draws[2:])
+    return scale_colour(images, *factors).clamp(0, 255), masks
+
+
+def scale_colour(images, brightness, contrast, saturation):
+    """Float images [N,3,S,S] with brightness, contrast (about each image's mean) and saturation (about its grey)
+    scaled by per-image factors [N,1,1,1]."""
     images = images * brightness
     mean = images.mean((1, 2, 3), keepdim=True)
     images = (images - mean) * contrast + mean
     gray = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    images = (images - gray) * saturation + gray
-    return images.clamp(0, 255), masks
+    return (images - gray) * saturation + gray
 
 
 def hair_overlays(count, size, seed):
@@ -162,13 +167,8 @@ def warp_into_edge_colour(images, masks, angle_u, zoom_u, aspect_u):
 def jitter_colour(images, draws):
     """Brightness, contrast, saturation, gamma and per-channel gains (a colour cast) from draws [7, N]."""
     n = len(images)
-    brightness, contrast, saturation = (uniform(1 - SHIFT_JITTER, 1 + SHIFT_JITTER, u).view(n, 1, 1, 1)
-                                        for u in draws[:3])
-    images = images * brightness
-    mean = images.mean((1, 2, 3), keepdim=True)
-    images = (images - mean) * contrast + mean
-    gray = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    images = ((images - gray) * saturation + gray).clamp(0, 255)
+    factors = (uniform(1 - SHIFT_JITTER, 1 + SHIFT_JITTER, u).view(n, 1, 1, 1) for u in draws[:3])
+    images = scale_colour(images, *factors).clamp(0, 255)
     images = 255 * (images / 255) ** log_uniform(*SHIFT_GAMMA, draws[3]).view(n, 1, 1, 1)
     gains = uniform(1 - SHIFT_CAST, 1 + SHIFT_CAST, draws[4:7].T)
     return images * gains.view(n, 3, 1, 1)
