@@ -5,6 +5,8 @@
     python visualize.py curves runs/exp1-bce                   # redraw one run's curves
     python visualize.py robustness runs/robustness/best runs/robustness/best-shift --out runs/robustness/compare.png
                                                                # robustness suites side by side: plot + table
+    python visualize.py paired runs/val/a/val_eval_per_image.csv --vs runs/val/b/val_eval_per_image.csv
+                                                               # two models on the same images: mean difference
 
 train.py calls plot_curves() every epoch and save_panel() every few epochs.
 """
@@ -130,6 +132,28 @@ def compare_robustness(folders, out):
     lines.append(f"| mean drop over the {len(names) - 1} shifts | "
                  + " | ".join(f"{res['mean_iou_drop']:.4f}" for res in results.values()) + " |")
     return "\n".join(lines)
+
+
+def paired_difference(base_files, new_files, metric):
+    """Two models scored per image on the same images (evaluate.py's *_per_image.csv, file k of `new_files` against
+    file k of `base_files`, matched by id; several pairs pool, e.g. validation splits of several --split-seeds):
+    dict of n, each model's mean `metric`, the mean difference new - base, its standard error, and how often new
+    wins. The standard error is the paired one: per-image differences vary far less than the scores themselves."""
+    if len(base_files) != len(new_files):
+        raise UsageError(f"{len(base_files)} base files but {len(new_files)} --vs files: give them in pairs")
+    base, new = [], []
+    for b, n in zip(base_files, new_files):
+        rows_b, rows_n = ({r["id"]: r for r in runfiles.read_csv(f)} for f in (b, n))
+        if rows_b.keys() != rows_n.keys():
+            raise UsageError(f"{b} and {n} score different images; score both models on the same split")
+        if metric not in next(iter(rows_b.values())):
+            raise UsageError(f"{b} has no column {metric!r} (evaluate.py --tta --full-res writes fullres_lcc_tta_iou)")
+        base += [rows_b[i][metric] for i in rows_b]
+        new += [rows_n[i][metric] for i in rows_b]
+    diff = np.array(new) - np.array(base)
+    return {"n": len(diff), "base": float(np.mean(base)), "new": float(np.mean(new)), "difference": float(diff.mean()),
+            "standard_error": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan"),
+            "new_better": int((diff > 0).sum()), "new_worse": int((diff < 0).sum())}
 
 
 def plot_examples(names, examples, path, cols=5):
@@ -352,8 +376,17 @@ def main():
     b = sub.add_parser("robustness", help="robustness.py results side by side: a bar plot and a Markdown table")
     b.add_argument("folders", nargs="+", help="robustness.py --out folders (each holds robustness.json)")
     b.add_argument("--out", default="runs/robustness/compare.png", help="where the plot goes")
+    p = sub.add_parser("paired", help="two models on the same images: mean difference and its standard error")
+    p.add_argument("base", nargs="+", help="evaluate.py's *_per_image.csv of the first model (several: pooled)")
+    p.add_argument("--vs", nargs="+", required=True, help="the same files of the second model, in the same order")
+    p.add_argument("--metric", default="fullres_lcc_tta_iou", help="a column of those files")
     args = parser.parse_args()
-    if args.command == "report":
+    if args.command == "paired":
+        d = paired_difference(args.base, args.vs, args.metric)
+        print(f"{args.metric} over {d['n']} images: {d['base']:.4f} -> {d['new']:.4f}, difference "
+              f"{d['difference']:+.4f} ± {d['standard_error']:.4f} (paired standard error); second model better on "
+              f"{d['new_better']}, worse on {d['new_worse']}")
+    elif args.command == "report":
         report(args.runs, args.data_dir, args.cache_dir)
     elif args.command == "eda":
         eda(find_data_dir(args.data_dir, args.runs), args.out)
