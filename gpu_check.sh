@@ -40,7 +40,7 @@ train() {  # train NAME FLAGS...: one train.py run in OUT_DIR/runs/NAME
 }
 
 best="--skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.3 --schedule cosine
-  --warmup-epochs 1 --random-aug --ema 0.99 --val-fraction 0 --seed 0"
+  --warmup-epochs 1 --random-aug --shift-aug 0.25 --ema 0.99 --val-fraction 0 --seed 0"  # the Makefile's BEST
 step env bash -c "nvidia-smi; $py -c 'import torch, torchvision; print(\"torch\", torch.__version__, \"cuda\",
   torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"torchvision\", torchvision.__version__)'"
 train best-seed0-amp $best
