@@ -11,7 +11,8 @@ DEVICE ?= auto
 SEED ?= 0
 SEEDS ?= 0 1 2
 RUNS ?= runs
-CHECKPOINT ?= $(foreach seed,$(SEEDS),$(RUNS)/best/seed$(seed)/best.pt)
+BEST_CHECKPOINTS = $(foreach seed,$(SEEDS),$(RUNS)/best/seed$(seed)/best.pt)
+CHECKPOINT ?= $(BEST_CHECKPOINTS)
 INPUT ?= $(DATA_DIR)/ISBI2016_ISIC_Part1_Test_Data
 OUT ?= predictions
 ONNX ?= model.onnx
@@ -56,10 +57,10 @@ BEST = --skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.3
 	--random-aug --shift-aug $(SHIFT_SHARE) --ema 0.99 --val-fraction 0
 best: data
 	for seed in $(SEEDS); do \
-		$(TRAIN) --seed $$seed --out $(RUNS)/$@/seed$$seed $(BEST) || exit 1; \
+		$(TRAIN) --seed $$seed --out $(RUNS)/best/seed$$seed $(BEST) || exit 1; \
 	done
-	$(PY) evaluate.py --checkpoint $(foreach seed,$(SEEDS),$(RUNS)/$@/seed$(seed)/best.pt) --split test \
-		--data-dir $(DATA_DIR) --device $(DEVICE) --tta --full-res --out $(RUNS)/$@
+	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir $(DATA_DIR) --device $(DEVICE) \
+		--tta --full-res --out $(RUNS)/best
 
 # The first ablation table of docs/experiments.md, one run per row (seed 0; hours on a CPU): make ablations
 ABL_B = --skips --loss bce+dice --encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1

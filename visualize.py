@@ -3,9 +3,9 @@
     python visualize.py report --runs runs --data-dir data   # runs/report.md, comparison.png, test_panel.png
     python visualize.py eda --data-dir data --out runs/eda     # data statistics: JSON + plots
     python visualize.py curves runs/exp1-bce                   # redraw one run's curves
-    python visualize.py robustness runs/robustness/best runs/robustness/best-shift --out runs/robustness/compare.png
+    python visualize.py robustness runs/robustness/before runs/robustness/best --out runs/robustness/compare.png
                                                                # robustness suites side by side: plot + table
-    python visualize.py paired runs/val/a/val_eval_per_image.csv --vs runs/val/b/val_eval_per_image.csv
+    python visualize.py paired runs/val/a/val_per_image.csv --vs runs/val/b/val_per_image.csv
                                                                # two models on the same images: mean difference
 
 train.py calls plot_curves() every epoch and save_panel() every few epochs.
