@@ -11,7 +11,8 @@ import hashlib
 import os
 import shutil
 import sys
-import warnings
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -49,8 +50,10 @@ MASK_EXTS = (".png", ".bmp", ".gif", ".tif", ".tiff")
 # A mask's stem: the image's, with or without one of these (ISIC 2016, 2017/2018, plain folders, PH2)
 MASK_NAME_SUFFIXES = ("_Segmentation", "_segmentation", "_mask", "_lesion")
 MASK_SUFFIX = "_Segmentation.png"  # what the ISIC 2016 archives and write_synthetic() use
+LOSSY_EXTS = (".jpg", ".jpeg")  # refused as masks: JPEG blurs a mask's edge into grey levels
 TEST_FRACTION = 0.2  # share of a folder without an official split (PH2) held out as its test split
-CACHE_VERSION = 2  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, EXIF orientation)
+CACHE_VERSION = 3  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, EXIF orientation;
+#                   3: a checksum inside, palette masks read by index)
 ORIENTATION = 0x0112  # the EXIF tag
 
 
@@ -135,7 +138,11 @@ def pair_files(data_dir, group):
         raise DataError("Missing folder(s): " + ", ".join(missing) + "\n" + expected_layout(data_dir))
     images = {p.stem: p for d in image_dirs for p in d.iterdir() if is_image(p)}
     masks = {i: p for d in mask_dirs for p in d.iterdir() if (i := mask_id(p))}
-    problems = [f"image without a mask: {images[i]} (no mask named {i}, " + ", ".join(
+    jpegs = {i: p for d in mask_dirs for p in d.iterdir() if (i := mask_id(p.with_suffix(".png")))
+             and p.suffix.lower() in LOSSY_EXTS and d not in image_dirs}
+    problems = [f"mask {jpegs[i]} is a JPEG: JPEG blurs the lesion's edge into grey levels, so its masks are not "
+                "read; save masks as PNG" if i in jpegs else
+                f"image without a mask: {images[i]} (no mask named {i}, " + ", ".join(
                     i + s for s in MASK_NAME_SUFFIXES) + f" in {', '.join(map(str, mask_dirs))})"
                 for i in sorted(images.keys() - masks.keys())]
     problems += [f"mask without an image: {masks[i]}" for i in sorted(masks.keys() - images.keys())]
@@ -168,11 +175,16 @@ def read_image(path, size):
     """RGB uint8 array (size, size, 3) and the original (width, height) as displayed, from any image mode; a
     camera's EXIF orientation is applied, so masks line up with the image every viewer shows."""
     with Image.open(path) as im:
-        turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # rotated by 90 degrees
-        original_size = im.size[::-1] if turned else im.size
-        im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(to_8bit_rgb(im).resize((size, size), Image.BILINEAR)), original_size
+        return prepare_image(im, size)
+
+
+def prepare_image(im, size):
+    """read_image() of an open PIL image."""
+    turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # rotated by 90 degrees
+    original_size = im.size[::-1] if turned else im.size
+    im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
+    im = ImageOps.exif_transpose(im)
+    return np.asarray(to_8bit_rgb(im).resize((size, size), Image.BILINEAR)), original_size
 
 
 def read_full_image(path):
@@ -191,9 +203,12 @@ def binarize_mask(arr):
 
 
 def read_binary_mask(path):
-    """Boolean array (height, width) of a mask file at its own size."""
+    """Boolean array (height, width) of a mask file at its own size. A palette image (PNG, GIF) is read by index,
+    as segmentation data sets store classes: index 0 is background, any other index lesion, whatever the colours."""
     with Image.open(path) as im:
-        im = im.convert("L") if im.mode in ("P", "PA", "LA", "1", "CMYK") else im
+        if im.mode in ("P", "PA"):
+            return np.asarray(im.getchannel(0) if im.mode == "PA" else im) > 0
+        im = im.convert("L") if im.mode in ("LA", "1", "CMYK") else im
         return binarize_mask(np.asarray(im))
 
 
@@ -233,29 +248,71 @@ def cache_key(pairs, size):
 
 def load_split(data_dir, split, size, cache_dir="cache", workers=0):
     """{'images': uint8 [N,3,S,S], 'masks': uint8 [N,1,S,S] of 0/1, 'ids', 'image_paths', 'mask_paths'}; decoded
-    images come from the cache when it is current."""
+    images come from the cache when it is current and intact. A split whose masks are all empty raises DataError."""
     pairs, problems = pair_files(data_dir, split)
     cache_file = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size)}.pt"
     paths = {"image_paths": [str(p[1]) for p in pairs], "mask_paths": [str(p[2]) for p in pairs]}  # not cached:
-    if cache_file.exists() and not problems:                                               # the folder may move
-        return {**torch.load(cache_file, weights_only=True), **paths}
+    cached = read_cache(cache_file) if cache_file.exists() and not problems else None      # the folder may move
+    if cached is None:
+        cached = decode_split(data_dir, split, pairs, problems, size, workers)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        runfiles.atomic_save({**cached, "checksum": checksum(cached)}, cache_file)
+    if not cached["masks"].any():
+        raise DataError(f"every mask of the {split} split in {data_dir} is empty (all background): nothing to learn "
+                        "or score; check that the masks mark the lesion (white, or a palette index above 0)")
+    return {"images": cached["images"], "masks": cached["masks"], "ids": cached["ids"], **paths}
+
+
+def decode_split(data_dir, split, pairs, problems, size, workers):
+    """{'images', 'masks', 'ids'} of a split's pairs, decoded in `workers` processes (0: in this one); raises
+    DataError with every problem of the split at once, and names masks that are one value in one line."""
     jobs = [(image_path, mask_path, size) for _, image_path, mask_path in pairs]
     desc = f"decoding {split} images to {size}x{size}"
     if workers > 0:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             results = list(tqdm(pool.map(decode_pair, jobs, chunksize=8), total=len(jobs), desc=desc, disable=None))
     else:
         results = [decode_pair(j) for j in tqdm(jobs, desc=desc, disable=None)]
-    raise_problems(data_dir, problems + [p for _, _, p in results if p])  # every problem of the split at once
-    for (image_id, _, mask_path), (_, mask, _) in zip(pairs, results):
-        if mask.min() == mask.max():
-            warnings.warn(f"mask {mask_path} is all {'lesion' if mask.max() else 'background'}")
-    data = {"images": torch.from_numpy(np.stack([r[0] for r in results])).permute(0, 3, 1, 2).contiguous(),
+    raise_problems(data_dir, problems + [p for _, _, p in results if p])
+    flat = [f"{image_id} (all {'lesion' if mask.max() else 'background'})"
+            for (image_id, _, _), (_, mask, _) in zip(pairs, results) if mask.min() == mask.max()]
+    if flat:
+        print(f"{len(flat)} of the {len(pairs)} {split} masks are one value, kept as they are: {', '.join(flat)}")
+    return {"images": torch.from_numpy(np.stack([r[0] for r in results])).permute(0, 3, 1, 2).contiguous(),
             "masks": torch.from_numpy(np.stack([r[1] for r in results]))[:, None].contiguous(),
             "ids": [p[0] for p in pairs]}
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    runfiles.atomic_save(data, cache_file)
-    return {**data, **paths}
+
+
+def exit_with_parent(parent):
+    """Decoding workers' initializer: a thread that ends the worker once its parent is gone, which kill -9 gives
+    no chance to stop its workers (they would otherwise wait for work forever, holding their memory)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def checksum(cached):
+    """sha256 of a cached split's pixels, masks and ids."""
+    h = hashlib.sha256()
+    for key in ("images", "masks"):
+        h.update(cached[key].numpy().tobytes())
+    h.update("\n".join(cached["ids"]).encode())
+    return h.hexdigest()
+
+
+def read_cache(path):
+    """A cache file's {'images', 'masks', 'ids'}, or None (with a one-line notice) when it is damaged: unreadable,
+    or its content no longer matches the checksum written with it."""
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.get("checksum") == checksum(cached):
+            return cached
+    except Exception:  # truncated, overwritten: torch.load raises many types
+        pass
+    print(f"cache file {path} is damaged; decoding the images again")
+    return None
 
 
 def split_indices(n, val_fraction, seed):

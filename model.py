@@ -121,6 +121,19 @@ def build_model(config, pretrained=False):
                               freeze_encoder=config["freeze_encoder"], widths=tuple(config["decoder_widths"]))
 
 
+@torch.no_grad()
+def update_ema(ema, model, decay, updates):
+    """ema = decay * ema + (1 - decay) * model, buffers included; a lower decay for the first updates lets the
+    random initial weights fade quickly."""
+    decay = min(decay, (1 + updates) / (10 + updates))
+    pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
+    floats = [pair for pair in pairs if pair[0].is_floating_point()]
+    torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - decay)  # one call for all tensors
+    for averaged, current in pairs:
+        if not averaged.is_floating_point():  # counters, such as BatchNorm's num_batches_tracked
+            averaged.copy_(current)
+
+
 def load_checkpoint(path, device="cpu"):
     """(model in eval mode, config) from a train.py checkpoint; raises a clear error for a wrong or broken file."""
     if not Path(path).is_file():

@@ -1,11 +1,18 @@
 """The shifts of the robustness suite (robustness.py), each at one fixed strength: what another dermatoscope,
 camera or clinic does to an image. Each takes an RGB uint8 image [H,W,3] at its own size, its boolean mask [H,W]
 and a numpy Generator, and returns both; geometry moves the mask alike, colour and noise leave it as it is.
-Strengths are relative to the image size, so a 256-pixel and a 4,000-pixel photo get the same look."""
+Strengths are relative to the image size, so a 256-pixel and a 4,000-pixel photo get the same look.
+score_perturbations() scores a model under them (robustness.py, release.py)."""
 import io
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
+
+import data
+from inference import predict_probs
+from metrics import full_resolution_metrics
 
 HUE_SHIFT = 0.05  # of the colour circle (18 degrees)
 BLUR = 0.01  # Gaussian radius, of the shorter side (2.6 px at 256 px)
@@ -143,3 +150,45 @@ PERTURBATIONS = {
     "jpeg 20": jpeg(20),
     "hair": hair,
 }
+
+
+def shift(image_path, mask_path, name, seed, n):
+    """(RGB uint8 [H,W,3], boolean mask [H,W]) of image n of a split under one perturbation, at its own size; the
+    random draws come from (seed, n, the perturbation's position), so they repeat in any order."""
+    rng = np.random.default_rng([seed, n, list(PERTURBATIONS).index(name)])
+    return PERTURBATIONS[name](data.read_full_image(image_path), data.read_binary_mask(mask_path), rng)
+
+
+def perturbed(image_paths, mask_paths, name, size, seed):
+    """(uint8 images [N,3,size,size], boolean masks [H,W] at their shifted own size) of one perturbation."""
+    images, masks = [], []
+    for n, (image_path, mask_path) in enumerate(zip(image_paths, mask_paths)):
+        image, mask = shift(image_path, mask_path, name, seed, n)
+        images.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)))
+        masks.append(mask)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), masks
+
+
+def score_perturbations(model, split, size, names, seed, device, amp=True, batch_size=64, tta=True,
+                        largest_component=True):
+    """[{'perturbation', 'iou', 'dice', 'iou_drop', 'dice_drop'}], one row per perturbation in `names` ('clean'
+    first): a model's per-image means at each mask's own size on a load_split() result, every image shifted."""
+    rows, key = [], "lcc_" if largest_component else ""
+    for name in tqdm(names, desc="perturbations", disable=None):
+        images, masks = perturbed(split["image_paths"], split["mask_paths"], name, size, seed)
+        probs = predict_probs(model, images, batch_size, device, amp, tta)
+        metrics = full_resolution_metrics({"": probs}, masks)[key][0]
+        rows.append({"perturbation": name, "iou": metrics["iou"].mean().item(), "dice": metrics["dice"].mean().item()})
+    clean = rows[0]
+    for row in rows:
+        row["iou_drop"], row["dice_drop"] = clean["iou"] - row["iou"], clean["dice"] - row["dice"]
+    return rows
+
+
+def summarize(rows):
+    """The clean scores, the mean IoU drop over the shifts and the worst shift of score_perturbations() rows."""
+    shifted = rows[1:]
+    worst = max(shifted, key=lambda r: r["iou_drop"])
+    return {"clean_iou": rows[0]["iou"], "clean_dice": rows[0]["dice"],
+            "mean_iou_drop": float(np.mean([r["iou_drop"] for r in shifted])),
+            "worst": worst["perturbation"], "worst_iou_drop": worst["iou_drop"]}

@@ -1,9 +1,12 @@
-"""Segment your own images with a trained checkpoint: one binary mask (0/255 PNG) per image, at the image's
-original width and height.
+"""Segment your own images: one binary mask (0/255 PNG) per image, at the image's original width and height.
+Without --checkpoint the released model (models/lesion_segmenter.pt, models/README.md) does it: no training.
 
-    python predict.py --checkpoint runs/exp2-finetune/best.pt photos/ "more/*.jpg" --out masks --overlay
-    python predict.py photos/ --tta --largest-component --checkpoint runs/best/seed0/best.pt \\
-        --checkpoint runs/best/seed1/best.pt --checkpoint runs/best/seed2/best.pt    # make best's ensemble
+    python predict.py photos/ "more/*.jpg" --out masks --overlay
+    python predict.py photos/ --out masks --tta --largest-component --checkpoint runs/best/seed*/best.pt
+    python predict.py photos/ --out masks --skip-existing          # continue a job that was interrupted
+
+Every file is written under a temporary name and renamed, so an interrupted job leaves no half-written mask; the
+input folders are never written to.
 """
 import argparse
 import glob
@@ -17,10 +20,10 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
+import runfiles
 from device import add_device_flag, pick_device
-from errors import USER_ERRORS, UsageError
-from evaluate import predict_probs
-from metrics import keep_largest_component, upsample
+from errors import USER_ERRORS, Interrupted, StorageError, UsageError
+from inference import RELEASED, mask_at_size, mask_png, predict_probs
 from model import load_models
 
 
@@ -58,11 +61,19 @@ def output_names(paths):
     return [str(p.relative_to(root).with_suffix("")) + "_" + p.suffix[1:].lower() for p in resolved]
 
 
-def open_output_folder(out):
-    """Create --out; a sentence instead of a traceback when it is a file or cannot be written."""
+def open_output_folder(out, inputs, paths):
+    """Create --out; a sentence instead of a traceback when it is a file, cannot be written, or lies in an input
+    folder (where its masks would be read as inputs by the next run, and could replace the user's own files)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+    target = out.resolve()
+    searched = [Path(i).resolve() for i in inputs if Path(i).is_dir()]  # searched recursively
+    inside = next((f for f in searched if target.is_relative_to(f)), None) or (
+        target if target in {p.parent.resolve() for p in paths} else None)
+    if inside is not None:
+        raise UsageError(f"--out {out} is inside the input folder {inside}: the masks would be read as images by "
+                         "the next run and could replace your own files; choose an --out outside it")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -80,7 +91,7 @@ def outline(mask):
     return mask & ~interior
 
 
-def save_overlay(image_path, mask, path):
+def overlay(image_path, mask):
     """The image with the predicted lesion's contour drawn in red, thicker on large images so it stays visible."""
     image = data.read_full_image(image_path)
     edge = outline(mask)
@@ -88,67 +99,96 @@ def save_overlay(image_path, mask, path):
         p = np.pad(edge, 1)
         edge = edge | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
     image[edge] = (255, 0, 0)
-    Image.fromarray(image).save(path)
+    return Image.fromarray(image)
 
 
-def main(argv=None):
+def save_png(image, path):
+    """A PIL image as PNG, written whole or not at all (runfiles.atomic_write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runfiles.atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def predicted_masks(model, paths, size, args, device, amp):
+    """(path, boolean mask [H,W] at the image's own size or None, why it could not be read or None) for each path,
+    predicted --batch-size images at a time."""
+    for start in range(0, len(paths), args.batch_size):
+        decoded = []
+        for path in paths[start:start + args.batch_size]:
+            try:
+                decoded.append((path, *data.read_image(path, size)))
+            except Exception as e:  # PIL raises many types for corrupt or non-image files
+                yield path, None, str(e)
+        if decoded:
+            images = torch.from_numpy(np.stack([pixels for _, pixels, _ in decoded])).permute(0, 3, 1, 2)
+            probs = predict_probs(model, images, args.batch_size, device, amp, args.tta)
+            for (path, _, (width, height)), prob in zip(decoded, probs):
+                yield path, mask_at_size(prob, width, height, args.threshold, args.largest_component), None
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--input", nargs="+", action="extend", default=[], dest="more_inputs", metavar="INPUT",
                         help="more inputs, e.g. after --checkpoint's files")
-    parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
-                        help="best.pt or last.pt written by train.py; several: average their probabilities (ensemble)")
+    parser.add_argument("--checkpoint", nargs="+", action="extend", metavar="FILE",
+                        help="best.pt or last.pt written by train.py; several: average their probabilities (ensemble)"
+                        f" (default: the released model, {os.path.relpath(RELEASED)})")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="lesion where probability > this")
+    parser.add_argument("--threshold", type=float, default=0.5, help="lesion where probability > this (default: 0.5)")
     parser.add_argument("--tta", action="store_true", help="average with horizontal and vertical flips")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected region of each mask (one lesion per image)")
     parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png with the contour")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave out images whose outputs --out already holds: an interrupted job continues")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     add_device_flag(parser)
     args = parser.parse_args(argv)
-    if not args.inputs + args.more_inputs:
-        parser.error("no INPUT given: name images, folders or patterns before --checkpoint, or after --input")
+    args.inputs += args.more_inputs
+    if not args.inputs:
+        parser.error("no INPUT given: name images, folders or patterns (make predict INPUT=...), or add --input")
+    args.checkpoint = args.checkpoint or [str(RELEASED)]
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
     device = pick_device(args.device)
     model, configs = load_models(args.checkpoint, device)
-    paths = expand_inputs(args.inputs + args.more_inputs)
-    out = open_output_folder(args.out)
-    names, failures, written = dict(zip(paths, output_names(paths))), [], 0
-    for start in tqdm(range(0, len(paths), args.batch_size), desc=f"predicting {len(paths)} images", disable=None):
-        batch, decoded = [], []
-        for path in paths[start:start + args.batch_size]:
-            try:
-                decoded.append(data.read_image(path, configs[0]["image_size"]))
-                batch.append(path)
-            except Exception as e:  # PIL raises many types for corrupt or non-image files
-                failures.append(f"{path}: {e}")
-        if batch:
-            written += write_masks(model, batch, decoded, names, out, args, device, not configs[0]["no_amp"])
-    print(f"wrote {written} masks to {out}/")
+    paths = expand_inputs(args.inputs)
+    out = open_output_folder(args.out, args.inputs, paths)
+    names = {path: out / name for path, name in zip(paths, output_names(paths))}
+    kinds = ("_segmentation.png", "_overlay.png") if args.overlay else ("_segmentation.png",)
+    todo = [p for p in paths if not (args.skip_existing and all(Path(f"{names[p]}{k}").exists() for k in kinds))]
+    skipped = f" ({len(paths) - len(todo)} skipped: already in {out}/)" if len(todo) < len(paths) else ""
+    failures, written = [], 0
+    masks = predicted_masks(model, todo, configs[0]["image_size"], args, device, not configs[0]["no_amp"])
+    try:
+        for path, mask, problem in tqdm(masks, total=len(todo), desc="predicting", unit="img", disable=None):
+            if problem:
+                failures.append(f"{path}: {problem}")
+                continue
+            save_png(mask_png(mask), Path(f"{names[path]}_segmentation.png"))
+            if args.overlay:
+                save_png(overlay(path, mask), Path(f"{names[path]}_overlay.png"))
+            written += 1
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: wrote {written} of {len(todo)} masks to {out}/; run the same command with "
+                          "--skip-existing to continue") from None
+    except StorageError:
+        raise StorageError(f"no space left in {out}/: wrote {written} of {len(todo)} masks, and no partial file; free "
+                           "some space and run the same command with --skip-existing to continue") from None
+    print(f"wrote {written} masks to {out}/{skipped}")
     if failures:
         raise UsageError(f"{len(failures)} of {len(paths)} images could not be read (the other masks were "
                          "written):\n  " + "\n  ".join(failures))
 
 
-def write_masks(model, paths, decoded, names, out, args, device, amp):
-    """Predict a batch of decoded images and write each one's mask (and overlay) at the image's own size;
-    returns how many masks are on disk."""
-    images = torch.from_numpy(np.stack([d[0] for d in decoded])).permute(0, 3, 1, 2)
-    probs = predict_probs(model, images, args.batch_size, device, amp, args.tta)
-    for path, prob, (_, (width, height)) in zip(paths, probs, decoded):
-        mask = (upsample(prob[None], (height, width))[0, 0] > args.threshold).numpy()
-        if args.largest_component:
-            mask = keep_largest_component(mask)
-        target = out / f"{names[path]}_segmentation.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(target)
-        if args.overlay:
-            save_overlay(path, mask, out / f"{names[path]}_overlay.png")
-    return sum((out / f"{names[path]}_segmentation.png").exists() for path in paths)
-
 if __name__ == "__main__":
     try:
         main()
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        sys.exit(130)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")

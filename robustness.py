@@ -13,59 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-from tqdm import tqdm
-
-import data
 import runfiles
-import visualize
 from device import add_device_flag, pick_device
 from errors import USER_ERRORS
-from evaluate import load_split, predict_probs
-from metrics import full_resolution_metrics
+from inference import split_to_score
 from model import load_models
-from perturbations import PERTURBATIONS
-
-
-def shift(image_path, mask_path, name, seed, n):
-    """(RGB uint8 [H,W,3], boolean mask [H,W]) of image n of a split under one perturbation, at its own size; the
-    random draws come from (seed, n, the perturbation's position), so they repeat in any order."""
-    rng = np.random.default_rng([seed, n, list(PERTURBATIONS).index(name)])
-    return PERTURBATIONS[name](data.read_full_image(image_path), data.read_binary_mask(mask_path), rng)
-
-
-def perturbed(image_paths, mask_paths, name, size, seed):
-    """(uint8 images [N,3,size,size], boolean masks [H,W] at their shifted own size) of one perturbation."""
-    images, masks = [], []
-    for n, (image_path, mask_path) in enumerate(zip(image_paths, mask_paths)):
-        image, mask = shift(image_path, mask_path, name, seed, n)
-        images.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)))
-        masks.append(mask)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), masks
-
-
-def score_perturbations(model, split, size, args, device, amp):
-    """[{'perturbation', 'iou', 'dice', 'iou_drop', 'dice_drop'}], one row per perturbation (clean first)."""
-    rows, key = [], "lcc_" if args.largest_component else ""
-    for name in tqdm(args.perturbations, desc="perturbations", disable=None):
-        images, masks = perturbed(split["image_paths"], split["mask_paths"], name, size, args.seed)
-        probs = predict_probs(model, images, args.batch_size, device, amp, args.tta)
-        metrics = full_resolution_metrics({"": probs}, masks)[key][0]
-        rows.append({"perturbation": name, "iou": metrics["iou"].mean().item(), "dice": metrics["dice"].mean().item()})
-    clean = rows[0]
-    for row in rows:
-        row["iou_drop"], row["dice_drop"] = clean["iou"] - row["iou"], clean["dice"] - row["dice"]
-    return rows
-
-
-def summarize(rows):
-    shifted = rows[1:]
-    worst = max(shifted, key=lambda r: r["iou_drop"])
-    return {"clean_iou": rows[0]["iou"], "clean_dice": rows[0]["dice"],
-            "mean_iou_drop": float(np.mean([r["iou_drop"] for r in shifted])),
-            "worst": worst["perturbation"], "worst_iou_drop": worst["iou_drop"]}
+from perturbations import PERTURBATIONS, score_perturbations, shift, summarize
+from plots import plot_examples, plot_robustness
 
 
 def main(argv=None):
@@ -92,8 +46,9 @@ def main(argv=None):
 
     device = pick_device(args.device)
     model, configs = load_models(args.checkpoint, device)
-    split = load_split(args, configs)
-    rows = score_perturbations(model, split, configs[0]["image_size"], args, device, not configs[0]["no_amp"])
+    split = split_to_score(args.data_dir, args.split, configs, args.cache_dir, args.workers)[0]
+    rows = score_perturbations(model, split, configs[0]["image_size"], args.perturbations, args.seed, device,
+                               not configs[0]["no_amp"], args.batch_size, args.tta, args.largest_component)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {**summarize(rows), "split": args.split, "n_images": len(split["ids"]), "tta": args.tta,
@@ -101,11 +56,11 @@ def main(argv=None):
                "checkpoints": [str(c) for c in args.checkpoint], "rows": rows}
     runfiles.write_json(out / "robustness.json", summary)
     runfiles.write_csv(out / "robustness.csv", rows)
-    visualize.plot_robustness(rows, out / "robustness.png",
+    plot_robustness(rows, out / "robustness.png",
                               f"{out.name}: {args.split} split, {len(split['ids'])} images")
     examples = [shift(split["image_paths"][0], split["mask_paths"][0], name, args.seed, 0)
                 for name in args.perturbations]
-    visualize.plot_examples(args.perturbations, examples, out / "examples.png")
+    plot_examples(args.perturbations, examples, out / "examples.png")
     for row in rows:
         print(f"{row['perturbation']:>16}  IoU {row['iou']:.4f} ({-row['iou_drop']:+.4f})  "
               f"Dice {row['dice']:.4f} ({-row['dice_drop']:+.4f})")

@@ -29,9 +29,9 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # a full disk, Ctrl-C: no temporary file stays behind
         tmp.unlink(missing_ok=True)
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
         free = shutil.disk_usage(path.parent).free
         raise StorageError(f"no space left to write {path} ({len(data) / 1e6:.1f} MB needed, {free / 1e6:.1f} MB "

@@ -8,9 +8,11 @@ test_per_image.csv, curves.png and prediction panels. Ctrl-C keeps last.pt; --re
 import argparse
 import contextlib
 import copy
+import dataclasses
 import fcntl
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -22,12 +24,12 @@ from tqdm import tqdm
 import augment
 import data
 import runfiles
-import visualize
 from device import add_device_flag, autocast, pick_device
 from errors import USER_ERRORS, Interrupted, TrainingError, UsageError
-from evaluate import evaluate, predict_logits, score_model, write_results
+from inference import evaluate, predict_logits, score_model, split_seed, write_results
 from losses import LOSSES
-from model import DECODER_WIDTHS, build_model
+from model import DECODER_WIDTHS, build_model, update_ema
+from plots import plot_curves, save_panel
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 # Everything a run writes in its folder: what --overwrite removes (anything else there stays).
@@ -38,6 +40,7 @@ RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "test_*_me
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
 HAIR_OVERLAYS = 64  # --shift-aug: hair pictures drawn anew each epoch, one picked per image
 SYNC_EVERY = 10  # training steps between reads of the loss from the device (each read waits for the GPU)
+DIVERGED = 100  # a training loss this many times the run's first stops the run
 
 
 def build_parser(defaults=True):
@@ -158,10 +161,11 @@ def check_run_dir(args, announce=True):
 
 
 @contextlib.contextmanager
-def open_run_dir(out, args):
-    """Create --out and hold its lock while the run lasts: a second train.py on the same folder is refused, and
-    the kernel releases the lock of a process that dies. --overwrite then removes what an earlier run wrote (and
-    nothing else); --resume removes the temporary files of a run that was killed mid-write."""
+def lock_run_dir(out, args):
+    """Hold --out's lock while the run lasts, taken before anything is loaded: a second train.py on the same folder
+    is refused at once, and the kernel releases the lock of a process that dies. A folder this call created is
+    removed again if the run stops before it wrote anything (bad data, bad weights)."""
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "a+") as lock:
         try:
@@ -173,16 +177,29 @@ def open_run_dir(out, args):
         lock.truncate(0)
         lock.write(str(os.getpid()))
         lock.flush()
-        check_run_dir(args, announce=False)  # again, under the lock: a run that ended meanwhile stays
-        if args.overwrite and not args.resume:
-            for pattern in RUN_OUTPUTS:
-                for path in out.glob(pattern):
-                    path.unlink()
-        with open(out / "train.log", "a") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
-            stale = runfiles.remove_stale_temporaries(out)
-            if stale:
-                print(f"removed temporary files of an interrupted write: {', '.join(stale)}")
+        try:
+            check_run_dir(args, announce=False)  # again, under the lock: a run that ended meanwhile stays
             yield out
+        except BaseException:
+            if created and [p.name for p in out.iterdir()] == [".lock"]:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+@contextlib.contextmanager
+def run_log(out, args):
+    """train.log beside the console while the run lasts, each line written through at once (a kill -9 loses
+    none). --overwrite first removes what an earlier run wrote (and nothing else); --resume removes the temporary
+    files of a run that was killed mid-write."""
+    if args.overwrite and not args.resume:
+        for pattern in RUN_OUTPUTS:
+            for path in out.glob(pattern):
+                path.unlink()
+    with open(out / "train.log", "a", buffering=1) as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
+        stale = runfiles.remove_stale_temporaries(out)
+        if stale:
+            print(f"removed temporary files of an interrupted write: {', '.join(stale)}")
+        yield
 
 
 class Tee:
@@ -194,6 +211,7 @@ class Tee:
     def write(self, text):
         for stream in self.streams:
             stream.write(text)
+            stream.flush()
 
     def flush(self):
         for stream in self.streams:
@@ -202,16 +220,30 @@ class Tee:
 
 def resumed_config(args, given, out):
     """(flags, last.pt's contents or None): a resumed run keeps its own configuration, except RESUMABLE flags
-    given anew (e.g. more --epochs, another --device)."""
+    given anew (e.g. more --epochs, another --device) and --out, where the run is now."""
     if not (args.resume and (out / "last.pt").exists()):
         return args, None
-    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    last = read_last_checkpoint(out)
     changed = {k: getattr(args, k) for k in RESUMABLE if k in given}
-    args = argparse.Namespace(**{**vars(args), **last["config"], **changed, "resume": True, "overwrite": False})
-    if "split_seed" not in last["config"]:  # runs from before --split-seed split by --seed
-        args.split_seed = args.seed
-    args.data_dir = data.as_list(args.data_dir)
-    return args, last
+    config = {**vars(args), **last["config"], **changed, "out": str(out), "resume": True, "overwrite": False}
+    config["split_seed"] = split_seed(last["config"])
+    config["data_dir"] = data.as_list(config["data_dir"])
+    return argparse.Namespace(**config), last
+
+
+def read_last_checkpoint(out):
+    """last.pt's contents; TrainingError when it is damaged, saying whether best.pt can take its place."""
+    try:
+        return torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    except Exception:  # truncated or overwritten: torch.load raises many types
+        pass
+    try:
+        epoch = torch.load(out / "best.pt", map_location="cpu", weights_only=True)["epoch"]
+        fallback = (f"best.pt (epoch {epoch}) is intact: to resume from it, copy it over last.pt "
+                    f"(cp {out}/best.pt {out}/last.pt) and run again with --resume")
+    except Exception:
+        fallback = "best.pt is missing or damaged too: start the run again with --overwrite"
+    raise TrainingError(f"{out}/last.pt is damaged and cannot be resumed; {fallback}")
 
 
 class Rows:
@@ -275,19 +307,6 @@ def lr_factor(step, total_steps, warmup_steps, schedule):
 
 
 @torch.no_grad()
-def update_ema(ema, model, decay, updates):
-    """ema = decay * ema + (1 - decay) * model, buffers included; a lower decay for the first updates lets the
-    random initial weights fade quickly."""
-    decay = min(decay, (1 + updates) / (10 + updates))
-    pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
-    floats = [pair for pair in pairs if pair[0].is_floating_point()]
-    torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - decay)  # one call for all tensors
-    for averaged, current in pairs:
-        if not averaged.is_floating_point():  # counters, such as BatchNorm's num_batches_tracked
-            averaged.copy_(current)
-
-
-@torch.no_grad()
 def encode_all(model, images, batch_size, device, amp):
     """The frozen encoder's features of every image, computed once (Rows: one tensor per tap, a row per image)."""
     feats = None
@@ -312,11 +331,28 @@ def model_inputs(model, args, splits, device, amp):
     return train_images, val_images, lambda net: net
 
 
-def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler, ema, args, epoch, device, amp):
+@dataclasses.dataclass
+class Trainer:
+    """What a training step uses and changes, kept together: the model and its forward pass, the optimizer with its
+    schedule and loss scaler, the weight average (None without --ema), device and precision, and the loss at the
+    start of the run, which the divergence check compares with."""
+    model: torch.nn.Module
+    forward: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    ema: object
+    device: torch.device
+    amp: bool
+    start_loss: float = None
+
+
+def train_one_epoch(trainer, inputs, masks, args, epoch):
     """One pass over the training inputs in a seeded order. Returns (mean loss per image, seconds getting
     batches). The loss is read from the device every SYNC_EVERY steps, not at every step: each read makes the host
     wait for the GPU."""
-    model.train()
+    t, device = trainer, trainer.device
+    t.model.train()
     rng = torch.Generator().manual_seed(args.seed + epoch)  # batch order and random augmentation
     order = torch.randperm(len(masks), generator=rng).to(masks.device)
     batches = [order[start:start + args.batch_size] for start in range(0, len(order), args.batch_size)]
@@ -336,41 +372,46 @@ def train_one_epoch(model, forward, inputs, masks, optimizer, scheduler, scaler,
             batch, target = (augment.random_mix(batch, target, drawn, hairs, args.shift_aug) if args.shift_aug
                              else augment.random_distort(batch, target, drawn))
         data_seconds += time.perf_counter() - t0
-        with autocast(device, amp):
-            loss = LOSSES[args.loss](forward(batch), target)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            update_ema(ema, model, args.ema, epoch * len(batches) + step + 1)
+        with autocast(device, t.amp):
+            loss = LOSSES[args.loss](t.forward(batch), target)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.scheduler.step()
+        if t.ema is not None:
+            update_ema(t.ema, t.model, args.ema, epoch * len(batches) + step + 1)
         pending.append(loss.detach())
         if len(pending) == SYNC_EVERY or step == len(batches) - 1:
-            values += finite_losses(pending, epoch, len(values), args)
+            values += checked_losses(pending, epoch, len(values), t)
             pending = []
             bar.set_postfix(loss=f"{values[-1]:.4f}")
     return sum(value * len(idx) for value, idx in zip(values, batches)) / len(masks), data_seconds
 
 
-def finite_losses(losses, epoch, first_step, args):
-    """The losses (0-dim tensors) as floats; raises TrainingError at the first that is not finite."""
+def checked_losses(losses, epoch, first_step, trainer):
+    """The losses (0-dim tensors) as floats; raises TrainingError at the first that is not finite or has grown to
+    DIVERGED times the run's first (a run that diverges but stays finite would otherwise train to the end)."""
     values = torch.stack(losses).tolist()
+    trainer.start_loss = values[0] if trainer.start_loss is None else trainer.start_loss
     for step, value in enumerate(values, first_step + 1):
         if not math.isfinite(value):
-            raise TrainingError(f"loss is {value} at epoch {epoch + 1}, step {step}. {args.out}/last.pt holds the "
-                                f"last good epoch. Try a lower --lr (now {args.lr}) or --no-amp.")
+            raise TrainingError(f"the loss is {value} at epoch {epoch + 1}, step {step}")
+        if value > DIVERGED * trainer.start_loss:
+            raise TrainingError(f"the loss diverged: {value:.3g} at epoch {epoch + 1}, step {step}, over {DIVERGED}x "
+                                f"the {trainer.start_loss:.3g} it started at")
     return values
 
 
-def save_checkpoints(out, model, ema, optimizer, scheduler, scaler, history, best_iou, config, is_best):
+def save_checkpoints(out, trainer, history, best_iou, config, is_best):
     """best.pt (when this epoch is the best) before last.pt: a kill between the two leaves a last.pt from which
     --resume trains this epoch again and rewrites both."""
-    state = {"model": (model if ema is None else ema).state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": history[-1]["epoch"],
+    t = trainer
+    state = {"model": (t.model if t.ema is None else t.ema).state_dict(), "optimizer": t.optimizer.state_dict(),
+             "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(), "epoch": history[-1]["epoch"],
              "history": history, "best_iou": best_iou, "config": config}
-    if ema is not None:
-        state["trained_model"] = model.state_dict()  # what --resume trains on from
+    if t.ema is not None:
+        state["trained_model"] = t.model.state_dict()  # what --resume trains on from
     if is_best:
         runfiles.atomic_save(state, out / "best.pt")
     runfiles.atomic_save(state, out / "last.pt")
@@ -380,12 +421,12 @@ def report_epoch(out, args, history, is_best, panel, device, amp):
     """history.csv, curves.png, prediction panels every few epochs, and one line on the console."""
     record, epoch = history[-1], history[-1]["epoch"]
     runfiles.write_csv(out / "history.csv", history)
-    visualize.plot_curves(history, out / "curves.png", out.name)
+    plot_curves(history, out / "curves.png", out.name)
     if epoch % (args.viz_every or max(1, args.epochs // 4)) == 0 or epoch == args.epochs:
         forward, inputs, images, masks, kind = panel
         logits = predict_logits(forward, inputs, 64, device, amp)
-        visualize.save_panel(images.cpu(), masks.cpu(), logits, out / f"panel_epoch{epoch:03d}.png",
-                             f"{out.name}, epoch {epoch}: {kind} images")
+        save_panel(images.cpu(), masks.cpu(), logits, out / f"panel_epoch{epoch:03d}.png",
+                   f"{out.name}, epoch {epoch}: {kind} images")
     held_out = not math.isnan(record["val_iou"])
     scores = (f"val loss {record['val_loss']:.4f}  val IoU {record['val_iou']:.4f}  val Dice "
               f"{record['val_dice']:.4f}  " if held_out else "no validation split  ")
@@ -416,34 +457,51 @@ def test_best_checkpoint(model, out, tests, args, device, amp):
     return summaries[0] if summaries else None
 
 
-def restore(last, out, model, ema, optimizer, scheduler, scaler):
+def make_trainer(model, ema, args, n_train, device, amp):
+    """A new run's Trainer: the optimizer, its warm-up and schedule by step, the loss scaler (float16 only)."""
+    optimizer = make_optimizer(model, args, device)
+    steps_per_epoch = math.ceil(n_train / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+        step, args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch, args.schedule))
+    fp16 = amp and device.type != "cpu" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    return Trainer(model, None, optimizer, scheduler, scaler, ema, device, amp)
+
+
+def restore(last, out, trainer):
     """(history, best validation IoU) of a resumed run, its state loaded from last.pt; ([], -1) for a new run."""
     if last is None:
         return [], -1.0
-    model.load_state_dict(last.get("trained_model", last["model"]))
-    if ema is not None:
-        ema.load_state_dict(last["model"])
-    optimizer.load_state_dict(last["optimizer"])
-    scheduler.load_state_dict(last["scheduler"])
-    scaler.load_state_dict(last["scaler"])
+    t = trainer
+    t.model.load_state_dict(last.get("trained_model", last["model"]))
+    if t.ema is not None:
+        t.ema.load_state_dict(last["model"])
+    t.optimizer.load_state_dict(last["optimizer"])
+    t.scheduler.load_state_dict(last["scheduler"])
+    t.scaler.load_state_dict(last["scaler"])
+    t.start_loss = last["history"][0]["train_loss"]
     print(f"resuming {out} after epoch {last['epoch']}")
     return last["history"], last["best_iou"]
 
 
 @contextlib.contextmanager
 def stop_cleanly(out, history, device, args):
-    """Turn Ctrl-C and SIGTERM into Interrupted, and running out of GPU memory into TrainingError, each saying
-    what was kept and what to do."""
+    """Turn Ctrl-C and SIGTERM into Interrupted, a loss that is not finite or diverged and running out of GPU
+    memory into TrainingError, each saying what was kept and what to do."""
     def handle_sigterm(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, handle_sigterm)
+    def kept():
+        done = history[-1]["epoch"] if history else 0
+        return done, f"{out}/last.pt holds epoch {done}" if done else "no epoch had finished, so none was saved"
     try:
         yield
     except KeyboardInterrupt:
-        done = history[-1]["epoch"] if history else 0
-        saved = f"{out}/last.pt holds epoch {done}" if done else "no epoch had finished"
+        done, saved = kept()
         raise Interrupted(f"interrupted during epoch {done + 1}; {saved}. Resume with: python train.py --out {out} "
                           "--resume (or: make <experiment> RESUME=1)") from None
+    except TrainingError as e:  # from checked_losses
+        raise TrainingError(f"{e}; {kept()[1]}. Try a lower --lr (now {args.lr}) or --no-amp.") from None
     except torch.OutOfMemoryError:
         raise TrainingError(f"out of {device.type} memory at batch size {args.batch_size}. Try a smaller "
                             f"--batch-size (e.g. {max(1, args.batch_size // 2)}) or a smaller --image-size.") from None
@@ -454,49 +512,52 @@ def stop_cleanly(out, history, device, args):
 def main(argv=None):
     args, given = parse_args(argv)
     out = check_run_dir(args)
-    args, last = resumed_config(args, given, out)
-    config, device, amp = vars(args), pick_device(args.device), not args.no_amp
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    torch.manual_seed(args.seed)
-    splits = load_data(args, device)
-    model = build_model(config, pretrained=True).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
-    with open_run_dir(out, args):  # only now: bad flags, data or weights leave nothing behind
-        runfiles.write_json(out / "config.json", config)
-        print(splits["sizes"])
-        optimizer = make_optimizer(model, args, device)
-        steps_per_epoch = math.ceil(len(splits["train"][0]) / args.batch_size)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-            step, args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch, args.schedule))
-        fp16 = amp and device.type != "cpu" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())
-        scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-        history, best_iou = restore(last, out, model, ema, optimizer, scheduler, scaler)
-        train_inputs, val_inputs, forward_of = model_inputs(model, args, splits, device, amp)
-        compiled = torch.compile if args.compile else (lambda fn: fn)
-        kept = model if ema is None else ema  # the weights that are validated, saved as "model" and tested
-        forward, kept_forward = compiled(forward_of(model)), compiled(forward_of(kept))
-        (train_images, train_masks), (val_images, val_masks) = splits["train"], splits["val"]
-        held_out, idx = len(val_masks) > 0, splits["panel_idx"]
-        panel_from = (val_inputs, val_images, val_masks, "validation") if held_out else (
-            train_inputs, train_images, train_masks, "training")
-        panel = (kept_forward, *(t[idx] for t in panel_from[:3]), panel_from[3])
-        with stop_cleanly(out, history, device, args):
-            for epoch in range(len(history), args.epochs):
-                started = time.perf_counter()
-                train_loss, data_seconds = train_one_epoch(model, forward, train_inputs, train_masks, optimizer,
-                                                           scheduler, scaler, ema, args, epoch, device, amp)
-                model.eval()
-                val = (evaluate(kept_forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)[0]
-                       if held_out else dict.fromkeys(("loss", "iou", "dice"), math.nan))
-                history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
-                                "val_iou": val["iou"], "val_dice": val["dice"],
-                                "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started,
-                                "data_seconds": data_seconds})
-                is_best = val["iou"] > best_iou or not held_out
-                best_iou = max(best_iou, val["iou"])
-                save_checkpoints(out, model, ema, optimizer, scheduler, scaler, history, best_iou, config, is_best)
-                report_epoch(out, args, history, is_best, panel, device, amp)
-        return test_best_checkpoint(model, out, splits["tests"], args, device, amp)
+    with lock_run_dir(out, args):  # before the data: a second run on this folder is refused at once
+        args, last = resumed_config(args, given, out)
+        config, device, amp = vars(args), pick_device(args.device), not args.no_amp
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+        torch.manual_seed(args.seed)
+        splits = load_data(args, device)
+        model = build_model(config, pretrained=True).to(device)
+        ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
+        with run_log(out, args):  # only now: bad flags, data or weights leave nothing behind
+            runfiles.write_json(out / "config.json", config)
+            print(splits["sizes"])
+            trainer = make_trainer(model, ema, args, len(splits["train"][0]), device, amp)
+            history, best_iou = restore(last, out, trainer)
+            with stop_cleanly(out, history, device, args):
+                train_epochs(trainer, splits, history, best_iou, args, out, config)
+            return test_best_checkpoint(model, out, splits["tests"], args, device, amp)
+
+
+def train_epochs(trainer, splits, history, best_iou, args, out, config):
+    """The epochs after those in `history`: train, validate the kept weights (the average with --ema), save
+    checkpoints, report."""
+    t, device, amp = trainer, trainer.device, trainer.amp
+    train_inputs, val_inputs, forward_of = model_inputs(t.model, args, splits, device, amp)
+    compiled = torch.compile if args.compile else (lambda fn: fn)
+    kept = t.model if t.ema is None else t.ema  # the weights that are validated, saved as "model" and tested
+    t.forward, kept_forward = compiled(forward_of(t.model)), compiled(forward_of(kept))
+    (train_images, train_masks), (val_images, val_masks) = splits["train"], splits["val"]
+    held_out, idx = len(val_masks) > 0, splits["panel_idx"]
+    panel_from = (val_inputs, val_images, val_masks, "validation") if held_out else (
+        train_inputs, train_images, train_masks, "training")
+    panel = (kept_forward, *(x[idx] for x in panel_from[:3]), panel_from[3])
+    for epoch in range(len(history), args.epochs):
+        started = time.perf_counter()
+        train_loss, data_seconds = train_one_epoch(t, train_inputs, train_masks, args, epoch)
+        t.model.eval()
+        val = (evaluate(kept_forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)[0]
+               if held_out else dict.fromkeys(("loss", "iou", "dice"), math.nan))
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                        "val_iou": val["iou"], "val_dice": val["dice"],
+                        "lr": t.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started,
+                        "data_seconds": data_seconds})
+        is_best = val["iou"] > best_iou or not held_out
+        best_iou = max(best_iou, val["iou"])
+        save_checkpoints(out, t, history, best_iou, config, is_best)
+        report_epoch(out, args, history, is_best, panel, device, amp)
+
 
 if __name__ == "__main__":
     try:

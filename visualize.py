@@ -8,7 +8,7 @@
     python visualize.py paired runs/val/a/val_per_image.csv --vs runs/val/b/val_per_image.csv
                                                                # two models on the same images: mean difference
 
-train.py calls plot_curves() every epoch and save_panel() every few epochs.
+The plots that training and the robustness suite draw as they run are in plots.py.
 """
 import argparse
 import math
@@ -27,84 +27,13 @@ from tqdm import tqdm  # noqa: E402
 import data  # noqa: E402
 import runfiles  # noqa: E402
 from errors import USER_ERRORS, UsageError  # noqa: E402
-from evaluate import predict_logits  # noqa: E402
-from metrics import per_image_metrics, upsample  # noqa: E402
+from inference import predict_logits  # noqa: E402
+from metrics import upsample  # noqa: E402
 from model import load_models  # noqa: E402
+from plots import plot_curves, save_figure, save_panel  # noqa: E402
 
 # Test IoU / Dice of the reference report, by experiment.
 REFERENCE = {"exp1-bce": (0.7585, 0.8025), "exp1-iou": (0.7724, 0.8154), "exp2-finetune": (0.7659, 0.8094)}
-
-
-def plot_curves(history, path, title):
-    """Train/validation loss and validation IoU/Dice per epoch, side by side."""
-    epochs = [h["epoch"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    left.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    left.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
-    right.plot(epochs, [h["val_iou"] for h in history], "o-", label="validation IoU")
-    right.plot(epochs, [h["val_dice"] for h in history], "o-", label="validation Dice")
-    right.set(xlabel="epoch", ylabel="score", title=f"{title}: validation metrics")
-    for ax in (left, right):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    save_figure(fig, path)
-
-
-def save_figure(fig, path):
-    fig.tight_layout()
-    runfiles.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
-
-
-TRUTH_COLOUR, PREDICTION_COLOUR = "#0072B2", "#E69F00"  # blue and orange (Okabe-Ito): told apart by colour-blind eyes
-
-
-def save_panel(images, masks, predictions, path, title, cell=2.2):
-    """One row per image: image, ground truth, each prediction with its IoU, and with one prediction the image
-    with both contours (truth blue, prediction orange). images uint8 [N,3,H,W], masks [N,1,H,W], predictions:
-    logits [N,1,H,W] or a dict name -> logits; cell: inches per picture."""
-    predictions = predictions if isinstance(predictions, dict) else {"prediction": predictions}
-    n, k = len(images), len(predictions)
-    ncols = 2 + k + (1 if k == 1 else 0)
-    fig, axes = plt.subplots(n, ncols, figsize=(cell * ncols, cell * n + 0.4), squeeze=False)
-    ious = {name: per_image_metrics(logits > 0, masks)["iou"] for name, logits in predictions.items()}
-    for row in range(n):
-        image, mask = images[row].permute(1, 2, 0).numpy(), masks[row, 0].numpy()
-        cells = [("image", image, None), ("ground truth", mask, "gray")]
-        cells += [(f"{name}: IoU {ious[name][row]:.2f}", (logits[row, 0] > 0).numpy(), "gray")
-                  for name, logits in predictions.items()]
-        for col, (name, picture, cmap) in enumerate(cells):
-            axes[row, col].imshow(picture, cmap=cmap, vmin=0, vmax=1 if cmap else None)
-            axes[row, col].set_title(name if row == 0 or col >= 2 else "", fontsize=8)
-        if k == 1:
-            ax = axes[row, -1]
-            ax.imshow(image)
-            ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=1.5)
-            ax.contour((next(iter(predictions.values()))[row, 0] > 0).numpy().astype(float), levels=[0.5],
-                       colors=PREDICTION_COLOUR, linewidths=1.5)
-            axes[0, -1].set_title("truth (blue), prediction (orange)", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title)
-    save_figure(fig, path)
-
-
-def plot_robustness(rows, path, title):
-    """IoU and Dice per perturbation (robustness.py's rows), the clean scores as lines."""
-    names = [r["perturbation"] for r in rows][::-1]
-    y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.2))
-    for offset, key, label, colour in ((0.2, "iou", "IoU", TRUTH_COLOUR), (-0.2, "dice", "Dice", PREDICTION_COLOUR)):
-        values = [r[key] for r in rows][::-1]
-        bars = ax.barh(y + offset, values, 0.4, color=colour, label=label)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
-        ax.axvline(rows[0][key], color=colour, linestyle=":", linewidth=1)
-    low = min(min(r["iou"] for r in rows) - 0.05, 0.6)
-    ax.set(yticks=y, yticklabels=names, xlim=(low, 1.0), xlabel="per-image mean at each mask's own size",
-           title=title)
-    ax.legend(loc="lower left", fontsize=8)
-    save_figure(fig, path)
 
 
 def compare_robustness(folders, out):
@@ -154,20 +83,6 @@ def paired_difference(base_files, new_files, metric):
     return {"n": len(diff), "base": float(np.mean(base)), "new": float(np.mean(new)), "difference": float(diff.mean()),
             "standard_error": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan"),
             "new_better": int((diff > 0).sum()), "new_worse": int((diff < 0).sum())}
-
-
-def plot_examples(names, examples, path, cols=5):
-    """One picture per perturbation of the same image (examples: [(RGB uint8 [H,W,3], boolean mask [H,W])] at
-    their own sizes), with the mask's contour where the shift moved it."""
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.2 * rows), squeeze=False)
-    for ax, name, (image, mask) in zip(axes.flat, names, examples):
-        ax.imshow(image)
-        ax.contour(mask.astype(float), levels=[0.5], colors=TRUTH_COLOUR, linewidths=1)
-        ax.set_title(name, fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    save_figure(fig, path)
 
 
 def read_run(run_dir):

@@ -1,3 +1,5 @@
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,3 +40,17 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     torch.save({"config": config, "model": MobileNetSegmenter("none").state_dict()}, path)
     return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of limited size (tmpfs), grown again by resize(megabytes)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+
+    def resize(megabytes):
+        subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(disk)], check=True)
+    yield disk, resize
+    subprocess.run(["umount", str(disk)])

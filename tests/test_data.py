@@ -113,12 +113,14 @@ def test_bad_files_are_all_reported_before_training(copy, tmp_path):
     assert "size mismatch" in message and "ISIC_0000002_Segmentation.png" in message
 
 
-def test_all_one_value_mask_is_a_warning(copy, tmp_path):
-    path = copy / TRAIN_MASKS / "ISIC_0000003_Segmentation.png"
-    size = Image.open(path).size
-    Image.new("L", size, 0).save(path)
-    with pytest.warns(UserWarning, match="ISIC_0000003_Segmentation.png is all background"):
-        data.load_split(copy, "train", 64, tmp_path / "cache")
+def test_masks_of_one_value_are_named_in_one_line(copy, tmp_path, capsys):
+    for n, value in ((3, 0), (5, 255)):
+        path = copy / TRAIN_MASKS / f"ISIC_000000{n}_Segmentation.png"
+        Image.new("L", Image.open(path).size, value).save(path)
+    data.load_split(copy, "train", 64, tmp_path / "cache")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "one value" in line]
+    assert lines == [f"2 of the 40 train masks are one value, kept as they are: ISIC_0000003 (all background), "
+                     "ISIC_0000005 (all lesion)"]
 
 
 def test_cache_is_reused_and_rebuilt_when_files_or_size_change(copy, tmp_path, monkeypatch):

@@ -58,20 +58,6 @@ def test_kill_9_mid_write_and_mid_epoch_then_resume_gives_the_uninterrupted_resu
     assert not list(out.glob(".*.tmp"))
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real filesystem of limited size (tmpfs), grown again by resize(megabytes)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-
-    def resize(megabytes):
-        subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(disk)], check=True)
-    yield disk, resize
-    subprocess.run(["umount", str(disk)])
-
-
 def test_full_disk_stops_with_a_sentence_keeps_last_pt_and_resume_finishes(synthetic, tmp_path, small_disk):
     flags = ["--epochs", "2", "--val-fraction", "0", "--cache-dir", str(tmp_path / "cache")]
     train.main(train_args(synthetic[0], tmp_path / "whole", *flags))

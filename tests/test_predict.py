@@ -10,7 +10,7 @@ from scipy import ndimage
 import data
 import export
 import predict
-from evaluate import predict_probs, score_model
+from inference import predict_probs, score_model
 from metrics import full_resolution_metrics, keep_largest_component
 from errors import ModelFileError, UsageError
 from model import Ensemble, MobileNetSegmenter, load_checkpoint, load_models

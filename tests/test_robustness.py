@@ -56,8 +56,8 @@ def test_random_shifts_repeat_with_a_seed_and_differ_without(tmp_path):
     Image.fromarray(image).save(path)
     Image.fromarray(mask).save(mask_path)
     for name in ("noise", "hair"):
-        a, b = (robustness.shift(path, mask_path, name, seed=0, n=3)[0] for _ in range(2))
-        other = robustness.shift(path, mask_path, name, seed=1, n=3)[0]
+        a, b = (perturbations.shift(path, mask_path, name, seed=0, n=3)[0] for _ in range(2))
+        other = perturbations.shift(path, mask_path, name, seed=1, n=3)[0]
         assert (a == b).all() and (a != other).any()
     assert perturbations.HAIRS > 0
 

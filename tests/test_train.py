@@ -12,6 +12,7 @@ import evaluate
 import runfiles
 from errors import TrainingError, UsageError
 import train
+from model import update_ema
 from conftest import ROOT, train_args
 
 LEARNED = ("epoch", "train_loss", "val_loss", "val_iou", "val_dice", "lr")  # history columns that are not timings
@@ -196,11 +197,11 @@ def test_ema_update_starts_fast_then_uses_the_decay():
     with torch.no_grad():
         model.weight.fill_(2.0)
     model.num_batches_tracked.fill_(7)
-    train.update_ema(ema, model, 0.99, updates=1)  # decay 2/11 at the first update, not 0.99
+    update_ema(ema, model, 0.99, updates=1)  # decay 2/11 at the first update, not 0.99
     assert ema.weight.tolist() == pytest.approx([2 / 11 * 1 + 9 / 11 * 2] * 3)
     assert ema.num_batches_tracked.item() == 7  # counters are copied, not averaged
     before = ema.weight.clone()
-    train.update_ema(ema, model, 0.99, updates=10_000)
+    update_ema(ema, model, 0.99, updates=10_000)
     assert ema.weight.tolist() == pytest.approx((0.99 * before + 0.01 * 2.0).tolist())
 
 

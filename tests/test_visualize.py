@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 import runfiles
+import plots
 import visualize
 
 
@@ -13,7 +14,7 @@ def fake_history(epochs, start=0.5):
 
 
 def test_curves_png_has_the_expected_size(tmp_path):
-    visualize.plot_curves(fake_history(5), tmp_path / "curves.png", "exp")
+    plots.plot_curves(fake_history(5), tmp_path / "curves.png", "exp")
     with Image.open(tmp_path / "curves.png") as im:
         assert im.size == (1000, 400)  # figsize (10, 4) at 100 dpi
         assert np.asarray(im.convert("L")).std() > 10  # something is drawn
@@ -23,8 +24,8 @@ def test_panel_has_a_row_per_image(tmp_path):
     images = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
     masks = torch.zeros(3, 1, 32, 32)
     masks[..., 8:24, 8:24] = 1
-    visualize.save_panel(images, masks, masks * 10 - 5, tmp_path / "one.png", "t")
-    visualize.save_panel(images, masks, {"a": masks - 1, "b": masks, "c": masks}, tmp_path / "three.png", "t")
+    plots.save_panel(images, masks, masks * 10 - 5, tmp_path / "one.png", "t")
+    plots.save_panel(images, masks, {"a": masks - 1, "b": masks, "c": masks}, tmp_path / "three.png", "t")
     with Image.open(tmp_path / "one.png") as one, Image.open(tmp_path / "three.png") as three:
         assert one.size[1] == three.size[1] > 3 * 200  # three rows of 2.2 inches
         assert three.size[0] > one.size[0]  # one column per prediction

@@ -1,0 +1,80 @@
+"""predict.py under real faults: Ctrl-C (a real SIGINT), a full disk (a real small tmpfs), and an output folder
+inside the input folder. Every output is whole or absent, and a rerun with --skip-existing finishes the job."""
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import predict
+from conftest import ROOT
+from errors import StorageError, UsageError
+
+
+def noise_photos(folder, n, size=(300, 300), seed=0):
+    """n photos of random noise (large PNG overlays, so a small disk fills after a few)."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(folder / f"p{i:03d}.png")
+    return folder
+
+
+def all_outputs_whole(out):
+    """No temporary file is left, and every PNG in out decodes completely."""
+    assert not list(out.rglob(".*.tmp"))
+    for path in out.rglob("*.png"):
+        with Image.open(path) as im:
+            im.load()
+    return True
+
+
+def test_ctrl_c_leaves_whole_files_says_how_far_and_skip_existing_finishes(checkpoint, tmp_path):
+    photos, out = noise_photos(tmp_path / "photos", 40, size=(1024, 768)), tmp_path / "out"
+    command = [sys.executable, "predict.py", str(photos), "--checkpoint", str(checkpoint), "--out", str(out),
+               "--overlay", "--batch-size", "2", "--device", "cpu"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("*_overlay.png"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    written = len(list(out.glob("*_overlay.png")))  # an image counts once both its files are written
+    assert proc.returncode == 130 and "Traceback" not in err and 3 <= written < 40
+    assert len(list(out.glob("*_segmentation.png"))) in (written, written + 1)
+    assert err.strip().splitlines()[-1] == (f"interrupted: wrote {written} of 40 masks to {out}/; run the same "
+                                            "command with --skip-existing to continue")
+    assert all_outputs_whole(out)
+    result = subprocess.run(command + ["--skip-existing"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {40 - written} masks to {out}/ ({written} skipped: already in {out}/)" in result.stdout
+    assert len(list(out.glob("*_segmentation.png"))) == len(list(out.glob("*_overlay.png"))) == 40
+
+
+def test_a_full_disk_is_one_sentence_with_the_count_and_no_partial_file(checkpoint, tmp_path, small_disk):
+    disk, _ = small_disk  # 1 MB: a few 300x300 noise overlays (270 KB each) fit
+    photos = noise_photos(tmp_path / "photos", 12)
+    with pytest.raises(StorageError) as e:
+        predict.main([str(photos), "--checkpoint", str(checkpoint), "--out", str(disk / "out"), "--overlay",
+                      "--device", "cpu"])
+    written = len(list((disk / "out").glob("*_overlay.png")))
+    assert 1 <= written < 12 and len(str(e.value).splitlines()) == 1
+    assert str(e.value).startswith(f"no space left in {disk / 'out'}/: wrote {written} of 12 masks, and no partial "
+                                   "file;") and "--skip-existing" in str(e.value)
+    assert all_outputs_whole(disk / "out")
+
+
+def test_an_output_folder_inside_the_inputs_is_refused_and_nothing_is_written(checkpoint, tmp_path):
+    photos = noise_photos(tmp_path / "photos", 2, size=(40, 30))
+    truth = photos / "p000_segmentation.png"  # a user's own file, named as predict.py names its masks
+    Image.fromarray(np.full((30, 40), 255, np.uint8)).save(truth)
+    before = truth.read_bytes()
+    for out, inputs in ((photos, [str(photos)]), (photos / "masks", [str(photos)]),
+                        (photos, [str(photos / "p000.png")])):
+        with pytest.raises(UsageError, match="inside the input folder .*choose an --out outside it"):
+            predict.main([*inputs, "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"])
+    assert truth.read_bytes() == before and sorted(p.name for p in photos.iterdir()) == [
+        "p000.png", "p000_segmentation.png", "p001.png"]
