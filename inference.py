@@ -58,6 +58,13 @@ def mask_at_size(prob, width, height, threshold=0.5, largest_component=False):
     return keep_largest_component(mask) if largest_component else mask
 
 
+def outline(mask):
+    """Pixels on the boundary of a boolean mask (inside the mask, next to a pixel outside it)."""
+    padded = np.pad(mask, 1)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
+
+
 def mask_png(mask):
     """A boolean mask as a 0/255 greyscale PIL image: what predict.py writes."""
     return Image.fromarray(mask.astype(np.uint8) * 255)

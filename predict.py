@@ -23,7 +23,7 @@ import data
 import runfiles
 from device import add_device_flag, pick_device
 from errors import USER_ERRORS, Interrupted, StorageError, UsageError
-from inference import RELEASED, mask_at_size, mask_png, predict_probs
+from inference import RELEASED, mask_at_size, mask_png, outline, predict_probs
 from model import load_models
 
 
@@ -82,13 +82,6 @@ def open_output_folder(out, inputs, paths):
     except OSError as e:
         raise UsageError(f"cannot write to --out {out} ({e.strerror}); choose a folder you can write to") from None
     return out
-
-
-def outline(mask):
-    """Pixels on the boundary of a boolean mask (inside the mask, next to a pixel outside it)."""
-    padded = np.pad(mask, 1)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~interior
 
 
 def overlay(image_path, mask):

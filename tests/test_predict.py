@@ -10,7 +10,7 @@ from scipy import ndimage
 import data
 import export
 import predict
-from inference import predict_probs, score_model
+from inference import outline, predict_probs, score_model
 from metrics import full_resolution_metrics, keep_largest_component
 from errors import ModelFileError, UsageError
 from model import Ensemble, MobileNetSegmenter, load_checkpoint, load_models
@@ -154,7 +154,7 @@ def test_predict_names_inputs_that_match_nothing(checkpoint, tmp_path):
 def test_outline_is_the_inner_boundary():
     mask = np.zeros((6, 6), bool)
     mask[1:5, 1:5] = True
-    edge = predict.outline(mask)
+    edge = outline(mask)
     assert edge.sum() == 12 and not edge[2:4, 2:4].any()
 
 

@@ -1,0 +1,103 @@
+"""The released model: in the repository as its card says, used by predict.py and torch.hub with no training."""
+import hashlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+import predict
+import release
+import runfiles
+from conftest import REAL_DATA, ROOT
+from errors import ModelFileError
+from inference import RELEASED, score_model, split_to_score
+from metrics import per_image_metrics
+from model import load_checkpoint
+
+CARD = ROOT / "models" / "card.json"
+
+
+def test_the_released_file_is_what_its_card_says():
+    card = runfiles.read_json(CARD)
+    digest = hashlib.sha256(RELEASED.read_bytes()).hexdigest()
+    assert card["sha256"] == digest and f"`{digest}`" in (ROOT / "models" / "README.md").read_text()
+    assert RELEASED.stat().st_size == card["bytes"] and sum(
+        f.stat().st_size for f in RELEASED.parent.iterdir()) <= 10 * 2 ** 20
+    ckpt = torch.load(RELEASED, weights_only=True)
+    assert set(ckpt) == {"config", "model"}  # the weights alone: no optimizer state, no history
+    assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float16}
+
+
+def synthetic_photos(synthetic, folder, n=4):
+    """n of the synthetic test images (dark ellipses on skin, varied sizes) copied to folder: [(path, truth)]."""
+    folder.mkdir()
+    pairs = data.find_pairs(synthetic[0], "test")[:n]
+    for _, image, _ in pairs:
+        shutil.copy(image, folder)
+    return [(folder / image.name, data.read_binary_mask(mask)) for _, image, mask in pairs]
+
+
+def test_predict_without_a_checkpoint_writes_good_masks_from_any_folder(synthetic, tmp_path):
+    photos = synthetic_photos(synthetic, tmp_path / "photos")
+    elsewhere = tmp_path / "elsewhere"  # the user's own folder: the released model is found from predict.py's
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(tmp_path / "photos"), "--out", "masks",
+                             "--tta", "--largest-component"], cwd=elsewhere, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for path, truth in photos:
+        with Image.open(elsewhere / "masks" / f"{path.stem}_segmentation.png") as m:
+            mask = np.asarray(m) > 0
+        assert mask.shape == truth.shape
+        iou = per_image_metrics(torch.from_numpy(mask)[None, None], torch.from_numpy(truth)[None, None])["iou"]
+        assert iou.item() > 0.8, path.name  # a dark ellipse on skin is an easy lesion
+
+
+def test_torch_hub_gives_the_released_model_and_its_masks_are_predicts(synthetic, tmp_path):
+    model = torch.hub.load(str(ROOT), "lesion_segmenter", source="local")
+    (path, _), = synthetic_photos(synthetic, tmp_path / "photos", n=1)
+    predict.main([str(path), "--out", str(tmp_path / "masks"), "--tta", "--largest-component", "--device", "cpu"])
+    with Image.open(tmp_path / "masks" / f"{path.stem}_segmentation.png") as m:
+        expected = np.asarray(m) > 0
+    assert np.array_equal(model.segment(path), expected)
+    with Image.open(path) as im:
+        assert np.array_equal(model.segment(im), expected)
+    logits = model(torch.zeros(2, 3, model.image_size, model.image_size, dtype=torch.uint8))
+    assert logits.shape == (2, 1, model.image_size, model.image_size)
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/isic2016")
+def test_the_released_model_scores_what_its_card_says(tmp_path):
+    card = runfiles.read_json(CARD)
+    model, config = load_checkpoint(RELEASED)
+    split = split_to_score(REAL_DATA, "test", [config], tmp_path / "cache")[0]
+    summary, _ = score_model(model, split, config["loss"], 64, torch.device("cpu"), not config["no_amp"])
+    assert summary["n_images"] == card["test_images"]
+    assert summary["fullres_lcc_tta_iou"] == pytest.approx(card["test"]["iou"], abs=1e-4)
+    assert summary["fullres_lcc_tta_dice"] == pytest.approx(card["test"]["dice"], abs=1e-4)
+
+
+def test_release_writes_half_precision_weights_and_fills_the_cards_numbers(synthetic, checkpoint, tmp_path):
+    out = tmp_path / "models"
+    out.mkdir()
+    prose = f"# A card\n\nWords a person wrote.\n\n{release.NUMBERS_START}\nold\n{release.NUMBERS_END}\n\nEnd."
+    (out / "README.md").write_text(prose)
+    release.main(["--checkpoint", str(checkpoint), "--data-dir", str(synthetic[0]), "--out", str(out),
+                  "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    card, text = runfiles.read_json(out / "card.json"), (out / "README.md").read_text()
+    assert card["sha256"] == hashlib.sha256((out / "lesion_segmenter.pt").read_bytes()).hexdigest()
+    assert text.startswith("# A card\n\nWords a person wrote.\n\n") and text.endswith("\n\nEnd.")
+    assert "old" not in text and card["sha256"] in text and card["robustness"]["shifts"] == 18
+    assert abs(card["test"]["iou"] - card["test_float32"]["iou"]) < release.MAX_HALF_PRECISION_LOSS
+    assert (out / "worst_test_images.png").stat().st_size > 0
+    full, half = load_checkpoint(checkpoint)[0], load_checkpoint(out / "lesion_segmenter.pt")[0]
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(full(images).sigmoid(), half(images).sigmoid(), atol=0.02)
+    (out / "README.md").write_text("# A card without a numbers block\n")
+    with pytest.raises(ModelFileError, match="no numbers block"):
+        release.write_card(card, out / "README.md")
