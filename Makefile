@@ -12,15 +12,26 @@ SEED ?= 0
 SEEDS ?= 0 1 2
 RUNS ?= runs
 BEST_CHECKPOINTS = $(foreach seed,$(SEEDS),$(RUNS)/best/seed$(seed)/best.pt)
-CHECKPOINT ?= $(BEST_CHECKPOINTS)
-INPUT ?= $(DATA_DIR)/ISBI2016_ISIC_Part1_Test_Data
+RELEASED = models/lesion_segmenter.pt
+CHECKPOINT ?= $(RELEASED)
+INPUT ?=
 OUT ?= predictions
 ONNX ?= model.onnx
 TRAIN = $(PY) train.py --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHTS) --epochs $(EPOCHS) \
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
 COMMON = --seed $(SEED) --out $(RUNS)/$@
 
-.PHONY: setup data cross-dataset robustness robustness-compare exp1-bce exp1-iou exp2-finetune best demo report eda bench gpu-check check-same test predict export
+.PHONY: help setup data dataset cross-dataset robustness robustness-compare exp1-bce exp1-iou exp2-finetune best release \
+	demo report eda bench bench-predict gpu-check check-same test predict export serve page-screenshot
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make predict INPUT=my_images/ OUT=masks   masks for your own images with the released model (no training)"
+	@echo "make serve                                   the same in a page in your browser (http://127.0.0.1:8000)"
+	@echo "make best DATA_DIR=... ENCODER_WEIGHTS=...  train the most accurate model (3 seeds) and score it"
+	@echo "make exp1-bce | exp1-iou | exp2-finetune      the report's three experiments"
+	@echo "make test                                    the tests; make demo: 2 epochs on synthetic data"
+	@echo "Every target and variable: README.md (Quick start)."
 
 setup: .venv/installed
 .venv/installed: requirements.txt
@@ -37,13 +48,23 @@ setup: .venv/installed
 data: setup
 	$(PY) download.py --dataset $(DATASET) --data-dir $(DATA_DIR)
 
-exp1-bce: data
+# What the experiments train on: the default DATA_DIR is downloaded when empty; any other DATA_DIR must exist
+# (a mistyped path is never filled with a download: `make data DATA_DIR=...` downloads there on purpose)
+dataset: setup
+ifeq ($(DATA_DIR),data)
+	$(PY) download.py --dataset $(DATASET) --data-dir $(DATA_DIR)
+else
+	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; check the path, or run" \
+		"make data DATA_DIR=$(DATA_DIR) to download $(DATASET) there" >&2; exit 2; }
+endif
+
+exp1-bce: dataset
 	$(TRAIN) $(COMMON) --freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3
 
-exp1-iou: data
+exp1-iou: dataset
 	$(TRAIN) $(COMMON) --freeze-encoder --loss iou --optimizer adam --lr 1e-3
 
-exp2-finetune: data
+exp2-finetune: dataset
 	$(TRAIN) $(COMMON) --loss bce --optimizer adam --lr 1e-4
 
 # Beyond the report (docs/experiments.md): skip connections, BCE + Dice, a lower encoder learning rate,
@@ -55,12 +76,18 @@ exp2-finetune: data
 SHIFT_SHARE ?= 0.25
 BEST = --skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.3 --schedule cosine --warmup-epochs 1 \
 	--random-aug --shift-aug $(SHIFT_SHARE) --ema 0.99 --val-fraction 0
-best: data
+best: dataset
 	for seed in $(SEEDS); do \
 		$(TRAIN) --seed $$seed --out $(RUNS)/best/seed$$seed $(BEST) || exit 1; \
 	done
 	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir $(DATA_DIR) --device $(DEVICE) \
 		--tta --full-res --out $(RUNS)/best
+
+# The released model (models/, its card models/README.md): make best's seed 0, trained unless that run has finished
+# (RESUME=1 continues it), stored in float16, scored once on the test split and under the robustness suite
+release: dataset
+	test -f $(RUNS)/best/seed0/test_metrics.json || $(TRAIN) --seed 0 --out $(RUNS)/best/seed0 $(BEST)
+	$(PY) release.py --checkpoint $(RUNS)/best/seed0/best.pt --data-dir $(DATA_DIR) --device $(DEVICE) --out models
 
 # The first ablation table of docs/experiments.md, one run per row (seed 0; hours on a CPU): make ablations
 ABL_B = --skips --loss bce+dice --encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1
@@ -74,7 +101,7 @@ abl-aug-e30: FLAGS = $(ABL_B) --random-aug --epochs 30
 abl-aug-wide: FLAGS = $(ABL_B) --random-aug --decoder-widths 256 128 64 32 16
 abl-aug-lovasz: FLAGS = $(subst bce+dice,bce+lovasz,$(ABL_B)) --random-aug
 abl-aug-size192: FLAGS = $(ABL_B) --random-aug --image-size 192
-$(ABLATIONS): data
+$(ABLATIONS): dataset
 	$(TRAIN) $(COMMON) $(FLAGS)
 ablations: $(ABLATIONS)
 .PHONY: ablations $(ABLATIONS)
@@ -88,6 +115,12 @@ demo: setup
 
 bench: setup
 	$(PY) bench.py --device $(DEVICE)
+
+# make predict on 20 synthetic 1024x768 photos with CHECKPOINT (the released model), start-up included; the page
+# (serve.py) on one such photo, the model loaded
+bench-predict: setup
+	$(PY) bench.py --predict --checkpoint $(CHECKPOINT) --device $(DEVICE)
+	$(PY) bench.py --page --checkpoint $(CHECKPOINT) --device $(DEVICE)
 
 # On a CUDA machine: bench, make best's seed 0 (AMP, --no-amp, --compile), exp1-bce, exp2-finetune -> $(RUNS)/gpu-check
 gpu-check: setup
@@ -110,7 +143,7 @@ cross-dataset: setup
 
 # The robustness suite (robustness.py) of CHECKPOINT on SPLIT (test, or val for choices) -> $(RUNS)/robustness/$(NAME)
 SPLIT ?= test
-NAME ?= best
+NAME ?= $(if $(filter $(RELEASED),$(CHECKPOINT)),released,best)
 robustness: setup
 	$(PY) robustness.py --checkpoint $(CHECKPOINT) --data-dir $(DATA_DIR) --split $(SPLIT) --device $(DEVICE) \
 		--tta --largest-component --out $(RUNS)/robustness/$(NAME)
@@ -126,7 +159,18 @@ report: setup
 eda: setup
 	$(PY) visualize.py eda --data-dir $(DATA_DIR) --runs $(RUNS) --out $(RUNS)/eda
 
+# A local page that segments the images you drop on it (serve.py), with CHECKPOINT (default: the released model)
+PORT ?= 8000
+serve: setup
+	$(PY) serve.py --checkpoint $(CHECKPOINT) --device $(DEVICE) --port $(PORT) $(if $(HOST),--host $(HOST))
+
+# The README's picture of the page: tests/test_page.py's browser saves its screenshot
+page-screenshot: .venv/dev-installed
+	PAGE_SCREENSHOT=$(CURDIR)/docs/page.png $(PY) -m pytest -q tests/test_page.py -k segments_like_predict
+
 predict: setup
+	@test -n "$(INPUT)" || { echo "error: name your images: make predict INPUT=my_images/ OUT=masks" \
+		"(files, folders or quoted patterns; CHECKPOINT=... for your own models)" >&2; exit 2; }
 	$(PY) predict.py $(INPUT) --checkpoint $(CHECKPOINT) --out $(OUT) --tta --largest-component --overlay
 
 export: .venv/export-installed

@@ -5,11 +5,16 @@ Each number is printed beside the slower variant measured in the same run.
 
     python bench.py                    # CPU or the best GPU present
     python bench.py --device cuda --batch-size 64
+    python bench.py --predict          # make predict with the released model on 20 photos of 1024x768
+    python bench.py --page             # the page's server on one photo of 1024x768
 """
 import argparse
 import platform
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,7 @@ import augment
 import data
 from device import add_device_flag, autocast, pick_device, sync
 from losses import LOSSES, bce_loss
-from model import MobileNetSegmenter
+from model import MobileNetSegmenter, update_ema
 
 
 def rate(step, n_images, device, seconds=4.0):
@@ -139,6 +144,56 @@ def bench_inference(args, device):
          rate(one_by_one, len(images), device, args.seconds), "one image at a time")
 
 
+def write_photo(path, rng):
+    """A 1024x768 JPEG of smooth random blobs (noise drawn at 1/8 scale, upsampled); returns that noise."""
+    noise = rng.integers(0, 255, (768 // 8, 1024 // 8, 3), dtype=np.uint8)
+    Image.fromarray(noise).resize((1024, 768), Image.BICUBIC).save(path, quality=90)
+    return noise
+
+
+def bench_predict(args):
+    """make predict's command (flip TTA, largest region, overlays) end to end on --predict-images photos of
+    1024x768, as a user runs it: Python's and torch's start-up, loading the model, decoding, writing every file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        photos, rng = Path(tmp) / "photos", np.random.default_rng(0)
+        photos.mkdir()
+        for i in range(args.predict_images):
+            write_photo(photos / f"photo{i:03d}.jpg", rng)
+        command = [sys.executable, "predict.py", str(photos), "--out", str(Path(tmp) / "masks"), "--tta",
+                   "--largest-component", "--overlay", "--device", args.device]
+        command += ["--checkpoint", *args.checkpoint] if args.checkpoint else []
+        start = time.perf_counter()
+        result = subprocess.run(command, cwd=Path(__file__).parent, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if result.returncode:
+            sys.exit(f"predict.py failed: {result.stderr.strip()}")
+        written = len(list((Path(tmp) / "masks").glob("*_segmentation.png")))
+    print(f"{f'make predict, {written} photos of 1024x768, start-up included':<52} {seconds:8.2f} s "
+          f"({written / seconds:.1f} img/s)")
+
+
+def bench_page(args, requests=5):
+    """The page's server (serve.py) on one 1024x768 photo, the model loaded: seconds per upload, from the request
+    to the answer with the mask, contour and unsure pictures, as the browser gets it (median of `requests`)."""
+    command = [sys.executable, "serve.py", "--port", "0", "--device", args.device]
+    server = subprocess.Popen(command + (["--checkpoint", *args.checkpoint] if args.checkpoint else []),
+                              cwd=Path(__file__).parent, stdout=subprocess.PIPE, text=True)
+    try:
+        address = server.stdout.readline().split()[2]  # "serving on http://127.0.0.1:PORT/ ..."
+        with tempfile.TemporaryDirectory() as tmp:
+            write_photo(Path(tmp) / "photo.jpg", np.random.default_rng(0))
+            photo = (Path(tmp) / "photo.jpg").read_bytes()
+        times = []
+        for _ in range(requests + 1):  # the first warms up
+            start = time.perf_counter()
+            urllib.request.urlopen(urllib.request.Request(address + "segment", data=photo, method="POST")).read()
+            times.append(time.perf_counter() - start)
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"{'the page, one photo of 1024x768, model loaded':<52} {float(np.median(times[1:])):8.2f} s per image")
+
+
 def bench_data_cache(args):
     """Decoding large JPEGs into the uint8 cache: ours (JPEG draft mode, worker processes) against a full-size
     decode and resize, and loading the finished cache."""
@@ -150,9 +205,7 @@ def bench_data_cache(args):
                 (root / folder).mkdir()
             for i in range(args.cache_images):
                 image_id = f"ISIC_{split[:2]}{i:05d}"
-                noise = rng.integers(0, 255, (768 // 8, 1024 // 8, 3), dtype=np.uint8)
-                Image.fromarray(noise).resize((1024, 768), Image.BICUBIC).save(
-                    root / data.SPLITS[split][0] / f"{image_id}.jpg", quality=90)
+                noise = write_photo(root / data.SPLITS[split][0] / f"{image_id}.jpg", rng)
                 Image.fromarray((noise[..., 0] > 128).astype(np.uint8) * 255).resize((1024, 768)).save(
                     root / data.SPLITS[split][1] / f"{image_id}{data.MASK_SUFFIX}")
         pairs = data.find_pairs(root, "train")
@@ -184,7 +237,6 @@ def profile_best_step(args, device, steps=10):
     EMA): wall time per step against the time the device spends in kernels. On a GPU the difference is time the
     device waits for Python, launches or copies."""
     from torch.profiler import ProfilerActivity, profile
-    from train import update_ema
     n, size, amp = args.batch_size, args.image_size, not args.no_amp
     model = MobileNetSegmenter(args.encoder_weights, skips=True).to(device).train()
     ema = MobileNetSegmenter(args.encoder_weights, skips=True).to(device).requires_grad_(False).eval()
@@ -242,6 +294,14 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="only profile make best's training step (torch.profiler): device busy time and top ops")
     parser.add_argument("--profile-rows", type=int, default=15, help="operators listed by --profile")
+    parser.add_argument("--predict", action="store_true",
+                        help="only time make predict end to end on --predict-images photos of 1024x768 "
+                        "(make bench-predict)")
+    parser.add_argument("--predict-images", type=int, default=20, help="photos for --predict")
+    parser.add_argument("--page", action="store_true",
+                        help="only time the page's server (serve.py) on one photo of 1024x768 (make bench-predict)")
+    parser.add_argument("--checkpoint", nargs="+",
+                        help="--predict's and --page's model (default: the released model)")
     args = parser.parse_args()
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -251,6 +311,10 @@ def main():
           f"mixed precision {'off' if args.no_amp or device.type == 'cpu' else 'on'}")
     if args.profile:
         return profile_best_step(args, device)
+    if args.predict:
+        return bench_predict(args)
+    if args.page:
+        return bench_page(args)
     bench_training(args, device)
     bench_inference(args, device)
     bench_data_cache(args)

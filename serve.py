@@ -1,0 +1,205 @@
+"""A local page that segments the images you drop on it: the contour on the image, the mask, where the model is
+unsure, the lesion's area, and the mask PNG to download (byte for byte what predict.py writes; several: one zip).
+
+    python serve.py                                   # the released model on http://127.0.0.1:8000
+    python serve.py --checkpoint runs/best/seed*/best.pt --port 8080      # an ensemble: unsure = disagreement
+
+Python's standard library serves it: no package beyond requirements.txt. Uploads stay in memory, and nothing a
+browser sends becomes a file path.
+"""
+import argparse
+import base64
+import io
+import json
+import sys
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+import data
+from device import add_device_flag, pick_device
+from errors import USER_ERRORS
+from inference import RELEASED, mask_at_size, mask_png, outline, predict_probs
+from metrics import upsample
+from model import Ensemble, load_models
+
+PAGE = Path(__file__).with_name("serve.html")
+MAX_BYTES = 50 * 2 ** 20  # per uploaded file
+MAX_PIXELS = 100_000_000  # per image: larger ones are refused before they are decoded
+MAX_FILES = 50  # per drop, and per zip
+DISPLAY = 768  # longest side of the pictures the page shows (the mask to download keeps the image's own size)
+
+
+class UploadError(Exception):
+    """An upload that cannot be segmented; the message is shown on the page."""
+
+
+def png_base64(image):
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def open_upload(raw):
+    """The PIL image of an uploaded file's bytes; UploadError for an empty, oversized, truncated or non-image file."""
+    if not raw:
+        raise UploadError("the file is empty")
+    if len(raw) > MAX_BYTES:
+        raise UploadError(f"the file is over {MAX_BYTES // 2 ** 20} MB")
+    try:
+        im = Image.open(io.BytesIO(raw))
+    except UnidentifiedImageError:
+        raise UploadError("not an image this page reads (JPEG, PNG, BMP or TIFF)") from None
+    if im.width * im.height > MAX_PIXELS:
+        raise UploadError(f"the image is {im.width}x{im.height}, over {MAX_PIXELS // 10 ** 6} megapixels")
+    return im
+
+
+def display_picture(raw):
+    """The uploaded image as shown (EXIF orientation applied), its longest side at most DISPLAY: RGB uint8."""
+    with Image.open(io.BytesIO(raw)) as im:
+        im.draft("RGB", (DISPLAY, DISPLAY))
+        im = data.to_8bit_rgb(ImageOps.exif_transpose(im))
+        im.thumbnail((DISPLAY, DISPLAY))
+        return np.asarray(im)
+
+
+def unsure_map(model, images, prob, device, amp, tta):
+    """[S,S] in 0..1: with several models their disagreement (twice the standard deviation of their
+    probabilities), with one how close its probability is to 0.5 (1 - |2p - 1|)."""
+    if isinstance(model, Ensemble):
+        members = torch.stack([predict_probs(m, images, 1, device, amp, tta)[0, 0] for m in model.members])
+        return (2 * members.std(0, unbiased=False)).clamp(0, 1)
+    return 1 - (2 * prob[0] - 1).abs()
+
+
+def segment_upload(model, raw, options, size, device, amp):
+    """What the page shows of one uploaded file: {'width', 'height', 'area', 'share', 'mask' (the PNG predict.py
+    writes, base64), 'overlay' (contour, base64 PNG), 'unsure' (base64 PNG)}. Raises UploadError."""
+    try:
+        with open_upload(raw) as im:
+            pixels, (width, height) = data.prepare_image(im, size)
+        shown = display_picture(raw)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated or corrupt files
+        raise UploadError(f"the image cannot be read: it is damaged or cut short ({e})") from None
+    images = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    prob = predict_probs(model, images, 1, device, amp, options["tta"])[0]
+    mask = mask_at_size(prob, width, height, options["threshold"], options["largest_component"])
+    small = np.asarray(mask_png(mask).resize(shown.shape[1::-1], Image.NEAREST)) > 0
+    overlay = shown.copy()
+    overlay[outline(small)] = (255, 0, 0)
+    unsure = upsample(unsure_map(model, images, prob, device, amp, options["tta"])[None, None], shown.shape[:2])
+    heat = (shown * 0.4 + np.array([255, 200, 0]) * unsure[0, 0, ..., None].numpy() * 0.6).astype(np.uint8)
+    return {"width": width, "height": height, "area": int(mask.sum()), "share": float(mask.mean()),
+            "mask": png_base64(mask_png(mask)), "overlay": png_base64(Image.fromarray(overlay)),
+            "unsure": png_base64(Image.fromarray(heat))}
+
+
+def safe_name(name):
+    """A file name's stem with only letters, digits, '-', '_' and '.': never a path (for the zip's entries)."""
+    stem = Path(str(name).replace("\\", "/")).stem
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip(".") or "image"
+
+
+def zip_of_masks(files):
+    """A zip (bytes) of [{'name', 'mask' (base64 PNG)}] as <name>_segmentation.png; UploadError for too many."""
+    if not 0 < len(files) <= MAX_FILES:
+        raise UploadError(f"a zip holds 1 to {MAX_FILES} masks")
+    buf, used = io.BytesIO(), set()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in files:
+            name, n = safe_name(f["name"]), 1
+            while name in used:  # two uploads of one name get two entries
+                n, name = n + 1, f"{safe_name(f['name'])}_{n + 1}"
+            used.add(name)
+            z.writestr(f"{name}_segmentation.png", base64.b64decode(f["mask"]))
+    return buf.getvalue()
+
+
+def options_of(query):
+    """threshold, tta and largest_component from the page's query string; UploadError for a bad threshold."""
+    q = parse_qs(query)
+    try:
+        threshold = float(q.get("threshold", ["0.5"])[0])
+    except ValueError:
+        threshold = -1
+    if not 0 <= threshold < 1:
+        raise UploadError("the threshold is a number from 0 to below 1")
+    flag = lambda name: q.get(name, ["1"])[0] == "1"  # noqa: E731
+    return {"threshold": threshold, "tta": flag("tta"), "largest_component": flag("largest_component")}
+
+
+def make_handler(model, size, device, amp):
+    """The request handler class of a server that segments with `model`; one image is segmented at a time."""
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def send(self, status, body, content_type="application/json"):
+            body = json.dumps(body).encode() if isinstance(body, dict) else body
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if urlparse(self.path).path == "/":
+                self.send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+            else:
+                self.send(404, {"error": "not found"})
+
+        def do_POST(self):
+            url, length = urlparse(self.path), int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BYTES:
+                self.close_connection = True
+                return self.send(413, {"error": f"the file is over {MAX_BYTES // 2 ** 20} MB"})
+            raw = self.rfile.read(length)
+            try:
+                if url.path == "/segment":
+                    options = options_of(url.query)
+                    with lock:
+                        return self.send(200, segment_upload(model, raw, options, size, device, amp))
+                if url.path == "/zip":
+                    return self.send(200, zip_of_masks(json.loads(raw)["files"]), "application/zip")
+                self.send(404, {"error": "not found"})
+            except UploadError as e:
+                self.send(400, {"error": str(e)})
+            except (KeyError, TypeError, ValueError) as e:
+                self.send(400, {"error": f"a request this page does not send ({type(e).__name__})"})
+    return Handler
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", nargs="+", action="extend", metavar="FILE",
+                        help="train.py checkpoints; several: their ensemble (default: the released model)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    add_device_flag(parser)
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    model, configs = load_models(args.checkpoint or [str(RELEASED)], device)
+    server = ThreadingHTTPServer((args.host, args.port),
+                                 make_handler(model, configs[0]["image_size"], device, not configs[0]["no_amp"]))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can use the page", flush=True)
+    print(f"serving on http://{server.server_address[0]}:{server.server_address[1]}/ (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
