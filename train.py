@@ -522,6 +522,8 @@ def main(argv=None):
         ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
         with run_log(out, args):  # only now: bad flags, data or weights leave nothing behind
             runfiles.write_json(out / "config.json", config)
+            print(f"run {out}: {args.epochs} epochs, batch size {args.batch_size}, --lr {args.lr}, --seed {args.seed}, "
+                  f"data {' '.join(args.data_dir)}, device {device}")  # a mistyped make variable shows here
             print(splits["sizes"])
             trainer = make_trainer(model, ema, args, len(splits["train"][0]), device, amp)
             history, best_iou = restore(last, out, trainer)
