@@ -19,7 +19,7 @@ from PIL import Image
 import data
 import predict
 import serve
-from conftest import ROOT
+from conftest import REAL_DATA, ROOT
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip install -r requirements-dev.txt")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -97,10 +97,11 @@ def test_the_page_segments_like_predict_says_what_is_wrong_and_keeps_serving(ser
     upload(browser, *many)
     assert "at most 50 at once" in wait_for(browser, "#message:not(:empty)")[0].text
     browser.save_screenshot(str(tmp_path / "page.png"))
-    if os.environ.get("PAGE_SCREENSHOT"):  # make page-screenshot: the picture in the README
-        upload(browser, *sorted((synthetic[0] / data.SPLITS["test"][0]).glob("*.jpg"))[1:3])
-        wait_for(browser, ".result.done", count=4)
-        browser.execute_script("window.scrollTo(0, 0)")
+    if os.environ.get("PAGE_SCREENSHOT"):  # make page-screenshot: the README's picture, of real images if here
+        folder = REAL_DATA / data.SPLITS["test"][0] if REAL_DATA.is_dir() else synthetic[0] / data.SPLITS["test"][0]
+        browser.get(server)
+        upload(browser, *sorted(folder.glob("*.jpg"))[3:5])
+        wait_for(browser, ".result.done", count=2)
         browser.save_screenshot(os.environ["PAGE_SCREENSHOT"])
 
 
