@@ -93,7 +93,8 @@ class LesionSegmenter(nn.Module):
         pixels, (width, height) = (data.read_image(image, self.image_size) if isinstance(image, (str, Path))
                                    else data.prepare_image(image, self.image_size))
         device = next(self.parameters()).device
-        prob = predict_probs(self.model, torch.from_numpy(pixels).permute(2, 0, 1)[None], 1, device, self.amp, tta)
+        images = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None]  # PIL's array is read-only
+        prob = predict_probs(self.model, images, 1, device, self.amp, tta)
         threshold = self.threshold if threshold is None else threshold
         return mask_at_size(prob[0], width, height, threshold, largest_component)
 

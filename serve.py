@@ -88,7 +88,7 @@ def segment_upload(model, raw, options, size, device, amp):
         shown = display_picture(raw)
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated or corrupt files
         raise UploadError(f"the image cannot be read: it is damaged or cut short ({e})") from None
-    images = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    images = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None]  # PIL's array is read-only
     prob = predict_probs(model, images, 1, device, amp, options["tta"])[0]
     mask = mask_at_size(prob, width, height, options["threshold"], options["largest_component"])
     small = np.asarray(mask_png(mask).resize(shown.shape[1::-1], Image.NEAREST)) > 0
