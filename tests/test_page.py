@@ -74,7 +74,8 @@ def downloaded(folder, name, timeout=30):
 
 
 def test_the_page_segments_like_predict_says_what_is_wrong_and_keeps_serving(server, browser, synthetic, tmp_path):
-    image = sorted((synthetic[0] / data.SPLITS["test"][0]).glob("*.jpg"))[0]
+    folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]  # an ISIC 2016 test image where ../shared is here
+    image = sorted((folder / data.SPLITS["test"][0]).glob("*.jpg"))[0]
     browser.get(server)
     upload(browser, image)
     wait_for(browser, ".result.done")[0].find_element(By.CSS_SELECTOR, "a.download").click()
@@ -97,10 +98,9 @@ def test_the_page_segments_like_predict_says_what_is_wrong_and_keeps_serving(ser
     upload(browser, *many)
     assert "at most 50 at once" in wait_for(browser, "#message:not(:empty)")[0].text
     browser.save_screenshot(str(tmp_path / "page.png"))
-    if os.environ.get("PAGE_SCREENSHOT"):  # make page-screenshot: the README's picture, of real images if here
-        folder = REAL_DATA / data.SPLITS["test"][0] if REAL_DATA.is_dir() else synthetic[0] / data.SPLITS["test"][0]
+    if os.environ.get("PAGE_SCREENSHOT"):  # make page-screenshot: the README's picture
         browser.get(server)
-        upload(browser, *sorted(folder.glob("*.jpg"))[3:5])
+        upload(browser, *sorted((folder / data.SPLITS["test"][0]).glob("*.jpg"))[3:5])
         wait_for(browser, ".result.done", count=2)
         browser.save_screenshot(os.environ["PAGE_SCREENSHOT"])
 
