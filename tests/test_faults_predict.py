@@ -36,7 +36,9 @@ def test_ctrl_c_leaves_whole_files_says_how_far_and_skip_existing_finishes(check
     photos, out = noise_photos(tmp_path / "photos", 40, size=(1024, 768)), tmp_path / "out"
     command = [sys.executable, "predict.py", str(photos), "--checkpoint", str(checkpoint), "--out", str(out),
                "--overlay", "--batch-size", "2", "--device", "cpu"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that runs these tests in the background leaves SIGINT ignored in its children: restore Ctrl-C's default
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600  # a loaded machine starts torch slowly
     while time.time() < deadline and proc.poll() is None and len(list(out.glob("*_overlay.png"))) < 3:
         time.sleep(0.01)
