@@ -154,7 +154,8 @@ def test_interrupted_run_resumes_to_the_same_result(synthetic, tmp_path):
 
     out = tmp_path / "interrupted"
     command = [sys.executable, "train.py", *train_args(synthetic[0], out, *flags)]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # also in the background
     deadline = time.time() + 120
     while not (out / "history.csv").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
