@@ -22,7 +22,7 @@ TRAIN = $(PY) train.py --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHT
 COMMON = --seed $(SEED) --out $(RUNS)/$@
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare exp1-bce exp1-iou exp2-finetune best release \
-	demo report eda bench bench-predict gpu-check check-same test predict export serve page-screenshot
+	adapt calibrate labelled adapt-experiment demo report eda bench bench-predict gpu-check check-same test predict export serve page-screenshot
 .DEFAULT_GOAL := help
 
 help:
@@ -30,6 +30,7 @@ help:
 	@echo "make serve                                   the same in a page in your browser (http://127.0.0.1:8000)"
 	@echo "make best DATA_DIR=... ENCODER_WEIGHTS=...  train the most accurate model (3 seeds) and score it"
 	@echo "make exp1-bce | exp1-iou | exp2-finetune      the report's three experiments"
+	@echo "make adapt DATA_DIR=my_labelled/             fit the released model to your own annotators (docs/adapt.md)"
 	@echo "make test                                    the tests; make demo: 2 epochs on synthetic data"
 	@echo "Every target and variable: README.md (Quick start)."
 
@@ -105,6 +106,29 @@ $(ABLATIONS): dataset
 	$(TRAIN) $(COMMON) $(FLAGS)
 ablations: $(ABLATIONS)
 .PHONY: ablations $(ABLATIONS)
+
+# Your own annotators (docs/adapt.md): ADAPT_FROM (the released model) fine-tuned on DATA_DIR, your labelled images
+# in any layout, with few epochs, a low learning rate, the encoder frozen and the shift augmentation; adapt.py then
+# scores it before and after on DATA_DIR's held-out images and writes $(RUNS)/adapt/model.pt and its card.
+# make calibrate: the decision threshold of CHECKPOINT alone, calibrated on DATA_DIR (no training).
+ADAPT_FROM ?= $(RELEASED)
+ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 3e-4 --epochs 10 \
+	--batch-size 8 --val-fraction 0
+adapt: labelled
+	$(PY) train.py --data-dir $(DATA_DIR) --init-from $(ADAPT_FROM) $(ADAPT) --seed $(SEED) --device $(DEVICE) \
+		--out $(RUNS)/adapt $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
+	$(PY) adapt.py --checkpoint $(ADAPT_FROM) --adapted $(RUNS)/adapt/best.pt --data-dir $(DATA_DIR) \
+		--device $(DEVICE) --out $(RUNS)/adapt
+calibrate: labelled
+	$(PY) adapt.py --checkpoint $(CHECKPOINT) --data-dir $(DATA_DIR) --device $(DEVICE) --out $(RUNS)/calibrate
+labelled: setup
+	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; name your labelled images:" \
+		"make $(MAKECMDGOALS) DATA_DIR=my_labelled/ (images/ + masks/, or any layout of README: Data)" >&2; exit 2; }
+
+# docs/adapt.md's table: make adapt's recipe under annotator and camera shifts of ISIC 2016 (SPLIT=val: choices)
+adapt-experiment: setup
+	$(PY) adapt_experiment.py --data-dir $(DATA_DIR) --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
+		--out $(RUNS)/adapt-experiment
 
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup

@@ -14,7 +14,7 @@ import runfiles
 from device import add_device_flag, pick_device
 from errors import USER_ERRORS
 from inference import score_model, split_to_score, write_results
-from model import load_models
+from model import decision_threshold, load_models
 
 
 def results_name(out, split):
@@ -39,6 +39,9 @@ def main(argv=None):
     parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder; with several, "
                         "the folder that holds them all). A training run's own test_metrics.json is never replaced: "
                         "the scores then go to test_eval_metrics.json")
+    parser.add_argument("--threshold", type=float,
+                        help="lesion where probability > this (default: the threshold adapt.py stored in the "
+                        "checkpoint, else 0.5)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     add_device_flag(parser)
     parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
@@ -51,12 +54,14 @@ def main(argv=None):
     device = pick_device(args.device)
     model, configs = load_models(args.checkpoint, device)
     config = configs[0]
+    threshold = decision_threshold(configs) if args.threshold is None else args.threshold
     split, what = split_to_score(args.data_dir, args.split, configs, args.cache_dir, args.workers)
     print(f"{data.detect_layout(args.data_dir)} in {args.data_dir}, {what}")
     summary, per_image = score_model(model, split, config["loss"], args.batch_size, device,
-                                      not config["no_amp"], args.tta, args.full_res)
+                                      not config["no_amp"], args.tta, args.full_res, threshold)
     out = Path(args.out or os.path.commonpath([Path(c).parent for c in args.checkpoint]))
     out.mkdir(parents=True, exist_ok=True)
+    summary["threshold"] = threshold
     summary["checkpoints"] = [os.path.relpath(c, out) for c in args.checkpoint]  # from `out`: the folder can move
     path = write_results(out, results_name(out, args.split), summary, per_image, split["ids"])
     print(f"{args.split} ({summary['n_images']} images): " + ", ".join(

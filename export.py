@@ -3,7 +3,8 @@
     python export.py --checkpoint runs/exp2-finetune/best.pt --out model.onnx
 
 The ONNX model takes float32 RGB images [N,3,S,S] with values 0..255 (S: the checkpoint's image size) and
-returns logits [N,1,S,S]. The export needs onnx and its check onnxruntime (pip install -r requirements-export.txt).
+returns logits [N,1,S,S]; a pixel is lesion where sigmoid(logit) > the model's threshold, stored in the file's
+metadata ("threshold": adapt.py's calibration, else 0.5; "image_size": S). The export needs onnx and its check onnxruntime (pip install -r requirements-export.txt).
 """
 import argparse
 import sys
@@ -13,13 +14,14 @@ import numpy as np
 import torch
 
 from errors import USER_ERRORS, ModelFileError, UsageError
-from model import load_models
+from model import decision_threshold, load_models
 
 
-def export(model, size, path):
-    """Write the model as ONNX to path; the exporter needs the onnx package (requirements-export.txt)."""
+def export(model, size, path, threshold=0.5):
+    """Write the model as ONNX to path, its input size and decision threshold as metadata; the exporter needs the
+    onnx package (requirements-export.txt)."""
     try:
-        import onnx  # noqa: F401  imported here: only the export needs it
+        import onnx  # imported here: only the export needs it
     except ImportError:
         raise UsageError("export needs the onnx package: pip install -r requirements-export.txt") from None
     example = torch.rand(2, 3, size, size) * 255
@@ -27,6 +29,9 @@ def export(model, size, path):
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
         torch.onnx.export(model, (example,), path, input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    exported = onnx.load(path)
+    onnx.helper.set_model_props(exported, {"image_size": str(size), "threshold": f"{threshold:g}"})
+    onnx.save(exported, path)
 
 
 def check(model, size, path, batch_sizes=(1, 3), tolerance=1e-3):
@@ -57,7 +62,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model, configs = load_models(args.checkpoint)
     size = configs[0]["image_size"]
-    export(model, size, args.out)
+    export(model, size, args.out, decision_threshold(configs))
     worst = check(model, size, args.out)
     if worst is None:
         print(f"wrote {args.out}; not checked: onnxruntime is not installed (pip install -r requirements-export.txt)")

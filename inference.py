@@ -18,7 +18,7 @@ from device import autocast
 from errors import UsageError
 from metrics import add_metrics, full_resolution_metrics, keep_largest_component, per_image_metrics, pooled_iou, \
     score, upsample
-from model import load_models
+from model import decision_threshold, load_models
 
 RELEASED = Path(__file__).resolve().parent / "models" / "lesion_segmenter.pt"  # the model shipped in the repository
 
@@ -82,7 +82,7 @@ class LesionSegmenter(nn.Module):
     def load(cls, checkpoints=None, device="cpu"):
         """From train.py checkpoints (several: their ensemble); none: the released model."""
         model, configs = load_models([str(c) for c in checkpoints or [RELEASED]], device)
-        return cls(model, configs[0]["image_size"], amp=not configs[0]["no_amp"]).eval()
+        return cls(model, configs[0]["image_size"], decision_threshold(configs), not configs[0]["no_amp"]).eval()
 
     def forward(self, images):
         return self.model(images)
@@ -99,22 +99,22 @@ class LesionSegmenter(nn.Module):
         return mask_at_size(prob[0], width, height, threshold, largest_component)
 
 
-def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True):
+def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True, threshold=0.5):
     """Every test number of a model on a load_split() result: per-image means at model resolution (plain keys),
     'tta_' keys with flip test-time augmentation, 'fullres_' keys at each mask's original size ('fullres_lcc_' with
     only the largest region kept), and 'pooled_iou' keys over all pixels together. Returns (summary, per-image
     metrics)."""
     masks = split["masks"]
     logits = predict_logits(model, split["images"], batch_size, device, amp)
-    summary, per_image = score(logits, masks, loss_name)
+    summary, per_image = score(logits, masks, loss_name, threshold)
     variants = {"": logits.sigmoid()}
     if tta:
         variants["tta_"] = predict_probs(model, split["images"], batch_size, device, amp, tta=True)
-        add_metrics(summary, per_image, "tta_", per_image_metrics(variants["tta_"] > 0.5, masks))
+        add_metrics(summary, per_image, "tta_", per_image_metrics(variants["tta_"] > threshold, masks))
     for prefix, probs in variants.items():
-        summary[f"{prefix}pooled_iou"] = pooled_iou(probs > 0.5, masks)
+        summary[f"{prefix}pooled_iou"] = pooled_iou(probs > threshold, masks)
     if full_res:
-        for prefix, (metrics, pooled) in full_resolution_metrics(variants, split["mask_paths"]).items():
+        for prefix, (metrics, pooled) in full_resolution_metrics(variants, split["mask_paths"], threshold).items():
             add_metrics(summary, per_image, f"fullres_{prefix}", metrics)
             summary[f"fullres_{prefix}pooled_iou"] = pooled
     return summary, per_image

@@ -1,6 +1,8 @@
 """Segmentation metrics, defined once and used by training, evaluation and prediction: per-image IoU, Dice,
 accuracy, sensitivity, specificity and thresholded Jaccard, pooled IoU, scores at each mask's own resolution,
 and keeping the largest region. Masks and predictions are binary; shapes are given per function."""
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,11 +32,11 @@ def per_image_metrics(pred, masks):
             "iou_thresholded": torch.where(iou >= 0.65, iou, torch.zeros_like(iou))}  # ISIC 2018 score
 
 
-def score(logits, masks, loss_name):
+def score(logits, masks, loss_name, threshold=0.5):
     """({'loss', 'iou', 'dice', ..., 'n_images'}, per-image metrics) of logits [N,1,S,S] against masks; a pixel is
-    lesion where its logit > 0."""
+    lesion where its probability > threshold (at 0.5: where its logit > 0)."""
     masks = masks.to(logits.device)
-    per_image = per_image_metrics(logits > 0, masks)
+    per_image = per_image_metrics(logits > torch.logit(torch.tensor(threshold)).item(), masks)
     summary = {"loss": LOSSES[loss_name](logits, masks).item(), "n_images": len(masks)}
     summary.update({k: v.mean().item() for k, v in per_image.items()})
     return summary, per_image
@@ -83,6 +85,17 @@ def full_resolution_metrics(variants, masks, threshold=0.5):
                 counts[key][1] += (p | mask).sum().item()
     return {name: ({k: torch.cat([m[k] for m in rows]) for k in rows[0]}, counts[name][0] / max(counts[name][1], 1))
             for name, rows in per_image.items()}
+
+
+def paired_difference(base, new):
+    """Two models' scores on the same images (sequences, image k against image k): dict of n, each model's mean,
+    the mean difference new - base, its standard error, and how often new wins. The standard error is the paired
+    one: per-image differences vary far less than the scores themselves."""
+    base, new = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    diff = new - base
+    return {"n": len(diff), "base": float(base.mean()), "new": float(new.mean()), "difference": float(diff.mean()),
+            "standard_error": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan"),
+            "new_better": int((diff > 0).sum()), "new_worse": int((diff < 0).sum())}
 
 
 def add_metrics(summary, per_image, prefix, metrics):

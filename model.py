@@ -134,23 +134,44 @@ def update_ema(ema, model, decay, updates):
             averaged.copy_(current)
 
 
-def load_checkpoint(path, device="cpu"):
-    """(model in eval mode, config) from a train.py checkpoint; raises a clear error for a wrong or broken file."""
+def read_checkpoint(path):
+    """A train.py checkpoint's contents (dict with 'config' and 'model'); a clear error for a wrong or broken file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (train one with train.py or a make target)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        config, state = ckpt["config"], ckpt["model"]
+        if not isinstance(ckpt, dict) or not {"config", "model"} <= ckpt.keys():
+            raise KeyError("config")
     except Exception as e:  # not PyTorch's message: it suggests weights_only=False, which runs the file's code
         raise ModelFileError(f"checkpoint {path} is not a checkpoint written by train.py: it is damaged, or not "
                              f"PyTorch weights at all ({type(e).__name__})") from None
-    model = build_model(config)
+    return ckpt
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model in eval mode, config) from a train.py checkpoint; raises a clear error for a wrong or broken file."""
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt["config"])
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise ModelFileError(f"checkpoint {path} does not match the model its config describes: "
                              f"{str(e).splitlines()[0][:300]}") from None
-    return model.to(device).eval(), config
+    return model.to(device).eval(), ckpt["config"]
+
+
+def half_precision(checkpoint_path):
+    """The {'config', 'model'} of a train.py checkpoint, floating-point weights in float16: no optimizer state,
+    no history. Loading casts them back to float32."""
+    ckpt = read_checkpoint(checkpoint_path)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    return {"config": ckpt["config"], "model": state}
+
+
+def decision_threshold(configs):
+    """The probability above which a pixel is lesion for these models: the threshold adapt.py calibrated and stored
+    in a checkpoint's config (an ensemble: the mean of its members'), else 0.5."""
+    return sum(c.get("threshold", 0.5) for c in configs) / len(configs)
 
 
 class Ensemble(nn.Module):

@@ -1,5 +1,5 @@
 """Plots that training and the robustness suite draw as they run, and the pictures built on them: loss curves,
-prediction panels, robustness bars. visualize.py draws the report's pictures from finished runs."""
+prediction panels, robustness bars, adaptation curves. visualize.py draws the report's pictures from finished runs."""
 import math
 
 import matplotlib
@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import runfiles  # noqa: E402
 from metrics import per_image_metrics  # noqa: E402
@@ -25,6 +26,7 @@ def plot_curves(history, path, title):
     for ax in (left, right):
         ax.legend()
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     save_figure(fig, path)
 
 
@@ -95,4 +97,25 @@ def plot_examples(names, examples, path, cols=5):
         ax.set_title(name, fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
+    save_figure(fig, path)
+
+
+def plot_adaptation(rows, clean, path):
+    """IoU against the number of adaptation images, one line per shift (mean over seeds; 0 images: the model
+    before), the threshold-calibrated model at 20 images as a hollow marker, and the unshifted IoU dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for shift in dict.fromkeys(r["shift"] for r in rows):
+        mine = [r for r in rows if r["shift"] == shift]
+        sizes = sorted({r["images"] for r in mine})
+        means = [np.mean([r["adapted"] for r in mine if r["images"] == n]) for n in sizes]
+        line, = ax.plot([0] + sizes, [mine[0]["before"]] + means, "o-", label=shift)
+        calibrated = [r["calibrated"] for r in mine if r["images"] == 20]
+        if calibrated:
+            ax.plot(20, np.mean(calibrated), "o", mfc="none", ms=10, color=line.get_color())
+    ax.axhline(clean, ls="--", color="grey", label="no shift, before adapting")
+    ax.plot([], [], "o", mfc="none", color="grey", ms=10, label="threshold calibrated only (20 images)")
+    ax.set(xlabel="adaptation images (0: before)", ylabel="IoU on the shifted images",
+           title="Adapting to another clinic's annotators")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     save_figure(fig, path)

@@ -24,7 +24,7 @@ import runfiles
 from device import add_device_flag, pick_device
 from errors import USER_ERRORS, Interrupted, StorageError, UsageError
 from inference import RELEASED, mask_at_size, mask_png, outline, predict_probs
-from model import load_models
+from model import decision_threshold, load_models
 
 
 def expand_inputs(inputs):
@@ -127,7 +127,9 @@ def parse_args(argv=None):
                         help="best.pt or last.pt written by train.py; several: average their probabilities (ensemble)"
                         f" (default: the released model, {os.path.relpath(RELEASED)})")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="lesion where probability > this (default: 0.5)")
+    parser.add_argument("--threshold", type=float,
+                        help="lesion where probability > this (default: the threshold adapt.py stored in the "
+                        "checkpoint, else 0.5)")
     parser.add_argument("--tta", action="store_true", help="average with horizontal and vertical flips")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected region of each mask (one lesion per image)")
@@ -148,6 +150,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     model, configs = load_models(args.checkpoint, device)
+    args.threshold = decision_threshold(configs) if args.threshold is None else args.threshold
     paths = expand_inputs(args.inputs)
     out = open_output_folder(args.out, args.inputs, paths)
     names = {path: out / name for path, name in zip(paths, output_names(paths))}

@@ -8,7 +8,6 @@ Refuses to release when half precision moves the test IoU by MAX_HALF_PRECISION_
 """
 import argparse
 import hashlib
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import runfiles
 from device import add_device_flag, pick_device
 from errors import USER_ERRORS, ModelFileError
 from inference import predict_probs, score_model, split_to_score
-from model import load_checkpoint
+from model import half_precision, load_checkpoint
 from perturbations import PERTURBATIONS, score_perturbations, summarize
 from plots import save_panel
 
@@ -27,24 +26,8 @@ KEY = "fullres_lcc_tta_"  # the card's protocol: each mask's own size, flip TTA,
 NUMBERS_START, NUMBERS_END = "<!-- numbers: written by release.py -->", "<!-- end of numbers -->"
 
 
-def half_precision(checkpoint_path):
-    """The {'config', 'model'} of a train.py checkpoint, floating-point weights in float16: no optimizer state,
-    no history. Loading casts them back to float32."""
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    return {"config": ckpt["config"], "model": state}
-
-
 def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def commit():
-    """The repository's commit, marked '+changes' when the tree differs from it."""
-    def git(*words):
-        return subprocess.run(["git", *words], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
-    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
 
 
 def test_scores(path, split, device):
@@ -123,7 +106,7 @@ def main(argv=None):
     worst_images(released, split, per_image, device, out / "worst_test_images.png")
     card = {"file": released.name, "bytes": released.stat().st_size, "sha256": sha256(released),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "image_size": config["image_size"], "source": args.checkpoint, "commit": commit(),
+            "image_size": config["image_size"], "source": args.checkpoint, "commit": runfiles.commit(),
             "test_images": summary["n_images"],
             "test": {"iou": summary[KEY + "iou"], "dice": summary[KEY + "dice"],
                      "sensitivity": summary[KEY + "sensitivity"], "specificity": summary[KEY + "specificity"],

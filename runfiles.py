@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import torch
@@ -81,3 +82,11 @@ def read_csv(path):
             return v
     with open(path, newline="") as f:
         return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def commit():
+    """The repository's commit, marked '+changes' when the tree differs from it."""
+    def git(*words):
+        return subprocess.run(["git", *words], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no").strip() else "")

@@ -27,7 +27,7 @@ from device import add_device_flag, pick_device
 from errors import USER_ERRORS
 from inference import RELEASED, mask_at_size, mask_png, outline, predict_probs
 from metrics import upsample
-from model import Ensemble, load_models
+from model import Ensemble, decision_threshold, load_models
 
 PAGE = Path(__file__).with_name("serve.html")
 MAX_BYTES = 50 * 2 ** 20  # per uploaded file
@@ -122,11 +122,12 @@ def zip_of_masks(files):
     return buf.getvalue()
 
 
-def options_of(query):
-    """threshold, tta and largest_component from the page's query string; UploadError for a bad threshold."""
+def options_of(query, threshold=0.5):
+    """threshold (default: the model's), tta and largest_component from the page's query string; UploadError for a
+    bad threshold."""
     q = parse_qs(query)
     try:
-        threshold = float(q.get("threshold", ["0.5"])[0])
+        threshold = float(q.get("threshold", [threshold])[0])
     except ValueError:
         threshold = -1
     if not 0 <= threshold < 1:
@@ -135,8 +136,9 @@ def options_of(query):
     return {"threshold": threshold, "tta": flag("tta"), "largest_component": flag("largest_component")}
 
 
-def make_handler(model, size, device, amp):
-    """The request handler class of a server that segments with `model`; one image is segmented at a time."""
+def make_handler(model, size, device, amp, threshold=0.5):
+    """The request handler class of a server that segments with `model` (its decision threshold: the page's
+    default); one image is segmented at a time."""
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -151,7 +153,8 @@ def make_handler(model, size, device, amp):
 
         def do_GET(self):
             if urlparse(self.path).path == "/":
-                self.send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+                page = PAGE.read_text().replace("__THRESHOLD__", f"{threshold:g}")
+                self.send(200, page.encode(), "text/html; charset=utf-8")
             else:
                 self.send(404, {"error": "not found"})
 
@@ -163,7 +166,7 @@ def make_handler(model, size, device, amp):
             raw = self.rfile.read(length)
             try:
                 if url.path == "/segment":
-                    options = options_of(url.query)
+                    options = options_of(url.query, threshold)
                     with lock:
                         return self.send(200, segment_upload(model, raw, options, size, device, amp))
                 if url.path == "/zip":
@@ -188,7 +191,8 @@ def main(argv=None):
     device = pick_device(args.device)
     model, configs = load_models(args.checkpoint or [str(RELEASED)], device)
     server = ThreadingHTTPServer((args.host, args.port),
-                                 make_handler(model, configs[0]["image_size"], device, not configs[0]["no_amp"]))
+                                 make_handler(model, configs[0]["image_size"], device, not configs[0]["no_amp"],
+                                              decision_threshold(configs)))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach this machine can use the page", flush=True)
     print(f"serving on http://{server.server_address[0]}:{server.server_address[1]}/ (Ctrl-C stops it)", flush=True)

@@ -25,10 +25,10 @@ import augment
 import data
 import runfiles
 from device import add_device_flag, autocast, pick_device
-from errors import USER_ERRORS, Interrupted, TrainingError, UsageError
+from errors import USER_ERRORS, DataError, Interrupted, TrainingError, UsageError
 from inference import evaluate, predict_logits, score_model, split_seed, write_results
 from losses import LOSSES
-from model import DECODER_WIDTHS, build_model, update_ema
+from model import DECODER_WIDTHS, build_model, read_checkpoint, update_ema
 from plots import plot_curves, save_panel
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
@@ -58,6 +58,10 @@ def build_parser(defaults=True):
     a("--out", default="runs/train", help="run folder for config, history, checkpoints, metrics and plots")
     a("--encoder-weights", default="imagenet",
       help="'imagenet' (torchvision download), 'none' (random), or a MobileNetV2 state_dict file")
+    a("--init-from", metavar="CHECKPOINT",
+      help="start from this checkpoint's weights instead of --encoder-weights: fine-tuning a trained model (a "
+           "train.py best.pt, or models/lesion_segmenter.pt as make adapt does); its --skips, --decoder-widths "
+           "and --image-size are kept")
     a("--image-size", type=int, default=128, help="images and masks are resized to this square size (multiple of 32)")
     a("--aug-copies", type=int, default=3, help="flipped/rotated copies added per training image (3: 4x data)")
     a("--random-aug", default=False, action="store_true",
@@ -117,7 +121,15 @@ def parse_args(argv=None):
     if "config" in given:  # a saved run's flags become the defaults; flags on the command line still win
         saved = runfiles.read_json(given["config"])
         parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("out", "resume", "overwrite", "config")})
+    init_from = given.get("init_from", parser.get_default("init_from"))
+    architecture = architecture_of(init_from) if init_from else {}
+    parser.set_defaults(**architecture, **({"encoder_weights": "none"} if init_from else {}))
     args = parser.parse_args(argv)
+    for key, value in architecture.items():
+        if getattr(args, key) != value:
+            flag = "--" + key.replace("_", "-")
+            parser.error(f"{flag} {getattr(args, key)}: {init_from} was trained with {flag} {value}, and its weights "
+                         f"only fit that model; leave {flag} out")
     args.data_dir = data.as_list(args.data_dir)
     args.random_aug = args.random_aug or args.shift_aug > 0
     given = set(given)
@@ -142,6 +154,12 @@ def parse_args(argv=None):
         if not ok:
             parser.error(message)
     return args, given
+
+
+def architecture_of(checkpoint):
+    """The flags that decide the shape of a checkpoint's model (and so which weights fit it)."""
+    config = read_checkpoint(checkpoint)["config"]
+    return {key: config[key] for key in ("skips", "decoder_widths", "image_size")}
 
 
 def check_run_dir(args, announce=True):
@@ -271,6 +289,9 @@ def load_data(args, device):
 
     (train_images, train_masks), val = ((s["images"], s["masks"]) for s in (
         data.join([p[split] for p in parts]) for split in ("train", "val")))
+    if len(train_images) < 2:
+        raise DataError(f"{len(train_images)} training image(s) in {', '.join(args.data_dir)}: training needs at least "
+                        "2 (fine-tuning with make adapt: 10 or more labelled images)")
     train = augment.augment(train_images, train_masks, args.aug_copies, args.seed)
     # the first folder's test split is the run's test_metrics.json; each further one's test_<folder>_metrics.json
     tests = {"test" if n == 0 else f"test_{Path(d).name}": p["test"]
@@ -518,7 +539,9 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
         torch.manual_seed(args.seed)
         splits = load_data(args, device)
-        model = build_model(config, pretrained=True).to(device)
+        model = build_model(config, pretrained=not args.init_from).to(device)
+        if args.init_from:
+            model.load_state_dict(read_checkpoint(args.init_from)["model"])
         ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
         with run_log(out, args):  # only now: bad flags, data or weights leave nothing behind
             runfiles.write_json(out / "config.json", config)

@@ -28,6 +28,7 @@ import data  # noqa: E402
 import runfiles  # noqa: E402
 from errors import USER_ERRORS, UsageError  # noqa: E402
 from inference import predict_logits  # noqa: E402
+import metrics  # noqa: E402
 from metrics import upsample  # noqa: E402
 from model import load_models  # noqa: E402
 from plots import plot_curves, save_figure, save_panel  # noqa: E402
@@ -64,10 +65,9 @@ def compare_robustness(folders, out):
 
 
 def paired_difference(base_files, new_files, metric):
-    """Two models scored per image on the same images (evaluate.py's *_per_image.csv, file k of `new_files` against
-    file k of `base_files`, matched by id; several pairs pool, e.g. validation splits of several --split-seeds):
-    dict of n, each model's mean `metric`, the mean difference new - base, its standard error, and how often new
-    wins. The standard error is the paired one: per-image differences vary far less than the scores themselves."""
+    """metrics.paired_difference() of two models scored per image on the same images (evaluate.py's
+    *_per_image.csv, file k of `new_files` against file k of `base_files`, matched by id; several pairs pool, e.g.
+    validation splits of several --split-seeds)."""
     if len(base_files) != len(new_files):
         raise UsageError(f"{len(base_files)} base files but {len(new_files)} --vs files: give them in pairs")
     base, new = [], []
@@ -79,10 +79,7 @@ def paired_difference(base_files, new_files, metric):
             raise UsageError(f"{b} has no column {metric!r} (evaluate.py --tta --full-res writes fullres_lcc_tta_iou)")
         base += [rows_b[i][metric] for i in rows_b]
         new += [rows_n[i][metric] for i in rows_b]
-    diff = np.array(new) - np.array(base)
-    return {"n": len(diff), "base": float(np.mean(base)), "new": float(np.mean(new)), "difference": float(diff.mean()),
-            "standard_error": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan"),
-            "new_better": int((diff > 0).sum()), "new_worse": int((diff < 0).sum())}
+    return metrics.paired_difference(base, new)
 
 
 def read_run(run_dir):

@@ -1,0 +1,150 @@
+"""Adapt a trained model to your own annotators: calibrate its decision threshold on your labelled images, compare
+it before and after fine-tuning on held-out ones, and write the model you use from then on with its card.
+
+    make adapt DATA_DIR=my_labelled/        # fine-tune the released model (train.py --init-from), then this script
+    make calibrate DATA_DIR=my_labelled/    # the decision threshold alone: no training
+    python adapt.py --data-dir my_labelled/ --adapted runs/adapt/best.pt --out runs/adapt
+
+DATA_DIR may be in any layout that --data-dir reads (README: Data). Its training images (a plain images/ + masks/
+folder: all but the 20% held out) calibrate the threshold; its test images (test/, or that 20%) are held out and
+scored before and after. --out receives model.pt (float16, the threshold stored inside: predict.py, serve.py and
+export.py use it), README.md (its card) and adapt.json.
+"""
+import argparse
+import datetime
+import os
+import sys
+from pathlib import Path
+
+import data
+import runfiles
+from calibration import calibrate, iou_curves
+from device import add_device_flag, pick_device
+from errors import USER_ERRORS, DataError, UsageError
+from inference import RELEASED, predict_probs
+from metrics import full_resolution_metrics, paired_difference
+from model import half_precision, load_checkpoint
+
+
+def probabilities(model, config, split, device):
+    """Lesion probabilities [N,1,S,S] of a split's images with flip TTA, as make predict uses the model."""
+    return predict_probs(model, split["images"], 64, device, not config["no_amp"], tta=True)
+
+
+def held_out_iou(model, config, split, threshold, device):
+    """Per-image IoU [N] at each mask's own size (flip TTA, largest region), thresholded at `threshold`."""
+    probs = probabilities(model, config, split, device)
+    return full_resolution_metrics({"": probs}, split["mask_paths"], threshold)["lcc_"][0]["iou"].numpy()
+
+
+def load_user_data(data_dir, size, split_seed, cache_dir):
+    """(calibration images, held-out images or None): the training and test splits train.py used with
+    --val-fraction 0. DataError for fewer than 2 calibration images."""
+    splits = data.load_splits(data_dir, size, 0, split_seed, cache_dir)
+    print(splits["note"])
+    if len(splits["train"]["ids"]) < 2:
+        raise DataError(f"{len(splits['train']['ids'])} labelled training image(s) in {data_dir}: adaptation needs "
+                        "at least 2, and 10 or more to be worth it")
+    return splits["train"], splits["test"]
+
+
+def compare(base, adapted, calibration, held_out, device):
+    """{row name: paired_difference() against the model before, at 0.5} on the held-out images."""
+    (model, config), threshold = base, calibration["threshold"]
+    before = held_out_iou(model, config, held_out, 0.5, device)
+    rows = {"before (threshold 0.5)": paired_difference(before, before),
+            f"threshold calibrated ({threshold:g})": paired_difference(
+                before, held_out_iou(model, config, held_out, threshold, device))}
+    if adapted:
+        rows["adapted (threshold 0.5)"] = paired_difference(before, held_out_iou(*adapted, held_out, 0.5, device))
+    return rows
+
+
+def verdict(rows, adapted):
+    """One sentence on the last row against the first: better, worse, or no clear change."""
+    last = rows[list(rows)[-1]]
+    what = "adaptation" if adapted else "the calibrated threshold"
+    if last["difference"] > last["standard_error"]:
+        return f"On the held-out images {what} helped: IoU {last['difference']:+.4f} ± {last['standard_error']:.4f}."
+    if last["difference"] < -last["standard_error"]:
+        return (f"On the held-out images {what} did worse (IoU {last['difference']:+.4f} ± "
+                f"{last['standard_error']:.4f}): keep the model before, or label more images.")
+    return f"On {last['n']} held-out images {what} made no clear difference; more held-out images would tell."
+
+
+def card(report, rows):
+    """The adapted model's card (Markdown): where it came from, its threshold, and how it scores."""
+    c = report["calibration"]
+    lines = [f"# {'Adapted' if report['adapted'] else 'Calibrated'} lesion segmenter", "",
+             f"`model.pt`, written by adapt.py on {report['date']} (commit {report['commit']}) from "
+             f"`{report['adapted'] or report['checkpoint']}`"
+             + (f", fine-tuned from `{report['checkpoint']}`" if report['adapted'] else "")
+             + f" on {c['images']} labelled images of `{report['data_dir']}`.", "",
+             f"**Threshold {report['threshold']:g}.** Calibration on those {c['images']} images found "
+             f"{c['best_threshold']:g} best for the model before; over {c['folds']} folds its out-of-fold gain over 0.5 "
+             f"was {c['cv_gain']:+.4f} ± {c['cv_standard_error']:.4f}, so "
+             + (f"{c['threshold']:g} is kept." if c["threshold"] != 0.5 else "0.5 is kept.")
+             + (" The adapted model is fine-tuned on these masks, so it keeps 0.5." if report["adapted"] else ""), ""]
+    if rows:
+        lines += [f"IoU on {report['held_out']} held-out images (each mask's own size, flip TTA, largest region):", "",
+                  "| model | mean IoU | change | paired SE | better / worse images |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['new']:.4f} | {r['difference']:+.4f} | {r['standard_error']:.4f} | "
+                  f"{r['new_better']} / {r['new_worse']} |" for name, r in rows.items()]
+        lines += ["", verdict(rows, report["adapted"])]
+    else:
+        lines += ["No held-out images (the folder has a training split only): put some in test/images + test/masks "
+                  "to see whether this model is better than the one before."]
+    lines += ["", "Use it: `python predict.py photos/ --checkpoint " + report["model"]
+              + " --tta --largest-component --out masks` (or `make predict CHECKPOINT=...`)."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="your labelled images, in any layout --data-dir reads")
+    parser.add_argument("--checkpoint", default=str(RELEASED),
+                        help=f"the model before adaptation (default: the released model, {os.path.relpath(RELEASED)})")
+    parser.add_argument("--adapted", metavar="CHECKPOINT",
+                        help="the fine-tuned model (train.py --init-from CHECKPOINT's best.pt); without it, the "
+                        "threshold is calibrated alone")
+    parser.add_argument("--out", default="runs/adapt", help="folder for model.pt, README.md, adapt.json "
+                        "(default: runs/adapt)")
+    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
+    add_device_flag(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, out = pick_device(args.device), Path(args.out)
+    base = load_checkpoint(args.checkpoint, device)
+    adapted = load_checkpoint(args.adapted, device) if args.adapted else None
+    size = base[1]["image_size"]
+    if adapted and adapted[1]["image_size"] != size:
+        raise UsageError(f"--adapted {args.adapted} works at {adapted[1]['image_size']} px but --checkpoint "
+                         f"{args.checkpoint} at {size} px: give the checkpoint it was fine-tuned from")
+    calibration_images, held_out = load_user_data(args.data_dir, size, (adapted or base)[1].get("split_seed", 0),
+                                                  args.cache_dir)
+    calib = calibrate(iou_curves(probabilities(*base, calibration_images, device), [
+        data.read_binary_mask(p) for p in calibration_images["mask_paths"]]))
+    rows = compare(base, adapted, calib, held_out, device) if held_out else {}
+    threshold = 0.5 if adapted else calib["threshold"]
+    model_file = half_precision(args.adapted or args.checkpoint)
+    model_file["config"]["threshold"] = threshold
+    out.mkdir(parents=True, exist_ok=True)
+    runfiles.atomic_save(model_file, out / "model.pt")
+    report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "adapted": args.adapted,
+              "model": str(out / "model.pt"), "threshold": threshold, "calibration": calib,
+              "held_out": len(held_out["ids"]) if held_out else 0, "comparisons": rows,
+              "date": datetime.date.today().isoformat(), "commit": runfiles.commit()}
+    runfiles.write_json(out / "adapt.json", report)
+    runfiles.write_text(out / "README.md", card(report, rows))
+    print(card(report, rows).split("\n", 2)[2].rstrip())
+    print(f"wrote {out}/model.pt, {out}/README.md, {out}/adapt.json")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")

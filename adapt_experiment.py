@@ -1,0 +1,185 @@
+"""The annotator-shift experiment of docs/adapt.md: how much of what another clinic's annotators (or camera) cost
+does threshold calibration win back, and how much does make adapt's fine-tuning on 10, 20 or 50 labelled images?
+
+Each shift (annotators.py: tighter, looser, coarse; a camera: one of perturbations.py's shifts, masks unchanged;
+none) is applied alike to the adaptation images, drawn from the training split, and to the scored images. Each
+(shift, images, seed) adapts with train.py and the flags of make adapt, as a user would.
+
+    make adapt-experiment DATA_DIR=../shared/isic2016 SPLIT=val    # choices: 150 training images outside every draw
+    make adapt-experiment DATA_DIR=../shared/isic2016              # docs/adapt.md's table: the test split, once
+
+Writes results.csv (one row per shift, images and seed; an interrupted run continues where it stopped), table.md
+and adapt_experiment.png to --out.
+"""
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import data
+import runfiles
+from annotators import ANNOTATORS
+from calibration import calibrate, iou_curves
+from device import add_device_flag, pick_device
+from errors import USER_ERRORS
+from inference import RELEASED, predict_probs
+from metrics import full_resolution_metrics
+from model import load_checkpoint
+from perturbations import shift as shift_image
+from plots import plot_adaptation
+
+VAL_IMAGES = 150  # training images kept out of every draw: the scored images of --split val
+CAMERA = "jpeg 20"  # the camera shift: the photometric shift of the robustness suite that costs the most
+SHIFTS = ("none", "tighter", "looser", "coarse", "camera")
+
+
+def shifted_pair(image_path, mask_path, shift, n):
+    """(RGB uint8 [H,W,3], boolean mask [H,W]) of image n of a set under one shift, at its own size."""
+    image, mask = shift_image(image_path, mask_path, CAMERA if shift == "camera" else "clean", 0, n)
+    return image, ANNOTATORS[shift](mask) if shift in ANNOTATORS else mask
+
+
+def shifted(pairs, shift, size):
+    """(uint8 images [N,3,size,size] as predict.py reads them, boolean masks [H,W] at their own size) of pairs
+    [(id, image, mask)] under one shift."""
+    images, masks = [], []
+    for n, (_, image_path, mask_path) in enumerate(pairs):
+        image, mask = shifted_pair(image_path, mask_path, shift, n)
+        images.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) if shift == "camera"
+                      else data.read_image(image_path, size)[0])
+        masks.append(mask)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), masks
+
+
+def write_adaptation_set(pairs, shift, folder):
+    """The pairs under `shift` as a plain train/ folder, as a user's labelled images would be: the image files
+    themselves (PNG under the camera shift), PNG masks."""
+    for sub in ("images", "masks"):
+        (folder / "train" / sub).mkdir(parents=True, exist_ok=True)
+    for n, (i, image_path, mask_path) in enumerate(pairs):
+        image, mask = shifted_pair(image_path, mask_path, shift, n)
+        if shift == "camera":
+            Image.fromarray(image).save(folder / "train" / "images" / f"{i}.png")
+        else:
+            shutil.copy(image_path, folder / "train" / "images" / Path(image_path).name)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "train" / "masks" / f"{i}.png")
+
+
+def scored_iou(model, config, images, masks, threshold, device):
+    """Per-image IoU [N] at each mask's own size, flip TTA, largest region: make predict's masks."""
+    probs = predict_probs(model, images, 64, device, not config["no_amp"], tta=True)
+    return full_resolution_metrics({"": probs}, masks, threshold)["lcc_"][0]["iou"].numpy()
+
+
+def adapt(folder, run, seed, args):
+    """Fine-tune --checkpoint on a folder with train.py and make adapt's flags; returns (best.pt, seconds)."""
+    command = [sys.executable, str(Path(__file__).with_name("train.py")), "--data-dir", str(folder), "--init-from",
+               args.checkpoint, *shlex.split(args.train_flags), "--seed", str(seed), "--out", str(run),
+               "--cache-dir", str(args.out / "cache"), "--device", args.device, "--overwrite"]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return run / "best.pt", time.perf_counter() - started
+
+
+def run_shift(shift, pools, base, done, args, device):
+    """The rows of one shift: the model before, calibrated and adapted, for every --images and --seeds."""
+    (model, config), size = base, base[1]["image_size"]
+    images, masks = shifted(pools["scored"], shift, size)
+    before = scored_iou(model, config, images, masks, 0.5, device).mean()
+    for seed in args.seeds:
+        order = np.random.default_rng(seed).permutation(len(pools["draw"]))
+        for n in args.images:
+            if (shift, n, seed) in done:
+                continue
+            pairs = [pools["draw"][k] for k in order[:n]]
+            adapt_images, adapt_masks = shifted(pairs, shift, size)
+            probs = predict_probs(model, adapt_images, 64, device, not config["no_amp"], tta=True)
+            calib = calibrate(iou_curves(probs, adapt_masks))
+            folder = args.out / "data" / f"{shift}-seed{seed}-n{n}"
+            write_adaptation_set(pairs, shift, folder)
+            best, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
+            adapted = load_checkpoint(best, device)
+            yield {"shift": shift, "images": n, "seed": seed, "before": before,
+                   "calibrated": scored_iou(model, config, images, masks, calib["threshold"], device).mean(),
+                   "threshold": calib["threshold"], "adapted": scored_iou(*adapted, images, masks, 0.5, device).mean(),
+                   "adapt_seconds": seconds}
+
+
+def table(rows, clean):
+    """Markdown: per shift the IoU before, calibrated (20 images) and adapted (mean ± sd over the seeds)."""
+    sizes = sorted({r["images"] for r in rows})
+    head = ["shift", "cost", "before", "calibrated (20)"] + [f"adapted ({n})" for n in sizes] + [
+        "share of the cost won back (20)", "slowest adaptation"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for shift in dict.fromkeys(r["shift"] for r in rows):
+        mine = [r for r in rows if r["shift"] == shift]
+
+        def cell(key, n=20):
+            values = [r[key] for r in mine if r["images"] == n]
+            return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "-"
+        before = mine[0]["before"]
+        cost = clean - before
+        won = [r["adapted"] - before for r in mine if r["images"] == 20]
+        share = f"{np.mean(won) / cost:.0%}" if won and cost > 0.005 else "-"
+        lines.append(f"| {shift} | {cost:+.4f} | {before:.4f} | {cell('calibrated')} | "
+                     + " | ".join(cell("adapted", n) for n in sizes)
+                     + f" | {share} | {max(r['adapt_seconds'] for r in mine):.0f} s |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="data", help="ISIC 2016 (default: data)")
+    parser.add_argument("--checkpoint", default=str(RELEASED), help="the model to adapt (default: the released one)")
+    parser.add_argument("--split", default="test", choices=["val", "test"],
+                        help="the scored images: the test split, or VAL_IMAGES training images outside every draw "
+                        "(default: test)")
+    parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS, help="default: all")
+    parser.add_argument("--images", type=int, nargs="+", default=[10, 20, 50], help="adaptation set sizes")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the draws")
+    parser.add_argument("--train-flags", required=True, help="make adapt's train.py flags, in one string")
+    parser.add_argument("--out", type=Path, default=Path("runs/adapt-experiment"), help="default: runs/adapt-experiment")
+    add_device_flag(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, out = pick_device(args.device), args.out / args.split
+    base = load_checkpoint(args.checkpoint, device)
+    train = data.find_pairs(args.data_dir, "train")
+    order = np.random.default_rng(1234).permutation(len(train))
+    pools = {"draw": [train[k] for k in sorted(order[VAL_IMAGES:])],
+             "scored": [train[k] for k in sorted(order[:VAL_IMAGES])] if args.split == "val"
+             else data.find_pairs(args.data_dir, "test")}
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.csv"
+    rows = runfiles.read_csv(results) if results.exists() else []
+    done = {(r["shift"], r["images"], r["seed"]) for r in rows}
+    args.out = out
+    for shift in args.shifts:
+        for row in run_shift(shift, pools, base, done, args, device):
+            rows.append(row)
+            runfiles.write_csv(results, rows)
+            print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    clean = next((r["before"] for r in rows if r["shift"] == "none"), None)
+    if clean is None:
+        clean = scored_iou(*base, *shifted(pools["scored"], "none", base[1]["image_size"]), 0.5, device).mean()
+    runfiles.write_text(out / "table.md", table(rows, clean) + "\n")
+    plot_adaptation(rows, clean, out / "adapt_experiment.png")
+    print(table(rows, clean))
+    print(f"wrote {results}, {out}/table.md, {out}/adapt_experiment.png")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,41 @@
+"""Annotator shifts: the same lesion outlined by another clinic's annotators, tighter, looser or coarser than
+ISIC's. Each takes a boolean mask [H,W] and returns the shifted mask; adapt_experiment.py measures how well
+adaptation (make adapt) and threshold calibration undo them."""
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+SHARE = 0.08  # tighter and looser move the edge by this share of the lesion's equivalent radius
+
+
+def equivalent_radius(mask):
+    """The radius of the disc with the mask's area, in pixels."""
+    return math.sqrt(mask.sum() / math.pi)
+
+
+def tighter(mask, share=SHARE):
+    """The mask eroded by share x its equivalent radius: an annotator who draws inside the visible edge."""
+    return ndimage.distance_transform_edt(mask) > share * equivalent_radius(mask)
+
+
+def looser(mask, share=SHARE):
+    """The mask dilated by share x its equivalent radius: an annotator who leaves a margin around the lesion."""
+    return ndimage.distance_transform_edt(~mask) <= share * equivalent_radius(mask)
+
+
+def coarse(mask):
+    """The mask's convex hull: an annotator who draws a quick polygon around the lesion."""
+    ys, xs = np.nonzero(mask)
+    try:
+        hull = ConvexHull(np.stack([xs, ys], 1))
+    except (QhullError, ValueError):  # fewer than 3 pixels, or all on a line: nothing to round off
+        return mask.copy()
+    canvas = Image.new("1", mask.shape[::-1])
+    ImageDraw.Draw(canvas).polygon([(float(xs[v]), float(ys[v])) for v in hull.vertices], fill=1, outline=1)
+    return np.asarray(canvas) | mask
+
+
+ANNOTATORS = {"tighter": tighter, "looser": looser, "coarse": coarse}

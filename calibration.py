@@ -1,0 +1,47 @@
+"""Decision-threshold calibration: the probability above which a pixel is lesion, picked on a few labelled images
+of the user's own (adapt.py). Annotators who draw tighter or looser than ISIC's are matched by a higher or lower
+threshold; cross-validation over folds of the images decides whether the change is real or only fits them."""
+import math
+
+import numpy as np
+import torch
+
+from metrics import keep_largest_component, per_image_metrics, upsample
+
+# The candidates, 0.5 among them; finer near 0 and 1, where a sharp model's probabilities still move the edge
+THRESHOLDS = np.round(np.concatenate([[0.01, 0.02, 0.03], np.arange(0.05, 0.951, 0.025), [0.97, 0.98, 0.99]]), 3)
+FOLDS = 5  # cross-validation folds (fewer when there are fewer images)
+
+
+def iou_curves(probs, masks, thresholds=THRESHOLDS, largest_component=True):
+    """IoU [N, T] of each image at each threshold: probabilities [N,1,S,S] upsampled to each boolean mask's own
+    size [H,W] (as make predict does), thresholded, with largest_component only the largest region kept."""
+    curves = np.empty((len(masks), len(thresholds)))
+    for i, mask in enumerate(masks):
+        up = upsample(probs[i:i + 1], mask.shape)[0, 0].numpy()
+        target = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None]
+        for j, t in enumerate(thresholds):
+            pred = keep_largest_component(up > t) if largest_component else up > t
+            curves[i, j] = per_image_metrics(torch.from_numpy(pred)[None, None], target)["iou"].item()
+    return curves
+
+
+def calibrate(curves, thresholds=THRESHOLDS, folds=FOLDS, seed=0):
+    """The threshold to use, from iou_curves() of the calibration images. Each fold's images are scored at the
+    threshold that the other folds' images pick; the best threshold over all images is adopted only if that
+    out-of-fold gain over 0.5 is above zero by more than its paired standard error, else 0.5 is kept.
+    Returns {'threshold', 'best_threshold', 'cv_gain', 'cv_standard_error', 'images', 'folds'}."""
+    n, base = len(curves), int(np.argmin(np.abs(thresholds - 0.5)))
+    k = min(folds, n)
+    fold_of = np.empty(n, dtype=int)
+    fold_of[np.random.default_rng(seed).permutation(n)] = np.arange(n) % k
+    gains = np.empty(n)
+    for fold in range(k):
+        held = fold_of == fold
+        picked = curves[~held].mean(0).argmax()
+        gains[held] = curves[held, picked] - curves[held, base]
+    gain = float(gains.mean())
+    error = float(gains.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+    best = float(thresholds[curves.mean(0).argmax()])
+    return {"threshold": best if gain > error else 0.5, "best_threshold": best, "cv_gain": gain,
+            "cv_standard_error": error, "images": n, "folds": k}

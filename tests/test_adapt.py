@@ -1,0 +1,139 @@
+"""Adaptation to a clinic's annotators: make adapt's fine-tuning (train.py --init-from), threshold calibration
+(calibration.py, adapt.py), the threshold stored in the model and used by prediction, and bad input."""
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import annotators
+import calibration
+import data
+import runfiles
+from conftest import ROOT
+from inference import RELEASED
+from model import load_checkpoint, read_checkpoint
+
+# make adapt's recipe with fewer epochs, so that a test takes seconds
+ADAPT = ["--freeze-encoder", "--random-aug", "--shift-aug", "0.25", "--loss", "bce+dice", "--lr", "1e-3",
+         "--batch-size", "8", "--val-fraction", "0", "--workers", "0", "--device", "cpu"]
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def labelled_folder(synthetic, folder, shift=None, n_train=16, n_test=8):
+    """Plain folders train/ and test/ of synthetic images, masks moved by an annotator shift (annotators.py)."""
+    pairs = data.find_pairs(synthetic[0], "train")[:n_train] + data.find_pairs(synthetic[0], "test")[:n_test]
+    for k, (i, image, mask) in enumerate(pairs):
+        split = "train" if k < n_train else "test"
+        for sub in ("images", "masks"):
+            (folder / split / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, folder / split / "images" / image.name)
+        m = data.read_binary_mask(mask)
+        m = shift(m) if shift else m
+        Image.fromarray(m.astype(np.uint8) * 255).save(folder / split / "masks" / f"{i}.png")
+    return folder
+
+
+def adapt(data_dir, out, *extra):
+    return run("train.py", "--data-dir", data_dir, "--cache-dir", out.parent / "cache", "--out", out,
+               "--init-from", RELEASED, *ADAPT, *extra)
+
+
+def much_looser(mask):
+    return annotators.looser(mask, share=0.3)
+
+
+def test_annotator_shifts_move_a_discs_edge_by_their_share():
+    yy, xx = np.mgrid[:200, :200]
+    disc = (yy - 100) ** 2 + (xx - 100) ** 2 <= 50 ** 2
+    radius = lambda m: np.sqrt(m.sum() / np.pi)  # noqa: E731
+    assert radius(annotators.tighter(disc)) == pytest.approx(50 * 0.92, abs=1)
+    assert radius(annotators.looser(disc)) == pytest.approx(50 * 1.08, abs=1)
+    ell = np.zeros((100, 100), bool)
+    ell[10:90, 10:30] = ell[70:90, 10:90] = True  # an L: its hull adds the triangle between the arms
+    hull = annotators.coarse(ell)
+    assert (hull >= ell).all() and hull.sum() == pytest.approx(ell.sum() + 60 * 60 / 2, rel=0.1)
+
+
+def test_calibration_keeps_0_5_without_a_shift_and_moves_with_one():
+    rng = np.random.default_rng(0)
+    t = calibration.THRESHOLDS
+    unshifted = 0.9 - 0.3 * (t - 0.5) ** 2 + rng.normal(0, 0.02, (20, len(t)))  # best at 0.5, noisy images
+    assert calibration.calibrate(unshifted)["threshold"] == 0.5
+    shifted = 0.9 - 0.5 * (t - 0.75) ** 2 + rng.normal(0, 0.002, (20, len(t)))
+    assert calibration.calibrate(shifted)["threshold"] == pytest.approx(0.75, abs=0.05)
+
+
+def test_a_seeded_adaptation_repeats_exactly(synthetic, tmp_path):
+    folder = labelled_folder(synthetic, tmp_path / "mine", n_train=10, n_test=2)
+    for name in ("a", "b"):
+        result = adapt(folder, tmp_path / name, "--epochs", "2", "--seed", "3")
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a" / "history.csv").read_text().split("\n")[1].split(",")[:2] == \
+        (tmp_path / "b" / "history.csv").read_text().split("\n")[1].split(",")[:2]
+    a, b = (read_checkpoint(tmp_path / name / "best.pt")["model"] for name in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    released = read_checkpoint(RELEASED)["model"]
+    assert not torch.equal(a["head.weight"], released["head.weight"].float())  # it did train
+    assert torch.equal(a["encoder.0.0.weight"], released["encoder.0.0.weight"].float())  # frozen encoder
+
+
+def test_adapt_recovers_looser_annotators_and_calibration_lowers_the_threshold(synthetic, tmp_path):
+    folder = labelled_folder(synthetic, tmp_path / "mine", much_looser)
+    assert adapt(folder, tmp_path / "run", "--epochs", "6").returncode == 0
+    result = run("adapt.py", "--data-dir", folder, "--adapted", tmp_path / "run" / "best.pt",
+                 "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    report = runfiles.read_json(tmp_path / "run" / "adapt.json")
+    rows = list(report["comparisons"].values())
+    assert report["calibration"]["threshold"] < 0.5  # looser masks: a lower threshold draws wider
+    assert rows[1]["difference"] > 0.01 and rows[2]["difference"] > 0.05  # calibrated, adapted against before
+    assert "helped" in (tmp_path / "run" / "README.md").read_text()
+    assert load_checkpoint(tmp_path / "run" / "model.pt")[1]["threshold"] == 0.5
+
+
+def test_a_calibrated_threshold_reaches_predict_and_evaluate(synthetic, tmp_path):
+    folder = labelled_folder(synthetic, tmp_path / "mine", much_looser)
+    result = run("adapt.py", "--data-dir", folder, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache",
+                 "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    calibrated = tmp_path / "cal" / "model.pt"
+    threshold = load_checkpoint(calibrated)[1]["threshold"]
+    assert threshold < 0.5
+    areas = {}
+    for name, extra in (("stored", []), ("half", ["--threshold", "0.5"])):
+        assert run("predict.py", folder / "test" / "images", "--checkpoint", calibrated, "--out", tmp_path / name,
+                   *extra).returncode == 0
+        areas[name] = sum(np.asarray(Image.open(p)).sum() for p in (tmp_path / name).glob("*.png"))
+    assert areas["stored"] > areas["half"]
+    result = run("evaluate.py", "--checkpoint", calibrated, "--data-dir", folder, "--out", tmp_path / "ev",
+                 "--cache-dir", tmp_path / "cache", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert runfiles.read_json(tmp_path / "ev" / "test_metrics.json")["threshold"] == threshold
+
+
+def test_bad_labelled_data_gets_one_sentence(synthetic, tmp_path):
+    empty = tmp_path / "empty"
+    for sub in ("images", "masks"):
+        (empty / sub).mkdir(parents=True)
+    one = labelled_folder(synthetic, tmp_path / "one", n_train=1, n_test=0)
+    blank = labelled_folder(synthetic, tmp_path / "blank", lambda m: np.zeros_like(m), n_train=4, n_test=0)
+    small = tmp_path / "small.pt"
+    ckpt = read_checkpoint(RELEASED)
+    torch.save({"config": {**ckpt["config"], "image_size": 64}, "model": ckpt["model"]}, small)
+    cases = {empty: ([], "empty"), one: ([], "at least 2"), blank: ([], "empty"),
+             labelled_folder(synthetic, tmp_path / "ok", n_train=4, n_test=0): (
+                 ["--init-from", small, "--image-size", "128"], "was trained with --image-size 64")}
+    for folder, (extra, words) in cases.items():
+        result = adapt(folder, tmp_path / f"run-{folder.name}", "--epochs", "1", *extra)
+        message = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and words in message[-1] and "Traceback" not in result.stderr, result.stderr
+    result = run("adapt.py", "--data-dir", one, "--adapted", small, "--out", tmp_path / "x")
+    assert result.returncode == 1 and "64 px" in result.stderr and "Traceback" not in result.stderr
