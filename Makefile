@@ -112,7 +112,7 @@ ablations: $(ABLATIONS)
 # scores it before and after on DATA_DIR's held-out images and writes $(RUNS)/adapt/model.pt and its card.
 # make calibrate: the decision threshold of CHECKPOINT alone, calibrated on DATA_DIR (no training).
 ADAPT_FROM ?= $(RELEASED)
-ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 3e-4 --epochs 10 \
+ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 1e-4 --epochs 10 \
 	--batch-size 8 --val-fraction 0
 adapt: labelled
 	$(PY) train.py --data-dir $(DATA_DIR) --init-from $(ADAPT_FROM) $(ADAPT) --seed $(SEED) --device $(DEVICE) \

@@ -10,20 +10,20 @@ folder: all but the 20% held out) calibrate the threshold; its test images (test
 scored before and after. --out receives model.pt (float16, the threshold stored inside: predict.py, serve.py and
 export.py use it), README.md (its card) and adapt.json.
 """
-import argparse
 import datetime
 import os
-import sys
 from pathlib import Path
 
-import data
+import cli
+import decoding
 import runfiles
 from calibration import calibrate, iou_curves
 from device import add_device_flag, pick_device
-from errors import USER_ERRORS, DataError, UsageError
+from errors import DataError, UsageError
 from inference import RELEASED, predict_probs
 from metrics import full_resolution_metrics, paired_difference
 from model import half_precision, load_checkpoint
+from splits import load_splits
 
 
 def probabilities(model, config, split, device):
@@ -40,7 +40,7 @@ def held_out_iou(model, config, split, threshold, device):
 def load_user_data(data_dir, size, split_seed, cache_dir):
     """(calibration images, held-out images or None): the training and test splits train.py used with
     --val-fraction 0. DataError for fewer than 2 calibration images."""
-    splits = data.load_splits(data_dir, size, 0, split_seed, cache_dir)
+    splits = load_splits(data_dir, size, 0, split_seed, cache_dir)
     print(splits["note"])
     if len(splits["train"]["ids"]) < 2:
         raise DataError(f"{len(splits['train']['ids'])} labelled training image(s) in {data_dir}: adaptation needs "
@@ -100,7 +100,7 @@ def card(report, rows):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--data-dir", required=True, help="your labelled images, in any layout --data-dir reads")
     parser.add_argument("--checkpoint", default=str(RELEASED),
                         help=f"the model before adaptation (default: the released model, {os.path.relpath(RELEASED)})")
@@ -126,7 +126,7 @@ def main(argv=None):
     calibration_images, held_out = load_user_data(args.data_dir, size, (adapted or base)[1].get("split_seed", 0),
                                                   args.cache_dir)
     calib = calibrate(iou_curves(probabilities(*base, calibration_images, device), [
-        data.read_binary_mask(p) for p in calibration_images["mask_paths"]]))
+        decoding.read_binary_mask(p) for p in calibration_images["mask_paths"]]))
     rows = compare(base, adapted, calib, held_out, device) if held_out else {}
     threshold = 0.5 if adapted else calib["threshold"]
     model_file = half_precision(args.adapted or args.checkpoint)
@@ -144,7 +144,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

@@ -11,7 +11,6 @@ none) is applied alike to the adaptation images, drawn from the training split, 
 Writes results.csv (one row per shift, images and seed; an interrupted run continues where it stopped), table.md
 and adapt_experiment.png to --out.
 """
-import argparse
 import shlex
 import shutil
 import subprocess
@@ -23,12 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-import data
+import cli
+import decoding
+import layouts
 import runfiles
 from annotators import ANNOTATORS
 from calibration import calibrate, iou_curves
 from device import add_device_flag, pick_device
-from errors import USER_ERRORS
 from inference import RELEASED, predict_probs
 from metrics import full_resolution_metrics
 from model import load_checkpoint
@@ -53,7 +53,7 @@ def shifted(pairs, shift, size):
     for n, (_, image_path, mask_path) in enumerate(pairs):
         image, mask = shifted_pair(image_path, mask_path, shift, n)
         images.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) if shift == "camera"
-                      else data.read_image(image_path, size)[0])
+                      else decoding.read_image(image_path, size)[0])
         masks.append(mask)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), masks
 
@@ -135,7 +135,7 @@ def table(rows, clean):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--data-dir", default="data", help="ISIC 2016 (default: data)")
     parser.add_argument("--checkpoint", default=str(RELEASED), help="the model to adapt (default: the released one)")
     parser.add_argument("--split", default="test", choices=["val", "test"],
@@ -154,11 +154,11 @@ def main(argv=None):
     args = parse_args(argv)
     device, out = pick_device(args.device), args.out / args.split
     base = load_checkpoint(args.checkpoint, device)
-    train = data.find_pairs(args.data_dir, "train")
+    train = layouts.find_pairs(args.data_dir, "train")
     order = np.random.default_rng(1234).permutation(len(train))
     pools = {"draw": [train[k] for k in sorted(order[VAL_IMAGES:])],
              "scored": [train[k] for k in sorted(order[:VAL_IMAGES])] if args.split == "val"
-             else data.find_pairs(args.data_dir, "test")}
+             else layouts.find_pairs(args.data_dir, "test")}
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.csv"
     rows = runfiles.read_csv(results) if results.exists() else []
@@ -179,7 +179,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

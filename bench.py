@@ -8,7 +8,6 @@ Each number is printed beside the slower variant measured in the same run.
     python bench.py --predict          # make predict with the released model on 20 photos of 1024x768
     python bench.py --page             # the page's server on one photo of 1024x768
 """
-import argparse
 import platform
 import subprocess
 import sys
@@ -23,7 +22,9 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import augment
-import data
+import cli
+import decoding
+import layouts
 from device import add_device_flag, autocast, pick_device, sync
 from losses import LOSSES, bce_loss
 from model import MobileNetSegmenter, update_ema
@@ -200,15 +201,15 @@ def bench_data_cache(args):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rng = np.random.default_rng(0)
-        for split in data.SPLITS:
-            for folder in data.SPLITS[split]:
+        for split in layouts.SPLITS:
+            for folder in layouts.SPLITS[split]:
                 (root / folder).mkdir()
             for i in range(args.cache_images):
                 image_id = f"ISIC_{split[:2]}{i:05d}"
-                noise = write_photo(root / data.SPLITS[split][0] / f"{image_id}.jpg", rng)
+                noise = write_photo(root / layouts.SPLITS[split][0] / f"{image_id}.jpg", rng)
                 Image.fromarray((noise[..., 0] > 128).astype(np.uint8) * 255).resize((1024, 768)).save(
-                    root / data.SPLITS[split][1] / f"{image_id}{data.MASK_SUFFIX}")
-        pairs = data.find_pairs(root, "train")
+                    root / layouts.SPLITS[split][1] / f"{image_id}{layouts.MASK_SUFFIX}")
+        pairs = layouts.find_pairs(root, "train")
 
         start = time.perf_counter()
         for _, image_path, _ in pairs:
@@ -217,18 +218,18 @@ def bench_data_cache(args):
         naive = len(pairs) / (time.perf_counter() - start)
         start = time.perf_counter()
         for _, image_path, _ in pairs:
-            data.read_image(image_path, args.image_size)
+            decoding.read_image(image_path, args.image_size)
         draft = len(pairs) / (time.perf_counter() - start)
         line("JPEG 1024x768 decode+resize, draft mode", draft, naive, "full decode", "img/s")
 
         def build(workers):
             start = time.perf_counter()
-            data.load_split(root, "train", args.image_size, root / f"cache{workers}", workers=workers)
+            decoding.load_split(root, "train", args.image_size, root / f"cache{workers}", workers=workers)
             return len(pairs) / (time.perf_counter() - start)
         parallel, serial = build(args.workers), build(0)
         line(f"build the cache (images + masks), {args.workers} workers", parallel, serial, "1 process", "img/s")
         start = time.perf_counter()
-        data.load_split(root, "train", args.image_size, root / "cache0")
+        decoding.load_split(root, "train", args.image_size, root / "cache0")
         line("load the finished cache", len(pairs) / (time.perf_counter() - start), serial, "building it", "img/s")
 
 
@@ -281,7 +282,7 @@ def profile_best_step(args, device, steps=10):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     add_device_flag(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="images per step")
     parser.add_argument("--image-size", type=int, default=128)
@@ -321,4 +322,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -6,17 +6,16 @@
 An interrupted download resumes where it stopped; every archive's size is checked against the server's and its
 CRC checksums before it is unpacked. PH2 cannot be fetched by script (see --dataset ph2).
 """
-import argparse
 import shutil
-import sys
 import urllib.request
 import zipfile
 from pathlib import Path
 
 from tqdm import tqdm
 
-from data import LAYOUTS, detect_layout, present_groups
-from errors import USER_ERRORS, DataError
+import cli
+from errors import DataError
+from layouts import LAYOUTS, detect_layout, present_groups
 
 SERVER = "https://isic-challenge-data.s3.amazonaws.com/"
 # dataset: (server folder, layout name); each folder of the layout comes as <folder>.zip, holding that folder
@@ -106,7 +105,7 @@ def download(dataset, data_dir, server=SERVER):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--dataset", default="isic2016", choices=[*DATASETS, "ph2"],
                         help="which data set (default: isic2016)")
     parser.add_argument("--data-dir", default="data", help="where its folders go (default: data)")
@@ -116,7 +115,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

@@ -4,15 +4,13 @@ full resolution, with flip TTA and the largest region (metrics.py), written besi
     python evaluate.py --checkpoint runs/exp1-bce/best.pt --data-dir ../shared/isic2016
     python evaluate.py --checkpoint runs/best/seed*/best.pt --data-dir ../shared/isic2016 --tta --full-res
 """
-import argparse
 import os
-import sys
 from pathlib import Path
 
-import data
+import cli
+import layouts
 import runfiles
 from device import add_device_flag, pick_device
-from errors import USER_ERRORS
 from inference import score_model, split_to_score, write_results
 from model import decision_threshold, load_models
 
@@ -27,7 +25,7 @@ def results_name(out, split):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
                         help="a best.pt or last.pt written by train.py; several: score their ensemble (mean of the "
                         "probabilities)")
@@ -56,7 +54,7 @@ def main(argv=None):
     config = configs[0]
     threshold = decision_threshold(configs) if args.threshold is None else args.threshold
     split, what = split_to_score(args.data_dir, args.split, configs, args.cache_dir, args.workers)
-    print(f"{data.detect_layout(args.data_dir)} in {args.data_dir}, {what}")
+    print(f"{layouts.detect_layout(args.data_dir)} in {args.data_dir}, {what}")
     summary, per_image = score_model(model, split, config["loss"], args.batch_size, device,
                                       not config["no_amp"], args.tta, args.full_res, threshold)
     out = Path(args.out or os.path.commonpath([Path(c).parent for c in args.checkpoint]))
@@ -70,7 +68,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

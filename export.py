@@ -6,14 +6,13 @@ The ONNX model takes float32 RGB images [N,3,S,S] with values 0..255 (S: the che
 returns logits [N,1,S,S]; a pixel is lesion where sigmoid(logit) > the model's threshold, stored in the file's
 metadata ("threshold": adapt.py's calibration, else 0.5; "image_size": S). The export needs onnx and its check onnxruntime (pip install -r requirements-export.txt).
 """
-import argparse
-import sys
 import warnings
 
 import numpy as np
 import torch
 
-from errors import USER_ERRORS, ModelFileError, UsageError
+import cli
+from errors import ModelFileError, UsageError
 from model import decision_threshold, load_models
 
 
@@ -55,7 +54,7 @@ def check(model, size, path, batch_sizes=(1, 3), tolerance=1e-3):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
                         help="best.pt or last.pt written by train.py; several: export their ensemble as one model")
     parser.add_argument("--out", default="model.onnx")
@@ -71,7 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

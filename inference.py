@@ -12,8 +12,10 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import data
+import decoding
+import layouts
 import runfiles
+import splits
 from device import autocast
 from errors import UsageError
 from metrics import add_metrics, full_resolution_metrics, keep_largest_component, per_image_metrics, pooled_iou, \
@@ -90,8 +92,8 @@ class LesionSegmenter(nn.Module):
     def segment(self, image, tta=True, largest_component=True, threshold=None):
         """Boolean mask [H,W] at the image's own size (EXIF orientation applied) of an image file's path or a PIL
         image; with tta the mean over flips, with largest_component only the largest region (as make predict)."""
-        pixels, (width, height) = (data.read_image(image, self.image_size) if isinstance(image, (str, Path))
-                                   else data.prepare_image(image, self.image_size))
+        pixels, (width, height) = (decoding.read_image(image, self.image_size) if isinstance(image, (str, Path))
+                                   else decoding.prepare_image(image, self.image_size))
         device = next(self.parameters()).device
         images = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None]  # PIL's array is read-only
         prob = predict_probs(self.model, images, 1, device, self.amp, tta)
@@ -147,13 +149,13 @@ def split_seed(config):
 def split_to_score(data_dir, split, configs, cache_dir="cache", workers=2):
     """The split ("train", "val" or "test") of data_dir that these models are scored on, at their image size: the
     training images they held out for validation (the same seeded or official split as training), all training
-    images, or the test split (data.load_test). Returns (load_split() result, a line that says what it is)."""
+    images, or the test split (splits.load_test). Returns (load_split() result, a line that says what it is)."""
     size = configs[0]["image_size"]
     if split == "train":
-        return data.load_split(data_dir, "train", size, cache_dir, workers), "training split"
+        return decoding.load_split(data_dir, "train", size, cache_dir, workers), "training split"
     if split == "val":
-        return data.load_splits(data_dir, size, configs[0]["val_fraction"], validation_seed(configs), cache_dir,
+        return splits.load_splits(data_dir, size, configs[0]["val_fraction"], validation_seed(configs), cache_dir,
                                 workers)["val"], "validation images held out by training"
     trained_on = any(Path(d).resolve() == Path(data_dir).resolve() for c in configs
-                     for d in data.as_list(c.get("data_dir")))
-    return data.load_test(data_dir, size, split_seed(configs[0]), trained_on, cache_dir, workers)
+                     for d in layouts.as_list(c.get("data_dir")))
+    return splits.load_test(data_dir, size, split_seed(configs[0]), trained_on, cache_dir, workers)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import data
+import decoding
 from losses import LOSSES
 
 
@@ -74,7 +74,7 @@ def full_resolution_metrics(variants, masks, threshold=0.5):
     per_image = {name: [] for name in names}
     counts = {name: [0, 0] for name in names}  # pooled intersection, union
     for i, mask in enumerate(masks):
-        mask = np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else data.read_binary_mask(mask)
+        mask = np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else decoding.read_binary_mask(mask)
         mask = torch.from_numpy(mask)[None, None]
         for name, probs in variants.items():
             pred = upsample(probs[i:i + 1], mask.shape[-2:]) > threshold

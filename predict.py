@@ -8,10 +8,8 @@ Without --checkpoint the released model (models/lesion_segmenter.pt, models/READ
 Every file is written under a temporary name and renamed, so an interrupted job leaves no half-written mask; the
 input folders are never written to.
 """
-import argparse
 import glob
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +17,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import data
+import cli
+import decoding
+import layouts
 import runfiles
 from device import add_device_flag, pick_device
-from errors import USER_ERRORS, Interrupted, StorageError, UsageError
+from errors import Interrupted, StorageError, UsageError
 from inference import RELEASED, mask_at_size, mask_png, outline, predict_probs
 from model import decision_threshold, load_models
 
@@ -36,12 +36,12 @@ def expand_inputs(inputs):
         path = Path(item)
         if path.is_dir():
             matches = sorted(p for p in path.rglob("*")
-                             if p.suffix.lower() in data.IMAGE_EXTS and not data.is_hidden(p))
+                             if p.suffix.lower() in layouts.IMAGE_EXTS and not layouts.is_hidden(p))
         elif path.is_file():
             matches = [path]
         else:  # glob skips dot files (._name.jpg) itself
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True)
-                             if Path(p).suffix.lower() in data.IMAGE_EXTS)
+                             if Path(p).suffix.lower() in layouts.IMAGE_EXTS)
         found += matches
         if not matches:
             unmatched.append(item)
@@ -86,7 +86,7 @@ def open_output_folder(out, inputs, paths):
 
 def overlay(image_path, mask):
     """The image with the predicted lesion's contour drawn in red, thicker on large images so it stays visible."""
-    image = data.read_full_image(image_path)
+    image = decoding.read_full_image(image_path)
     edge = outline(mask)
     for _ in range(min(image.shape[:2]) // 300):  # grow the contour by one pixel each way
         p = np.pad(edge, 1)
@@ -108,7 +108,7 @@ def predicted_masks(model, paths, size, args, device, amp):
         decoded = []
         for path in paths[start:start + args.batch_size]:
             try:
-                decoded.append((path, *data.read_image(path, size)))
+                decoded.append((path, *decoding.read_image(path, size)))
             except Exception as e:  # PIL raises many types for corrupt or non-image files
                 yield path, None, str(e)
         if decoded:
@@ -119,7 +119,7 @@ def predicted_masks(model, paths, size, args, device, amp):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--input", nargs="+", action="extend", default=[], dest="more_inputs", metavar="INPUT",
                         help="more inputs, e.g. after --checkpoint's files")
@@ -181,10 +181,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Interrupted as e:
-        print(f"\n{e}", file=sys.stderr)
-        sys.exit(130)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

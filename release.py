@@ -6,16 +6,15 @@ models/card.json: test scores, robustness suite, size, sha256) and its worst tes
 
 Refuses to release when half precision moves the test IoU by MAX_HALF_PRECISION_LOSS or more.
 """
-import argparse
 import hashlib
-import sys
 from pathlib import Path
 
 import torch
 
+import cli
 import runfiles
 from device import add_device_flag, pick_device
-from errors import USER_ERRORS, ModelFileError
+from errors import ModelFileError
 from inference import predict_probs, score_model, split_to_score
 from model import half_precision, load_checkpoint
 from perturbations import PERTURBATIONS, score_perturbations, summarize
@@ -78,7 +77,7 @@ def write_card(card, readme):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", default="runs/best/seed0/best.pt",
                         help="the train.py checkpoint to release (default: runs/best/seed0/best.pt)")
     parser.add_argument("--data-dir", default="data", help="the ISIC 2016 folder it is scored on (default: data)")
@@ -119,7 +118,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

@@ -9,13 +9,11 @@ table repeats exactly.
 Writes robustness.csv and robustness.json (IoU and Dice per shift, per-image means at each mask's own size, and
 the drop from the clean score), robustness.png and examples.png (every shift on one image) to --out.
 """
-import argparse
-import sys
 from pathlib import Path
 
+import cli
 import runfiles
 from device import add_device_flag, pick_device
-from errors import USER_ERRORS
 from inference import split_to_score
 from model import load_models
 from perturbations import PERTURBATIONS, score_perturbations, shift, summarize
@@ -23,7 +21,7 @@ from plots import plot_examples, plot_robustness
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
                         help="best.pt or last.pt written by train.py; several: their ensemble")
     parser.add_argument("--data-dir", default="data", help="a data folder in any accepted layout (default: data)")
@@ -69,7 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

@@ -7,11 +7,9 @@ unsure, the lesion's area, and the mask PNG to download (byte for byte what pred
 Python's standard library serves it: no package beyond requirements.txt. Uploads stay in memory, and nothing a
 browser sends becomes a file path.
 """
-import argparse
 import base64
 import io
 import json
-import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-import data
+import cli
+import decoding
 from device import add_device_flag, pick_device
-from errors import USER_ERRORS
 from inference import RELEASED, mask_at_size, mask_png, outline, predict_probs
 from metrics import upsample
 from model import Ensemble, decision_threshold, load_models
@@ -65,7 +63,7 @@ def display_picture(raw):
     """The uploaded image as shown (EXIF orientation applied), its longest side at most DISPLAY: RGB uint8."""
     with Image.open(io.BytesIO(raw)) as im:
         im.draft("RGB", (DISPLAY, DISPLAY))
-        im = data.to_8bit_rgb(ImageOps.exif_transpose(im))
+        im = decoding.to_8bit_rgb(ImageOps.exif_transpose(im))
         im.thumbnail((DISPLAY, DISPLAY))
         return np.asarray(im)
 
@@ -84,7 +82,7 @@ def segment_upload(model, raw, options, size, device, amp):
     writes, base64), 'overlay' (contour, base64 PNG), 'unsure' (base64 PNG)}. Raises UploadError."""
     try:
         with open_upload(raw) as im:
-            pixels, (width, height) = data.prepare_image(im, size)
+            pixels, (width, height) = decoding.prepare_image(im, size)
         shown = display_picture(raw)
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated or corrupt files
         raise UploadError(f"the image cannot be read: it is damaged or cut short ({e})") from None
@@ -180,7 +178,7 @@ def make_handler(model, size, device, amp, threshold=0.5):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", nargs="+", action="extend", metavar="FILE",
                         help="train.py checkpoints; several: their ensemble (default: the released model)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -203,7 +201,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import fcntl
 import math
 import os
 import shutil
@@ -18,14 +17,17 @@ import sys
 import time
 from pathlib import Path
 
+import filelock
 import torch
 from tqdm import tqdm
 
 import augment
-import data
+import cli
+import layouts
 import runfiles
+import splits
 from device import add_device_flag, autocast, pick_device
-from errors import USER_ERRORS, DataError, Interrupted, TrainingError, UsageError
+from errors import DataError, Interrupted, TrainingError, UsageError
 from inference import evaluate, predict_logits, score_model, split_seed, write_results
 from losses import LOSSES
 from model import DECODER_WIDTHS, build_model, read_checkpoint, update_ema
@@ -45,34 +47,30 @@ DIVERGED = 100  # a training loss this many times the run's first stops the run
 
 def build_parser(defaults=True):
     """train.py's flags; with defaults=False every default is left out, so parsing tells which flags were given."""
-    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter, add_help=defaults)
 
-    def a(*names, default=None, **kwargs):
-        p.add_argument(*names, default=default if defaults else argparse.SUPPRESS, **kwargs)
+    def adder(group):
+        def a(*names, default=None, **kwargs):
+            group.add_argument(*names, default=default if defaults else argparse.SUPPRESS, **kwargs)
+        return a
+    a = adder(p.add_argument_group("data"))
     a("--data-dir", nargs="+", default=["data"], metavar="DIR",
       help="data folder(s) in any accepted layout (README: Data); several: train on the union of their training "
            "splits, validate on the union of their validation splits, test on each test split apart")
     a("--cache-dir", default="cache", help="where decoded images are cached between runs")
-    a("--out", default="runs/train", help="run folder for config, history, checkpoints, metrics and plots")
+    a("--workers", type=int, default=2, help="processes that decode JPEGs when the cache is built")
+    a("--image-size", type=int, default=128, help="images and masks are resized to this square size (multiple of 32)")
+    a("--val-fraction", type=float, default=0.1,
+      help="share of training images held out for validation (0: train on all of them; best.pt is the last epoch)")
+    a("--split-seed", type=int, default=0,
+      help="seeds the train/validation split (apart from --seed: runs of several seeds validate on the same images)")
+    a = adder(p.add_argument_group("model"))
     a("--encoder-weights", default="imagenet",
       help="'imagenet' (torchvision download), 'none' (random), or a MobileNetV2 state_dict file")
     a("--init-from", metavar="CHECKPOINT",
       help="start from this checkpoint's weights instead of --encoder-weights: fine-tuning a trained model (a "
            "train.py best.pt, or models/lesion_segmenter.pt as make adapt does); its --skips, --decoder-widths "
            "and --image-size are kept")
-    a("--image-size", type=int, default=128, help="images and masks are resized to this square size (multiple of 32)")
-    a("--aug-copies", type=int, default=3, help="flipped/rotated copies added per training image (3: 4x data)")
-    a("--random-aug", default=False, action="store_true",
-      help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; "
-           "turns the feature cache off")
-    a("--shift-aug", type=float, default=0.0, metavar="SHARE",
-      help="with --random-aug: this share of the images (0..1) gets the robustness suite's kinds of shift instead "
-           "(augment.random_shift): zoom out to 0.55x in an edge-coloured border, stretch, colour casts, gamma, "
-           "blur, noise, hair")
-    a("--val-fraction", type=float, default=0.1,
-      help="share of training images held out for validation (0: train on all of them; best.pt is the last epoch)")
     a("--freeze-encoder", default=False, action="store_true", help="train the decoder only; the encoder stays fixed")
     a("--no-feature-cache", default=False, action="store_true",
       help="with --freeze-encoder, run the encoder at every step instead of once per run (same results, slower)")
@@ -80,6 +78,7 @@ def build_parser(defaults=True):
       help="feed encoder stages into the decoder (U-Net style skip connections)")
     a("--decoder-widths", type=int, nargs=5, default=list(DECODER_WIDTHS), metavar="C",
       help="decoder channels at 1/16, 1/8, 1/4, 1/2 and full resolution")
+    a = adder(p.add_argument_group("optimisation"))
     a("--loss", default="bce", choices=sorted(LOSSES),
       help="bce: BCEWithLogitsLoss; iou: soft Jaccard; bce+dice: BCE plus soft Dice; bce+lovasz: BCE plus Lovasz hinge")
     a("--optimizer", default="adam", choices=["adam", "rmsprop"], help="Adam or RMSprop (PyTorch defaults otherwise)")
@@ -94,21 +93,31 @@ def build_parser(defaults=True):
     a("--epochs", type=int, default=15, help="passes over the augmented training set")
     a("--batch-size", type=int, default=32, help="images per optimizer step")
     a("--seed", type=int, default=0, help="seeds the augmentation, initialisation and batch order")
-    a("--split-seed", type=int, default=0,
-      help="seeds the train/validation split (apart from --seed: runs of several seeds validate on the same images)")
-    a("--workers", type=int, default=2, help="processes that decode JPEGs when the cache is built")
-    a("--no-amp", default=False, action="store_true", help="no mixed precision on GPU (CPU always runs float32)")
-    a("--compile", default=False, action="store_true", help="torch.compile the forward pass (opt-in; slow to start)")
-    a("--cudnn-benchmark", default=False, action="store_true",
-      help="let cuDNN time its kernels for each new input shape (a slower first epoch; see docs/speed.md)")
+    a = adder(p.add_argument_group("augmentation"))
+    a("--aug-copies", type=int, default=3, help="flipped/rotated copies added per training image (3: 4x data)")
+    a("--random-aug", default=False, action="store_true",
+      help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; "
+           "turns the feature cache off")
+    a("--shift-aug", type=float, default=0.0, metavar="SHARE",
+      help="with --random-aug: this share of the images (0..1) gets the robustness suite's kinds of shift instead "
+           "(augment.random_shift): zoom out to 0.55x in an edge-coloured border, stretch, colour casts, gamma, "
+           "blur, noise, hair")
+    a = adder(p.add_argument_group("output"))
+    a("--out", default="runs/train", help="run folder for config, history, checkpoints, metrics and plots")
     a("--viz-every", type=int, default=0, help="prediction panels every N epochs (0: about 4 per run)")
     a("--config", metavar="CONFIG_JSON",
       help="start from a saved run's flags (runs/<run>/config.json); flags given here override them")
     a("--resume", default=False, action="store_true",
       help="continue the run in --out from its last.pt (start it if it has none)")
     a("--overwrite", default=False, action="store_true", help="replace an existing run in --out")
+    speed = p.add_argument_group("device and speed")
+    a = adder(speed)
+    a("--no-amp", default=False, action="store_true", help="no mixed precision on GPU (CPU always runs float32)")
+    a("--compile", default=False, action="store_true", help="torch.compile the forward pass (opt-in; slow to start)")
+    a("--cudnn-benchmark", default=False, action="store_true",
+      help="let cuDNN time its kernels for each new input shape (a slower first epoch; see docs/speed.md)")
     if defaults:
-        add_device_flag(p)
+        add_device_flag(speed)
     else:
         p.add_argument("--device", default=argparse.SUPPRESS)
     return p
@@ -117,7 +126,7 @@ def build_parser(defaults=True):
 def parse_args(argv=None):
     """(flags, names of the flags given on the command line); refuses values that cannot train (exit 2)."""
     parser = build_parser()
-    given = vars(build_parser(defaults=False).parse_args(argv))
+    given = vars(build_parser(defaults=False).parse_known_args(argv)[0])  # --help: the parser with defaults
     if "config" in given:  # a saved run's flags become the defaults; flags on the command line still win
         saved = runfiles.read_json(given["config"])
         parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("out", "resume", "overwrite", "config")})
@@ -130,7 +139,7 @@ def parse_args(argv=None):
             flag = "--" + key.replace("_", "-")
             parser.error(f"{flag} {getattr(args, key)}: {init_from} was trained with {flag} {value}, and its weights "
                          f"only fit that model; leave {flag} out")
-    args.data_dir = data.as_list(args.data_dir)
+    args.data_dir = layouts.as_list(args.data_dir)
     args.random_aug = args.random_aug or args.shift_aug > 0
     given = set(given)
     checks = [(args.image_size % 32 == 0 and args.image_size > 0,
@@ -185,23 +194,23 @@ def lock_run_dir(out, args):
     removed again if the run stops before it wrote anything (bad data, bad weights)."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise UsageError(f"another train.py is running in {out} (pid {lock.read().strip() or '?'}); wait for it, "
-                             "or choose another --out") from None
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        try:
-            check_run_dir(args, announce=False)  # again, under the lock: a run that ended meanwhile stays
-            yield out
-        except BaseException:
-            if created and [p.name for p in out.iterdir()] == [".lock"]:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+    lock = filelock.FileLock(out / ".lock", timeout=0)  # flock on Unix, msvcrt on Windows
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        holder = (out / ".lock").read_text().strip() or "?"
+        raise UsageError(f"another train.py is running in {out} (pid {holder}); wait for it, or choose another "
+                         "--out") from None
+    try:
+        (out / ".lock").write_text(str(os.getpid()))  # for the message above
+        check_run_dir(args, announce=False)  # again, under the lock: a run that ended meanwhile stays
+        yield out
+    except BaseException:
+        if created and [p.name for p in out.iterdir()] == [".lock"]:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -245,7 +254,7 @@ def resumed_config(args, given, out):
     changed = {k: getattr(args, k) for k in RESUMABLE if k in given}
     config = {**vars(args), **last["config"], **changed, "out": str(out), "resume": True, "overwrite": False}
     config["split_seed"] = split_seed(last["config"])
-    config["data_dir"] = data.as_list(config["data_dir"])
+    config["data_dir"] = layouts.as_list(config["data_dir"])
     return argparse.Namespace(**config), last
 
 
@@ -283,12 +292,12 @@ class Rows:
 def load_data(args, device):
     """{'train': (images, masks) augmented, 'val': (images, masks), 'tests': {results name: load_split() result},
     'panel_idx', 'sizes': lines that count them}. Decoded once into uint8 tensors, split before augmentation, each
-    --data-dir's splits joined (data.load_splits); on a GPU the training set lives on the device."""
-    parts = [data.load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir, args.workers)
+    --data-dir's splits joined (splits.load_splits); on a GPU the training set lives on the device."""
+    parts = [splits.load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir, args.workers)
              for d in args.data_dir]
 
     (train_images, train_masks), val = ((s["images"], s["masks"]) for s in (
-        data.join([p[split] for p in parts]) for split in ("train", "val")))
+        splits.join([p[split] for p in parts]) for split in ("train", "val")))
     if len(train_images) < 2:
         raise DataError(f"{len(train_images)} training image(s) in {', '.join(args.data_dir)}: training needs at least "
                         "2 (fine-tuning with make adapt: 10 or more labelled images)")
@@ -585,10 +594,4 @@ def train_epochs(trainer, splits, history, best_iou, args, out, config):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Interrupted as e:
-        print(f"\n{e}", file=sys.stderr)
-        sys.exit(130)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

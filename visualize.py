@@ -10,9 +10,7 @@
 
 The plots that training and the robustness suite draw as they run are in plots.py.
 """
-import argparse
 import math
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -24,9 +22,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import data  # noqa: E402
+import cli  # noqa: E402
+import decoding  # noqa: E402
+import layouts  # noqa: E402
 import runfiles  # noqa: E402
-from errors import USER_ERRORS, UsageError  # noqa: E402
+import splits  # noqa: E402
+from errors import UsageError  # noqa: E402
 from inference import predict_logits  # noqa: E402
 import metrics  # noqa: E402
 from metrics import upsample  # noqa: E402
@@ -150,7 +151,7 @@ def find_data_dir(data_dir, runs_dir):
     if Path(data_dir).is_dir():
         return data_dir
     for config in sorted(Path(runs_dir).glob("**/config.json")):
-        trained_on = (data.as_list(runfiles.read_json(config).get("data_dir")) or [None])[0]  # the first of several
+        trained_on = (layouts.as_list(runfiles.read_json(config).get("data_dir")) or [None])[0]  # the first of several
         if trained_on and Path(trained_on).is_dir():
             print(f"data folder {data_dir} does not exist; using {trained_on}, from {config}")
             return trained_on
@@ -189,8 +190,8 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
 
 
 def load_test(data_dir, config, cache_dir):
-    """The test split that a run of this config was scored on (data.load_test), at its image size."""
-    return data.load_test(data_dir, config["image_size"], config.get("split_seed", config["seed"]), True,
+    """The test split that a run of this config was scored on (splits.load_test), at its image size."""
+    return splits.load_test(data_dir, config["image_size"], config.get("split_seed", config["seed"]), True,
                           cache_dir)[0]
 
 
@@ -210,12 +211,12 @@ def plot_worst_and_best(run, data_dir, cache_dir, path, n=6):
 def lesion_stats(data_dir, split):
     """Per-image statistics read from the full-size masks and image headers."""
     stats = {"width": [], "height": [], "area_fraction": [], "touches_border": []}
-    for _, image_path, mask_path in tqdm(data.find_pairs(data_dir, split), desc=f"reading {split} masks",
+    for _, image_path, mask_path in tqdm(layouts.find_pairs(data_dir, split), desc=f"reading {split} masks",
                                          disable=None):
         with Image.open(image_path) as im:
             stats["width"].append(im.size[0])
             stats["height"].append(im.size[1])
-        mask = data.read_binary_mask(mask_path)
+        mask = decoding.read_binary_mask(mask_path)
         stats["area_fraction"].append(float(mask.mean()))
         edges = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
         stats["touches_border"].append(bool(edges.any()))
@@ -237,7 +238,7 @@ def summarize_stats(stats):
 def eda(data_dir, out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stats = {split: lesion_stats(data_dir, split) for split in data.present_groups(data_dir)}
+    stats = {split: lesion_stats(data_dir, split) for split in layouts.present_groups(data_dir)}
     summary = {split: summarize_stats(s) for split, s in stats.items()}
     runfiles.write_json(out / "eda.json", summary)
     fig, (sizes, balance, shapes) = plt.subplots(1, 3, figsize=(15, 4))
@@ -273,22 +274,25 @@ def eda(data_dir, out):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("report", help="compare every finished run in --runs")
-    r.add_argument("--runs", default="runs")
-    r.add_argument("--data-dir", default="data")
-    r.add_argument("--cache-dir", default="cache")
-    e = sub.add_parser("eda", help="statistics of the data set")
-    e.add_argument("--data-dir", default="data")
+
+    def command(name, text):
+        return sub.add_parser(name, help=text, description=text, formatter_class=cli.HelpFormatter)
+    r = command("report", "compare every finished run in --runs")
+    r.add_argument("--runs", default="runs", help="the folder of run folders")
+    r.add_argument("--data-dir", default="data", help="the data the runs were scored on (for the panels)")
+    r.add_argument("--cache-dir", default="cache", help="where decoded images are cached")
+    e = command("eda", "statistics of the data set")
+    e.add_argument("--data-dir", default="data", help="the data folder, in any layout")
     e.add_argument("--runs", default="runs", help="where to look for a run's data folder if --data-dir is missing")
-    e.add_argument("--out", default="runs/eda")
-    c = sub.add_parser("curves", help="redraw curves.png of one run folder")
+    e.add_argument("--out", default="runs/eda", help="folder for eda.json and eda.png")
+    c = command("curves", "redraw curves.png of one run folder")
     c.add_argument("run_dir")
-    b = sub.add_parser("robustness", help="robustness.py results side by side: a bar plot and a Markdown table")
+    b = command("robustness", "robustness.py results side by side: a bar plot and a Markdown table")
     b.add_argument("folders", nargs="+", help="robustness.py --out folders (each holds robustness.json)")
     b.add_argument("--out", default="runs/robustness/compare.png", help="where the plot goes")
-    p = sub.add_parser("paired", help="two models on the same images: mean difference and its standard error")
+    p = command("paired", "two models on the same images: mean difference and its standard error")
     p.add_argument("base", nargs="+", help="evaluate.py's *_per_image.csv of the first model (several: pooled)")
     p.add_argument("--vs", nargs="+", required=True, help="the same files of the second model, in the same order")
     p.add_argument("--metric", default="fullres_lcc_tta_iou", help="a column of those files")
@@ -311,7 +315,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

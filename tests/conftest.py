@@ -9,8 +9,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import data  # noqa: E402
 from model import DECODER_WIDTHS, MobileNetSegmenter  # noqa: E402
+from synthetic import write_synthetic  # noqa: E402
 
 REAL_DATA = ROOT.parent / "shared" / "isic2016"
 REAL_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
@@ -20,7 +20,7 @@ REAL_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
 def synthetic(tmp_path_factory):
     """(data_dir, {id: lesion area fraction}) of a small synthetic ISIC-layout data set, shared by tests."""
     root = tmp_path_factory.mktemp("isic-synthetic")
-    areas = data.write_synthetic(root, n_train=40, n_test=12, seed=1)
+    areas = write_synthetic(root, n_train=40, n_test=12, seed=1)
     return root, areas
 
 

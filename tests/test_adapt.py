@@ -11,7 +11,8 @@ from PIL import Image
 
 import annotators
 import calibration
-import data
+import decoding
+import layouts
 import runfiles
 from conftest import ROOT
 from inference import RELEASED
@@ -29,13 +30,13 @@ def run(script, *args):
 
 def labelled_folder(synthetic, folder, shift=None, n_train=16, n_test=8):
     """Plain folders train/ and test/ of synthetic images, masks moved by an annotator shift (annotators.py)."""
-    pairs = data.find_pairs(synthetic[0], "train")[:n_train] + data.find_pairs(synthetic[0], "test")[:n_test]
+    pairs = layouts.find_pairs(synthetic[0], "train")[:n_train] + layouts.find_pairs(synthetic[0], "test")[:n_test]
     for k, (i, image, mask) in enumerate(pairs):
         split = "train" if k < n_train else "test"
         for sub in ("images", "masks"):
             (folder / split / sub).mkdir(parents=True, exist_ok=True)
         shutil.copy(image, folder / split / "images" / image.name)
-        m = data.read_binary_mask(mask)
+        m = decoding.read_binary_mask(mask)
         m = shift(m) if shift else m
         Image.fromarray(m.astype(np.uint8) * 255).save(folder / split / "masks" / f"{i}.png")
     return folder

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+import decoding
+import layouts
 import predict
 import runfiles
 import train
@@ -136,8 +137,8 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     Image.fromarray(rgb * 257).save(tmp_path / "sixteen.png")  # the same picture in 16 bits
     with Image.open(tmp_path / "sixteen.png") as im:
         assert im.mode.startswith("I")
-    eight, _ = data.read_image(tmp_path / "eight.png", 32)
-    sixteen, _ = data.read_image(tmp_path / "sixteen.png", 32)
+    eight, _ = decoding.read_image(tmp_path / "eight.png", 32)
+    sixteen, _ = decoding.read_image(tmp_path / "sixteen.png", 32)
     assert np.abs(eight.astype(int) - sixteen.astype(int)).max() <= 1 and sixteen.mean() < 200
 
 
@@ -145,12 +146,12 @@ def test_exif_orientation_is_applied_to_images(tmp_path):
     stored = np.zeros((40, 64, 3), np.uint8)
     stored[:, :8] = 255  # a white band on the stored image's left edge
     exif = Image.Exif()
-    exif[data.ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
+    exif[decoding.ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
     Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
-    image, size = data.read_image(tmp_path / "phone.jpg", 32)
+    image, size = decoding.read_image(tmp_path / "phone.jpg", 32)
     assert size == (40, 64)  # width, height as displayed
     assert image[:4].mean() > 200 and image[-4:].mean() < 50  # the band is now on top
-    assert data.read_full_image(tmp_path / "phone.jpg").shape[:2] == (64, 40)
+    assert decoding.read_full_image(tmp_path / "phone.jpg").shape[:2] == (64, 40)
 
 
 def test_predict_keeps_masks_of_inputs_with_the_same_name_apart_and_skips_hidden_files(checkpoint, tmp_path):
@@ -203,10 +204,10 @@ def test_bad_weight_files_are_one_sentence_without_pytorch_advice(synthetic, tmp
 def test_every_data_problem_is_reported_in_one_message(synthetic, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(synthetic[0], copy)
-    image_dir, mask_dir = (copy / f for f in data.SPLITS["train"])
+    image_dir, mask_dir = (copy / f for f in layouts.SPLITS["train"])
     next(mask_dir.glob("*.png")).unlink()  # an image without a mask
     sorted(image_dir.glob("*.jpg"))[-1].write_bytes(b"corrupt")  # and an unreadable image
     with pytest.raises(DataError) as e:
-        data.load_split(copy, "train", 32, tmp_path / "cache")
+        decoding.load_split(copy, "train", 32, tmp_path / "cache")
     assert "2 problem(s)" in str(e.value) and "image without a mask" in str(e.value)
     assert "cannot read image" in str(e.value)

@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+import decoding
+import layouts
 import runfiles
 import train
 from conftest import ROOT, train_args
 from errors import DataError, TrainingError, UsageError
 
-TRAIN_IMAGES, TRAIN_MASKS = data.SPLITS["train"]
+TRAIN_IMAGES, TRAIN_MASKS = layouts.SPLITS["train"]
 
 
 @pytest.fixture
@@ -33,19 +34,19 @@ def copy(synthetic, tmp_path):
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "garbage in the middle"])
 def test_a_damaged_cache_file_is_rebuilt_with_a_notice_never_used(synthetic, tmp_path, damage, capsys):
     cache = tmp_path / "cache"
-    clean = data.load_split(synthetic[0], "train", 64, cache)
+    clean = decoding.load_split(synthetic[0], "train", 64, cache)
     path, = cache.glob("train_64px_*.pt")
     raw = path.read_bytes()
     damaged = {"truncated": raw[:len(raw) // 2], "random bytes": os.urandom(len(raw)),
                "garbage in the middle": raw[:len(raw) // 2] + os.urandom(20_000) + raw[len(raw) // 2 + 20_000:]}
     path.write_bytes(damaged[damage])
     capsys.readouterr()
-    again = data.load_split(synthetic[0], "train", 64, cache)
+    again = decoding.load_split(synthetic[0], "train", 64, cache)
     out = capsys.readouterr().out
     assert f"cache file {path} is damaged; decoding the images again" in out and "weights_only" not in out
     assert torch.equal(again["images"], clean["images"]) and torch.equal(again["masks"], clean["masks"])
     assert path.read_bytes() == raw  # rebuilt whole
-    data.load_split(synthetic[0], "train", 64, cache)
+    decoding.load_split(synthetic[0], "train", 64, cache)
     assert "damaged" not in capsys.readouterr().out
 
 
@@ -60,7 +61,7 @@ def alive(pid):
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads processes from /proc (Linux)")
 def test_kill_9_while_the_cache_is_built_ends_the_decoding_workers(tmp_path):
     folder = tmp_path / "big"
-    for f in data.SPLITS["train"]:
+    for f in layouts.SPLITS["train"]:
         (folder / f).mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(300):  # PNGs of noise: slow to decode, so the build is still running when the kill comes
@@ -68,7 +69,7 @@ def test_kill_9_while_the_cache_is_built_ends_the_decoding_workers(tmp_path):
             folder / TRAIN_IMAGES / f"ISIC_{i:07d}.png")
         Image.fromarray(np.full((400, 400), 255, np.uint8)).save(
             folder / TRAIN_MASKS / f"ISIC_{i:07d}_Segmentation.png")
-    code = f"import data; data.load_split({str(folder)!r}, 'train', 64, {str(tmp_path / 'cache')!r}, workers=2)"
+    code = f"import data; decoding.load_split({str(folder)!r}, 'train', 64, {str(tmp_path / 'cache')!r}, workers=2)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     deadline = time.time() + 60
@@ -101,7 +102,7 @@ def test_palette_masks_are_read_by_index_not_by_colour(tmp_path):
         palette_mask(values, colours).save(tmp_path / name)
         with Image.open(tmp_path / name) as im:
             assert im.mode == "P"
-        assert np.array_equal(data.read_binary_mask(tmp_path / name), values == 1), name
+        assert np.array_equal(decoding.read_binary_mask(tmp_path / name), values == 1), name
 
 
 def test_a_data_set_whose_masks_are_all_empty_refuses_to_train(copy, tmp_path):
@@ -120,7 +121,7 @@ def test_a_jpeg_mask_is_refused_with_the_reason(copy):
         im.convert("L").save(mask.with_suffix(".jpg"))
     mask.unlink()
     with pytest.raises(DataError) as e:
-        data.find_pairs(copy, "train")
+        layouts.find_pairs(copy, "train")
     assert f"mask {mask.with_suffix('.jpg')} is a JPEG" in str(e.value) and "save masks as PNG" in str(e.value)
     assert "no mask named" not in str(e.value)
 

@@ -10,28 +10,30 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import data
 import download
+import errors
 import evaluate
+import layouts
 import runfiles
 import train
 from conftest import REAL_DATA, REAL_WEIGHTS, train_args
+from synthetic import write_synthetic
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """16 (id, image, mask) of real ISIC images (synthetic ones where the real data is absent)."""
     if REAL_DATA.is_dir():
-        return data.find_pairs(REAL_DATA, "train")[:16]
+        return layouts.find_pairs(REAL_DATA, "train")[:16]
     root = tmp_path_factory.mktemp("synthetic")
-    data.write_synthetic(root, n_train=16, n_test=0)
-    return data.find_pairs(root, "train")
+    write_synthetic(root, n_train=16, n_test=0)
+    return layouts.find_pairs(root, "train")
 
 
 def lay_out(root, layout, groups):
-    """Write {group: pairs} under root in one of data.LAYOUTS, named as its official release names them."""
+    """Write {group: pairs} under root in one of layouts.LAYOUTS, named as its official release names them."""
     for group, chosen in groups.items():
-        image_folder, mask_folder = data.LAYOUTS[layout][group]
+        image_folder, mask_folder = layouts.LAYOUTS[layout][group]
         for image_id, image_path, mask_path in chosen:
             if layout == "PH2":  # IMDxxx/IMDxxx_Dermoscopic_Image/IMDxxx.bmp, IMDxxx/IMDxxx_lesion/IMDxxx_lesion.bmp
                 case = root / "PH2 Dataset images" / image_id
@@ -49,7 +51,7 @@ def lay_out(root, layout, groups):
             shutil.copyfile(mask_path, masks / f"{image_id}{suffix}.png")
             if layout == "ISIC 2017 Part 1":
                 Image.open(mask_path).save(images / f"{image_id}_superpixels.png")
-        for folder in data.LAYOUTS[layout][group]:  # the archives' stray files
+        for folder in layouts.LAYOUTS[layout][group]:  # the archives' stray files
             if layout == "ISIC 2018 Task 1":
                 for name in ("LICENSE.txt", "ATTRIBUTION.txt"):
                     (root / folder / name).write_text("CC BY-NC 4.0")
@@ -81,9 +83,9 @@ def test_each_layout_is_detected_trained_on_and_scored(layout, pairs, checkpoint
     groups, expected = LAYOUT_CASES[layout]
     chosen = ph2_pairs(pairs) if layout == "PH2" else pairs
     root = lay_out(tmp_path / "data", layout, {g: chosen[s] for g, s in groups.items()})
-    assert data.detect_layout(root) == layout and data.present_groups(root) == list(groups)
+    assert layouts.detect_layout(root) == layout and layouts.present_groups(root) == list(groups)
     for group, s in groups.items():  # the stray files are no images and no masks
-        assert [p[0] for p in data.find_pairs(root, group)] == sorted(p[0] for p in chosen[s])
+        assert [p[0] for p in layouts.find_pairs(root, group)] == sorted(p[0] for p in chosen[s])
     train.main(train_args(root, tmp_path / "run"))
     assert f"{layout} in {root}: {expected}" in capsys.readouterr().out
     tested = (tmp_path / "run" / "test_metrics.json").exists()
@@ -100,8 +102,8 @@ def test_each_layout_is_detected_trained_on_and_scored(layout, pairs, checkpoint
 def test_a_folder_holding_two_layouts_is_refused(pairs, tmp_path):
     lay_out(tmp_path, "ISIC 2016 Part 1", {"train": pairs[:2]})
     lay_out(tmp_path, "plain folders", {"train": pairs[2:4]})
-    with pytest.raises(data.DataError, match="several layouts .ISIC 2016 Part 1, plain folders"):
-        data.find_pairs(tmp_path, "train")
+    with pytest.raises(errors.DataError, match="several layouts .ISIC 2016 Part 1, plain folders"):
+        layouts.find_pairs(tmp_path, "train")
 
 
 def test_several_data_dirs_train_on_the_union_and_test_each_apart(synthetic, pairs, tmp_path, capsys):
@@ -126,9 +128,9 @@ def test_a_plain_folder_copy_of_the_real_test_split_scores_exactly_the_same(pair
     checkpoint = tmp_path / "run" / "best.pt"
     isic = tmp_path / "isic"
     isic.mkdir()
-    for folder in data.SPLITS["test"]:
+    for folder in layouts.SPLITS["test"]:
         (isic / folder).symlink_to(REAL_DATA / folder)
-    assert data.copy_as_plain_folders(isic, tmp_path / "plain") == {"test": 339}
+    assert layouts.copy_as_plain_folders(isic, tmp_path / "plain") == {"test": 339}
     scores = {}
     for name in ("isic", "plain"):
         evaluate.main(["--checkpoint", str(checkpoint), "--data-dir", str(tmp_path / name), "--device", "cpu",
@@ -145,7 +147,7 @@ def make_archives(source, server_root, dataset):
     """The official zips of a layout under server_root/<year>/, each holding its folder and a __MACOSX entry."""
     folder_url, layout = download.DATASETS[dataset]
     (server_root / folder_url).mkdir(parents=True)
-    for folder in (f for pair in data.LAYOUTS[layout].values() for f in pair):
+    for folder in (f for pair in layouts.LAYOUTS[layout].values() for f in pair):
         with zipfile.ZipFile(server_root / folder_url / f"{folder}.zip", "w") as z:
             for path in sorted((source / folder).iterdir()):
                 z.write(path, f"{folder}/{path.name}")
@@ -172,10 +174,10 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.mark.parametrize("dataset", ["isic2016", "isic2017", "isic2018"])
 def test_make_data_downloads_resumes_checks_and_unpacks_each_dataset(dataset, pairs, tmp_path):
     layout = download.DATASETS[dataset][1]
-    groups = {"train": pairs[:6], "test": pairs[6:9]} | ({"val": pairs[9:11]} if "val" in data.LAYOUTS[layout] else {})
+    groups = {"train": pairs[:6], "test": pairs[6:9]} | ({"val": pairs[9:11]} if "val" in layouts.LAYOUTS[layout] else {})
     source = lay_out(tmp_path / "source", layout, groups)
     make_archives(source, tmp_path / "server", dataset)
-    first = data.LAYOUTS[layout]["train"][0]
+    first = layouts.LAYOUTS[layout]["train"][0]
     archive = tmp_path / "server" / download.DATASETS[dataset][0] / f"{first}.zip"
     dest = tmp_path / "data"
     dest.mkdir()
@@ -191,17 +193,17 @@ def test_make_data_downloads_resumes_checks_and_unpacks_each_dataset(dataset, pa
     total = sum(p.stat().st_size for p in (tmp_path / "server").rglob("*.zip"))
     assert RangeHandler.sent == total - 100  # the first archive resumed after its 100 bytes
     for group, chosen in groups.items():
-        assert [p[0] for p in data.find_pairs(dest, group)] == sorted(p[0] for p in chosen)
+        assert [p[0] for p in layouts.find_pairs(dest, group)] == sorted(p[0] for p in chosen)
     assert not list(dest.glob("*.zip*")) and not (dest / "__MACOSX").exists()
 
 
 def test_a_damaged_archive_is_removed_with_a_sentence(pairs, tmp_path):
     source = lay_out(tmp_path / "source", "ISIC 2016 Part 1", {"train": pairs[:2], "test": pairs[2:4]})
     make_archives(source, tmp_path / "server", "isic2016")
-    archive = tmp_path / "server" / "2016" / f"{data.SPLITS['train'][0]}.zip"
+    archive = tmp_path / "server" / "2016" / f"{layouts.SPLITS['train'][0]}.zip"
     archive.write_bytes(archive.read_bytes()[:-200])  # cut short: the central directory is gone
-    with pytest.raises(data.DataError, match="is damaged"):
+    with pytest.raises(errors.DataError, match="is damaged"):
         download.download("isic2016", tmp_path / "data", (tmp_path / "server").as_uri() + "/")
     assert not list((tmp_path / "data").glob("*.zip*"))
-    with pytest.raises(data.DataError, match="PH2 is not downloadable by script"):
+    with pytest.raises(errors.DataError, match="PH2 is not downloadable by script"):
         download.download("ph2", tmp_path / "empty")

@@ -16,7 +16,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-import data
+import layouts
 import predict
 import serve
 from conftest import REAL_DATA, ROOT
@@ -75,7 +75,7 @@ def downloaded(folder, name, timeout=30):
 
 def test_the_page_segments_like_predict_says_what_is_wrong_and_keeps_serving(server, browser, synthetic, tmp_path):
     folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]  # an ISIC 2016 test image where ../shared is here
-    image = sorted((folder / data.SPLITS["test"][0]).glob("*.jpg"))[0]
+    image = sorted((folder / layouts.SPLITS["test"][0]).glob("*.jpg"))[0]
     browser.get(server)
     upload(browser, image)
     wait_for(browser, ".result.done")[0].find_element(By.CSS_SELECTOR, "a.download").click()
@@ -100,7 +100,7 @@ def test_the_page_segments_like_predict_says_what_is_wrong_and_keeps_serving(ser
     browser.save_screenshot(str(tmp_path / "page.png"))
     if os.environ.get("PAGE_SCREENSHOT"):  # make page-screenshot: the README's picture
         browser.get(server)
-        upload(browser, *sorted((folder / data.SPLITS["test"][0]).glob("*.jpg"))[3:5])
+        upload(browser, *sorted((folder / layouts.SPLITS["test"][0]).glob("*.jpg"))[3:5])
         wait_for(browser, ".result.done", count=2)
         browser.save_screenshot(os.environ["PAGE_SCREENSHOT"])
 
@@ -117,7 +117,7 @@ def post(server, path, body, timeout=120):
 
 
 def test_two_clients_at_once_each_get_their_own_answer(server, synthetic):
-    images = sorted((synthetic[0] / data.SPLITS["test"][0]).glob("*.jpg"))[:2]
+    images = sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))[:2]
     alone = [post(server, "/segment", p.read_bytes())[1]["mask"] for p in images]
     together = [None, None]
 
@@ -132,7 +132,7 @@ def test_two_clients_at_once_each_get_their_own_answer(server, synthetic):
 
 
 def test_bad_uploads_get_a_message_and_the_server_goes_on(server, synthetic, tmp_path):
-    jpeg = sorted((synthetic[0] / data.SPLITS["test"][0]).glob("*.jpg"))[0].read_bytes()
+    jpeg = sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))[0].read_bytes()
     Image.new("1", (12_000, 9_000)).save(tmp_path / "huge.png")  # 108 megapixels in a small file
     cases = {b"": "the file is empty", jpeg[:len(jpeg) // 2]: "damaged or cut short",
              b"GIF89a not really": "not an image", (tmp_path / "huge.png").read_bytes(): "over 100 megapixels"}

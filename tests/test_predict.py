@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-import data
+import decoding
 import export
+import layouts
 import predict
 from inference import outline, predict_probs, score_model
 from metrics import full_resolution_metrics, keep_largest_component
@@ -99,7 +100,7 @@ def test_full_resolution_metrics_score_at_the_masks_own_size(tmp_path):
 
 def test_score_model_reports_every_variant(synthetic, checkpoint, tmp_path):
     model, config = load_checkpoint(checkpoint)
-    split = data.load_split(synthetic[0], "test", 64, tmp_path)
+    split = decoding.load_split(synthetic[0], "test", 64, tmp_path)
     summary, per_image = score_model(model, split, "bce", 8, torch.device("cpu"))
     for key in ("loss", "iou", "dice", "pooled_iou", "tta_iou", "tta_dice", "fullres_iou", "fullres_dice",
                 "fullres_accuracy", "fullres_sensitivity", "fullres_specificity", "fullres_iou_thresholded",
@@ -111,7 +112,7 @@ def test_score_model_reports_every_variant(synthetic, checkpoint, tmp_path):
 
 def test_predict_writes_masks_at_each_images_own_size(synthetic, checkpoint, tmp_path):
     folder = tmp_path / "mine"
-    shutil.copytree(synthetic[0] / data.SPLITS["test"][0], folder)
+    shutil.copytree(synthetic[0] / layouts.SPLITS["test"][0], folder)
     Image.open(next(folder.glob("*.jpg"))).convert("L").resize((333, 71)).save(folder / "gray.png")
     inputs = [str(folder / "ISIC_000004*.jpg"), str(folder / "gray.png"), str(folder)]
     predict.main([*inputs, "--out", str(tmp_path / "out"), "--overlay", "--tta", "--device", "cpu",
@@ -138,7 +139,7 @@ class TwoSquares(torch.nn.Module):
 def test_predict_largest_component_keeps_one_region_per_mask(synthetic, checkpoint, tmp_path, monkeypatch):
     _, configs = load_models([checkpoint])
     monkeypatch.setattr(predict, "load_models", lambda paths, device: (TwoSquares(), configs))
-    image = next((synthetic[0] / data.SPLITS["test"][0]).glob("*.jpg"))
+    image = next((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))
     for flags, regions in (([], 2), (["--largest-component"], 1)):
         out = tmp_path / str(regions)
         predict.main([str(image), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu", *flags])

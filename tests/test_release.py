@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+import decoding
+import layouts
 import predict
 import release
 import runfiles
@@ -41,10 +42,10 @@ def synthetic_photos(synthetic, folder, n=4):
 def copied_photos(data_dir, folder, n):
     """n test images of data_dir copied to folder: [(path, boolean truth mask)]."""
     folder.mkdir()
-    pairs = data.find_pairs(data_dir, "test")[:n]
+    pairs = layouts.find_pairs(data_dir, "test")[:n]
     for _, image, _ in pairs:
         shutil.copy(image, folder)
-    return [(folder / image.name, data.read_binary_mask(mask)) for _, image, mask in pairs]
+    return [(folder / image.name, decoding.read_binary_mask(mask)) for _, image, mask in pairs]
 
 
 def ious_of_predict_without_checkpoint(photos, folder, tmp_path):

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-import runfiles
 import plots
+import runfiles
 import visualize
 
 

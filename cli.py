@@ -1,0 +1,34 @@
+"""What every script shares on the command line: help that gives each flag's default, and the entry point that
+turns the project's errors into one line and an exit code."""
+import argparse
+import sys
+
+from errors import USER_ERRORS, Interrupted
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring as written, and "(default: ...)" after every flag's help that does not name its
+    default itself (flags that are off, or unset, have none to give)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == []
+        if "default" in text or unset or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def parser(description):
+    """An ArgumentParser for a script, with its docstring as description."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def run(main):
+    """Call a script's main(): Ctrl-C (Interrupted) exits 130, a user's error exits 1, each with one line."""
+    try:
+        main()
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,76 @@
+"""Training, validation and test splits of one data folder in any layout: the official splits where the layout has
+them, else seeded ones made before any augmentation."""
+import torch
+
+from decoding import load_split
+from errors import DataError
+from layouts import detect_layout, expected_layout, present_groups
+
+TEST_FRACTION = 0.2  # share of a folder without an official split (PH2) held out as its test split
+
+
+def split_indices(n, val_fraction, seed):
+    """(train, val) index tensors: a seeded random split, made before any augmentation."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = round(n * val_fraction)
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def subset(split, idx):
+    """The rows idx of a load_split() result."""
+    return {"images": split["images"][idx], "masks": split["masks"][idx],
+            **{key: [split[key][i] for i in idx] for key in ("ids", "image_paths", "mask_paths")}}
+
+
+def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", workers=0):
+    """{'train', 'val', 'test': load_split() results (test None where the folder holds no test images), 'note': a
+    line that says where each came from} of one data folder in any layout. Validation is the layout's official
+    split when it has one (and val_fraction > 0), else a seeded val_fraction of the training images; a folder
+    without any split (PH2, plain images/ + masks/) first holds TEST_FRACTION of its images out as test."""
+    groups = present_groups(data_dir)
+
+    def load(group):
+        return load_split(data_dir, group, size, cache_dir, workers)
+    if "train" in groups:
+        train, test, held_out = load("train"), load("test") if "test" in groups else None, ""
+    elif "all" in groups:
+        everything = load("all")
+        rest, test_idx = split_indices(len(everything["ids"]), TEST_FRACTION, split_seed)
+        train, test = subset(everything, rest), subset(everything, test_idx)
+        held_out = f" (no official split: {TEST_FRACTION:.0%} held out by --split-seed {split_seed})"
+    else:
+        raise DataError(f"{data_dir} holds no training images: {detect_layout(data_dir)} folders "
+                        f"{', '.join(groups)} only\n{expected_layout(data_dir)}")
+    official = "val" in groups and val_fraction > 0
+    if official:
+        val = load("val")
+    else:
+        train_idx, val_idx = split_indices(len(train["ids"]), val_fraction, split_seed)
+        train, val = subset(train, train_idx), subset(train, val_idx)
+    note = (f"{detect_layout(data_dir)} in {data_dir}: {len(train['ids'])} training images, {len(val['ids'])} "
+            f"validation{' (official split)' if official else ''}, "
+            f"{len(test['ids']) if test else 'no'} test{held_out}")
+    return {"train": train, "val": val, "test": test, "note": note}
+
+
+def load_test(data_dir, size, split_seed, trained_on=True, cache_dir="cache", workers=0):
+    """(load_split() result, a line saying what it is) of data_dir's test split. A folder without one (PH2, plain
+    images/ + masks/) gives, for a model trained on it, the TEST_FRACTION it held out by split_seed; for a model
+    that never saw it (trained_on=False), every image of every split."""
+    groups = present_groups(data_dir)
+    if "test" in groups:
+        return load_split(data_dir, "test", size, cache_dir, workers), "test split"
+    if trained_on and "all" in groups:
+        return load_splits(data_dir, size, 0, split_seed, cache_dir, workers)["test"], (
+            f"no official test split: the {TEST_FRACTION:.0%} held out from training by --split-seed {split_seed}")
+    if trained_on:
+        raise DataError(f"{data_dir} ({detect_layout(data_dir)}) has no test images, and the model trained on the "
+                        f"others ({', '.join(groups)})")
+    return join([load_split(data_dir, g, size, cache_dir, workers) for g in groups]), (
+        f"no test split: every image ({', '.join(groups)})")
+
+
+def join(splits):
+    """One load_split()-like result of several, in order."""
+    return {"images": torch.cat([s["images"] for s in splits]), "masks": torch.cat([s["masks"] for s in splits]),
+            **{key: [x for s in splits for x in s[key]] for key in ("ids", "image_paths", "mask_paths")}}
