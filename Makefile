@@ -113,7 +113,7 @@ ablations: $(ABLATIONS)
 # make calibrate: the decision threshold of CHECKPOINT alone, calibrated on DATA_DIR (no training).
 ADAPT_FROM ?= $(RELEASED)
 ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 1e-4 --epochs 10 \
-	--batch-size 8 --val-fraction 0
+	--batch-size 8 --val-fraction 0 --ema 0.9
 adapt: labelled
 	$(PY) train.py --data-dir $(DATA_DIR) --init-from $(ADAPT_FROM) $(ADAPT) --seed $(SEED) --device $(DEVICE) \
 		--out $(RUNS)/adapt $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
