@@ -22,7 +22,8 @@ TRAIN = $(PY) train.py --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHT
 COMMON = --seed $(SEED) --out $(RUNS)/$@
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare exp1-bce exp1-iou exp2-finetune best release \
-	adapt calibrate labelled adapt-experiment demo report eda bench bench-predict gpu-check check-same test predict export serve page-screenshot
+	adapt calibrate labelled adapt-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
+	predict export serve page-screenshot
 .DEFAULT_GOAL := help
 
 help:
@@ -145,6 +146,10 @@ bench: setup
 bench-predict: setup
 	$(PY) bench.py --predict --checkpoint $(CHECKPOINT) --device $(DEVICE)
 	$(PY) bench.py --page --checkpoint $(CHECKPOINT) --device $(DEVICE)
+
+# One process against two (torchrun, gloo) on this machine: make predict on 20 photos, training on synthetic data
+bench-scale: setup
+	$(PY) bench.py --scale
 
 # On a CUDA machine: bench, make best's seed 0 (AMP, --no-amp, --compile), exp1-bce, exp2-finetune -> $(RUNS)/gpu-check
 gpu-check: setup

@@ -20,7 +20,7 @@ import runfiles
 from calibration import calibrate, iou_curves
 from device import add_device_flag, pick_device
 from errors import DataError, UsageError
-from inference import RELEASED, predict_probs
+from inference import RELEASED, predict_probs, split_seed
 from metrics import full_resolution_metrics, paired_difference
 from model import half_precision, load_checkpoint
 from splits import load_splits
@@ -80,11 +80,13 @@ def card(report, rows):
              f"`{report['adapted'] or report['checkpoint']}`"
              + (f", fine-tuned from `{report['checkpoint']}`" if report['adapted'] else "")
              + f" on {c['images']} labelled images of `{report['data_dir']}`.", "",
-             f"**Threshold {report['threshold']:g}.** Calibration on those {c['images']} images found "
-             f"{c['best_threshold']:g} best for the model before; over {c['folds']} folds its out-of-fold gain over 0.5 "
-             f"was {c['cv_gain']:+.4f} ± {c['cv_standard_error']:.4f}, so "
-             + (f"{c['threshold']:g} is kept." if c["threshold"] != 0.5 else "0.5 is kept.")
-             + (" The adapted model is fine-tuned on these masks, so it keeps 0.5." if report["adapted"] else ""), ""]
+             f"**Threshold {report['threshold']:g}.** "
+             + ("The adapted model learnt these masks' edge itself, so it keeps 0.5. For the model before, "
+                if report["adapted"] else "")
+             + f"calibration on those {c['images']} images found {c['best_threshold']:g} best; over {c['folds']} "
+             f"folds its out-of-fold gain over 0.5 was {c['cv_gain']:+.4f} ± {c['cv_standard_error']:.4f}, so "
+             f"{c['threshold']:g} {'would be' if report['adapted'] else 'is'} used (0.5 unless that gain is above "
+             "zero by more than its standard error).", ""]
     if rows:
         lines += [f"IoU on {report['held_out']} held-out images (each mask's own size, flip TTA, largest region):", "",
                   "| model | mean IoU | change | paired SE | better / worse images |", "|---|---|---|---|---|"]
@@ -123,7 +125,7 @@ def main(argv=None):
     if adapted and adapted[1]["image_size"] != size:
         raise UsageError(f"--adapted {args.adapted} works at {adapted[1]['image_size']} px but --checkpoint "
                          f"{args.checkpoint} at {size} px: give the checkpoint it was fine-tuned from")
-    calibration_images, held_out = load_user_data(args.data_dir, size, (adapted or base)[1].get("split_seed", 0),
+    calibration_images, held_out = load_user_data(args.data_dir, size, split_seed((adapted or base)[1]),
                                                   args.cache_dir)
     calib = calibrate(iou_curves(probabilities(*base, calibration_images, device), [
         decoding.read_binary_mask(p) for p in calibration_images["mask_paths"]]))

@@ -145,7 +145,8 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, nargs="+", default=[10, 20, 50], help="adaptation set sizes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the draws")
     parser.add_argument("--train-flags", required=True, help="make adapt's train.py flags, in one string")
-    parser.add_argument("--out", type=Path, default=Path("runs/adapt-experiment"), help="default: runs/adapt-experiment")
+    parser.add_argument("--out", type=Path, default=Path("runs/adapt-experiment"),
+                        help="results go to OUT/SPLIT (default: runs/adapt-experiment)")
     add_device_flag(parser)
     return parser.parse_args(argv)
 

@@ -18,11 +18,18 @@ SHIFT_CAST = 0.25  # each colour channel x 1 +- this: white balance
 SHIFT_BLUR = 0.012  # Gaussian sigma at full strength, of the image side (1.5 px at 128)
 SHIFT_NOISE = 10.0  # standard deviation at full strength, 0..255 units
 HAIR_SHADES = (10, 60)  # red channel of a hair; green and blue are 3/4 and 1/2 of it (dark brown)
+# The rows of draw_distortions(), each one uniform draw per image: what it decides
+DISTORT_ROWS = 5  # random_distort: rotation, zoom, brightness, contrast, saturation
+GEOMETRY, HAIR_PICK, HAIR_ON, HAIR_SHADE = slice(0, 3), 3, 4, 5  # random_shift: rotation, zoom, stretch; hair
+COLOUR, BLUR, NOISE_SEED, NOISE, SHIFTED = slice(6, 13), 13, 14, 15, 16  # random_mix: which image is shifted
+SHIFT_ROWS = 17
 
 
 def augment(images, masks, copies, seed):
     """The originals plus `copies` copies of each, every copy with a seeded random horizontal
     flip and rotation by a multiple of 90 degrees (exact on pixels, so masks stay binary)."""
+    if copies == 0:  # the originals as they are (memory-mapped ones stay on disk)
+        return images, masks
     g = torch.Generator().manual_seed(seed)
     out_images, out_masks = [images], [masks]
     for _ in range(copies):
@@ -47,7 +54,7 @@ def augment(images, masks, copies, seed):
 def draw_distortions(n, generator, shifts=False):
     """Uniform draws in 0..1 for n images, from a CPU generator so that runs repeat on any device: [5, n] for
     random_distort (rotation, zoom, brightness, contrast, saturation), [17, n] for random_mix (shifts=True)."""
-    return torch.stack([torch.rand(n, generator=generator) for _ in range(17 if shifts else 5)])
+    return torch.stack([torch.rand(n, generator=generator) for _ in range(SHIFT_ROWS if shifts else DISTORT_ROWS)])
 
 
 def random_distort(images, masks, draws, max_angle=180.0, max_zoom=1.25, jitter=0.2):
@@ -103,31 +110,33 @@ def random_shift(images, masks, draws, hairs):
     draw_distortions(N, g, shifts=True). Images [N,3,S,S] 0..255 and masks [N,1,S,S] {0,1} in; float images 0..255
     and float masks {0,1} out."""
     n, size = len(images), images.shape[-1]
-    images, masks = warp_into_edge_colour(images.float(), masks.float(), *draws[:3])
+    images, masks = warp_into_edge_colour(images.float(), masks.float(), *draws[GEOMETRY])
     masks = (masks > 0.5).float()
-    hair = hairs[(draws[3] * len(hairs)).long().clamp(max=len(hairs) - 1)] * (draws[4] < 0.5).view(n, 1, 1, 1)
-    shade = uniform(*HAIR_SHADES, draws[5]).view(n, 1, 1, 1) * images.new_tensor([1, 0.75, 0.5]).view(1, 3, 1, 1)
+    picked = hairs[(draws[HAIR_PICK] * len(hairs)).long().clamp(max=len(hairs) - 1)]
+    hair = picked * (draws[HAIR_ON] < 0.5).view(n, 1, 1, 1)
+    brown = images.new_tensor([1, 0.75, 0.5]).view(1, 3, 1, 1)
+    shade = uniform(*HAIR_SHADES, draws[HAIR_SHADE]).view(n, 1, 1, 1) * brown
     images = images * (1 - hair) + shade * hair
-    images = jitter_colour(images, draws[6:13])
-    blur = sometimes(draws[13])
+    images = jitter_colour(images, draws[COLOUR])
+    blur = sometimes(draws[BLUR])
     chosen = blur.nonzero().flatten()  # blurring only those is several times faster on a CPU than blurring all
     blurred = gaussian_blur(images[chosen], SHIFT_BLUR * size)
     images = images.index_copy(0, chosen, torch.lerp(images[chosen], blurred, blur[chosen].view(-1, 1, 1, 1)))
-    noise = sometimes(draws[15])
+    noise = sometimes(draws[NOISE])
     chosen = noise.nonzero().flatten()
-    seeded = torch.Generator(images.device).manual_seed(int(draws[14, 0] * 2 ** 31))
+    seeded = torch.Generator(images.device).manual_seed(int(draws[NOISE_SEED, 0] * 2 ** 31))
     field = torch.randn((len(chosen),) + images.shape[1:], generator=seeded, device=images.device)
     images = images.index_add(0, chosen, field * (SHIFT_NOISE * noise[chosen]).view(-1, 1, 1, 1))
     return images.clamp(0, 255), masks
 
 
 def random_mix(images, masks, draws, hairs, share):
-    """random_shift on a `share` of the images (those with draws[16] < share), random_distort on the others: the
-    wider shifts without losing sight of the clean images. Arguments and results as random_shift's."""
-    wide = draws[16] < share
+    """random_shift on a `share` of the images (those with draws[SHIFTED] < share), random_distort on the others:
+    the wider shifts without losing sight of the clean images. Arguments and results as random_shift's."""
+    wide = draws[SHIFTED] < share
     out_images, out_masks = images.float(), masks.float()
     for chosen, distort in ((wide, lambda i, m, d: random_shift(i, m, d, hairs)),
-                            (~wide, lambda i, m, d: random_distort(i, m, d[:5]))):
+                            (~wide, lambda i, m, d: random_distort(i, m, d[:DISTORT_ROWS]))):
         index = chosen.nonzero().flatten()
         if len(index):
             out_images[index], out_masks[index] = distort(images[index], masks[index], draws[:, index])

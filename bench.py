@@ -7,6 +7,7 @@ Each number is printed beside the slower variant measured in the same run.
     python bench.py --device cuda --batch-size 64
     python bench.py --predict          # make predict with the released model on 20 photos of 1024x768
     python bench.py --page             # the page's server on one photo of 1024x768
+    python bench.py --scale            # one process against two under torchrun (make bench-scale)
 """
 import platform
 import subprocess
@@ -25,9 +26,11 @@ import augment
 import cli
 import decoding
 import layouts
+import runfiles
 from device import add_device_flag, autocast, pick_device, sync
 from losses import LOSSES, bce_loss
 from model import MobileNetSegmenter, update_ema
+from synthetic import write_synthetic
 
 
 def rate(step, n_images, device, seconds=4.0):
@@ -195,6 +198,35 @@ def bench_page(args, requests=5):
     print(f"{'the page, one photo of 1024x768, model loaded':<52} {float(np.median(times[1:])):8.2f} s per image")
 
 
+def bench_scale(args, epochs=2):
+    """One process against two (torchrun, gloo, one thread each) on this machine: make predict's command on
+    --predict-images photos of 1024x768 (images per second, start-up included), and training on a synthetic set
+    (seconds per step of the last epoch, and its training loss)."""
+    here, launch = Path(__file__).parent, [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    with tempfile.TemporaryDirectory() as tmp:
+        photos, rng = Path(tmp) / "photos", np.random.default_rng(0)
+        photos.mkdir()
+        for i in range(args.predict_images):
+            write_photo(photos / f"photo{i:03d}.jpg", rng)
+        write_synthetic(Path(tmp) / "data", n_train=160, n_test=8)
+        train = ["--data-dir", str(Path(tmp) / "data"), "--cache-dir", str(Path(tmp) / "cache"), "--workers", "0",
+                 "--encoder-weights", "none", "--epochs", str(epochs), "--batch-size", str(args.batch_size),
+                 "--device", "cpu"]
+        for n in (1, 2):
+            start = time.perf_counter()
+            subprocess.run([*launch, f"--nproc_per_node={n}", "predict.py", str(photos), "--out",
+                            str(Path(tmp) / f"masks{n}"), "--device", "cpu"], cwd=here, check=True, capture_output=True)
+            seconds = time.perf_counter() - start
+            print(f"{f'make predict, {n} process(es), {args.predict_images} photos':<52} {seconds:8.2f} s "
+                  f"({args.predict_images / seconds:.1f} img/s)")
+            subprocess.run([*launch, f"--nproc_per_node={n}", "train.py", *train, "--out", str(Path(tmp) / f"run{n}")],
+                           cwd=here, check=True, capture_output=True)
+            last = runfiles.read_csv(Path(tmp) / f"run{n}" / "history.csv")[-1]
+            steps = -(-144 * 4 // args.batch_size)  # 144 training images (a tenth validates), 3 copies each
+            print(f"{f'training, {n} process(es), global batch {args.batch_size}':<52} "
+                  f"{last['seconds'] / steps:8.3f} s per step (train loss {last['train_loss']:.4f})")
+
+
 def bench_data_cache(args):
     """Decoding large JPEGs into the uint8 cache: ours (JPEG draft mode, worker processes) against a full-size
     decode and resize, and loading the finished cache."""
@@ -301,6 +333,8 @@ def main():
     parser.add_argument("--predict-images", type=int, default=20, help="photos for --predict")
     parser.add_argument("--page", action="store_true",
                         help="only time the page's server (serve.py) on one photo of 1024x768 (make bench-predict)")
+    parser.add_argument("--scale", action="store_true",
+                        help="only one process against two under torchrun: prediction and training (make bench-scale)")
     parser.add_argument("--checkpoint", nargs="+",
                         help="--predict's and --page's model (default: the released model)")
     args = parser.parse_args()
@@ -316,6 +350,8 @@ def main():
         return bench_predict(args)
     if args.page:
         return bench_page(args)
+    if args.scale:
+        return bench_scale(args)
     bench_training(args, device)
     bench_inference(args, device)
     bench_data_cache(args)

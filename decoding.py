@@ -118,7 +118,8 @@ def load_split(data_dir, split, size, cache_dir="cache", workers=0):
     if cached is None:
         cached = decode_split(data_dir, split, pairs, problems, size, workers)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        runfiles.atomic_save({**cached, "checksum": checksum(cached)}, cache_file)
+        runfiles.atomic_save({**cached, "checksum": checksum(cached["images"], cached["masks"], cached["ids"])},
+                             cache_file)
     if not cached["masks"].any():
         raise DataError(f"every mask of the {split} split in {data_dir} is empty (all background): nothing to learn "
                         "or score; check that the masks mark the lesion (white, or a palette index above 0)")
@@ -155,12 +156,14 @@ def exit_with_parent(parent):
     threading.Thread(target=watch, daemon=True).start()
 
 
-def checksum(cached):
-    """sha256 of a cached split's pixels, masks and ids."""
+def checksum(images, masks, ids, chunk=256):
+    """sha256 of a cached split's pixels, masks and ids (tensors or memory-mapped arrays, read `chunk` rows at a
+    time, so a split larger than memory is hashed without loading it)."""
     h = hashlib.sha256()
-    for key in ("images", "masks"):
-        h.update(cached[key].numpy().tobytes())
-    h.update("\n".join(cached["ids"]).encode())
+    for array in (images, masks):
+        for start in range(0, len(array), chunk):
+            h.update(np.ascontiguousarray(np.asarray(array[start:start + chunk])).tobytes())
+    h.update("\n".join(ids).encode())
     return h.hexdigest()
 
 
@@ -169,7 +172,7 @@ def read_cache(path):
     or its content no longer matches the checksum written with it."""
     try:
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("checksum") == checksum(cached):
+        if cached.get("checksum") == checksum(cached["images"], cached["masks"], cached["ids"]):
             return cached
     except Exception:  # truncated, overwritten: torch.load raises many types
         pass

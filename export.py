@@ -4,7 +4,8 @@
 
 The ONNX model takes float32 RGB images [N,3,S,S] with values 0..255 (S: the checkpoint's image size) and
 returns logits [N,1,S,S]; a pixel is lesion where sigmoid(logit) > the model's threshold, stored in the file's
-metadata ("threshold": adapt.py's calibration, else 0.5; "image_size": S). The export needs onnx and its check onnxruntime (pip install -r requirements-export.txt).
+metadata ("threshold": adapt.py's calibration, else 0.5; "image_size": S). The export needs onnx and its check
+onnxruntime (pip install -r requirements-export.txt).
 """
 import warnings
 

@@ -106,7 +106,7 @@ def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True,
     'tta_' keys with flip test-time augmentation, 'fullres_' keys at each mask's original size ('fullres_lcc_' with
     only the largest region kept), and 'pooled_iou' keys over all pixels together. Returns (summary, per-image
     metrics)."""
-    masks = split["masks"]
+    masks = split["masks"][:]  # read into memory if memory-mapped
     logits = predict_logits(model, split["images"], batch_size, device, amp)
     summary, per_image = score(logits, masks, loss_name, threshold)
     variants = {"": logits.sigmoid()}

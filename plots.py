@@ -82,7 +82,7 @@ def plot_robustness(rows, path, title):
     low = min(min(r["iou"] for r in rows) - 0.05, 0.6)
     ax.set(yticks=y, yticklabels=names, xlim=(low, 1.0), xlabel="per-image mean at each mask's own size",
            title=title)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars, never over one
     save_figure(fig, path)
 
 

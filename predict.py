@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import cli
+import distributed
 import decoding
 import layouts
 import runfiles
@@ -76,7 +77,7 @@ def open_output_folder(out, inputs, paths):
                          "the next run and could replace your own files; choose an --out outside it")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: under torchrun several probe at once
         probe.touch()
         probe.unlink()
     except OSError as e:
@@ -148,17 +149,32 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = pick_device(args.device)
+    device = distributed.start(pick_device(args.device))  # under torchrun: each process takes its share
     model, configs = load_models(args.checkpoint, device)
     args.threshold = decision_threshold(configs) if args.threshold is None else args.threshold
     paths = expand_inputs(args.inputs)
     out = open_output_folder(args.out, args.inputs, paths)
     names = {path: out / name for path, name in zip(paths, output_names(paths))}
     kinds = ("_segmentation.png", "_overlay.png") if args.overlay else ("_segmentation.png",)
-    todo = [p for p in paths if not (args.skip_existing and all(Path(f"{names[p]}{k}").exists() for k in kinds))]
-    skipped = f" ({len(paths) - len(todo)} skipped: already in {out}/)" if len(todo) < len(paths) else ""
-    failures, written = [], 0
+    mine = paths[distributed.rank()::distributed.world_size()]  # every image in exactly one process
+    todo = [p for p in mine if not (args.skip_existing and all(Path(f"{names[p]}{k}").exists() for k in kinds))]
     masks = predicted_masks(model, todo, configs[0]["image_size"], args, device, not configs[0]["no_amp"])
+    written, failures = write_masks(masks, names, todo, out, args)
+    counts = distributed.total(torch.tensor([written, len(mine) - len(todo), len(failures)], dtype=torch.float64))
+    distributed.stop()
+    written, skipped, unreadable = (int(c) for c in counts)
+    if distributed.is_main():
+        print(f"wrote {written} masks to {out}/" + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
+              + (f"; {unreadable} images could not be read" if unreadable else ""))
+    if failures:
+        raise UsageError(f"{len(failures)} of {len(mine)} images could not be read (the other masks were "
+                         "written):\n  " + "\n  ".join(failures))
+
+
+def write_masks(masks, names, todo, out, args):
+    """Write each predicted mask (and overlay) under its name; returns (masks written, [unreadable: why]).
+    Ctrl-C and a full disk end with one sentence: how many were written, and how to continue."""
+    failures, written = [], 0
     try:
         for path, mask, problem in tqdm(masks, total=len(todo), desc="predicting", unit="img", disable=None):
             if problem:
@@ -174,10 +190,7 @@ def main(argv=None):
     except StorageError:
         raise StorageError(f"no space left in {out}/: wrote {written} of {len(todo)} masks, and no partial file; free "
                            "some space and run the same command with --skip-existing to continue") from None
-    print(f"wrote {written} masks to {out}/{skipped}")
-    if failures:
-        raise UsageError(f"{len(failures)} of {len(paths)} images could not be read (the other masks were "
-                         "written):\n  " + "\n  ".join(failures))
+    return written, failures
 
 
 if __name__ == "__main__":

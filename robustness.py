@@ -54,8 +54,8 @@ def main(argv=None):
                "checkpoints": [str(c) for c in args.checkpoint], "rows": rows}
     runfiles.write_json(out / "robustness.json", summary)
     runfiles.write_csv(out / "robustness.csv", rows)
-    plot_robustness(rows, out / "robustness.png",
-                              f"{out.name}: {args.split} split, {len(split['ids'])} images")
+    models = args.checkpoint[0] + (f" and {len(args.checkpoint) - 1} more" if len(args.checkpoint) > 1 else "")
+    plot_robustness(rows, out / "robustness.png", f"{models}: {args.split} split, {len(split['ids'])} images")
     examples = [shift(split["image_paths"][0], split["mask_paths"][0], name, args.seed, 0)
                 for name in args.perturbations]
     plot_examples(args.perturbations, examples, out / "examples.png")

@@ -5,6 +5,7 @@ import torch
 from decoding import load_split
 from errors import DataError
 from layouts import detect_layout, expected_layout, present_groups
+from mapped import load_mapped_split
 
 TEST_FRACTION = 0.2  # share of a folder without an official split (PH2) held out as its test split
 
@@ -22,15 +23,16 @@ def subset(split, idx):
             **{key: [split[key][i] for i in idx] for key in ("ids", "image_paths", "mask_paths")}}
 
 
-def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", workers=0):
+def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", workers=0, memory_map=False):
     """{'train', 'val', 'test': load_split() results (test None where the folder holds no test images), 'note': a
     line that says where each came from} of one data folder in any layout. Validation is the layout's official
     split when it has one (and val_fraction > 0), else a seeded val_fraction of the training images; a folder
-    without any split (PH2, plain images/ + masks/) first holds TEST_FRACTION of its images out as test."""
+    without any split (PH2, plain images/ + masks/) first holds TEST_FRACTION of its images out as test. With
+    memory_map the images and masks stay on disk (mapped.py), read as batches need them."""
     groups = present_groups(data_dir)
 
     def load(group):
-        return load_split(data_dir, group, size, cache_dir, workers)
+        return (load_mapped_split if memory_map else load_split)(data_dir, group, size, cache_dir, workers)
     if "train" in groups:
         train, test, held_out = load("train"), load("test") if "test" in groups else None, ""
     elif "all" in groups:
@@ -71,6 +73,8 @@ def load_test(data_dir, size, split_seed, trained_on=True, cache_dir="cache", wo
 
 
 def join(splits):
-    """One load_split()-like result of several, in order."""
+    """One load_split()-like result of several, in order (one: itself)."""
+    if len(splits) == 1:
+        return splits[0]
     return {"images": torch.cat([s["images"] for s in splits]), "masks": torch.cat([s["masks"] for s in splits]),
             **{key: [x for s in splits for x in s[key]] for key in ("ids", "image_paths", "mask_paths")}}

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import filelock
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import augment
 import cli
+import distributed
 import layouts
 import runfiles
 import splits
@@ -59,6 +61,9 @@ def build_parser(defaults=True):
            "splits, validate on the union of their validation splits, test on each test split apart")
     a("--cache-dir", default="cache", help="where decoded images are cached between runs")
     a("--workers", type=int, default=2, help="processes that decode JPEGs when the cache is built")
+    a("--memory-map", default=False, action="store_true",
+      help="keep the decoded images on disk (memory-mapped files in --cache-dir) and read each batch from there: "
+           "for training sets larger than memory; needs --aug-copies 0 (use --random-aug) and one --data-dir")
     a("--image-size", type=int, default=128, help="images and masks are resized to this square size (multiple of 32)")
     a("--val-fraction", type=float, default=0.1,
       help="share of training images held out for validation (0: train on all of them; best.pt is the last epoch)")
@@ -114,6 +119,9 @@ def build_parser(defaults=True):
     a = adder(speed)
     a("--no-amp", default=False, action="store_true", help="no mixed precision on GPU (CPU always runs float32)")
     a("--compile", default=False, action="store_true", help="torch.compile the forward pass (opt-in; slow to start)")
+    a("--sync-bn", default=False, action="store_true",
+      help="under torchrun on GPUs: BatchNorm statistics over the whole global batch (SyncBatchNorm), as one "
+           "process has them; without it each process normalises its own share")
     a("--cudnn-benchmark", default=False, action="store_true",
       help="let cuDNN time its kernels for each new input shape (a slower first epoch; see docs/speed.md)")
     if defaults:
@@ -156,6 +164,9 @@ def parse_args(argv=None):
               (args.aug_copies >= 0, "--aug-copies must be at least 0"),
               (0 <= args.shift_aug <= 1, "--shift-aug is a share of the images, from 0 to 1 (e.g. 0.5)"),
               (args.workers >= 0, "--workers must be at least 0"),
+              (not args.memory_map or (args.aug_copies == 0 and len(args.data_dir) == 1),
+               "--memory-map keeps the images on disk: give it --aug-copies 0 (copies would fill memory; "
+               "--random-aug augments each batch instead) and one --data-dir"),
               (args.viz_every >= 0, "--viz-every must be at least 0"),
               (args.encoder_weights in ("imagenet", "none") or Path(args.encoder_weights).is_file(),
                f"--encoder-weights {args.encoder_weights}: no such file (use 'imagenet', 'none' or a path)")]
@@ -293,8 +304,9 @@ def load_data(args, device):
     """{'train': (images, masks) augmented, 'val': (images, masks), 'tests': {results name: load_split() result},
     'panel_idx', 'sizes': lines that count them}. Decoded once into uint8 tensors, split before augmentation, each
     --data-dir's splits joined (splits.load_splits); on a GPU the training set lives on the device."""
-    parts = [splits.load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir, args.workers)
-             for d in args.data_dir]
+    with distributed.main_first():  # under torchrun one process fills the cache, the others then read it
+        parts = [splits.load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir,
+                                    args.workers, args.memory_map) for d in args.data_dir]
 
     (train_images, train_masks), val = ((s["images"], s["masks"]) for s in (
         splits.join([p[split] for p in parts]) for split in ("train", "val")))
@@ -310,7 +322,8 @@ def load_data(args, device):
                                generator=torch.Generator().manual_seed(args.split_seed))[:6]
     sizes = "\n".join([p["note"] for p in parts] + [
         f"training on {len(train_images)} images x{args.aug_copies + 1} = {len(train[0])}; device {device}"])
-    if device.type != "cpu":  # the whole (small) training set on the GPU; test batches copy from pinned memory
+    if device.type != "cpu" and not args.memory_map:  # the (small) training set on the GPU; test batches copy
+                                                      # from pinned memory
         train, val = tuple(t.to(device) for t in train), tuple(t.to(device) for t in val)
         for test in tests.values():
             test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
@@ -353,7 +366,7 @@ def model_inputs(model, args, splits, device, amp):
     """(training inputs, validation inputs, forward_of): images, or with a frozen encoder (and no random
     augmentation) its features computed once; forward_of(net) maps a batch of those inputs to logits."""
     train_images, val_images = splits["train"][0], splits["val"][0]
-    if args.freeze_encoder and not args.no_feature_cache and not args.random_aug:
+    if args.freeze_encoder and not args.no_feature_cache and not args.random_aug and distributed.world_size() == 1:
         model.eval()
         train_inputs = encode_all(model, train_images, 2 * args.batch_size, device, amp)
         val_inputs = encode_all(model, val_images, 2 * args.batch_size, device, amp) if len(val_images) else None
@@ -393,19 +406,22 @@ def train_one_epoch(trainer, inputs, masks, args, epoch):
             if args.shift_aug else None
     values, pending, data_seconds = [], [], 0.0
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=None)
-    for step, idx in enumerate(bar):
+    for step, global_idx in enumerate(bar):
         t0 = time.perf_counter()
+        first, ((lo, hi), share) = step * args.batch_size, my_share(len(global_idx))
+        idx = global_idx[lo:hi]
         batch, target = inputs[idx].to(device, non_blocking=True), masks[idx].to(device, non_blocking=True)
         if args.random_aug:
-            first = step * args.batch_size
-            drawn = distortions[:, first:first + len(idx)]
+            drawn = distortions[:, first + lo:first + hi]
             batch, target = (augment.random_mix(batch, target, drawn, hairs, args.shift_aug) if args.shift_aug
                              else augment.random_distort(batch, target, drawn))
         data_seconds += time.perf_counter() - t0
         with autocast(device, t.amp):
             loss = LOSSES[args.loss](t.forward(batch), target)
+        if share is not None:  # under torchrun: this process's part of the global batch's mean loss
+            loss = loss * share
         t.optimizer.zero_grad(set_to_none=True)
-        t.scaler.scale(loss).backward()
+        t.scaler.scale(loss * distributed.world_size() if share is not None else loss).backward()
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.scheduler.step()
@@ -413,10 +429,25 @@ def train_one_epoch(trainer, inputs, masks, args, epoch):
             update_ema(t.ema, t.model, args.ema, epoch * len(batches) + step + 1)
         pending.append(loss.detach())
         if len(pending) == SYNC_EVERY or step == len(batches) - 1:
+            if share is not None:
+                pending = list(distributed.total(torch.stack(pending).double()))  # the global batches' losses
             values += checked_losses(pending, epoch, len(values), t)
             pending = []
             bar.set_postfix(loss=f"{values[-1]:.4f}")
     return sum(value * len(idx) for value, idx in zip(values, batches)) / len(masks), data_seconds
+
+
+def my_share(n):
+    """((first, end) of this process's images among a global batch's n, its share of them): all n and None in a
+    job of one process. Under torchrun each process takes a contiguous part; a process left without images (a last
+    batch smaller than the number of processes) takes the batch's first image with a share of 0, so that every
+    process still takes part in the step."""
+    world, rank = distributed.world_size(), distributed.rank()
+    if world == 1:
+        return (0, n), None
+    bounds = [n * k // world for k in range(world + 1)]
+    lo, hi = bounds[rank], bounds[rank + 1]
+    return ((lo, hi), (hi - lo) / n) if hi > lo else ((0, 1), 0.0)
 
 
 def checked_losses(losses, epoch, first_step, trainer):
@@ -542,18 +573,25 @@ def stop_cleanly(out, history, device, args):
 def main(argv=None):
     args, given = parse_args(argv)
     out = check_run_dir(args)
-    with lock_run_dir(out, args):  # before the data: a second run on this folder is refused at once
-        args, last = resumed_config(args, given, out)
-        config, device, amp = vars(args), pick_device(args.device), not args.no_amp
+    with main_only(lock_run_dir(out, args)), distributed.quiet_unless_main():  # before the data: a second run
+        args, last = resumed_config(args, given, out)                         # on this folder is refused at once
+        config, amp = vars(args), not args.no_amp
+        device = distributed.start(pick_device(args.device))  # under torchrun: joins the other processes
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
         torch.manual_seed(args.seed)
         splits = load_data(args, device)
         model = build_model(config, pretrained=not args.init_from).to(device)
         if args.init_from:
             model.load_state_dict(read_checkpoint(args.init_from)["model"])
+        if args.sync_bn and distributed.world_size() > 1:
+            if device.type != "cuda":
+                raise UsageError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU version; on CPUs leave it "
+                                 "out (each process then normalises its own share of the batch)")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same checkpoint keys
         ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
-        with run_log(out, args):  # only now: bad flags, data or weights leave nothing behind
-            runfiles.write_json(out / "config.json", config)
+        with main_only(run_log(out, args)):  # only now: bad flags, data or weights leave nothing behind
+            if distributed.is_main():
+                runfiles.write_json(out / "config.json", config)
             print(f"run {out}: {args.epochs} epochs, batch size {args.batch_size}, --lr {args.lr}, --seed {args.seed}, "
                   f"data {' '.join(args.data_dir)}, device {device}")  # a mistyped make variable shows here
             print(splits["sizes"])
@@ -561,7 +599,14 @@ def main(argv=None):
             history, best_iou = restore(last, out, trainer)
             with stop_cleanly(out, history, device, args):
                 train_epochs(trainer, splits, history, best_iou, args, out, config)
-            return test_best_checkpoint(model, out, splits["tests"], args, device, amp)
+            distributed.stop()
+            return test_best_checkpoint(model, out, splits["tests"], args, device, amp) if distributed.is_main() \
+                else None
+
+
+def main_only(context):
+    """The context (the run folder's lock, its log) in the process that writes the run's files; none elsewhere."""
+    return context if distributed.is_main() else contextlib.nullcontext()
 
 
 def train_epochs(trainer, splits, history, best_iou, args, out, config):
@@ -571,7 +616,8 @@ def train_epochs(trainer, splits, history, best_iou, args, out, config):
     train_inputs, val_inputs, forward_of = model_inputs(t.model, args, splits, device, amp)
     compiled = torch.compile if args.compile else (lambda fn: fn)
     kept = t.model if t.ema is None else t.ema  # the weights that are validated, saved as "model" and tested
-    t.forward, kept_forward = compiled(forward_of(t.model)), compiled(forward_of(kept))
+    trained = t.model if distributed.world_size() == 1 else DistributedDataParallel(t.model)  # syncs gradients
+    t.forward, kept_forward = compiled(forward_of(trained)), compiled(forward_of(kept))
     (train_images, train_masks), (val_images, val_masks) = splits["train"], splits["val"]
     held_out, idx = len(val_masks) > 0, splits["panel_idx"]
     panel_from = (val_inputs, val_images, val_masks, "validation") if held_out else (
@@ -589,8 +635,9 @@ def train_epochs(trainer, splits, history, best_iou, args, out, config):
                         "data_seconds": data_seconds})
         is_best = val["iou"] > best_iou or not held_out
         best_iou = max(best_iou, val["iou"])
-        save_checkpoints(out, t, history, best_iou, config, is_best)
-        report_epoch(out, args, history, is_best, panel, device, amp)
+        if distributed.is_main():  # one process writes the run's files
+            save_checkpoints(out, t, history, best_iou, config, is_best)
+            report_epoch(out, args, history, is_best, panel, device, amp)
 
 
 if __name__ == "__main__":

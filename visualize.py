@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -26,9 +27,8 @@ import cli  # noqa: E402
 import decoding  # noqa: E402
 import layouts  # noqa: E402
 import runfiles  # noqa: E402
-import splits  # noqa: E402
 from errors import UsageError  # noqa: E402
-from inference import predict_logits  # noqa: E402
+from inference import predict_logits, split_to_score  # noqa: E402
 import metrics  # noqa: E402
 from metrics import upsample  # noqa: E402
 from model import load_models  # noqa: E402
@@ -130,11 +130,13 @@ def plot_comparison(runs, path):
             continue
         left.plot([h["epoch"] for h in history], [h["val_iou"] for h in history], "o-", label=run["name"])
     left.set(xlabel="epoch", ylabel="validation IoU", title="validation IoU per epoch")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.legend()
     left.grid(alpha=0.3)
     x = np.arange(len(runs))
     for offset, key in ((-0.2, "iou"), (0.2, "dice")):
-        bars = right.bar(x + offset, [r["test"][key] for r in runs], 0.4, label=f"test {key}")
+        label = f"test {'IoU' if key == 'iou' else 'Dice'}"
+        bars = right.bar(x + offset, [r["test"][key] for r in runs], 0.4, label=label)
         right.bar_label(bars, fmt="%.4f", fontsize=9)
     refs = [REFERENCE.get(r["name"], (np.nan, np.nan))[0] for r in runs]
     if not all(np.isnan(refs)):
@@ -175,31 +177,26 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
     predictions, test = {}, None
     for run in sorted(runs, key=lambda r: r["name"]):
         model, configs = load_models(run["checkpoints"])
-        test = load_test(data_dir, configs[0], cache_dir)
+        test = split_to_score(data_dir, "test", configs, cache_dir)[0]
         pick = torch.randperm(len(test["images"]), generator=torch.Generator().manual_seed(0))[:n_images]
         logits = predict_logits(model, test["images"][pick], 32, torch.device("cpu"))
         if logits.shape[-1] != 128:  # runs at other sizes are shown at a common size
             logits = torch.logit(upsample(logits.sigmoid(), (128, 128)), eps=1e-6)
         predictions[run["name"]] = logits
-    test128 = load_test(data_dir, {**configs[0], "image_size": 128}, cache_dir)
-    save_panel(test128["images"][pick], test128["masks"][pick], predictions, runs_dir / "test_panel.png",
-               "test images: every experiment's prediction")
+    test128 = split_to_score(data_dir, "test", [{**configs[0], "image_size": 128}], cache_dir)[0]
+    title = (f"test images: the prediction of each of the {len(predictions)} runs" if len(predictions) > 1
+             else f"test images: the prediction of {next(iter(predictions))}")
+    save_panel(test128["images"][pick], test128["masks"][pick], predictions, runs_dir / "test_panel.png", title)
     best = max(runs, key=lambda r: r["test"]["iou"])
     plot_worst_and_best(best, data_dir, cache_dir, runs_dir / "worst_best_panel.png")
     print(table + f"\nwrote {runs_dir}/report.md, comparison.png, test_panel.png, worst_best_panel.png")
-
-
-def load_test(data_dir, config, cache_dir):
-    """The test split that a run of this config was scored on (splits.load_test), at its image size."""
-    return splits.load_test(data_dir, config["image_size"], config.get("split_seed", config["seed"]), True,
-                          cache_dir)[0]
 
 
 def plot_worst_and_best(run, data_dir, cache_dir, path, n=6):
     """The run's n worst and n best test images by IoU (its test_per_image.csv), with its predictions: where
     does the model fail?"""
     model, configs = load_models(run["checkpoints"])
-    test = load_test(data_dir, configs[0], cache_dir)
+    test = split_to_score(data_dir, "test", configs, cache_dir)[0]
     rows = sorted(runfiles.read_csv(run["dir"] / "test_per_image.csv"), key=lambda row: row["iou"])
     position = {image_id: i for i, image_id in enumerate(test["ids"])}
     pick = torch.tensor([position[row["id"]] for row in rows[:n] + rows[-n:]])
@@ -241,7 +238,9 @@ def eda(data_dir, out):
     stats = {split: lesion_stats(data_dir, split) for split in layouts.present_groups(data_dir)}
     summary = {split: summarize_stats(s) for split, s in stats.items()}
     runfiles.write_json(out / "eda.json", summary)
-    fig, (sizes, balance, shapes) = plt.subplots(1, 3, figsize=(15, 4))
+    distinct = {(w, h) for st in stats.values() for w, h in zip(st["width"], st["height"])}
+    fig, axes = plt.subplots(1, 3 if len(distinct) > 1 else 2, figsize=(15 if len(distinct) > 1 else 10, 4))
+    sizes, balance = axes[:2]
     for split, st in stats.items():  # densities: the splits differ in size, their shapes are what compares
         sizes.hist(st["area_fraction"], bins=25, range=(0, 1), alpha=0.6, density=True,
                    label=f"{split} ({len(st['width'])} images)")
@@ -253,16 +252,13 @@ def eda(data_dir, out):
         balance.bar_label(bars, fmt="%.2f", fontsize=9)
     balance.set_xticks(np.arange(len(names)), names)
     balance.set(ylim=(0, 1), ylabel="fraction", title="class balance and border")
-    distinct = {(w, h) for st in stats.values() for w, h in zip(st["width"], st["height"])}
-    if len(distinct) == 1:  # a scatter of one dot says nothing: say it in words
-        shapes.text(0.5, 0.5, "every image is {}x{} px".format(*distinct.pop()), ha="center", va="center")
-        shapes.set_title("image sizes")
-        shapes.axis("off")
+    if len(distinct) == 1:  # a scatter of one dot says nothing: the title says it
+        fig.suptitle("every image is {}x{} px".format(*distinct.pop()))
     else:
         for split, st in stats.items():
-            shapes.scatter(st["width"], st["height"], s=8, alpha=0.5, label=split)
-        shapes.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
-        shapes.legend()
+            axes[2].scatter(st["width"], st["height"], s=8, alpha=0.5, label=split)
+        axes[2].set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
+        axes[2].legend()
     for ax in (sizes, balance):
         ax.legend(fontsize=8)
     save_figure(fig, out / "eda.png")

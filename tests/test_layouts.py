@@ -174,7 +174,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.mark.parametrize("dataset", ["isic2016", "isic2017", "isic2018"])
 def test_make_data_downloads_resumes_checks_and_unpacks_each_dataset(dataset, pairs, tmp_path):
     layout = download.DATASETS[dataset][1]
-    groups = {"train": pairs[:6], "test": pairs[6:9]} | ({"val": pairs[9:11]} if "val" in layouts.LAYOUTS[layout] else {})
+    groups = {"train": pairs[:6], "test": pairs[6:9]}
+    groups |= {"val": pairs[9:11]} if "val" in layouts.LAYOUTS[layout] else {}
     source = lay_out(tmp_path / "source", layout, groups)
     make_archives(source, tmp_path / "server", dataset)
     first = layouts.LAYOUTS[layout]["train"][0]

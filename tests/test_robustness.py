@@ -84,6 +84,7 @@ def test_a_suite_run_writes_its_table_and_repeats_exactly(synthetic, checkpoint,
     assert table[6].endswith(f"| {first['mean_iou_drop']:.4f} | {first['mean_iou_drop']:.4f} |")
     assert (tmp_path / "compare.png").stat().st_size > 0
     robustness.main(["--checkpoint", str(checkpoint), "--data-dir", str(synthetic[0]), "--device", "cpu",
-                     "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "other"), "--perturbations", "blur"])
+                     "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "other"),
+                     "--perturbations", "blur"])
     with pytest.raises(UsageError, match="different shifts"):
         visualize.compare_robustness([outs[0], tmp_path / "other"], tmp_path / "x.png")

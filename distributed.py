@@ -1,0 +1,72 @@
+"""Several processes, one job: torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) read in one place. Without
+torchrun every function here is a no-op and a script runs exactly as one process always has.
+
+    torchrun --nproc_per_node=2 train.py ...          # docs/scale.md: several GPUs, several machines, SLURM
+"""
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size():
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank():
+    return int(os.environ.get("RANK", 0))
+
+
+def is_main():
+    """True in the process that writes files and prints (rank 0), and in a job of one process."""
+    return rank() == 0
+
+
+def start(device):
+    """Join the job's process group (gloo for CPUs, NCCL for GPUs) when torchrun started several processes, and
+    return this process's device: its own GPU (LOCAL_RANK) on a machine with several."""
+    if world_size() == 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def stop():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first():
+    """The main process runs the block first (e.g. decoding images into the shared cache), the others after it."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def total(values):
+    """The sum over all processes of a float64 tensor (in place); the tensor itself in a job of one process."""
+    if dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+@contextlib.contextmanager
+def quiet_unless_main():
+    """Only the main process prints: the others' stdout goes nowhere (their errors still reach stderr)."""
+    if is_main():
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
