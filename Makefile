@@ -27,12 +27,12 @@ COMMON = --seed $(SEED) --out $(RUNS)/$@
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make predict INPUT=my_images/ OUT=masks   masks for your own images with the released model (no training)"
-	@echo "make serve                                   the same in a page in your browser (http://127.0.0.1:8000)"
+	@echo "make predict INPUT=my_images/ OUT=masks     masks for your own images with the released model (no training)"
+	@echo "make serve                                  the same in a page in your browser (http://127.0.0.1:8000)"
+	@echo "make adapt DATA_DIR=my_labelled/            fit the released model to your own annotators (docs/adapt.md)"
 	@echo "make best DATA_DIR=... ENCODER_WEIGHTS=...  train the most accurate model (3 seeds) and score it"
-	@echo "make exp1-bce | exp1-iou | exp2-finetune      the report's three experiments"
-	@echo "make adapt DATA_DIR=my_labelled/             fit the released model to your own annotators (docs/adapt.md)"
-	@echo "make test                                    the tests; make demo: 2 epochs on synthetic data"
+	@echo "make exp1-bce | exp1-iou | exp2-finetune    the report's three experiments"
+	@echo "make test                                   the tests; make demo: 2 epochs on synthetic data"
 	@echo "Every target and variable: README.md (Quick start)."
 
 setup: .venv/installed

@@ -26,6 +26,9 @@ from model import half_precision, load_checkpoint
 from splits import load_splits
 
 
+RECIPE = ("epochs", "lr", "batch_size", "freeze_encoder", "shift_aug", "ema", "seed")  # the card names these flags
+
+
 def probabilities(model, config, split, device):
     """Lesion probabilities [N,1,S,S] of a split's images with flip TTA, as make predict uses the model."""
     return predict_probs(model, split["images"], 64, device, not config["no_amp"], tta=True)
@@ -96,6 +99,10 @@ def card(report, rows):
     else:
         lines += ["No held-out images (the folder has a training split only): put some in test/images + test/masks "
                   "to see whether this model is better than the one before."]
+    if report["recipe"]:
+        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in report["recipe"].items()
+                 if v is not False]
+        lines += ["", f"Fine-tuned with train.py {' '.join(flags)} (all flags: its config.json)."]
     lines += ["", "Use it: `python predict.py photos/ --checkpoint " + report["model"]
               + " --tta --largest-component --out masks` (or `make predict CHECKPOINT=...`)."]
     return "\n".join(lines) + "\n"
@@ -138,6 +145,7 @@ def main(argv=None):
     report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "adapted": args.adapted,
               "model": str(out / "model.pt"), "threshold": threshold, "calibration": calib,
               "held_out": len(held_out["ids"]) if held_out else 0, "comparisons": rows,
+              "recipe": {k: adapted[1][k] for k in RECIPE} if adapted else None,
               "date": datetime.date.today().isoformat(), "commit": runfiles.commit()}
     runfiles.write_json(out / "adapt.json", report)
     runfiles.write_text(out / "README.md", card(report, rows))

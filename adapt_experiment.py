@@ -72,9 +72,13 @@ def write_adaptation_set(pairs, shift, folder):
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "train" / "masks" / f"{i}.png")
 
 
-def scored_iou(model, config, images, masks, threshold, device):
-    """Per-image IoU [N] at each mask's own size, flip TTA, largest region: make predict's masks."""
-    probs = predict_probs(model, images, 64, device, not config["no_amp"], tta=True)
+def probabilities(model, config, images, device):
+    """Lesion probabilities [N,1,S,S] with flip TTA, as make predict computes them."""
+    return predict_probs(model, images, 64, device, not config["no_amp"], tta=True)
+
+
+def scored_iou(probs, masks, threshold):
+    """Per-image IoU [N] at each mask's own size, thresholded, largest region kept: make predict's masks."""
     return full_resolution_metrics({"": probs}, masks, threshold)["lcc_"][0]["iou"].numpy()
 
 
@@ -92,7 +96,8 @@ def run_shift(shift, pools, base, done, args, device):
     """The rows of one shift: the model before, calibrated and adapted, for every --images and --seeds."""
     (model, config), size = base, base[1]["image_size"]
     images, masks = shifted(pools["scored"], shift, size)
-    before = scored_iou(model, config, images, masks, 0.5, device).mean()
+    base_probs = probabilities(model, config, images, device)
+    before = scored_iou(base_probs, masks, 0.5).mean()
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(len(pools["draw"]))
         for n in args.images:
@@ -100,15 +105,14 @@ def run_shift(shift, pools, base, done, args, device):
                 continue
             pairs = [pools["draw"][k] for k in order[:n]]
             adapt_images, adapt_masks = shifted(pairs, shift, size)
-            probs = predict_probs(model, adapt_images, 64, device, not config["no_amp"], tta=True)
-            calib = calibrate(iou_curves(probs, adapt_masks))
+            calib = calibrate(iou_curves(probabilities(model, config, adapt_images, device), adapt_masks))
             folder = args.out / "data" / f"{shift}-seed{seed}-n{n}"
             write_adaptation_set(pairs, shift, folder)
             best, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
-            adapted = load_checkpoint(best, device)
+            adapted = probabilities(*load_checkpoint(best, device), images, device)
             yield {"shift": shift, "images": n, "seed": seed, "before": before,
-                   "calibrated": scored_iou(model, config, images, masks, calib["threshold"], device).mean(),
-                   "threshold": calib["threshold"], "adapted": scored_iou(*adapted, images, masks, 0.5, device).mean(),
+                   "calibrated": scored_iou(base_probs, masks, calib["threshold"]).mean(),
+                   "threshold": calib["threshold"], "adapted": scored_iou(adapted, masks, 0.5).mean(),
                    "adapt_seconds": seconds}
 
 
@@ -172,7 +176,8 @@ def main(argv=None):
             print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     clean = next((r["before"] for r in rows if r["shift"] == "none"), None)
     if clean is None:
-        clean = scored_iou(*base, *shifted(pools["scored"], "none", base[1]["image_size"]), 0.5, device).mean()
+        images, masks = shifted(pools["scored"], "none", base[1]["image_size"])
+        clean = scored_iou(probabilities(*base, images, device), masks, 0.5).mean()
     runfiles.write_text(out / "table.md", table(rows, clean) + "\n")
     plot_adaptation(rows, clean, out / "adapt_experiment.png")
     print(table(rows, clean))

@@ -10,14 +10,10 @@ import contextlib
 import copy
 import dataclasses
 import math
-import os
-import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
-import filelock
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -25,21 +21,17 @@ from tqdm import tqdm
 import augment
 import cli
 import distributed
+import run_folder
 import layouts
 import runfiles
 import splits
-from device import add_device_flag, autocast, pick_device
+from device import DEVICES, autocast, pick_device
 from errors import DataError, Interrupted, TrainingError, UsageError
 from inference import evaluate, predict_logits, score_model, split_seed, write_results
 from losses import LOSSES
 from model import DECODER_WIDTHS, build_model, read_checkpoint, update_ema
 from plots import plot_curves, save_panel
 
-RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
-# Everything a run writes in its folder: what --overwrite removes (anything else there stays).
-RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "test_*_metrics.json", "test_*_per_image.csv",
-                           "val_metrics.json", "val_per_image.csv",
-                           "curves.png", "panel_epoch*.png", "train.log", runfiles.TMP_PATTERN)
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
 HAIR_OVERLAYS = 64  # --shift-aug: hair pictures drawn anew each epoch, one picked per image
@@ -48,14 +40,20 @@ DIVERGED = 100  # a training loss this many times the run's first stops the run
 
 
 def build_parser(defaults=True):
-    """train.py's flags; with defaults=False every default is left out, so parsing tells which flags were given."""
+    """train.py's flags, in groups; with defaults=False every default is left out, so parsing tells which flags
+    were given."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter, add_help=defaults)
+    for name, add_flags in FLAG_GROUPS.items():
+        group = p.add_argument_group(name)
 
-    def adder(group):
-        def a(*names, default=None, **kwargs):
+        def a(*names, default=None, group=group, **kwargs):
             group.add_argument(*names, default=default if defaults else argparse.SUPPRESS, **kwargs)
-        return a
-    a = adder(p.add_argument_group("data"))
+        add_flags(a)
+    return p
+
+
+def data_flags(a):
+    """train.py's data flags, each added with a(*names, **argparse options)."""
     a("--data-dir", nargs="+", default=["data"], metavar="DIR",
       help="data folder(s) in any accepted layout (README: Data); several: train on the union of their training "
            "splits, validate on the union of their validation splits, test on each test split apart")
@@ -69,7 +67,10 @@ def build_parser(defaults=True):
       help="share of training images held out for validation (0: train on all of them; best.pt is the last epoch)")
     a("--split-seed", type=int, default=0,
       help="seeds the train/validation split (apart from --seed: runs of several seeds validate on the same images)")
-    a = adder(p.add_argument_group("model"))
+
+
+def model_flags(a):
+    """train.py's model flags, each added with a(*names, **argparse options)."""
     a("--encoder-weights", default="imagenet",
       help="'imagenet' (torchvision download), 'none' (random), or a MobileNetV2 state_dict file")
     a("--init-from", metavar="CHECKPOINT",
@@ -83,7 +84,10 @@ def build_parser(defaults=True):
       help="feed encoder stages into the decoder (U-Net style skip connections)")
     a("--decoder-widths", type=int, nargs=5, default=list(DECODER_WIDTHS), metavar="C",
       help="decoder channels at 1/16, 1/8, 1/4, 1/2 and full resolution")
-    a = adder(p.add_argument_group("optimisation"))
+
+
+def optimisation_flags(a):
+    """train.py's optimisation flags, each added with a(*names, **argparse options)."""
     a("--loss", default="bce", choices=sorted(LOSSES),
       help="bce: BCEWithLogitsLoss; iou: soft Jaccard; bce+dice: BCE plus soft Dice; bce+lovasz: BCE plus Lovasz hinge")
     a("--optimizer", default="adam", choices=["adam", "rmsprop"], help="Adam or RMSprop (PyTorch defaults otherwise)")
@@ -98,7 +102,10 @@ def build_parser(defaults=True):
     a("--epochs", type=int, default=15, help="passes over the augmented training set")
     a("--batch-size", type=int, default=32, help="images per optimizer step")
     a("--seed", type=int, default=0, help="seeds the augmentation, initialisation and batch order")
-    a = adder(p.add_argument_group("augmentation"))
+
+
+def augmentation_flags(a):
+    """train.py's augmentation flags, each added with a(*names, **argparse options)."""
     a("--aug-copies", type=int, default=3, help="flipped/rotated copies added per training image (3: 4x data)")
     a("--random-aug", default=False, action="store_true",
       help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; "
@@ -107,7 +114,10 @@ def build_parser(defaults=True):
       help="with --random-aug: this share of the images (0..1) gets the robustness suite's kinds of shift instead "
            "(augment.random_shift): zoom out to 0.55x in an edge-coloured border, stretch, colour casts, gamma, "
            "blur, noise, hair")
-    a = adder(p.add_argument_group("output"))
+
+
+def output_flags(a):
+    """train.py's output flags, each added with a(*names, **argparse options)."""
     a("--out", default="runs/train", help="run folder for config, history, checkpoints, metrics and plots")
     a("--viz-every", type=int, default=0, help="prediction panels every N epochs (0: about 4 per run)")
     a("--config", metavar="CONFIG_JSON",
@@ -115,8 +125,10 @@ def build_parser(defaults=True):
     a("--resume", default=False, action="store_true",
       help="continue the run in --out from its last.pt (start it if it has none)")
     a("--overwrite", default=False, action="store_true", help="replace an existing run in --out")
-    speed = p.add_argument_group("device and speed")
-    a = adder(speed)
+
+
+def device_speed_flags(a):
+    """train.py's device and speed flags, each added with a(*names, **argparse options)."""
     a("--no-amp", default=False, action="store_true", help="no mixed precision on GPU (CPU always runs float32)")
     a("--compile", default=False, action="store_true", help="torch.compile the forward pass (opt-in; slow to start)")
     a("--sync-bn", default=False, action="store_true",
@@ -124,11 +136,11 @@ def build_parser(defaults=True):
            "process has them; without it each process normalises its own share")
     a("--cudnn-benchmark", default=False, action="store_true",
       help="let cuDNN time its kernels for each new input shape (a slower first epoch; see docs/speed.md)")
-    if defaults:
-        add_device_flag(speed)
-    else:
-        p.add_argument("--device", default=argparse.SUPPRESS)
-    return p
+    a("--device", default="auto", choices=DEVICES, help="auto: cuda, then mps, then cpu")
+
+
+FLAG_GROUPS = {"data": data_flags, "model": model_flags, "optimisation": optimisation_flags,
+               "augmentation": augmentation_flags, "output": output_flags, "device and speed": device_speed_flags}
 
 
 def parse_args(argv=None):
@@ -182,106 +194,17 @@ def architecture_of(checkpoint):
     return {key: config[key] for key in ("skips", "decoder_widths", "image_size")}
 
 
-def check_run_dir(args, announce=True):
-    """--out as a Path; refuses, before anything is loaded or written, a folder that holds a run unless --resume
-    or --overwrite says what to do with it."""
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
-    existing = [f for f in RUN_FILES if (out / f).exists()]
-    if args.resume:
-        if announce and not (out / "last.pt").exists():  # `make best RESUME=1`: seeds not started yet
-            print(f"--resume: {out}/last.pt does not exist (no epoch finished there yet); starting the run")
-    elif existing and not args.overwrite:
-        raise UsageError(f"{out} already holds a run ({', '.join(existing)}). "
-                         "Add --resume to continue it or --overwrite to replace it (make ... RESUME=1 / OVERWRITE=1).")
-    return out
-
-
-@contextlib.contextmanager
-def lock_run_dir(out, args):
-    """Hold --out's lock while the run lasts, taken before anything is loaded: a second train.py on the same folder
-    is refused at once, and the kernel releases the lock of a process that dies. A folder this call created is
-    removed again if the run stops before it wrote anything (bad data, bad weights)."""
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(out / ".lock", timeout=0)  # flock on Unix, msvcrt on Windows
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        holder = (out / ".lock").read_text().strip() or "?"
-        raise UsageError(f"another train.py is running in {out} (pid {holder}); wait for it, or choose another "
-                         "--out") from None
-    try:
-        (out / ".lock").write_text(str(os.getpid()))  # for the message above
-        check_run_dir(args, announce=False)  # again, under the lock: a run that ended meanwhile stays
-        yield out
-    except BaseException:
-        if created and [p.name for p in out.iterdir()] == [".lock"]:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        lock.release()
-
-
-@contextlib.contextmanager
-def run_log(out, args):
-    """train.log beside the console while the run lasts, each line written through at once (a kill -9 loses
-    none). --overwrite first removes what an earlier run wrote (and nothing else); --resume removes the temporary
-    files of a run that was killed mid-write."""
-    if args.overwrite and not args.resume:
-        for pattern in RUN_OUTPUTS:
-            for path in out.glob(pattern):
-                path.unlink()
-    with open(out / "train.log", "a", buffering=1) as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
-        stale = runfiles.remove_stale_temporaries(out)
-        if stale:
-            print(f"removed temporary files of an interrupted write: {', '.join(stale)}")
-        yield
-
-
-class Tee:
-    """A text stream that writes to several: the console and the run's train.log."""
-
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text):
-        for stream in self.streams:
-            stream.write(text)
-            stream.flush()
-
-    def flush(self):
-        for stream in self.streams:
-            stream.flush()
-
-
 def resumed_config(args, given, out):
     """(flags, last.pt's contents or None): a resumed run keeps its own configuration, except RESUMABLE flags
     given anew (e.g. more --epochs, another --device) and --out, where the run is now."""
     if not (args.resume and (out / "last.pt").exists()):
         return args, None
-    last = read_last_checkpoint(out)
+    last = run_folder.read_last_checkpoint(out)
     changed = {k: getattr(args, k) for k in RESUMABLE if k in given}
     config = {**vars(args), **last["config"], **changed, "out": str(out), "resume": True, "overwrite": False}
     config["split_seed"] = split_seed(last["config"])
     config["data_dir"] = layouts.as_list(config["data_dir"])
     return argparse.Namespace(**config), last
-
-
-def read_last_checkpoint(out):
-    """last.pt's contents; TrainingError when it is damaged, saying whether best.pt can take its place."""
-    try:
-        return torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    except Exception:  # truncated or overwritten: torch.load raises many types
-        pass
-    try:
-        epoch = torch.load(out / "best.pt", map_location="cpu", weights_only=True)["epoch"]
-        fallback = (f"best.pt (epoch {epoch}) is intact: to resume from it, copy it over last.pt "
-                    f"(cp {out}/best.pt {out}/last.pt) and run again with --resume")
-    except Exception:
-        fallback = "best.pt is missing or damaged too: start the run again with --overwrite"
-    raise TrainingError(f"{out}/last.pt is damaged and cannot be resumed; {fallback}")
 
 
 class Rows:
@@ -572,9 +495,10 @@ def stop_cleanly(out, history, device, args):
 
 def main(argv=None):
     args, given = parse_args(argv)
-    out = check_run_dir(args)
-    with main_only(lock_run_dir(out, args)), distributed.quiet_unless_main():  # before the data: a second run
-        args, last = resumed_config(args, given, out)                         # on this folder is refused at once
+    out = run_folder.check_run_dir(args)
+    # the lock before the data: a second run on this folder is refused at once
+    with main_only(run_folder.lock_run_dir(out, args)), distributed.quiet_unless_main():
+        args, last = resumed_config(args, given, out)
         config, amp = vars(args), not args.no_amp
         device = distributed.start(pick_device(args.device))  # under torchrun: joins the other processes
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -589,7 +513,7 @@ def main(argv=None):
                                  "out (each process then normalises its own share of the batch)")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same checkpoint keys
         ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
-        with main_only(run_log(out, args)):  # only now: bad flags, data or weights leave nothing behind
+        with main_only(run_folder.run_log(out, args)):  # only now: bad flags, data or weights leave nothing behind
             if distributed.is_main():
                 runfiles.write_json(out / "config.json", config)
             print(f"run {out}: {args.epochs} epochs, batch size {args.batch_size}, --lr {args.lr}, --seed {args.seed}, "
