@@ -21,16 +21,16 @@ from tqdm import tqdm
 import augment
 import cli
 import distributed
-import run_folder
 import layouts
+import run_folder
 import runfiles
-import splits
 from device import DEVICES, autocast, pick_device
 from errors import DataError, Interrupted, TrainingError, UsageError
 from inference import evaluate, predict_logits, score_model, split_seed, write_results
 from losses import LOSSES
 from model import DECODER_WIDTHS, build_model, read_checkpoint, update_ema
 from plots import plot_curves, save_panel
+from splits import join, load_splits
 
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
@@ -226,13 +226,13 @@ class Rows:
 def load_data(args, device):
     """{'train': (images, masks) augmented, 'val': (images, masks), 'tests': {results name: load_split() result},
     'panel_idx', 'sizes': lines that count them}. Decoded once into uint8 tensors, split before augmentation, each
-    --data-dir's splits joined (splits.load_splits); on a GPU the training set lives on the device."""
+    --data-dir's splits joined (load_splits); on a GPU the training set lives on the device."""
     with distributed.main_first():  # under torchrun one process fills the cache, the others then read it
-        parts = [splits.load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir,
-                                    args.workers, args.memory_map) for d in args.data_dir]
+        parts = [load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir, args.workers,
+                             args.memory_map) for d in args.data_dir]
 
     (train_images, train_masks), val = ((s["images"], s["masks"]) for s in (
-        splits.join([p[split] for p in parts]) for split in ("train", "val")))
+        join([p[split] for p in parts]) for split in ("train", "val")))
     if len(train_images) < 2:
         raise DataError(f"{len(train_images)} training image(s) in {', '.join(args.data_dir)}: training needs at least "
                         "2 (fine-tuning with make adapt: 10 or more labelled images)")
