@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends import backend_agg  # noqa: E402,F401  loaded now: a Ctrl-C mid-epoch never lands in its import
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 

@@ -12,9 +12,13 @@ from PIL import Image
 import annotators
 import calibration
 import decoding
+import evaluate
 import layouts
+import predict
 import runfiles
+import train
 from conftest import ROOT
+from errors import DataError
 from inference import RELEASED
 from model import load_checkpoint, read_checkpoint
 
@@ -75,8 +79,8 @@ def test_calibration_keeps_0_5_without_a_shift_and_moves_with_one():
 def test_a_seeded_adaptation_repeats_exactly(synthetic, tmp_path):
     folder = labelled_folder(synthetic, tmp_path / "mine", n_train=6, n_test=0)
     for name in ("a", "b"):
-        result = adapt(folder, tmp_path / name, "--epochs", "1", "--seed", "3")
-        assert result.returncode == 0, result.stderr
+        train.main([str(f) for f in ["--data-dir", folder, "--cache-dir", tmp_path / "cache", "--out", tmp_path / name,
+                                     "--init-from", RELEASED, *ADAPT, "--epochs", "1", "--seed", "3"]])
     assert (tmp_path / "a" / "history.csv").read_text().split("\n")[1].split(",")[:2] == \
         (tmp_path / "b" / "history.csv").read_text().split("\n")[1].split(",")[:2]
     a, b = (read_checkpoint(tmp_path / name / "best.pt")["model"] for name in ("a", "b"))
@@ -110,17 +114,16 @@ def test_a_calibrated_threshold_reaches_predict_and_evaluate(synthetic, tmp_path
     assert threshold < 0.5
     areas = {}
     for name, extra in (("stored", []), ("half", ["--threshold", "0.5"])):
-        assert run("predict.py", folder / "test" / "images", "--checkpoint", calibrated, "--out", tmp_path / name,
-                   *extra).returncode == 0
+        predict.main([str(folder / "test" / "images"), "--checkpoint", str(calibrated), "--out", str(tmp_path / name),
+                      *extra])
         areas[name] = sum(np.asarray(Image.open(p)).sum() for p in (tmp_path / name).glob("*.png"))
     assert areas["stored"] > areas["half"]
-    result = run("evaluate.py", "--checkpoint", calibrated, "--data-dir", folder, "--out", tmp_path / "ev",
-                 "--cache-dir", tmp_path / "cache", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
+    evaluate.main(["--checkpoint", str(calibrated), "--data-dir", str(folder), "--out", str(tmp_path / "ev"),
+                   "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
     assert runfiles.read_json(tmp_path / "ev" / "test_metrics.json")["threshold"] == threshold
 
 
-def test_bad_labelled_data_gets_one_sentence(synthetic, tmp_path):
+def test_bad_labelled_data_gets_one_sentence(synthetic, tmp_path, capsys):
     empty = tmp_path / "empty"
     for sub in ("images", "masks"):
         (empty / sub).mkdir(parents=True)
@@ -132,9 +135,12 @@ def test_bad_labelled_data_gets_one_sentence(synthetic, tmp_path):
     cases = {empty: ([], "empty"), one: ([], "at least 2"), blank: ([], "empty"),
              labelled_folder(synthetic, tmp_path / "ok", n_train=4, n_test=0): (
                  ["--init-from", small, "--image-size", "128"], "was trained with --image-size 64")}
-    for folder, (extra, words) in cases.items():
-        result = adapt(folder, tmp_path / f"run-{folder.name}", "--epochs", "1", *extra)
-        message = result.stderr.strip().splitlines()
-        assert result.returncode != 0 and words in message[-1] and "Traceback" not in result.stderr, result.stderr
+    for folder, (extra, words) in cases.items():  # in this process: each ends in the error cli.run prints
+        flags = ["--data-dir", folder, "--cache-dir", tmp_path / "cache", "--out", tmp_path / f"run-{folder.name}",
+                 "--init-from", RELEASED, *ADAPT, "--epochs", "1", *extra]
+        with pytest.raises((DataError, SystemExit)) as e:
+            train.main([str(f) for f in flags])
+        message = capsys.readouterr().err.strip() if e.type is SystemExit else str(e.value)
+        assert words in message.splitlines()[-1], message
     result = run("adapt.py", "--data-dir", one, "--adapted", small, "--out", tmp_path / "x")
     assert result.returncode == 1 and "64 px" in result.stderr and "Traceback" not in result.stderr

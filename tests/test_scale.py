@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import predict
 import runfiles
+import train
 from conftest import ROOT, train_args
 from errors import StorageError
 from mapped import load_mapped_split
@@ -29,10 +31,9 @@ def losses(run):
 
 
 def test_two_processes_train_with_the_losses_of_one(synthetic, tmp_path):
-    flags = train_args(synthetic[0], tmp_path / "one", "--epochs", "2")
-    one = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True, env=ONE_THREAD)
+    train.main(train_args(synthetic[0], tmp_path / "one", "--epochs", "2"))
     two = torchrun("train.py", *train_args(synthetic[0], tmp_path / "two", "--epochs", "2"))
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
     for (a_train, a_val), (b_train, b_val) in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
         assert b_train == pytest.approx(a_train, rel=LOSS_TOLERANCE)
         assert b_val == pytest.approx(a_val, rel=LOSS_TOLERANCE)
@@ -63,10 +64,9 @@ def test_a_rank_killed_stops_the_job_and_resume_finishes_it(synthetic, tmp_path)
 
 def test_two_processes_write_every_mask_once_as_one_process_does(synthetic, tmp_path):
     images = synthetic[0] / "ISBI2016_ISIC_Part1_Test_Data"
-    one = subprocess.run([sys.executable, "predict.py", images, "--out", tmp_path / "one", "--device", "cpu"],
-                         cwd=ROOT, capture_output=True, text=True)
+    predict.main([str(images), "--out", str(tmp_path / "one"), "--device", "cpu"])
     two = torchrun("predict.py", images, "--out", tmp_path / "two", "--device", "cpu")
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
     masks = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert masks == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(masks) == len(list(images.iterdir()))
     assert all((tmp_path / "one" / m).read_bytes() == (tmp_path / "two" / m).read_bytes() for m in masks)
@@ -78,9 +78,7 @@ def test_two_processes_write_every_mask_once_as_one_process_does(synthetic, tmp_
 def test_a_memory_mapped_cache_trains_exactly_as_the_in_memory_one(synthetic, tmp_path):
     flags = ["--epochs", "2", "--aug-copies", "0", "--random-aug"]
     for name, extra in (("memory", []), ("mapped", ["--memory-map"])):
-        command = [sys.executable, "train.py", *train_args(synthetic[0], tmp_path / name, *flags, *extra)]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
+        train.main(train_args(synthetic[0], tmp_path / name, *flags, *extra))
     assert list((tmp_path / "cache").glob("train_*.mapped/images.npy"))  # the images stayed on disk
     assert losses(tmp_path / "memory") == losses(tmp_path / "mapped")
     assert (tmp_path / "memory" / "test_metrics.json").read_text() == (tmp_path / "mapped" / "test_metrics.json"
