@@ -20,24 +20,13 @@ import runfiles
 from calibration import calibrate, iou_curves
 from device import add_device_flag, pick_device
 from errors import DataError, UsageError
-from inference import RELEASED, predict_probs, split_seed
-from metrics import full_resolution_metrics, paired_difference
+from inference import RELEASED, split_seed, tta_probabilities
+from metrics import largest_region_iou, paired_difference
 from model import half_precision, load_checkpoint
 from splits import load_splits
 
 
 RECIPE = ("epochs", "lr", "batch_size", "freeze_encoder", "shift_aug", "ema", "seed")  # the card names these flags
-
-
-def probabilities(model, config, split, device):
-    """Lesion probabilities [N,1,S,S] of a split's images with flip TTA, as make predict uses the model."""
-    return predict_probs(model, split["images"], 64, device, not config["no_amp"], tta=True)
-
-
-def held_out_iou(model, config, split, threshold, device):
-    """Per-image IoU [N] at each mask's own size (flip TTA, largest region), thresholded at `threshold`."""
-    probs = probabilities(model, config, split, device)
-    return full_resolution_metrics({"": probs}, split["mask_paths"], threshold)["lcc_"][0]["iou"].numpy()
 
 
 def load_user_data(data_dir, size, split_seed, cache_dir):
@@ -53,13 +42,15 @@ def load_user_data(data_dir, size, split_seed, cache_dir):
 
 def compare(base, adapted, calibration, held_out, device):
     """{row name: paired_difference() against the model before, at 0.5} on the held-out images."""
-    (model, config), threshold = base, calibration["threshold"]
-    before = held_out_iou(model, config, held_out, 0.5, device)
+    threshold, masks = calibration["threshold"], held_out["mask_paths"]
+    probs = tta_probabilities(*base, held_out["images"], device)  # once: scored at 0.5 and at the threshold
+    before = largest_region_iou(probs, masks)
     rows = {"before (threshold 0.5)": paired_difference(before, before),
             f"threshold calibrated ({threshold:g})": paired_difference(
-                before, held_out_iou(model, config, held_out, threshold, device))}
+                before, largest_region_iou(probs, masks, threshold))}
     if adapted:
-        rows["adapted (threshold 0.5)"] = paired_difference(before, held_out_iou(*adapted, held_out, 0.5, device))
+        rows["adapted (threshold 0.5)"] = paired_difference(
+            before, largest_region_iou(tta_probabilities(*adapted, held_out["images"], device), masks))
     return rows
 
 
@@ -134,7 +125,7 @@ def main(argv=None):
                          f"{args.checkpoint} at {size} px: give the checkpoint it was fine-tuned from")
     calibration_images, held_out = load_user_data(args.data_dir, size, split_seed((adapted or base)[1]),
                                                   args.cache_dir)
-    calib = calibrate(iou_curves(probabilities(*base, calibration_images, device), [
+    calib = calibrate(iou_curves(tta_probabilities(*base, calibration_images["images"], device), [
         decoding.read_binary_mask(p) for p in calibration_images["mask_paths"]]))
     rows = compare(base, adapted, calib, held_out, device) if held_out else {}
     threshold = 0.5 if adapted else calib["threshold"]

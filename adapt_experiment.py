@@ -29,8 +29,8 @@ import runfiles
 from annotators import ANNOTATORS
 from calibration import calibrate, iou_curves
 from device import add_device_flag, pick_device
-from inference import RELEASED, predict_probs
-from metrics import full_resolution_metrics
+from inference import RELEASED, tta_probabilities
+from metrics import largest_region_iou
 from model import load_checkpoint
 from perturbations import shift as shift_image
 from plots import plot_adaptation
@@ -72,16 +72,6 @@ def write_adaptation_set(pairs, shift, folder):
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "train" / "masks" / f"{i}.png")
 
 
-def probabilities(model, config, images, device):
-    """Lesion probabilities [N,1,S,S] with flip TTA, as make predict computes them."""
-    return predict_probs(model, images, 64, device, not config["no_amp"], tta=True)
-
-
-def scored_iou(probs, masks, threshold):
-    """Per-image IoU [N] at each mask's own size, thresholded, largest region kept: make predict's masks."""
-    return full_resolution_metrics({"": probs}, masks, threshold)["lcc_"][0]["iou"].numpy()
-
-
 def adapt(folder, run, seed, args):
     """Fine-tune --checkpoint on a folder with train.py and make adapt's flags; returns (best.pt, seconds)."""
     command = [sys.executable, str(Path(__file__).with_name("train.py")), "--data-dir", str(folder), "--init-from",
@@ -98,8 +88,8 @@ def run_shift(shift, pools, base, done, args, device):
     if all((shift, n, seed) in done for seed in args.seeds for n in args.images):
         return
     images, masks = shifted(pools["scored"], shift, size)
-    base_probs = probabilities(model, config, images, device)
-    before = scored_iou(base_probs, masks, 0.5).mean()
+    base_probs = tta_probabilities(model, config, images, device)
+    before = largest_region_iou(base_probs, masks, 0.5).mean()
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(len(pools["draw"]))
         for n in args.images:
@@ -107,14 +97,14 @@ def run_shift(shift, pools, base, done, args, device):
                 continue
             pairs = [pools["draw"][k] for k in order[:n]]
             adapt_images, adapt_masks = shifted(pairs, shift, size)
-            calib = calibrate(iou_curves(probabilities(model, config, adapt_images, device), adapt_masks))
+            calib = calibrate(iou_curves(tta_probabilities(model, config, adapt_images, device), adapt_masks))
             folder = args.out / "data" / f"{shift}-seed{seed}-n{n}"
             write_adaptation_set(pairs, shift, folder)
             best, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
-            adapted = probabilities(*load_checkpoint(best, device), images, device)
+            adapted = tta_probabilities(*load_checkpoint(best, device), images, device)
             yield {"shift": shift, "images": n, "seed": seed, "before": before,
-                   "calibrated": scored_iou(base_probs, masks, calib["threshold"]).mean(),
-                   "threshold": calib["threshold"], "adapted": scored_iou(adapted, masks, 0.5).mean(),
+                   "calibrated": largest_region_iou(base_probs, masks, calib["threshold"]).mean(),
+                   "threshold": calib["threshold"], "adapted": largest_region_iou(adapted, masks, 0.5).mean(),
                    "adapt_seconds": seconds}
 
 
@@ -180,7 +170,7 @@ def main(argv=None):
     clean = next((r["before"] for r in rows if r["shift"] == "none"), None)
     if clean is None:
         images, masks = shifted(pools["scored"], "none", base[1]["image_size"])
-        clean = scored_iou(probabilities(*base, images, device), masks, 0.5).mean()
+        clean = largest_region_iou(tta_probabilities(*base, images, device), masks, 0.5).mean()
     runfiles.write_text(out / "table.md", table(rows, clean) + "\n")
     plot_adaptation(rows, clean, out / "adapt_experiment.png")
     print(table(rows, clean))

@@ -113,17 +113,27 @@ def load_split(data_dir, split, size, cache_dir="cache", workers=0):
     images come from the cache when it is current and intact. A split whose masks are all empty raises DataError."""
     pairs, problems = pair_files(data_dir, split)
     cache_file = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size)}.pt"
-    paths = {"image_paths": [str(p[1]) for p in pairs], "mask_paths": [str(p[2]) for p in pairs]}  # not cached:
-    cached = read_cache(cache_file) if cache_file.exists() and not problems else None      # the folder may move
+    cached = read_cache(cache_file) if cache_file.exists() and not problems else None
     if cached is None:
         cached = decode_split(data_dir, split, pairs, problems, size, workers)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         runfiles.atomic_save({**cached, "checksum": checksum(cached["images"], cached["masks"], cached["ids"])},
                              cache_file)
-    if not cached["masks"].any():
+    refuse_all_empty(cached["masks"], data_dir, split)
+    return {"images": cached["images"], "masks": cached["masks"], **files_of(pairs)}
+
+
+def files_of(pairs):
+    """{'ids', 'image_paths', 'mask_paths'} of a split's pairs: read from the folder, never cached (it may move)."""
+    return {"ids": [p[0] for p in pairs], "image_paths": [str(p[1]) for p in pairs],
+            "mask_paths": [str(p[2]) for p in pairs]}
+
+
+def refuse_all_empty(masks, data_dir, split):
+    """DataError when every mask of a split is empty: an IoU of 1.0 on empty masks would mean nothing."""
+    if not masks.any():
         raise DataError(f"every mask of the {split} split in {data_dir} is empty (all background): nothing to learn "
                         "or score; check that the masks mark the lesion (white, or a palette index above 0)")
-    return {"images": cached["images"], "masks": cached["masks"], "ids": cached["ids"], **paths}
 
 
 def decode_split(data_dir, split, pairs, problems, size, workers):

@@ -53,6 +53,12 @@ def predict_probs(model, images, batch_size, device, amp=True, tta=False):
     return predict_logits(forward, images, batch_size, device, amp)
 
 
+def tta_probabilities(model, config, images, device, batch_size=64):
+    """Lesion probabilities [N,1,S,S] of uint8 images [N,3,S,S] with flip TTA, as make predict computes them, for
+    a model of this config."""
+    return predict_probs(model, images, batch_size, device, not config["no_amp"], tta=True)
+
+
 def mask_at_size(prob, width, height, threshold=0.5, largest_component=False):
     """Boolean mask [height, width] of one probability map [1,S,S]: upsampled (bilinear), thresholded, and with
     largest_component only its largest region kept. Every mask this project hands out is made here."""

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from decoding import cache_key, checksum, decode_pair, exit_with_parent
-from errors import DataError, StorageError
+from decoding import cache_key, checksum, decode_pair, exit_with_parent, files_of, refuse_all_empty
+from errors import StorageError
 from layouts import pair_files, raise_problems
 
 CHUNK = 256  # images decoded and written at a time: about what this module holds in memory
@@ -25,7 +25,7 @@ class MappedRows:
 
     def __init__(self, array, index=None):
         self.array, self.index = array, np.arange(len(array)) if index is None else index
-        self.shape, self.device = (len(self.index),) + array.shape[1:], torch.device("cpu")
+        self.device = torch.device("cpu")  # where the rows are read to (train.py asks the masks')
 
     def __len__(self):
         return len(self.index)
@@ -55,11 +55,8 @@ def load_mapped_split(data_dir, split, size, cache_dir="cache", workers=0):
         build(folder, pairs, problems, data_dir, split, size, workers)
         arrays = read_mapped(folder)
     images, masks = (MappedRows(a) for a in arrays)
-    if not masks.any():
-        raise DataError(f"every mask of the {split} split in {data_dir} is empty (all background): nothing to learn "
-                        "or score; check that the masks mark the lesion (white, or a palette index above 0)")
-    return {"images": images, "masks": masks, "ids": [p[0] for p in pairs],
-            "image_paths": [str(p[1]) for p in pairs], "mask_paths": [str(p[2]) for p in pairs]}
+    refuse_all_empty(masks, data_dir, split)
+    return {"images": images, "masks": masks, **files_of(pairs)}
 
 
 def read_mapped(folder):

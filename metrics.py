@@ -87,6 +87,12 @@ def full_resolution_metrics(variants, masks, threshold=0.5):
             for name, rows in per_image.items()}
 
 
+def largest_region_iou(probs, masks, threshold=0.5):
+    """Per-image IoU [N] (numpy) of probabilities [N,1,S,S] at each mask's own size, thresholded, only the largest
+    region kept: make predict's masks scored. masks: N mask files or boolean arrays [H,W]."""
+    return full_resolution_metrics({"": probs}, masks, threshold)["lcc_"][0]["iou"].numpy()
+
+
 def paired_difference(base, new):
     """Two models' scores on the same images (sequences, image k against image k): dict of n, each model's mean,
     the mean difference new - base, its standard error, and how often new wins. The standard error is the paired

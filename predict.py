@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import cli
-import distributed
 import decoding
+import distributed
 import layouts
 import runfiles
 from device import add_device_flag, pick_device

@@ -105,3 +105,19 @@ def test_a_full_disk_stops_the_memory_mapped_cache_with_one_sentence(synthetic, 
     assert list(disk.iterdir()) == []  # no half-written cache is left to be read later
     resize(8)
     assert len(load_mapped_split(synthetic[0], "test", 192, disk)["images"]) == 12
+
+
+def test_each_process_takes_its_own_part_of_every_global_batch(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for n in (1, 2, 7, 32):
+        parts = []
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            parts.append(train.my_share(n))
+        if n == 1:  # a process without images takes part with a weight of 0
+            assert sorted(share for _, share in parts) == [0.0, 1.0]
+            continue
+        (lo0, hi0), share0 = parts[0]
+        (lo1, hi1), share1 = parts[1]
+        assert (lo0, hi1) == (0, n) and hi0 == lo1 and share0 + share1 == pytest.approx(1)
+        assert share0 == (hi0 - lo0) / n
