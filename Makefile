@@ -11,19 +11,19 @@ DEVICE ?= auto
 SEED ?= 0
 SEEDS ?= 0 1 2
 RUNS ?= runs
-BEST_CHECKPOINTS = $(foreach seed,$(SEEDS),$(RUNS)/best/seed$(seed)/best.pt)
+BEST_CHECKPOINTS = $(foreach seed,$(SEEDS),"$(RUNS)/best/seed$(seed)/best.pt")
 RELEASED = models/lesion_segmenter.pt
 CHECKPOINT ?= $(RELEASED)
 INPUT ?=
 OUT ?= predictions
 ONNX ?= model.onnx
-TRAIN = $(PY) train.py --data-dir $(DATA_DIR) --encoder-weights $(ENCODER_WEIGHTS) --epochs $(EPOCHS) \
+TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEIGHTS)" --epochs $(EPOCHS) \
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
-COMMON = --seed $(SEED) --out $(RUNS)/$@
+COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare exp1-bce exp1-iou exp2-finetune best release \
 	adapt calibrate labelled adapt-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
-	predict export serve page-screenshot
+	predict export release-onnx serve page-screenshot
 .DEFAULT_GOAL := help
 
 help:
@@ -35,26 +35,31 @@ help:
 	@echo "make test                                   the tests; make demo: 2 epochs on synthetic data"
 	@echo "Every target and variable: README.md (Quick start)."
 
+# Two steps into one .venv: what prediction needs (ONNX Runtime, no PyTorch: make predict, make serve), then
+# PyTorch and the rest (training, evaluation, the tests)
+.venv/predict-installed: requirements-predict.txt
+	test -x $(PY) || $(PYTHON) -m venv .venv
+	$(PY) -m pip install -r requirements-predict.txt
+	touch $@
 setup: .venv/installed
-.venv/installed: requirements.txt
-	$(PYTHON) -m venv .venv
+.venv/installed: requirements.txt .venv/predict-installed
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-# Optional: ONNX export and its check (onnx, onnxruntime). The tests use it too.
+# Optional: writing ONNX files (onnx). The tests use it too.
 .venv/export-installed: requirements-export.txt .venv/installed
 	$(PY) -m pip install -r requirements-export.txt
 	touch $@
 
 # Downloads DATASET (isic2016, isic2017, isic2018) into DATA_DIR unless DATA_DIR already holds data
 data: setup
-	$(PY) download.py --dataset $(DATASET) --data-dir $(DATA_DIR)
+	$(PY) download.py --dataset $(DATASET) --data-dir "$(DATA_DIR)"
 
 # What the experiments train on: the default DATA_DIR is downloaded when empty; any other DATA_DIR must exist
 # (a mistyped path is never filled with a download: `make data DATA_DIR=...` downloads there on purpose)
 dataset: setup
 ifeq ($(DATA_DIR),data)
-	$(PY) download.py --dataset $(DATASET) --data-dir $(DATA_DIR)
+	$(PY) download.py --dataset $(DATASET) --data-dir "$(DATA_DIR)"
 else
 	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; check the path, or run" \
 		"make data DATA_DIR=$(DATA_DIR) to download $(DATASET) there" >&2; exit 2; }
@@ -80,16 +85,16 @@ BEST = --skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.3
 	--random-aug --shift-aug $(SHIFT_SHARE) --ema 0.99 --val-fraction 0
 best: dataset
 	for seed in $(SEEDS); do \
-		$(TRAIN) --seed $$seed --out $(RUNS)/best/seed$$seed $(BEST) || exit 1; \
+		$(TRAIN) --seed $$seed --out "$(RUNS)/best/seed$$seed" $(BEST) || exit 1; \
 	done
-	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir $(DATA_DIR) --device $(DEVICE) \
-		--tta --full-res --out $(RUNS)/best
+	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir "$(DATA_DIR)" --device $(DEVICE) \
+		--tta --full-res --out "$(RUNS)/best"
 
 # The released model (models/, its card models/README.md): make best's seed 0, trained unless that run has finished
 # (RESUME=1 continues it), stored in float16, scored once on the test split and under the robustness suite
-release: dataset
-	test -f $(RUNS)/best/seed0/test_metrics.json || $(TRAIN) --seed 0 --out $(RUNS)/best/seed0 $(BEST)
-	$(PY) release.py --checkpoint $(RUNS)/best/seed0/best.pt --data-dir $(DATA_DIR) --device $(DEVICE) --out models
+release: dataset .venv/export-installed
+	test -f "$(RUNS)/best/seed0/test_metrics.json" || $(TRAIN) --seed 0 --out "$(RUNS)/best/seed0" $(BEST)
+	$(PY) release.py --checkpoint "$(RUNS)/best/seed0/best.pt" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
 
 # The first ablation table of docs/experiments.md, one run per row (seed 0; hours on a CPU): make ablations
 ABL_B = --skips --loss bce+dice --encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1
@@ -116,20 +121,20 @@ ADAPT_FROM ?= $(RELEASED)
 ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 1e-4 --epochs 10 \
 	--batch-size 8 --val-fraction 0 --ema 0.9
 adapt: labelled
-	$(PY) train.py --data-dir $(DATA_DIR) --init-from $(ADAPT_FROM) $(ADAPT) --seed $(SEED) --device $(DEVICE) \
-		--out $(RUNS)/adapt $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
-	$(PY) adapt.py --checkpoint $(ADAPT_FROM) --adapted $(RUNS)/adapt/best.pt --data-dir $(DATA_DIR) \
-		--device $(DEVICE) --out $(RUNS)/adapt
+	$(PY) train.py --data-dir "$(DATA_DIR)" --init-from "$(ADAPT_FROM)" $(ADAPT) --seed $(SEED) --device $(DEVICE) \
+		--out "$(RUNS)/adapt" $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
+	$(PY) adapt.py --checkpoint "$(ADAPT_FROM)" --adapted "$(RUNS)/adapt/best.pt" --data-dir "$(DATA_DIR)" \
+		--device $(DEVICE) --out "$(RUNS)/adapt"
 calibrate: labelled
-	$(PY) adapt.py --checkpoint $(CHECKPOINT) --data-dir $(DATA_DIR) --device $(DEVICE) --out $(RUNS)/calibrate
+	$(PY) adapt.py --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/calibrate"
 labelled: setup
 	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; name your labelled images:" \
 		"make $(MAKECMDGOALS) DATA_DIR=my_labelled/ (images/ + masks/, or any layout of README: Data)" >&2; exit 2; }
 
 # docs/adapt.md's table: make adapt's recipe under annotator and camera shifts of ISIC 2016 (SPLIT=val: choices)
 adapt-experiment: setup
-	$(PY) adapt_experiment.py --data-dir $(DATA_DIR) --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
-		--out $(RUNS)/adapt-experiment
+	$(PY) adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
+		--out "$(RUNS)/adapt-experiment"
 
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup
@@ -141,69 +146,76 @@ demo: setup
 bench: setup
 	$(PY) bench.py --device $(DEVICE)
 
-# make predict on 20 synthetic 1024x768 photos with CHECKPOINT (the released model), start-up included; the page
-# (serve.py) on one such photo, the model loaded
+# make predict on 100 synthetic 1024x768 photos, the released model on ONNX Runtime against PyTorch, start-up
+# included, and their forward passes; the page (serve.py) on one such photo, the model loaded
 bench-predict: setup
-	$(PY) bench.py --predict --checkpoint $(CHECKPOINT) --device $(DEVICE)
-	$(PY) bench.py --page --checkpoint $(CHECKPOINT) --device $(DEVICE)
+	$(PY) bench.py --predict --device $(DEVICE)
+	$(PY) bench.py --page $(MODEL_FLAG) --device $(DEVICE)
 
 # One process against two (torchrun, gloo) on this machine: make predict on 20 photos, training on synthetic data
 bench-scale: setup
-	$(PY) bench.py --scale
+	$(PY) bench.py --scale --predict-images 20
 
 # On a CUDA machine: bench, make best's seed 0 (AMP, --no-amp, --compile), exp1-bce, exp2-finetune -> $(RUNS)/gpu-check
 gpu-check: setup
-	PY=$(PY) bash gpu_check.sh $(DATA_DIR) $(ENCODER_WEIGHTS) $(RUNS)/gpu-check
+	PY=$(PY) bash gpu_check.sh "$(DATA_DIR)" "$(ENCODER_WEIGHTS)" "$(RUNS)/gpu-check"
 
 # Refactors must not change a digit: one epoch of exp1-bce and of make best's recipe at BASE and in this tree
 BASE ?= HEAD
 check-same: setup
-	PY=$(PY) bash check_same.sh $(DATA_DIR) $(ENCODER_WEIGHTS) $(BASE)
+	PY=$(PY) bash check_same.sh "$(DATA_DIR)" "$(ENCODER_WEIGHTS)" $(BASE)
 
 # CHECKPOINT scored on DATA_DIR's test split and on OTHER's (default: a plain-folder copy of DATA_DIR, which must
 # score the same), each to $(RUNS)/cross-dataset/<folder name>; OTHER may be any layout (README: Data)
 OTHER ?= $(RUNS)/plain-copy
 cross-dataset: setup
-	test -d $(OTHER) || $(PY) data.py --data-dir $(DATA_DIR) --to-plain $(OTHER)
-	for d in $(DATA_DIR) $(OTHER); do \
-		$(PY) evaluate.py --checkpoint $(CHECKPOINT) --data-dir $$d --device $(DEVICE) --tta --full-res \
-			--out $(RUNS)/cross-dataset/$$(basename $$d) || exit 1; \
+	test -d "$(OTHER)" || $(PY) data.py --data-dir "$(DATA_DIR)" --to-plain "$(OTHER)"
+	for d in "$(DATA_DIR)" "$(OTHER)"; do \
+		$(PY) evaluate.py --checkpoint "$(CHECKPOINT)" --data-dir "$$d" --device $(DEVICE) --tta --full-res \
+			--out "$(RUNS)/cross-dataset/$$(basename "$$d")" || exit 1; \
 	done
 
 # The robustness suite (robustness.py) of CHECKPOINT on SPLIT (test, or val for choices) -> $(RUNS)/robustness/$(NAME)
 SPLIT ?= test
 NAME ?= $(if $(filter $(RELEASED),$(CHECKPOINT)),released,best)
 robustness: setup
-	$(PY) robustness.py --checkpoint $(CHECKPOINT) --data-dir $(DATA_DIR) --split $(SPLIT) --device $(DEVICE) \
-		--tta --largest-component --out $(RUNS)/robustness/$(NAME)
+	$(PY) robustness.py --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" --split $(SPLIT) --device $(DEVICE) \
+		--tta --largest-component --out "$(RUNS)/robustness/$(NAME)"
 
 # Suite results side by side (NAMES: folders under $(RUNS)/robustness): a Markdown table and compare.png
 NAMES ?= best
 robustness-compare: setup
-	$(PY) visualize.py robustness $(foreach n,$(NAMES),$(RUNS)/robustness/$(n)) --out $(RUNS)/robustness/compare.png
+	$(PY) visualize.py robustness $(foreach n,$(NAMES),"$(RUNS)/robustness/$(n)") --out "$(RUNS)/robustness/compare.png"
 
 report: setup
-	$(PY) visualize.py report --runs $(RUNS) --data-dir $(DATA_DIR)
+	$(PY) visualize.py report --runs "$(RUNS)" --data-dir "$(DATA_DIR)"
 
 eda: setup
-	$(PY) visualize.py eda --data-dir $(DATA_DIR) --runs $(RUNS) --out $(RUNS)/eda
+	$(PY) visualize.py eda --data-dir "$(DATA_DIR)" --runs "$(RUNS)" --out "$(RUNS)/eda"
+
+# make predict and make serve run the released ONNX model unless CHECKPOINT is given (a .pt then needs make setup)
+MODEL_FLAG = $(if $(filter command line environment,$(origin CHECKPOINT)),--checkpoint "$(CHECKPOINT)")
 
 # A local page that segments the images you drop on it (serve.py), with CHECKPOINT (default: the released model)
 PORT ?= 8000
-serve: setup
-	$(PY) serve.py --checkpoint $(CHECKPOINT) --device $(DEVICE) --port $(PORT) $(if $(HOST),--host $(HOST))
+serve: .venv/predict-installed
+	$(PY) serve.py $(MODEL_FLAG) --device $(DEVICE) --port $(PORT) $(if $(HOST),--host $(HOST))
 
 # The README's picture of the page: tests/test_page.py's browser saves its screenshot
 page-screenshot: .venv/dev-installed
 	PAGE_SCREENSHOT=$(CURDIR)/docs/page.png $(PY) -m pytest -q tests/test_page.py -k segments_like_predict
 
-predict: setup
+predict: .venv/predict-installed
 	@test -n "$(INPUT)" || { echo "error: name your images: make predict INPUT=my_images/ OUT=masks" \
 		"(files, folders or quoted patterns; CHECKPOINT=... for your own models)" >&2; exit 2; }
-	$(PY) predict.py $(INPUT) --checkpoint $(CHECKPOINT) --out $(OUT) --tta --largest-component --overlay
+	$(PY) predict.py "$(INPUT)" $(MODEL_FLAG) --out "$(OUT)" --device $(DEVICE) --tta --largest-component --overlay
 
 export: .venv/export-installed
-	$(PY) export.py --checkpoint $(CHECKPOINT) --out $(ONNX)
+	$(PY) export.py --checkpoint "$(CHECKPOINT)" --out "$(ONNX)"
+
+# The released model's ONNX file and its card's numbers, from models/'s .pt (make release writes both)
+release-onnx: .venv/export-installed dataset
+	$(PY) release.py --onnx-only --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
 
 .venv/dev-installed: requirements-dev.txt .venv/installed
 	$(PY) -m pip install -r requirements-dev.txt

@@ -15,29 +15,33 @@ import os
 from pathlib import Path
 
 import cli
-import decoding
+import images
 import runfiles
 from calibration import calibrate, iou_curves
-from device import add_device_flag, pick_device
+from device import pick_device
+import released
 from errors import DataError, UsageError
-from inference import RELEASED, split_seed, tta_probabilities
+from inference import split_seed, tta_probabilities
 from metrics import largest_region_iou, paired_difference
 from model import half_precision, load_checkpoint
 from splits import load_splits
 
 
 RECIPE = ("epochs", "lr", "batch_size", "freeze_encoder", "shift_aug", "ema", "seed")  # the card names these flags
+MARGIN = 2  # standard errors a paired change must clear before the card calls it better or worse
+FEW_HELD_OUT = 10  # below this many held-out images the card warns that its scores say little
 
 
 def load_user_data(data_dir, size, split_seed, cache_dir):
-    """(calibration images, held-out images or None): the training and test splits train.py used with
-    --val-fraction 0. DataError for fewer than 2 calibration images."""
+    """(calibration images, held-out images or None when there are none): the training and test splits train.py
+    used with --val-fraction 0. DataError for fewer than 2 calibration images."""
     splits = load_splits(data_dir, size, 0, split_seed, cache_dir)
     print(splits["note"])
     if len(splits["train"]["ids"]) < 2:
         raise DataError(f"{len(splits['train']['ids'])} labelled training image(s) in {data_dir}: adaptation needs "
                         "at least 2, and 10 or more to be worth it")
-    return splits["train"], splits["test"]
+    held_out = splits["test"]
+    return splits["train"], held_out if held_out and len(held_out["ids"]) else None
 
 
 def compare(base, adapted, calibration, held_out, device):
@@ -55,15 +59,30 @@ def compare(base, adapted, calibration, held_out, device):
 
 
 def verdict(rows, adapted):
-    """One sentence on the last row against the first: better, worse, or no clear change."""
+    """Sentences on the last row against the first: better or worse only when the paired change clears MARGIN
+    standard errors, else no clear difference; a warning below FEW_HELD_OUT held-out images."""
     last = rows[list(rows)[-1]]
-    what = "adaptation" if adapted else "the calibrated threshold"
-    if last["difference"] > last["standard_error"]:
-        return f"On the held-out images {what} helped: IoU {last['difference']:+.4f} ± {last['standard_error']:.4f}."
-    if last["difference"] < -last["standard_error"]:
-        return (f"On the held-out images {what} did worse (IoU {last['difference']:+.4f} ± "
-                f"{last['standard_error']:.4f}): keep the model before, or label more images.")
-    return f"On {last['n']} held-out images {what} made no clear difference; more held-out images would tell."
+    what, n, change, error = ("adaptation" if adapted else "the calibrated threshold"), last["n"], \
+        last["difference"], last["standard_error"]
+    if n < 2:
+        text = (f"On 1 held-out image {what} changed IoU by {change:+.4f}: one image gives no standard error, so "
+                "this says nothing either way.")
+    elif change > MARGIN * error:
+        text = f"On {n} held-out images {what} helped: IoU {change:+.4f} ± {error:.4f} (more than {MARGIN} SE)."
+    elif change < -MARGIN * error:
+        text = (f"On {n} held-out images {what} did worse: IoU {change:+.4f} ± {error:.4f} (more than {MARGIN} SE); "
+                "keep the model before, or label more images.")
+    else:
+        text = (f"On {n} held-out images {what} made no clear difference (IoU {change:+.4f} ± {error:.4f}, within "
+                f"{MARGIN} SE).")
+    if n < FEW_HELD_OUT:
+        text += (f" Only {n} held-out image{'s' if n > 1 else ''}: too few to tell a change of a few hundredths; hold "
+                 f"out {FEW_HELD_OUT} or more (test/images + test/masks).")
+    return text
+
+
+def standard_error(row):
+    return "n/a (1 image)" if row["n"] < 2 else f"{row['standard_error']:.4f}"
 
 
 def card(report, rows):
@@ -84,12 +103,13 @@ def card(report, rows):
     if rows:
         lines += [f"IoU on {report['held_out']} held-out images (each mask's own size, flip TTA, largest region):", "",
                   "| model | mean IoU | change | paired SE | better / worse images |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {r['new']:.4f} | {r['difference']:+.4f} | {r['standard_error']:.4f} | "
+        lines += [f"| {name} | {r['new']:.4f} | {r['difference']:+.4f} | {standard_error(r)} | "
                   f"{r['new_better']} / {r['new_worse']} |" for name, r in rows.items()]
         lines += ["", verdict(rows, report["adapted"])]
     else:
-        lines += ["No held-out images (the folder has a training split only): put some in test/images + test/masks "
-                  "to see whether this model is better than the one before."]
+        lines += ["No held-out images (the folder has a training split only, or too few images to hold a fifth "
+                  "out): put some in test/images + test/masks to see whether this model is better than the one "
+                  "before."]
     if report["recipe"]:
         flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in report["recipe"].items()
                  if v is not False]
@@ -102,15 +122,15 @@ def card(report, rows):
 def parse_args(argv=None):
     parser = cli.parser(__doc__)
     parser.add_argument("--data-dir", required=True, help="your labelled images, in any layout --data-dir reads")
-    parser.add_argument("--checkpoint", default=str(RELEASED),
-                        help=f"the model before adaptation (default: the released model, {os.path.relpath(RELEASED)})")
+    parser.add_argument("--checkpoint", default=str(released.PT),
+                        help=f"the model before adaptation (default: the released model, {os.path.relpath(released.PT)})")
     parser.add_argument("--adapted", metavar="CHECKPOINT",
                         help="the fine-tuned model (train.py --init-from CHECKPOINT's best.pt); without it, the "
                         "threshold is calibrated alone")
     parser.add_argument("--out", default="runs/adapt", help="folder for model.pt, README.md, adapt.json "
                         "(default: runs/adapt)")
     parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
-    add_device_flag(parser)
+    cli.add_device_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -126,7 +146,7 @@ def main(argv=None):
     calibration_images, held_out = load_user_data(args.data_dir, size, split_seed((adapted or base)[1]),
                                                   args.cache_dir)
     calib = calibrate(iou_curves(tta_probabilities(*base, calibration_images["images"], device), [
-        decoding.read_binary_mask(p) for p in calibration_images["mask_paths"]]))
+        images.read_binary_mask(p) for p in calibration_images["mask_paths"]]))
     rows = compare(base, adapted, calib, held_out, device) if held_out else {}
     threshold = 0.5 if adapted else calib["threshold"]
     model_file = half_precision(args.adapted or args.checkpoint)

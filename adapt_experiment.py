@@ -23,13 +23,14 @@ import torch
 from PIL import Image
 
 import cli
-import decoding
+import images
 import layouts
 import runfiles
 from annotators import ANNOTATORS
 from calibration import calibrate, iou_curves
-from device import add_device_flag, pick_device
-from inference import RELEASED, tta_probabilities
+from device import pick_device
+import released
+from inference import tta_probabilities
 from metrics import largest_region_iou
 from model import load_checkpoint
 from perturbations import shift as shift_image
@@ -53,7 +54,7 @@ def shifted(pairs, shift, size):
     for n, (_, image_path, mask_path) in enumerate(pairs):
         image, mask = shifted_pair(image_path, mask_path, shift, n)
         images.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) if shift == "camera"
-                      else decoding.read_image(image_path, size)[0])
+                      else images.read_image(image_path, size)[0])
         masks.append(mask)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), masks
 
@@ -134,7 +135,7 @@ def table(rows, clean):
 def parse_args(argv=None):
     parser = cli.parser(__doc__)
     parser.add_argument("--data-dir", default="data", help="ISIC 2016 (default: data)")
-    parser.add_argument("--checkpoint", default=str(RELEASED), help="the model to adapt (default: the released one)")
+    parser.add_argument("--checkpoint", default=str(released.PT), help="the model to adapt (default: the released one)")
     parser.add_argument("--split", default="test", choices=["val", "test"],
                         help="the scored images: the test split, or VAL_IMAGES training images outside every draw "
                         "(default: test)")
@@ -144,7 +145,7 @@ def parse_args(argv=None):
     parser.add_argument("--train-flags", required=True, help="make adapt's train.py flags, in one string")
     parser.add_argument("--out", type=Path, default=Path("runs/adapt-experiment"),
                         help="results go to OUT/SPLIT (default: runs/adapt-experiment)")
-    add_device_flag(parser)
+    cli.add_device_flag(parser)
     return parser.parse_args(argv)
 
 

@@ -5,7 +5,7 @@ Each number is printed beside the slower variant measured in the same run.
 
     python bench.py                    # CPU or the best GPU present
     python bench.py --device cuda --batch-size 64
-    python bench.py --predict          # make predict with the released model on 20 photos of 1024x768
+    python bench.py --predict          # make predict on 100 photos of 1024x768: ONNX Runtime against PyTorch
     python bench.py --page             # the page's server on one photo of 1024x768
     python bench.py --scale            # one process against two under torchrun (make bench-scale)
 """
@@ -25,9 +25,11 @@ from torch.utils.flop_counter import FlopCounterMode
 import augment
 import cli
 import decoding
+import images
 import layouts
+import released
 import runfiles
-from device import add_device_flag, autocast, pick_device, sync
+from device import autocast, pick_device, sync
 from losses import LOSSES, bce_loss
 from model import MobileNetSegmenter, update_ema
 from synthetic import write_synthetic
@@ -155,25 +157,84 @@ def write_photo(path, rng):
     return noise
 
 
+def predict_seconds(photos, out, flags):
+    """Wall seconds of `python predict.py photos -o out --tta --largest-component FLAGS` as a user runs it:
+    Python's start-up, the runtime's import, loading the model, decoding and writing every file included."""
+    command = [sys.executable, "predict.py", str(photos), "-o", str(out), "--tta", "--largest-component", *flags]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=Path(__file__).parent, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"predict.py failed: {result.stderr.strip()}")
+    return time.perf_counter() - start
+
+
 def bench_predict(args):
-    """make predict's command (flip TTA, largest region, overlays) end to end on --predict-images photos of
-    1024x768, as a user runs it: Python's and torch's start-up, loading the model, decoding, writing every file."""
+    """make predict on --predict-images photos of 1024x768 with the released model on ONNX Runtime (the default)
+    and on PyTorch (its .pt), side by side: start-up to the first mask, with and without overlays, where the
+    time goes, and the forward pass alone."""
     with tempfile.TemporaryDirectory() as tmp:
-        photos, rng = Path(tmp) / "photos", np.random.default_rng(0)
+        photos, rng, n = Path(tmp) / "photos", np.random.default_rng(0), args.predict_images
         photos.mkdir()
-        for i in range(args.predict_images):
+        for i in range(n):
             write_photo(photos / f"photo{i:03d}.jpg", rng)
-        command = [sys.executable, "predict.py", str(photos), "--out", str(Path(tmp) / "masks"), "--tta",
-                   "--largest-component", "--overlay", "--device", args.device]
-        command += ["--checkpoint", *args.checkpoint] if args.checkpoint else []
+        first = photos / "photo000.jpg"
+        runtimes = {"ONNX Runtime": ["--device", args.device], "PyTorch": ["--device", args.device, "--checkpoint",
+                                                                           str(released.PT)]}
+        for kind, extra, files in (("start-up to the first mask, 1 photo", [], first),
+                                   (f"{n} photos, --overlay", ["--overlay"], photos), (f"{n} photos", [], photos)):
+            (onnx, torch_), k = (predict_seconds(files, Path(tmp) / f"out{i}", flags + extra)
+                                 for i, flags in enumerate(runtimes.values())), 1 if files == first else n
+            print(f"{'make predict, ' + kind:<52} {onnx:8.2f} s ({k / onnx:.1f} img/s)   vs PyTorch: {torch_:.2f} s "
+                  f"({torch_ / onnx:.1f}x)", flush=True)
+        stage_shares(sorted(photos.glob("*.jpg")), Path(tmp) / "stages")
+    forward_rates(args)
+
+
+def stage_shares(paths, out, batch_size=16):
+    """Where make predict's time goes on ONNX Runtime (--tta --largest-component --overlay), each stage run alone
+    over all photos in this process: decoding, the model, post-processing (resize back, threshold, largest
+    region, contour), writing (PNG and JPEG encoding, atomic write)."""
+    from masks import encoded, mask_at_size, mask_png, overlay
+    from segmenter import Segmenter
+    segmenter, seconds = Segmenter.load(), {}
+
+    def timed(name, fn):
         start = time.perf_counter()
-        result = subprocess.run(command, cwd=Path(__file__).parent, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if result.returncode:
-            sys.exit(f"predict.py failed: {result.stderr.strip()}")
-        written = len(list((Path(tmp) / "masks").glob("*_segmentation.png")))
-    print(f"{f'make predict, {written} photos of 1024x768, start-up included':<52} {seconds:8.2f} s "
-          f"({written / seconds:.1f} img/s)")
+        result = fn()
+        seconds[name] = time.perf_counter() - start
+        return result
+    photos = timed("decoding", lambda: [images.read_full_image(p) for p in paths])
+    probs = timed("model", lambda: np.concatenate([segmenter.probabilities(np.stack(
+        [images.model_input(p, segmenter.image_size) for p in photos[i:i + batch_size]]), tta=True)
+        for i in range(0, len(photos), batch_size)]))
+    pictures = timed("post-processing", lambda: [(m, overlay(p, m)) for p, m in (
+        (p, mask_at_size(prob, p.shape[1], p.shape[0], segmenter.threshold, True)) for p, prob in zip(photos, probs))])
+    out.mkdir()
+    timed("writing", lambda: [(runfiles.write_bytes(out / f"{i}_segmentation.png", encoded(mask_png(m), "PNG")),
+                               runfiles.write_bytes(out / f"{i}_overlay.jpg", encoded(o, "JPEG")))
+                              for i, (m, o) in enumerate(pictures)])
+    total = sum(seconds.values())
+    print(f"{'  where the time goes (ONNX Runtime, each stage alone)':<52} " + ", ".join(
+        f"{k} {100 * v / total:.0f}% ({1e3 * v / len(paths):.0f} ms/img)" for k, v in seconds.items()))
+
+
+def forward_rates(args, n=32):
+    """The released model's forward pass at batch n: ONNX Runtime against PyTorch on the same float32 images,
+    and ONNX Runtime's FLOP rate against this CPU's on a large matrix product."""
+    from model import load_models
+    from segmenter import OnnxRuntime
+    model, _ = load_models([released.PT])
+    onnx = OnnxRuntime(released.ONNX, "cpu")
+    x = np.random.default_rng(0).random((n, 3, onnx.image_size, onnx.image_size), dtype=np.float32) * 255
+    tx = torch.from_numpy(x)
+    with torch.no_grad():
+        cpu = torch.device("cpu")
+        fast = rate(lambda: onnx(x), n, cpu, args.seconds)
+        slow = rate(lambda: model(tx), n, cpu, args.seconds)
+        per_image = flops(lambda: model(tx[:1]))
+    line(f"forward pass, batch {n}, ONNX Runtime", fast, slow, "PyTorch")
+    print(f"{'  its FLOP rate':<52} {fast * per_image / 1e9:8.1f} GFLOP/s   vs 2048x2048 matmul: "
+          f"{matmul_gflops(cpu, False, args.seconds):.1f} GFLOP/s ({per_image / 1e6:.0f} MFLOPs per image)")
 
 
 def bench_page(args, requests=5):
@@ -250,7 +311,7 @@ def bench_data_cache(args):
         naive = len(pairs) / (time.perf_counter() - start)
         start = time.perf_counter()
         for _, image_path, _ in pairs:
-            decoding.read_image(image_path, args.image_size)
+            images.read_image(image_path, args.image_size)
         draft = len(pairs) / (time.perf_counter() - start)
         line("JPEG 1024x768 decode+resize, draft mode", draft, naive, "full decode", "img/s")
 
@@ -315,7 +376,7 @@ def profile_best_step(args, device, steps=10):
 
 def main():
     parser = cli.parser(__doc__)
-    add_device_flag(parser)
+    cli.add_device_flag(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="images per step")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--encoder-weights", default="none", help="weights do not change speed; 'none' needs no file")
@@ -328,15 +389,15 @@ def main():
                         help="only profile make best's training step (torch.profiler): device busy time and top ops")
     parser.add_argument("--profile-rows", type=int, default=15, help="operators listed by --profile")
     parser.add_argument("--predict", action="store_true",
-                        help="only time make predict end to end on --predict-images photos of 1024x768 "
-                        "(make bench-predict)")
-    parser.add_argument("--predict-images", type=int, default=20, help="photos for --predict")
+                        help="only time make predict end to end on --predict-images photos of 1024x768, the released "
+                        "model on ONNX Runtime against PyTorch, and their forward passes (make bench-predict)")
+    parser.add_argument("--predict-images", type=int, default=100, help="photos for --predict")
     parser.add_argument("--page", action="store_true",
                         help="only time the page's server (serve.py) on one photo of 1024x768 (make bench-predict)")
     parser.add_argument("--scale", action="store_true",
                         help="only one process against two under torchrun: prediction and training (make bench-scale)")
     parser.add_argument("--checkpoint", nargs="+",
-                        help="--predict's and --page's model (default: the released model)")
+                        help="--page's model (default: the released model)")
     args = parser.parse_args()
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import torch
 
-from metrics import keep_largest_component, per_image_metrics, upsample
+from masks import keep_largest_component
+from metrics import per_image_metrics, upsample
 
 # The candidates, 0.5 among them; finer near 0 and 1, where a sharp model's probabilities still move the edge
 THRESHOLDS = np.round(np.concatenate([[0.01, 0.02, 0.03], np.arange(0.05, 0.951, 0.025), [0.97, 0.98, 0.99]]), 3)

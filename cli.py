@@ -1,9 +1,10 @@
-"""What every script shares on the command line: help that gives each flag's default, and the entry point that
-turns the project's errors into one line and an exit code."""
+"""What every script shares on the command line: help that gives each flag's default, the flags every script
+means alike, and the entry point that turns the project's errors into one line and an exit code."""
 import argparse
 import sys
 
 from errors import USER_ERRORS, Interrupted
+from masks import checked_threshold
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -16,6 +17,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "default" in text or unset or action.default is argparse.SUPPRESS or not action.option_strings:
             return text
         return text + " (default: %(default)s)"
+
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+def add_device_flag(parser):
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda, then mps, then cpu")
+
+
+def add_threshold_flag(parser):
+    parser.add_argument("--threshold", type=checked_threshold,
+                        help="lesion where probability > this, strictly between 0 and 1 (default: the threshold "
+                        "adapt.py stored in the model, else 0.5)")
 
 
 def parser(description):

@@ -1,17 +1,10 @@
-"""Where a model runs and in which precision: one --device flag for every script, autocast, synchronisation."""
+"""Where a PyTorch model runs and in which precision: the --device flag's values (cli.add_device_flag) as torch
+devices, autocast, synchronisation."""
 import contextlib
 
 import torch
 
 from errors import UsageError
-
-DEVICES = ["auto", "cpu", "cuda", "mps"]
-
-
-def add_device_flag(parser):
-    parser.add_argument("--device", default="auto", choices=DEVICES,
-                        help="auto: cuda, then mps, then cpu")
-
 
 def pick_device(name):
     """torch.device for a --device value; raises UsageError for a device that is not there."""

@@ -5,9 +5,7 @@ torchrun every function here is a no-op and a script runs exactly as one process
 """
 import contextlib
 import os
-
-import torch
-import torch.distributed as dist
+import sys
 
 
 def world_size():
@@ -28,6 +26,8 @@ def start(device):
     return this process's device: its own GPU (LOCAL_RANK) on a machine with several."""
     if world_size() == 1:
         return device
+    import torch  # here: prediction on ONNX Runtime shards by RANK without torch
+    import torch.distributed as dist
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -35,13 +35,19 @@ def start(device):
     return device
 
 
+def joined():
+    """torch.distributed once start() joined a process group, else None."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_initialized() else None
+
+
 def stop():
-    if dist.is_initialized():
+    if dist := joined():
         dist.destroy_process_group()
 
 
 def barrier():
-    if dist.is_initialized():
+    if dist := joined():
         dist.barrier()
 
 
@@ -57,9 +63,17 @@ def main_first():
 
 def total(values):
     """The sum over all processes of a float64 tensor (in place); the tensor itself in a job of one process."""
-    if dist.is_initialized():
+    if dist := joined():
         dist.all_reduce(values)
     return values
+
+
+def total_counts(counts):
+    """total() of a list of whole numbers; the list itself unless start() joined a process group."""
+    if not joined():
+        return counts
+    import torch
+    return [int(c) for c in total(torch.tensor(counts, dtype=torch.float64))]
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from pathlib import Path
 import cli
 import layouts
 import runfiles
-from device import add_device_flag, pick_device
+from device import pick_device
 from inference import score_model, split_to_score, write_results
 from model import decision_threshold, load_models
 
@@ -37,11 +37,9 @@ def main(argv=None):
     parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder; with several, "
                         "the folder that holds them all). A training run's own test_metrics.json is never replaced: "
                         "the scores then go to test_eval_metrics.json")
-    parser.add_argument("--threshold", type=float,
-                        help="lesion where probability > this (default: the threshold adapt.py stored in the "
-                        "checkpoint, else 0.5)")
+    cli.add_threshold_flag(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    add_device_flag(parser)
+    cli.add_device_flag(parser)
     parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
     parser.add_argument("--workers", type=int, default=2, help="processes that decode JPEGs into the cache")
     parser.add_argument("--full-res", action="store_true",

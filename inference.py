@@ -1,16 +1,8 @@
-"""Inference and scoring, shared by training, evaluation, prediction, the robustness suite and the released model:
-logits and probabilities batch by batch, masks at each image's own size, every test number of a model.
-
-    from inference import LesionSegmenter
-    segmenter = LesionSegmenter.load()              # the released model (models/lesion_segmenter.pt)
-    mask = segmenter.segment("photo.jpg")           # boolean [H,W] at the photo's own size
-"""
+"""Inference and scoring of PyTorch models, shared by training, evaluation, the robustness suite and the release:
+logits and probabilities batch by batch, every test number of a model. Prediction for users is segmenter.py's."""
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn as nn
-from PIL import Image
 
 import decoding
 import layouts
@@ -18,11 +10,7 @@ import runfiles
 import splits
 from device import autocast
 from errors import UsageError
-from metrics import add_metrics, full_resolution_metrics, keep_largest_component, per_image_metrics, pooled_iou, \
-    score, upsample
-from model import decision_threshold, load_models
-
-RELEASED = Path(__file__).resolve().parent / "models" / "lesion_segmenter.pt"  # the model shipped in the repository
+from metrics import add_metrics, full_resolution_metrics, per_image_metrics, pooled_iou, score
 
 
 @torch.no_grad()
@@ -57,54 +45,6 @@ def tta_probabilities(model, config, images, device, batch_size=64):
     """Lesion probabilities [N,1,S,S] of uint8 images [N,3,S,S] with flip TTA, as make predict computes them, for
     a model of this config."""
     return predict_probs(model, images, batch_size, device, not config["no_amp"], tta=True)
-
-
-def mask_at_size(prob, width, height, threshold=0.5, largest_component=False):
-    """Boolean mask [height, width] of one probability map [1,S,S]: upsampled (bilinear), thresholded, and with
-    largest_component only its largest region kept. Every mask this project hands out is made here."""
-    mask = (upsample(prob[None], (height, width))[0, 0] > threshold).numpy()
-    return keep_largest_component(mask) if largest_component else mask
-
-
-def outline(mask):
-    """Pixels on the boundary of a boolean mask (inside the mask, next to a pixel outside it)."""
-    padded = np.pad(mask, 1)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~interior
-
-
-def mask_png(mask):
-    """A boolean mask as a 0/255 greyscale PIL image: what predict.py writes."""
-    return Image.fromarray(mask.astype(np.uint8) * 255)
-
-
-class LesionSegmenter(nn.Module):
-    """A trained model (or ensemble) with what prediction needs: its input size and decision threshold.
-    forward(images uint8 or float 0..255 [N,3,S,S]) -> logits [N,1,S,S]; segment(image) -> a boolean mask."""
-
-    def __init__(self, model, image_size, threshold=0.5, amp=True):
-        super().__init__()
-        self.model, self.image_size, self.threshold, self.amp = model, image_size, threshold, amp
-
-    @classmethod
-    def load(cls, checkpoints=None, device="cpu"):
-        """From train.py checkpoints (several: their ensemble); none: the released model."""
-        model, configs = load_models([str(c) for c in checkpoints or [RELEASED]], device)
-        return cls(model, configs[0]["image_size"], decision_threshold(configs), not configs[0]["no_amp"]).eval()
-
-    def forward(self, images):
-        return self.model(images)
-
-    def segment(self, image, tta=True, largest_component=True, threshold=None):
-        """Boolean mask [H,W] at the image's own size (EXIF orientation applied) of an image file's path or a PIL
-        image; with tta the mean over flips, with largest_component only the largest region (as make predict)."""
-        pixels, (width, height) = (decoding.read_image(image, self.image_size) if isinstance(image, (str, Path))
-                                   else decoding.prepare_image(image, self.image_size))
-        device = next(self.parameters()).device
-        images = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None]  # PIL's array is read-only
-        prob = predict_probs(self.model, images, 1, device, self.amp, tta)
-        threshold = self.threshold if threshold is None else threshold
-        return mask_at_size(prob[0], width, height, threshold, largest_component)
 
 
 def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True, threshold=0.5):

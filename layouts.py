@@ -84,14 +84,16 @@ def mask_id(path):
     """The id of the image a mask file belongs to (its stem without a MASK_NAME_SUFFIXES suffix), or None for a
     file that is no mask."""
     path = Path(path)
-    if path.suffix.lower() not in MASK_EXTS or is_hidden(path):
+    if path.suffix.lower() not in MASK_EXTS or is_hidden(path) or path.is_dir():
         return None
     return next((path.stem[:-len(s)] for s in MASK_NAME_SUFFIXES if path.stem.endswith(s)), path.stem)
 
 
 def is_image(path):
+    """An image file of a data folder (an entry named x.jpg that is a folder is not)."""
     path = Path(path)
-    return path.suffix.lower() in IMAGE_EXTS and not is_hidden(path) and not path.stem.endswith(NOT_IMAGES)
+    return path.suffix.lower() in IMAGE_EXTS and not is_hidden(path) and not path.stem.endswith(NOT_IMAGES) \
+        and path.is_file()
 
 
 def find_pairs(data_dir, split):

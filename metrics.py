@@ -1,14 +1,15 @@
 """Segmentation metrics, defined once and used by training, evaluation and prediction: per-image IoU, Dice,
-accuracy, sensitivity, specificity and thresholded Jaccard, pooled IoU, scores at each mask's own resolution,
-and keeping the largest region. Masks and predictions are binary; shapes are given per function."""
+accuracy, sensitivity, specificity and thresholded Jaccard, pooled IoU, scores at each mask's own resolution.
+Masks and predictions are binary; shapes are given per function."""
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import decoding
+import images
 from losses import LOSSES
+from masks import keep_largest_component
 
 
 def per_image_metrics(pred, masks):
@@ -54,17 +55,6 @@ def upsample(probs, size):
     return F.interpolate(probs.float(), size=size, mode="bilinear", align_corners=False)
 
 
-def keep_largest_component(mask):
-    """A boolean [H,W] numpy mask with only its largest 8-connected region: the lesion, without stray specks."""
-    from scipy import ndimage  # here: only this step needs scipy
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0  # background
-    return labels == sizes.argmax()
-
-
 def full_resolution_metrics(variants, masks, threshold=0.5):
     """{name: (per-image metrics, pooled IoU)} for each {name: probabilities [N,1,S,S]}, every prediction
     upsampled to its ground-truth mask's own size and thresholded there, as the ISIC challenges score; and the
@@ -74,7 +64,7 @@ def full_resolution_metrics(variants, masks, threshold=0.5):
     per_image = {name: [] for name in names}
     counts = {name: [0, 0] for name in names}  # pooled intersection, union
     for i, mask in enumerate(masks):
-        mask = np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else decoding.read_binary_mask(mask)
+        mask = np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else images.read_binary_mask(mask)
         mask = torch.from_numpy(mask)[None, None]
         for name, probs in variants.items():
             pred = upsample(probs[i:i + 1], mask.shape[-2:]) > threshold

@@ -1,48 +1,50 @@
 """Segment your own images: one binary mask (0/255 PNG) per image, at the image's original width and height.
-Without --checkpoint the released model (models/lesion_segmenter.pt, models/README.md) does it: no training.
+Without --checkpoint the released model (models/lesion_segmenter.onnx, card: models/README.md) does it on ONNX
+Runtime, with no PyTorch installed; train.py's checkpoints (.pt) run on PyTorch.
 
-    python predict.py photos/ "more/*.jpg" --out masks --overlay
-    python predict.py photos/ --out masks --tta --largest-component --checkpoint runs/best/seed*/best.pt
-    python predict.py photos/ --out masks --skip-existing          # continue a job that was interrupted
+    python predict.py photos/ "more/*.jpg" -o masks --overlay
+    python predict.py photos/ -o masks --tta --largest-component --checkpoint runs/best/seed*/best.pt
+    python predict.py photos/ -o masks --skip-existing          # continue a job that was interrupted
 
 Every file is written under a temporary name and renamed, so an interrupted job leaves no half-written mask; the
-input folders are never written to.
+input folders are never written to. Under torchrun each process takes its share of the images.
 """
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
 from tqdm import tqdm
 
 import cli
-import decoding
 import distributed
+import images
 import layouts
+import released
 import runfiles
-from device import add_device_flag, pick_device
 from errors import Interrupted, StorageError, UsageError
-from inference import RELEASED, mask_at_size, mask_png, outline, predict_probs
-from model import decision_threshold, load_models
+from masks import encoded, mask_png, overlay
+from segmenter import Segmenter
+
+
+PHOTO_EXTS = layouts.IMAGE_EXTS + (".gif", ".webp")  # what folders and patterns yield: named, any file is tried
 
 
 def expand_inputs(inputs):
-    """Image files from files, folders (searched recursively) and glob patterns, expanded here so that quoted
-    patterns work on every OS; hidden files in folders (macOS's ._name.jpg) are skipped. Raises UsageError naming
-    any input that matched nothing."""
+    """Image files from files, folders (searched recursively; an entry named x.jpg that is a folder is searched
+    too) and glob patterns, expanded here so that quoted patterns work on every OS; hidden files in folders
+    (macOS's ._name.jpg) are skipped. Raises UsageError naming any input that matched nothing."""
+    def photo(p):
+        return p.suffix.lower() in PHOTO_EXTS and p.is_file()
     found, unmatched = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*")
-                             if p.suffix.lower() in layouts.IMAGE_EXTS and not layouts.is_hidden(p))
+            matches = sorted(p for p in path.rglob("*") if photo(p) and not layouts.is_hidden(p))
         elif path.is_file():
             matches = [path]
         else:  # glob skips dot files (._name.jpg) itself
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True)
-                             if Path(p).suffix.lower() in layouts.IMAGE_EXTS)
+            matches = sorted(p for p in map(Path, glob.glob(item, recursive=True)) if photo(p))
         found += matches
         if not matches:
             unmatched.append(item)
@@ -85,112 +87,134 @@ def open_output_folder(out, inputs, paths):
     return out
 
 
-def overlay(image_path, mask):
-    """The image with the predicted lesion's contour drawn in red, thicker on large images so it stays visible."""
-    image = decoding.read_full_image(image_path)
-    edge = outline(mask)
-    for _ in range(min(image.shape[:2]) // 300):  # grow the contour by one pixel each way
-        p = np.pad(edge, 1)
-        edge = edge | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
-    image[edge] = (255, 0, 0)
-    return Image.fromarray(image)
+def decode(path):
+    """(the photo as RGB uint8 [H,W,3], None) or (None, why it cannot be read): decoded once, for the model and
+    for the overlay."""
+    try:
+        return images.read_full_image(path), None
+    except Exception as e:  # PIL raises many types for corrupt or non-image files
+        return None, str(e)
 
 
-def save_png(image, path):
-    """A PIL image as PNG, written whole or not at all (runfiles.atomic_write)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    runfiles.atomic_write(path, lambda f: image.save(f, format="PNG"))
+def decoded_batches(paths, batch_size, pool):
+    """[(path, photo or None, why)] batch by batch, the next batch decoding in the pool while the caller works on
+    this one (PIL releases the GIL): at most two batches of photos in memory."""
+    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    pending = [pool.submit(decode, p) for p in batches[0]] if batches else []
+    for k, batch in enumerate(batches):
+        done = [f.result() for f in pending]
+        pending = [pool.submit(decode, p) for p in batches[k + 1]] if k + 1 < len(batches) else []
+        yield [(path, *result) for path, result in zip(batch, done)]
 
 
-def predicted_masks(model, paths, size, args, device, amp):
-    """(path, boolean mask [H,W] at the image's own size or None, why it could not be read or None) for each path,
-    predicted --batch-size images at a time."""
-    for start in range(0, len(paths), args.batch_size):
-        decoded = []
-        for path in paths[start:start + args.batch_size]:
-            try:
-                decoded.append((path, *decoding.read_image(path, size)))
-            except Exception as e:  # PIL raises many types for corrupt or non-image files
-                yield path, None, str(e)
-        if decoded:
-            images = torch.from_numpy(np.stack([pixels for _, pixels, _ in decoded])).permute(0, 3, 1, 2)
-            probs = predict_probs(model, images, args.batch_size, device, amp, args.tta)
-            for (path, _, (width, height)), prob in zip(decoded, probs):
-                yield path, mask_at_size(prob, width, height, args.threshold, args.largest_component), None
+def predicted_masks(segmenter, paths, batch_size, pool, tta=False, largest_component=False, threshold=None):
+    """(path, photo, boolean mask [H,W] at the photo's own size) or (path, None, why it could not be read) for each
+    path, batch_size photos per forward pass."""
+    for batch in decoded_batches(paths, batch_size, pool):
+        readable = [(path, photo) for path, photo, _ in batch if photo is not None]
+        yield from ((path, None, why) for path, photo, why in batch if photo is None)
+        if readable:
+            masks = segmenter.masks([photo for _, photo in readable], tta, largest_component, threshold)
+            yield from ((path, photo, mask) for (path, photo), mask in zip(readable, masks))
+
+
+def write_outputs(photo, mask, name, with_overlay):
+    """<name>_segmentation.png and, with_overlay, <name>_overlay.jpg, each written whole or not at all."""
+    Path(name).parent.mkdir(parents=True, exist_ok=True)
+    runfiles.write_bytes(Path(f"{name}_segmentation.png"), encoded(mask_png(mask), "PNG"))
+    if with_overlay:
+        runfiles.write_bytes(Path(f"{name}_overlay.jpg"), encoded(overlay(photo, mask), "JPEG"))
 
 
 def parse_args(argv=None):
     parser = cli.parser(__doc__)
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns")
-    parser.add_argument("--input", nargs="+", action="extend", default=[], dest="more_inputs", metavar="INPUT",
-                        help="more inputs, e.g. after --checkpoint's files")
+    parser.add_argument("-i", "--input", nargs="+", action="extend", default=[], dest="more_inputs",
+                        metavar="INPUT", help="more inputs, e.g. after --checkpoint's files")
     parser.add_argument("--checkpoint", nargs="+", action="extend", metavar="FILE",
-                        help="best.pt or last.pt written by train.py; several: average their probabilities (ensemble)"
-                        f" (default: the released model, {os.path.relpath(RELEASED)})")
-    parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    parser.add_argument("--threshold", type=float,
-                        help="lesion where probability > this (default: the threshold adapt.py stored in the "
-                        "checkpoint, else 0.5)")
+                        help="an .onnx file (export.py), or best.pt / last.pt written by train.py (needs PyTorch); "
+                        "several .pt: average their probabilities (ensemble) (default: the released model, "
+                        f"{os.path.relpath(released.ONNX)})")
+    parser.add_argument("-o", "--out", default="predictions", help="output folder")
+    cli.add_threshold_flag(parser)
     parser.add_argument("--tta", action="store_true", help="average with horizontal and vertical flips")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected region of each mask (one lesion per image)")
-    parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png with the contour")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write <id>_overlay.jpg, the photo with the contour: a JPEG (quality 90, full "
+                        "chroma), since a lossless PNG of a whole photo costs several times the mask itself")
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave out images whose outputs --out already holds: an interrupted job continues")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-    add_device_flag(parser)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="threads that decode the next batch and write files while the model runs")
+    cli.add_device_flag(parser)
     args = parser.parse_args(argv)
     args.inputs += args.more_inputs
     if not args.inputs:
         parser.error("no INPUT given: name images, folders or patterns (make predict INPUT=...), or add --input")
-    args.checkpoint = args.checkpoint or [str(RELEASED)]
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = distributed.start(pick_device(args.device))  # under torchrun: each process takes its share
-    model, configs = load_models(args.checkpoint, device)
-    args.threshold = decision_threshold(configs) if args.threshold is None else args.threshold
+    segmenter = Segmenter.load(args.checkpoint, args.device)
+    if distributed.world_size() > 1 and segmenter.runtime.name == "PyTorch":  # one summary for the whole job
+        distributed.start(segmenter.runtime.device)
     paths = expand_inputs(args.inputs)
     out = open_output_folder(args.out, args.inputs, paths)
     names = {path: out / name for path, name in zip(paths, output_names(paths))}
-    kinds = ("_segmentation.png", "_overlay.png") if args.overlay else ("_segmentation.png",)
+    kinds = ("_segmentation.png", "_overlay.jpg") if args.overlay else ("_segmentation.png",)
     mine = paths[distributed.rank()::distributed.world_size()]  # every image in exactly one process
     todo = [p for p in mine if not (args.skip_existing and all(Path(f"{names[p]}{k}").exists() for k in kinds))]
-    masks = predicted_masks(model, todo, configs[0]["image_size"], args, device, not configs[0]["no_amp"])
-    written, failures = write_masks(masks, names, todo, out, args)
-    counts = distributed.total(torch.tensor([written, len(mine) - len(todo), len(failures)], dtype=torch.float64))
+    written, failures = write_masks(segmenter, todo, names, out, args)
+    counts = distributed.total_counts([written, len(mine) - len(todo), len(failures)])
     distributed.stop()
-    written, skipped, unreadable = (int(c) for c in counts)
-    if distributed.is_main():
-        print(f"wrote {written} masks to {out}/" + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
+    written, skipped, unreadable = counts
+    if distributed.is_main() or not distributed.joined():
+        share = "" if distributed.world_size() == 1 or distributed.joined() else (
+            f"process {distributed.rank() + 1} of {distributed.world_size()}: ")
+        print(f"{share}wrote {written} masks to {out}/" + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
               + (f"; {unreadable} images could not be read" if unreadable else ""))
     if failures:
         raise UsageError(f"{len(failures)} of {len(mine)} images could not be read (the other masks were "
                          "written):\n  " + "\n  ".join(failures))
 
 
-def write_masks(masks, names, todo, out, args):
-    """Write each predicted mask (and overlay) under its name; returns (masks written, [unreadable: why]).
-    Ctrl-C and a full disk end with one sentence: how many were written, and how to continue."""
-    failures, written = [], 0
+def write_masks(segmenter, todo, names, out, args):
+    """Predict and write each image's mask (and overlay) under its name, the writing in the pool's threads;
+    returns (masks written, [unreadable: why]). Ctrl-C and a full disk end with one sentence: how many were
+    written, and how to continue."""
+    failures, writes = [], []
+    pool = ThreadPoolExecutor(max(1, args.workers))
     try:
-        for path, mask, problem in tqdm(masks, total=len(todo), desc="predicting", unit="img", disable=None):
-            if problem:
-                failures.append(f"{path}: {problem}")
+        masks = predicted_masks(segmenter, todo, args.batch_size, pool, args.tta, args.largest_component,
+                                args.threshold)
+        for path, photo, mask in tqdm(masks, total=len(todo), desc="predicting", unit="img", disable=None):
+            if photo is None:
+                failures.append(f"{path}: {mask}")
                 continue
-            save_png(mask_png(mask), Path(f"{names[path]}_segmentation.png"))
-            if args.overlay:
-                save_png(overlay(path, mask), Path(f"{names[path]}_overlay.png"))
-            written += 1
+            writes.append(pool.submit(write_outputs, photo, mask, names[path], args.overlay))
+            if len(writes) > 2 * args.batch_size:  # a bounded queue: its errors seen early, its photos freed
+                writes[-2 * args.batch_size].result()
+        for w in writes:
+            w.result()
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: wrote {written} of {len(todo)} masks to {out}/; run the same command with "
-                          "--skip-existing to continue") from None
+        raise Interrupted(f"interrupted: wrote {finished(pool, writes)} of {len(todo)} masks to {out}/; run the same "
+                          "command with --skip-existing to continue") from None
     except StorageError:
-        raise StorageError(f"no space left in {out}/: wrote {written} of {len(todo)} masks, and no partial file; free "
-                           "some space and run the same command with --skip-existing to continue") from None
-    return written, failures
+        raise StorageError(f"no space left in {out}/: wrote {finished(pool, writes)} of {len(todo)} masks, and no "
+                           "partial file; free some space and run the same command with --skip-existing to "
+                           "continue") from None
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return len(writes), failures
+
+
+def finished(pool, writes):
+    """How many of the submitted writes completed, once those under way have ended (each whole or absent)."""
+    pool.shutdown(wait=True, cancel_futures=True)
+    return sum(w.done() and not w.cancelled() and w.exception() is None for w in writes)
 
 
 if __name__ == "__main__":

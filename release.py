@@ -1,32 +1,36 @@
 """Release a trained checkpoint as the model shipped in the repository: the weights alone in half precision
-(models/lesion_segmenter.pt), scored once on the test split, and the numbers of its card (models/README.md,
-models/card.json: test scores, robustness suite, size, sha256) and its worst test images.
+(models/lesion_segmenter.pt) and the same model as ONNX (models/lesion_segmenter.onnx, what make predict and the
+page run), each scored once on the test split, and the numbers of their card (models/README.md, models/card.json:
+test scores, robustness suite, sizes, sha256) and its worst test images.
 
     python release.py --checkpoint runs/best/seed0/best.pt --data-dir ../shared/isic2016     # make release
+    python release.py --onnx-only --data-dir ../shared/isic2016     # make release-onnx: the .onnx of models/'s .pt
 
-Refuses to release when half precision moves the test IoU by MAX_HALF_PRECISION_LOSS or more.
+Refuses to release when half precision moves the test IoU by MAX_HALF_PRECISION_LOSS or more, or when ONNX
+Runtime's masks score more than MAX_ONNX_DIFFERENCE away from PyTorch's.
 """
-import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import cli
+import onnx_model
 import runfiles
-from device import add_device_flag, pick_device
+from device import pick_device
 from errors import ModelFileError
 from inference import predict_probs, score_model, split_to_score
-from model import half_precision, load_checkpoint
+from metrics import largest_region_iou
+from model import decision_threshold, half_precision, load_checkpoint
 from perturbations import PERTURBATIONS, score_perturbations, summarize
 from plots import save_panel
+from released import sha256
+from segmenter import Segmenter
 
 MAX_HALF_PRECISION_LOSS = 0.001  # test IoU (full resolution, flip TTA, largest region) that float16 may cost
+MAX_ONNX_DIFFERENCE = 1e-4  # test IoU between ONNX Runtime and PyTorch on the same weights
 KEY = "fullres_lcc_tta_"  # the card's protocol: each mask's own size, flip TTA, largest region
 NUMBERS_START, NUMBERS_END = "<!-- numbers: written by release.py -->", "<!-- end of numbers -->"
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def test_scores(path, split, device):
@@ -46,7 +50,7 @@ def worst_images(path, split, per_image, device, out, n=6):
 
 def card_numbers(card):
     """The Markdown block of the card's numbers."""
-    t, r, ref = card["test"], card["robustness"], card["test_float32"]
+    t, r, ref, onnx = card["test"], card["robustness"], card["test_float32"], card["onnx"]
     return "\n".join([
         NUMBERS_START,
         "| | |", "|---|---|",
@@ -62,6 +66,10 @@ def card_numbers(card):
         f"| file | `{card['file']}`, {card['bytes'] / 1e6:.1f} MB, {card['parameters'] / 1e6:.2f} M parameters in "
         "float16 |",
         f"| sha256 | `{card['sha256']}` |",
+        f"| ONNX file (make predict, the page) | `{onnx['file']}`, {onnx['bytes'] / 1e6:.1f} MB, weights in float16, "
+        "computed in float32 |",
+        f"| ONNX sha256 | `{onnx['sha256']}` |",
+        f"| test IoU on ONNX Runtime (same protocol) | {onnx['test_iou']:.4f} |",
         f"| trained from | `{card['source']}`, commit {card['commit']} |",
         NUMBERS_END])
 
@@ -76,23 +84,20 @@ def write_card(card, readme):
     runfiles.write_text(readme, before + card_numbers(card) + rest.split(NUMBERS_END, 1)[1])
 
 
-def main(argv=None):
-    parser = cli.parser(__doc__)
-    parser.add_argument("--checkpoint", default="runs/best/seed0/best.pt",
-                        help="the train.py checkpoint to release (default: runs/best/seed0/best.pt)")
-    parser.add_argument("--data-dir", default="data", help="the ISIC 2016 folder it is scored on (default: data)")
-    parser.add_argument("--out", default="models", help="folder of the released model and its card (default: models)")
-    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
-    add_device_flag(parser)
-    args = parser.parse_args(argv)
+def stamp(out, **entries):
+    """Merge entries into out/card.json at once: a file just written is then the one its card records, and loads
+    (which check the sha256 of models/'s files) accept it."""
+    path = Path(out) / "card.json"
+    runfiles.write_json(path, {**(runfiles.read_json(path) if path.is_file() else {}), **entries})
 
-    device, out = pick_device(args.device), Path(args.out)
+
+def release_pt(checkpoint, split, out, device):
+    """models/lesion_segmenter.pt (float16) of a train.py checkpoint, scored; returns its card's entries."""
     released = out / "lesion_segmenter.pt"
-    _, config = load_checkpoint(args.checkpoint)
-    split = split_to_score(args.data_dir, "test", [config], args.cache_dir)[0]
-    out.mkdir(parents=True, exist_ok=True)
-    runfiles.atomic_save(half_precision(args.checkpoint), released)
-    reference, _ = test_scores(args.checkpoint, split, device)
+    _, config = load_checkpoint(checkpoint)
+    runfiles.atomic_save(half_precision(checkpoint), released)
+    stamp(out, file=released.name, sha256=sha256(released))
+    reference, _ = test_scores(checkpoint, split, device)
     summary, per_image = test_scores(released, split, device)
     loss = reference[KEY + "iou"] - summary[KEY + "iou"]
     if abs(loss) >= MAX_HALF_PRECISION_LOSS:
@@ -103,18 +108,57 @@ def main(argv=None):
     rows = score_perturbations(model, split, config["image_size"], list(PERTURBATIONS), 0, device,
                                not config["no_amp"])
     worst_images(released, split, per_image, device, out / "worst_test_images.png")
-    card = {"file": released.name, "bytes": released.stat().st_size, "sha256": sha256(released),
+    return {"file": released.name, "bytes": released.stat().st_size, "sha256": sha256(released),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "image_size": config["image_size"], "source": args.checkpoint, "commit": runfiles.commit(),
+            "image_size": config["image_size"], "source": str(checkpoint), "commit": runfiles.commit(),
             "test_images": summary["n_images"],
             "test": {"iou": summary[KEY + "iou"], "dice": summary[KEY + "dice"],
                      "sensitivity": summary[KEY + "sensitivity"], "specificity": summary[KEY + "specificity"],
                      "iou_model_size": summary["iou"], "dice_model_size": summary["dice"]},
             "test_float32": {"iou": reference[KEY + "iou"], "dice": reference[KEY + "dice"]},
             "robustness": {**summarize(rows), "shifts": len(rows) - 1, "rows": rows}}
+
+
+def release_onnx(released_pt, split, out, card):
+    """models/lesion_segmenter.onnx of the released .pt, checked against PyTorch and scored on ONNX Runtime by
+    the card's protocol; returns the card's 'onnx' entry."""
+    path = out / "lesion_segmenter.onnx"
+    model, config = load_checkpoint(released_pt)
+    onnx_model.export(model, config["image_size"], path, decision_threshold([config]))
+    stamp(out, onnx={"file": path.name, "sha256": sha256(path)})
+    worst = onnx_model.check(model, config["image_size"], path)
+    segmenter = Segmenter.load([path], "cpu")
+    inputs = split["images"].permute(0, 2, 3, 1).numpy()
+    probs = np.concatenate([segmenter.probabilities(inputs[i:i + 64], tta=True) for i in range(0, len(inputs), 64)])
+    iou = float(largest_region_iou(torch.from_numpy(probs)[:, None], split["mask_paths"], segmenter.threshold).mean())
+    if abs(iou - card["test"]["iou"]) > MAX_ONNX_DIFFERENCE:
+        raise ModelFileError(f"ONNX Runtime's test IoU {iou:.5f} is not PyTorch's {card['test']['iou']:.5f} (limit "
+                             f"{MAX_ONNX_DIFFERENCE}); not released")
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path), "test_iou": iou,
+            "largest_logit_difference": worst}
+
+
+def main(argv=None):
+    parser = cli.parser(__doc__)
+    parser.add_argument("--checkpoint", default="runs/best/seed0/best.pt", help="the train.py checkpoint to release")
+    parser.add_argument("--onnx-only", action="store_true",
+                        help="keep --out's released .pt and its numbers; write its ONNX file and that file's numbers")
+    parser.add_argument("--data-dir", default="data", help="the ISIC 2016 folder it is scored on")
+    parser.add_argument("--out", default="models", help="folder of the released model and its card")
+    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached")
+    cli.add_device_flag(parser)
+    args = parser.parse_args(argv)
+
+    device, out = pick_device(args.device), Path(args.out)
+    _, config = load_checkpoint(out / "lesion_segmenter.pt" if args.onnx_only else args.checkpoint)
+    split = split_to_score(args.data_dir, "test", [config], args.cache_dir)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    card = runfiles.read_json(out / "card.json") if args.onnx_only else release_pt(args.checkpoint, split, out, device)
+    card["onnx"] = release_onnx(out / card["file"], split, out, card)
     write_card(card, out / "README.md")
     print(card_numbers(card).split("\n", 1)[1].rsplit("\n", 1)[0])
-    print(f"wrote {released}, {out}/card.json, {out}/README.md's numbers and {out}/worst_test_images.png")
+    print(f"wrote {out}/{card['file']}, {out}/{card['onnx']['file']}, {out}/card.json, {out}/README.md's numbers"
+          + ("" if args.onnx_only else f" and {out}/worst_test_images.png"))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cli
 import runfiles
-from device import add_device_flag, pick_device
+from device import pick_device
 from inference import split_to_score
 from model import load_models
 from perturbations import PERTURBATIONS, score_perturbations, shift, summarize
@@ -38,7 +38,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
     parser.add_argument("--workers", type=int, default=2, help="processes that decode JPEGs into the cache")
-    add_device_flag(parser)
+    cli.add_device_flag(parser)
     args = parser.parse_args(argv)
     args.perturbations = ["clean"] + [p for p in args.perturbations if p != "clean"]
 

@@ -5,11 +5,10 @@ import errno
 import io
 import json
 import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
-
-import torch
 
 from errors import StorageError
 
@@ -23,7 +22,7 @@ def atomic_write(path, write):
     buf = io.BytesIO()
     write(buf)
     data = buf.getbuffer()
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # two writers never share one
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -41,6 +40,7 @@ def atomic_write(path, write):
 
 
 def atomic_save(obj, path):
+    import torch  # here: the files of prediction on ONNX Runtime need no torch
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -52,8 +52,12 @@ def remove_stale_temporaries(folder):
     return [t.name for t in stale]
 
 
+def write_bytes(path, data):
+    atomic_write(path, lambda f: f.write(data))
+
+
 def write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode()))
+    write_bytes(path, text.encode())
 
 
 def write_json(path, obj):

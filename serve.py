@@ -1,12 +1,13 @@
 """A local page that segments the images you drop on it: the contour on the image, the mask, where the model is
 unsure, the lesion's area, and the mask PNG to download (byte for byte what predict.py writes; several: one zip).
 
-    python serve.py                                   # the released model on http://127.0.0.1:8000
-    python serve.py --checkpoint runs/best/seed*/best.pt --port 8080      # an ensemble: unsure = disagreement
+    python serve.py                                   # the released model (ONNX Runtime) on http://127.0.0.1:8000
+    python serve.py --checkpoint runs/best/seed*/best.pt --port 8080      # an ensemble (PyTorch)
 
-Python's standard library serves it: no package beyond requirements.txt. Uploads stay in memory, and nothing a
-browser sends becomes a file path.
+Python's standard library serves it: no package beyond requirements-predict.txt. Uploads stay in memory, and
+nothing a browser sends becomes a file path.
 """
+import argparse
 import base64
 import io
 import json
@@ -17,15 +18,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 import cli
-import decoding
-from device import add_device_flag, pick_device
-from inference import RELEASED, mask_at_size, mask_png, outline, predict_probs
-from metrics import upsample
-from model import Ensemble, decision_threshold, load_models
+import images
+from errors import DataError, UsageError
+from masks import checked_threshold, encoded, mask_at_size, mask_png, overlay, resize_probabilities
+from segmenter import Segmenter
 
 PAGE = Path(__file__).with_name("serve.html")
 MAX_BYTES = 50 * 2 ** 20  # per uploaded file
@@ -39,63 +38,46 @@ class UploadError(Exception):
 
 
 def png_base64(image):
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(encoded(image, "PNG")).decode()
 
 
-def open_upload(raw):
-    """The PIL image of an uploaded file's bytes; UploadError for an empty, oversized, truncated or non-image file."""
+def read_upload(raw):
+    """The uploaded file's photo, RGB uint8 [H,W,3] as displayed (EXIF orientation applied); UploadError for an
+    empty, oversized, truncated or non-image file."""
     if not raw:
         raise UploadError("the file is empty")
     if len(raw) > MAX_BYTES:
         raise UploadError(f"the file is over {MAX_BYTES // 2 ** 20} MB")
     try:
-        im = Image.open(io.BytesIO(raw))
-    except UnidentifiedImageError:
-        raise UploadError("not an image this page reads (JPEG, PNG, BMP or TIFF)") from None
-    if im.width * im.height > MAX_PIXELS:
-        raise UploadError(f"the image is {im.width}x{im.height}, over {MAX_PIXELS // 10 ** 6} megapixels")
-    return im
+        with images.open_image(io.BytesIO(raw)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise UploadError(f"the image is {im.width}x{im.height}, over {MAX_PIXELS // 10 ** 6} megapixels")
+        return images.read_full_image(io.BytesIO(raw))
+    except DataError:
+        raise UploadError("not an image this page reads (JPEG, PNG, BMP, TIFF, GIF or WebP)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # truncated or corrupt files
+        raise UploadError(f"the image cannot be read: it is damaged or cut short ({e})") from None
 
 
-def display_picture(raw):
-    """The uploaded image as shown (EXIF orientation applied), its longest side at most DISPLAY: RGB uint8."""
-    with Image.open(io.BytesIO(raw)) as im:
-        im.draft("RGB", (DISPLAY, DISPLAY))
-        im = decoding.to_8bit_rgb(ImageOps.exif_transpose(im))
-        im.thumbnail((DISPLAY, DISPLAY))
-        return np.asarray(im)
+def unsure_map(prob, threshold):
+    """[H,W] in 0..1: how close each probability is to the decision threshold (1 at it, 0 at 0 or 1)."""
+    return 1 - np.where(prob < threshold, (threshold - prob) / threshold, (prob - threshold) / (1 - threshold))
 
 
-def unsure_map(model, images, prob, device, amp, tta):
-    """[S,S] in 0..1: with several models their disagreement (twice the standard deviation of their
-    probabilities), with one how close its probability is to 0.5 (1 - |2p - 1|)."""
-    if isinstance(model, Ensemble):
-        members = torch.stack([predict_probs(m, images, 1, device, amp, tta)[0, 0] for m in model.members])
-        return (2 * members.std(0, unbiased=False)).clamp(0, 1)
-    return 1 - (2 * prob[0] - 1).abs()
-
-
-def segment_upload(model, raw, options, size, device, amp):
+def segment_upload(segmenter, raw, options):
     """What the page shows of one uploaded file: {'width', 'height', 'area', 'share', 'mask' (the PNG predict.py
     writes, base64), 'overlay' (contour, base64 PNG), 'unsure' (base64 PNG)}. Raises UploadError."""
-    try:
-        with open_upload(raw) as im:
-            pixels, (width, height) = decoding.prepare_image(im, size)
-        shown = display_picture(raw)
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated or corrupt files
-        raise UploadError(f"the image cannot be read: it is damaged or cut short ({e})") from None
-    images = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None]  # PIL's array is read-only
-    prob = predict_probs(model, images, 1, device, amp, options["tta"])[0]
+    photo = read_upload(raw)
+    height, width = photo.shape[:2]
+    prob = segmenter.probabilities(images.model_input(photo, segmenter.image_size)[None], options["tta"])[0]
     mask = mask_at_size(prob, width, height, options["threshold"], options["largest_component"])
-    small = np.asarray(mask_png(mask).resize(shown.shape[1::-1], Image.NEAREST)) > 0
-    overlay = shown.copy()
-    overlay[outline(small)] = (255, 0, 0)
-    unsure = upsample(unsure_map(model, images, prob, device, amp, options["tta"])[None, None], shown.shape[:2])
-    heat = (shown * 0.4 + np.array([255, 200, 0]) * unsure[0, 0, ..., None].numpy() * 0.6).astype(np.uint8)
+    shown = Image.fromarray(photo)
+    shown.thumbnail((DISPLAY, DISPLAY))
+    small = np.asarray(mask_png(mask).resize(shown.size, Image.NEAREST)) > 0
+    unsure = unsure_map(resize_probabilities(prob, *shown.size), options["threshold"])
+    heat = (np.asarray(shown) * 0.4 + np.array([255, 200, 0]) * unsure[..., None] * 0.6).astype(np.uint8)
     return {"width": width, "height": height, "area": int(mask.sum()), "share": float(mask.mean()),
-            "mask": png_base64(mask_png(mask)), "overlay": png_base64(Image.fromarray(overlay)),
+            "mask": png_base64(mask_png(mask)), "overlay": png_base64(overlay(np.asarray(shown), small)),
             "unsure": png_base64(Image.fromarray(heat))}
 
 
@@ -125,18 +107,17 @@ def options_of(query, threshold=0.5):
     bad threshold."""
     q = parse_qs(query)
     try:
-        threshold = float(q.get("threshold", [threshold])[0])
-    except ValueError:
-        threshold = -1
-    if not 0 <= threshold < 1:
-        raise UploadError("the threshold is a number from 0 to below 1")
+        threshold = checked_threshold(q.get("threshold", [threshold])[0], "the threshold")
+    except UsageError as e:
+        raise UploadError(str(e)) from None
     flag = lambda name: q.get(name, ["1"])[0] == "1"  # noqa: E731
     return {"threshold": threshold, "tta": flag("tta"), "largest_component": flag("largest_component")}
 
 
-def make_handler(model, size, device, amp, threshold=0.5):
-    """The request handler class of a server that segments with `model` (its decision threshold: the page's
+def make_handler(segmenter):
+    """The request handler class of a server that segments with a Segmenter (its decision threshold: the page's
     default); one image is segmented at a time."""
+    threshold = segmenter.threshold
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -166,7 +147,7 @@ def make_handler(model, size, device, amp, threshold=0.5):
                 if url.path == "/segment":
                     options = options_of(url.query, threshold)
                     with lock:
-                        return self.send(200, segment_upload(model, raw, options, size, device, amp))
+                        return self.send(200, segment_upload(segmenter, raw, options))
                 if url.path == "/zip":
                     return self.send(200, zip_of_masks(json.loads(raw)["files"]), "application/zip")
                 self.send(404, {"error": "not found"})
@@ -177,20 +158,28 @@ def make_handler(model, size, device, amp, threshold=0.5):
     return Handler
 
 
+def port_number(text):
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is a whole number from 0 to 65535")
+    return int(text)
+
+
 def main(argv=None):
     parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", nargs="+", action="extend", metavar="FILE",
-                        help="train.py checkpoints; several: their ensemble (default: the released model)")
+                        help="an .onnx file, or train.py checkpoints (needs PyTorch; several: their ensemble) "
+                        "(default: the released model)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
-    add_device_flag(parser)
+    parser.add_argument("--port", type=port_number, default=8000, help="port (default: 8000; 0: any free port)")
+    cli.add_device_flag(parser)
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
-    model, configs = load_models(args.checkpoint or [str(RELEASED)], device)
-    server = ThreadingHTTPServer((args.host, args.port),
-                                 make_handler(model, configs[0]["image_size"], device, not configs[0]["no_amp"],
-                                              decision_threshold(configs)))
+    handler = make_handler(Segmenter.load(args.checkpoint, args.device))
+    try:
+        server = ThreadingHTTPServer((args.host, args.port), handler)
+    except OSError as e:  # the port in use, or an address this machine does not have
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); another server may hold it: "
+                         "choose another port, e.g. make serve PORT=8080 (serve.py --port 8080)") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach this machine can use the page", flush=True)
     print(f"serving on http://{server.server_address[0]}:{server.server_address[1]}/ (Ctrl-C stops it)", flush=True)

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 import signal
 import time
@@ -24,11 +25,11 @@ import distributed
 import layouts
 import run_folder
 import runfiles
-from device import DEVICES, autocast, pick_device
+from device import autocast, pick_device
 from errors import DataError, Interrupted, TrainingError, UsageError
 from inference import evaluate, predict_logits, score_model, split_seed, write_results
 from losses import LOSSES
-from model import DECODER_WIDTHS, build_model, read_checkpoint, update_ema
+from model import DECODER_WIDTHS, build_model, read_checkpoint, update_ema, weights_checksum
 from plots import plot_curves, save_panel
 from splits import join, load_splits
 
@@ -136,7 +137,7 @@ def device_speed_flags(a):
            "process has them; without it each process normalises its own share")
     a("--cudnn-benchmark", default=False, action="store_true",
       help="let cuDNN time its kernels for each new input shape (a slower first epoch; see docs/speed.md)")
-    a("--device", default="auto", choices=DEVICES, help="auto: cuda, then mps, then cpu")
+    a("--device", default="auto", choices=cli.DEVICES, help="auto: cuda, then mps, then cpu")
 
 
 FLAG_GROUPS = {"data": data_flags, "model": model_flags, "optimisation": optimisation_flags,
@@ -148,7 +149,7 @@ def parse_args(argv=None):
     parser = build_parser()
     given = vars(build_parser(defaults=False).parse_known_args(argv)[0])  # --help: the parser with defaults
     if "config" in given:  # a saved run's flags become the defaults; flags on the command line still win
-        saved = runfiles.read_json(given["config"])
+        saved = saved_flags(given["config"])
         parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("out", "resume", "overwrite", "config")})
     init_from = given.get("init_from", parser.get_default("init_from"))
     architecture = architecture_of(init_from) if init_from else {}
@@ -186,6 +187,18 @@ def parse_args(argv=None):
         if not ok:
             parser.error(message)
     return args, given
+
+
+def saved_flags(path):
+    """The flags of a run's config.json (--config); UsageError for a missing file, broken JSON or other JSON."""
+    try:
+        saved = runfiles.read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"--config {path} cannot be read as JSON ({e}); give a run's config.json") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"--config {path} holds a JSON {type(saved).__name__}, not a run's flags; give a run's "
+                         "config.json (an object of flag names and values)")
+    return saved
 
 
 def architecture_of(checkpoint):
@@ -394,6 +407,7 @@ def save_checkpoints(out, trainer, history, best_iou, config, is_best):
     state = {"model": (t.model if t.ema is None else t.ema).state_dict(), "optimizer": t.optimizer.state_dict(),
              "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(), "epoch": history[-1]["epoch"],
              "history": history, "best_iou": best_iou, "config": config}
+    state["checksum"] = weights_checksum(state["model"])
     if t.ema is not None:
         state["trained_model"] = t.model.state_dict()  # what --resume trains on from
     if is_best:

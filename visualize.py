@@ -24,7 +24,7 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import cli  # noqa: E402
-import decoding  # noqa: E402
+import images  # noqa: E402
 import layouts  # noqa: E402
 import runfiles  # noqa: E402
 from errors import UsageError  # noqa: E402
@@ -210,10 +210,10 @@ def lesion_stats(data_dir, split):
     stats = {"width": [], "height": [], "area_fraction": [], "touches_border": []}
     for _, image_path, mask_path in tqdm(layouts.find_pairs(data_dir, split), desc=f"reading {split} masks",
                                          disable=None):
-        with Image.open(image_path) as im:
+        with images.open_image(image_path) as im:
             stats["width"].append(im.size[0])
             stats["height"].append(im.size[1])
-        mask = decoding.read_binary_mask(mask_path)
+        mask = images.read_binary_mask(mask_path)
         stats["area_fraction"].append(float(mask.mean()))
         edges = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
         stats["touches_border"].append(bool(edges.any()))

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+import adapt as adapt_script
 import annotators
 import calibration
-import decoding
+import images
 import evaluate
 import layouts
 import predict
@@ -19,7 +20,7 @@ import runfiles
 import train
 from conftest import ROOT
 from errors import DataError
-from inference import RELEASED
+from released import PT as RELEASED
 from model import load_checkpoint, read_checkpoint
 
 # make adapt's recipe with fewer epochs, so that a test takes seconds
@@ -40,7 +41,7 @@ def labelled_folder(synthetic, folder, shift=None, n_train=16, n_test=8):
         for sub in ("images", "masks"):
             (folder / split / sub).mkdir(parents=True, exist_ok=True)
         shutil.copy(image, folder / split / "images" / image.name)
-        m = decoding.read_binary_mask(mask)
+        m = images.read_binary_mask(mask)
         m = shift(m) if shift else m
         Image.fromarray(m.astype(np.uint8) * 255).save(folder / split / "masks" / f"{i}.png")
     return folder
@@ -144,3 +145,34 @@ def test_bad_labelled_data_gets_one_sentence(synthetic, tmp_path, capsys):
         assert words in message.splitlines()[-1], message
     result = run("adapt.py", "--data-dir", one, "--adapted", small, "--out", tmp_path / "x")
     assert result.returncode == 1 and "64 px" in result.stderr and "Traceback" not in result.stderr
+
+
+def comparison(n, difference, error):
+    return {"n": n, "base": 0.8, "new": 0.8 + difference, "difference": difference, "standard_error": error,
+            "new_better": n, "new_worse": 0}
+
+
+def test_the_card_claims_only_what_its_numbers_carry():
+    before = {"before (threshold 0.5)": comparison(40, 0.0, 0.0)}
+    one_se = adapt_script.verdict({**before, "adapted": comparison(5, 0.0274, 0.0271)}, True)
+    assert "no clear difference" in one_se and "helped" not in one_se and "Only 5 held-out images" in one_se
+    clear = adapt_script.verdict({**before, "adapted": comparison(40, 0.05, 0.01)}, True)
+    assert "helped" in clear and "Only" not in clear
+    worse = adapt_script.verdict({**before, "adapted": comparison(40, -0.05, 0.01)}, True)
+    assert "did worse" in worse
+    single = adapt_script.verdict({**before, "adapted": comparison(1, 0.1, float("nan"))}, True)
+    assert "says nothing" in single and "nan" not in single and adapt_script.standard_error(comparison(1, 0, 0)) == \
+        "n/a (1 image)"
+
+
+def test_calibrating_on_two_images_holds_none_out_and_the_card_says_so(synthetic, tmp_path):
+    folder = tmp_path / "two"
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    for i, image, mask in layouts.find_pairs(synthetic[0], "train")[:2]:
+        shutil.copy(image, folder / "images" / image.name)
+        shutil.copy(mask, folder / "masks" / f"{i}.png")
+    result = run("adapt.py", "--data-dir", folder, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache",
+                 "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "No held-out images" in (tmp_path / "cal" / "README.md").read_text()

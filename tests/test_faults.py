@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import decoding
+import images
 import layouts
 import predict
 import runfiles
@@ -47,7 +48,7 @@ def test_kill_9_mid_write_and_mid_epoch_then_resume_gives_the_uninterrupted_resu
     flags = ["--epochs", "3", "--aug-copies", "3"]
     train.main(train_args(synthetic[0], tmp_path / "whole", *flags))
     out = tmp_path / "killed"
-    writing = lambda: any(out.glob(".*.pt.tmp"))  # noqa: E731  a checkpoint half written
+    writing = lambda: any(out.glob(".*.pt.*.tmp"))  # noqa: E731  a checkpoint half written
     kill_when(start(train_args(synthetic[0], out, *flags)), writing)
     kill_when(start(train_args(synthetic[0], out, *flags, "--resume")),
               lambda: (out / "history.csv").exists() and len(runfiles.read_csv(out / "history.csv")) >= 2)
@@ -137,8 +138,8 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     Image.fromarray(rgb * 257).save(tmp_path / "sixteen.png")  # the same picture in 16 bits
     with Image.open(tmp_path / "sixteen.png") as im:
         assert im.mode.startswith("I")
-    eight, _ = decoding.read_image(tmp_path / "eight.png", 32)
-    sixteen, _ = decoding.read_image(tmp_path / "sixteen.png", 32)
+    eight, _ = images.read_image(tmp_path / "eight.png", 32)
+    sixteen, _ = images.read_image(tmp_path / "sixteen.png", 32)
     assert np.abs(eight.astype(int) - sixteen.astype(int)).max() <= 1 and sixteen.mean() < 200
 
 
@@ -146,12 +147,12 @@ def test_exif_orientation_is_applied_to_images(tmp_path):
     stored = np.zeros((40, 64, 3), np.uint8)
     stored[:, :8] = 255  # a white band on the stored image's left edge
     exif = Image.Exif()
-    exif[decoding.ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
+    exif[images.ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
     Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
-    image, size = decoding.read_image(tmp_path / "phone.jpg", 32)
+    image, size = images.read_image(tmp_path / "phone.jpg", 32)
     assert size == (40, 64)  # width, height as displayed
     assert image[:4].mean() > 200 and image[-4:].mean() < 50  # the band is now on top
-    assert decoding.read_full_image(tmp_path / "phone.jpg").shape[:2] == (64, 40)
+    assert images.read_full_image(tmp_path / "phone.jpg").shape[:2] == (64, 40)
 
 
 def test_predict_keeps_masks_of_inputs_with_the_same_name_apart_and_skips_hidden_files(checkpoint, tmp_path):

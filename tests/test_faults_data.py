@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import decoding
+import images
 import layouts
 import runfiles
 import train
@@ -102,7 +103,7 @@ def test_palette_masks_are_read_by_index_not_by_colour(tmp_path):
         palette_mask(values, colours).save(tmp_path / name)
         with Image.open(tmp_path / name) as im:
             assert im.mode == "P"
-        assert np.array_equal(decoding.read_binary_mask(tmp_path / name), values == 1), name
+        assert np.array_equal(images.read_binary_mask(tmp_path / name), values == 1), name
 
 
 def test_a_data_set_whose_masks_are_all_empty_refuses_to_train(copy, tmp_path):

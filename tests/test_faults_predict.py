@@ -15,7 +15,7 @@ from errors import StorageError, UsageError
 
 
 def noise_photos(folder, n, size=(300, 300), seed=0):
-    """n photos of random noise (large PNG overlays, so a small disk fills after a few)."""
+    """n photos of random noise (large overlays, so a small disk fills after a few)."""
     folder.mkdir()
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -40,12 +40,12 @@ def test_ctrl_c_leaves_whole_files_says_how_far_and_skip_existing_finishes(check
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600  # a loaded machine starts torch slowly
-    while time.time() < deadline and proc.poll() is None and len(list(out.glob("*_overlay.png"))) < 3:
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("*_overlay.jpg"))) < 3:
         time.sleep(0.01)
-    assert proc.poll() is None and len(list(out.glob("*_overlay.png"))) >= 3  # mid-job
+    assert proc.poll() is None and len(list(out.glob("*_overlay.jpg"))) >= 3  # mid-job
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
-    written = len(list(out.glob("*_overlay.png")))  # an image counts once both its files are written
+    written = len(list(out.glob("*_overlay.jpg")))  # an image counts once both its files are written
     assert proc.returncode == 130 and "Traceback" not in err and 3 <= written < 40
     assert len(list(out.glob("*_segmentation.png"))) in (written, written + 1)
     assert err.strip().splitlines()[-1] == (f"interrupted: wrote {written} of 40 masks to {out}/; run the same "
@@ -54,16 +54,16 @@ def test_ctrl_c_leaves_whole_files_says_how_far_and_skip_existing_finishes(check
     result = subprocess.run(command + ["--skip-existing"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert f"wrote {40 - written} masks to {out}/ ({written} skipped: already in {out}/)" in result.stdout
-    assert len(list(out.glob("*_segmentation.png"))) == len(list(out.glob("*_overlay.png"))) == 40
+    assert len(list(out.glob("*_segmentation.png"))) == len(list(out.glob("*_overlay.jpg"))) == 40
 
 
 def test_a_full_disk_is_one_sentence_with_the_count_and_no_partial_file(checkpoint, tmp_path, small_disk):
-    disk, _ = small_disk  # 1 MB: a few 300x300 noise overlays (270 KB each) fit
+    disk, _ = small_disk  # 1 MB: a few 300x300 noise overlays (about 200 KB each) fit
     photos = noise_photos(tmp_path / "photos", 12)
     with pytest.raises(StorageError) as e:
         predict.main([str(photos), "--checkpoint", str(checkpoint), "--out", str(disk / "out"), "--overlay",
                       "--device", "cpu"])
-    written = len(list((disk / "out").glob("*_overlay.png")))
+    written = len(list((disk / "out").glob("*_overlay.jpg")))
     assert 1 <= written < 12 and len(str(e.value).splitlines()) == 1
     assert str(e.value).startswith(f"no space left in {disk / 'out'}/: wrote {written} of 12 masks, and no partial "
                                    "file;") and "--skip-existing" in str(e.value)

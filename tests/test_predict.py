@@ -8,11 +8,13 @@ from PIL import Image
 from scipy import ndimage
 
 import decoding
-import export
 import layouts
+import model as model_module
+import onnx_model
 import predict
-from inference import outline, predict_probs, score_model
-from metrics import full_resolution_metrics, keep_largest_component
+from inference import predict_probs, score_model
+from masks import keep_largest_component, outline
+from metrics import full_resolution_metrics
 from errors import ModelFileError, UsageError
 from model import Ensemble, MobileNetSegmenter, load_checkpoint, load_models
 
@@ -123,7 +125,7 @@ def test_predict_writes_masks_at_each_images_own_size(synthetic, checkpoint, tmp
         with Image.open(image_path) as im, Image.open(tmp_path / "out" / f"{image_path.stem}_segmentation.png") as m:
             assert m.size == im.size and set(np.unique(np.asarray(m))) <= {0, 255}
             assert ndimage.label(np.asarray(m), structure=np.ones((3, 3)))[1] <= 1  # one region at most
-        assert (tmp_path / "out" / f"{image_path.stem}_overlay.png").exists()
+        assert (tmp_path / "out" / f"{image_path.stem}_overlay.jpg").exists()
 
 
 class TwoSquares(torch.nn.Module):
@@ -138,7 +140,7 @@ class TwoSquares(torch.nn.Module):
 
 def test_predict_largest_component_keeps_one_region_per_mask(synthetic, checkpoint, tmp_path, monkeypatch):
     _, configs = load_models([checkpoint])
-    monkeypatch.setattr(predict, "load_models", lambda paths, device: (TwoSquares(), configs))
+    monkeypatch.setattr(model_module, "load_models", lambda paths, device: (TwoSquares(), configs))
     image = next((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))
     for flags, regions in (([], 2), (["--largest-component"], 1)):
         out = tmp_path / str(regions)
@@ -162,8 +164,8 @@ def test_outline_is_the_inner_boundary():
 def test_onnx_export_round_trips(checkpoint, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -r requirements-export.txt")
     model, config = load_checkpoint(checkpoint)
-    export.export(model, 64, tmp_path / "m.onnx")
-    assert export.check(model, 64, tmp_path / "m.onnx") < 1e-3
+    onnx_model.export(model, 64, tmp_path / "m.onnx")
+    assert onnx_model.check(model, 64, tmp_path / "m.onnx") < 1e-3
     ensemble, _ = load_models([checkpoint, checkpoint])
-    export.export(ensemble, 64, tmp_path / "ensemble.onnx")
-    assert export.check(ensemble, 64, tmp_path / "ensemble.onnx") < 1e-3
+    onnx_model.export(ensemble, 64, tmp_path / "ensemble.onnx")
+    assert onnx_model.check(ensemble, 64, tmp_path / "ensemble.onnx") < 1e-3

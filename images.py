@@ -1,0 +1,91 @@
+"""Reading image and mask files, without torch: only the formats a dermoscopic image or mask comes in are decoded
+(never EPS, PDF or another of PIL's many decoders, some of which run outside programs), camera EXIF orientation
+applied, any bit depth brought to 8-bit RGB."""
+import numpy as np
+from PIL import Image, ImageOps
+
+from errors import DataError
+
+# Decoders PIL may use, by PIL's format names: a file whose bytes are of any other format is refused, whatever
+# its name says (an animated GIF: its first frame).
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")  # JPEG includes the MPO files of some cameras
+MASK_FORMATS = ("PNG", "BMP", "GIF", "TIFF")
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def open_image(source, formats=IMAGE_FORMATS):
+    """Image.open() of a path or file object, limited to `formats`: an unsupported format raises DataError."""
+    try:
+        return Image.open(source, formats=formats)
+    except Image.UnidentifiedImageError:
+        raise DataError(f"not an image of a format read here ({', '.join(formats)})") from None
+
+
+def to_8bit_rgb(im):
+    """An RGB image from any PIL mode. 16-bit and 32-bit integer and float greyscale images are scaled to 0..255
+    (PIL's own convert() clips them, which turns a 16-bit image white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" and arr.max() <= 1 else 255.0 if arr.max() <= 255 else 65535.0
+        im = Image.fromarray((arr.clip(0, top) * (255 / top)).round().astype(np.uint8))
+    return im.convert("RGB")
+
+
+def read_image(path, size):
+    """RGB uint8 array (size, size, 3) and the original (width, height) as displayed, from any image mode; a
+    camera's EXIF orientation is applied, so masks line up with the image every viewer shows. JPEGs are decoded
+    at a reduced scale (draft): how the training and scoring cache reads images."""
+    with open_image(path) as im:
+        turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # rotated by 90 degrees
+        original_size = im.size[::-1] if turned else im.size
+        im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
+        im = ImageOps.exif_transpose(im)
+        return np.asarray(to_8bit_rgb(im).resize((size, size), Image.BILINEAR)), original_size
+
+
+def read_full_image(source):
+    """RGB uint8 array (height, width, 3) at the image's own size, turned as its EXIF orientation says; source: a
+    path or a file object."""
+    with open_image(source) as im:
+        return np.array(to_8bit_rgb(ImageOps.exif_transpose(im)))
+
+
+def as_photo(image):
+    """RGB uint8 array [H,W,3] of a PIL image (EXIF orientation applied; the caller's image is left as it is) or a
+    numpy array ([H,W,3] or [H,W] grey, uint8)."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.ndim == 3 and image.shape[2] not in (3, 4):
+            raise DataError(f"an image array is uint8 [H,W,3] or [H,W] (grey); got {image.dtype} {image.shape}")
+        return np.ascontiguousarray(np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3])
+    return np.array(to_8bit_rgb(ImageOps.exif_transpose(image)))  # exif_transpose copies: the caller's image stays
+
+
+def model_input(photo, size):
+    """RGB uint8 array (size, size, 3) of a photo [H,W,3]: what prediction hands the model."""
+    return np.asarray(Image.fromarray(photo).resize((size, size), Image.BILINEAR))
+
+
+def binarize_mask(arr):
+    """Lesion = 1. Accepts {0,1}, {0,255}, 16-bit and lossy (JPEG-like) masks by thresholding at half the max."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2)
+    top = arr.max()
+    return arr > 0 if top <= 1 else arr > top / 2
+
+
+def read_binary_mask(path):
+    """Boolean array (height, width) of a mask file at its own size. A palette image (PNG, GIF) is read by index,
+    as segmentation data sets store classes: index 0 is background, any other index lesion, whatever the colours."""
+    with open_image(path, MASK_FORMATS) as im:
+        if im.mode in ("P", "PA"):
+            return np.asarray(im.getchannel(0) if im.mode == "PA" else im) > 0
+        im = im.convert("L") if im.mode in ("LA", "1", "CMYK") else im
+        return binarize_mask(np.asarray(im))
+
+
+def read_mask(path, size):
+    """Binary uint8 array (size, size) of 0/1, resized so it stays aligned with its image, and the original (w, h)."""
+    binary = read_binary_mask(path)
+    small = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+    return (np.asarray(small) > 127).astype(np.uint8), (binary.shape[1], binary.shape[0])

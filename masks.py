@@ -1,0 +1,88 @@
+"""From a model's probabilities to what a user gets, without torch: the decision threshold's one rule, the mask at
+the image's own size, its largest region, its outline and the files written of it. Both runtimes (segmenter.py)
+and the scoring of make predict's masks (metrics.py) use these."""
+import io
+
+import numpy as np
+from PIL import Image
+
+from errors import UsageError
+
+OVERLAY_QUALITY = 90  # JPEG quality of the overlays: a picture to look at, 10x cheaper to write than a PNG of it
+
+
+def checked_threshold(value, source="--threshold"):
+    """The decision threshold as a float, if it is a finite number strictly between 0 and 1 (at 0 or 1, or NaN,
+    every mask would be all lesion or empty); else UsageError naming where it came from."""
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0 < threshold < 1:  # False for NaN too
+        raise UsageError(f"{source} is {value!r}: a threshold is a number strictly between 0 and 1 (0.5: the "
+                         "model's own decision)")
+    return threshold
+
+
+def resize_probabilities(prob, width, height):
+    """Probabilities [S,S] (float32) resized bilinearly to [height, width]: an enlargement as torch's
+    interpolate(align_corners=False) makes it (within 1e-5), a reduction antialiased."""
+    return np.asarray(Image.fromarray(np.asarray(prob, dtype=np.float32), mode="F").resize((width, height),
+                                                                                          Image.BILINEAR))
+
+
+def mask_at_size(prob, width, height, threshold=0.5, largest_component=False):
+    """Boolean mask [height, width] of one probability map [S,S]: resized back (bilinear), thresholded, and with
+    largest_component only its largest region kept. Every mask this project hands out is made here."""
+    mask = resize_probabilities(prob, width, height) > threshold
+    return keep_largest_component(mask) if largest_component else mask
+
+
+def keep_largest_component(mask):
+    """A boolean [H,W] numpy mask with only its largest 8-connected region: the lesion, without stray specks."""
+    from scipy import ndimage  # here: only this step needs scipy
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0  # background
+    return labels == sizes.argmax()
+
+
+def outline(mask, width=1):
+    """Pixels on the boundary of a boolean mask (inside it, next to a pixel outside it), grown to `width` pixels."""
+    padded = np.pad(mask, 1)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    edge = mask & ~interior
+    for _ in range(width - 1):  # grow by one pixel each way
+        p = np.pad(edge, 1)
+        edge = edge | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+    return edge
+
+
+def contour_width(height, width):
+    """Pixels of contour that stay visible on an image of this size shown at a few hundred pixels."""
+    return 1 + min(height, width) // 300
+
+
+def mask_png(mask):
+    """A boolean mask as a 0/255 greyscale PIL image: what predict.py writes."""
+    return Image.fromarray(mask.astype(np.uint8) * 255)
+
+
+def overlay(photo, mask):
+    """The photo [H,W,3] with the mask's contour drawn in red, thicker on large photos so it stays visible."""
+    drawn = photo.copy()
+    drawn[outline(mask, contour_width(*mask.shape))] = (255, 0, 0)
+    return Image.fromarray(drawn)
+
+
+def encoded(image, fmt):
+    """A PIL image's file bytes: "PNG" (fast zlib level 1: masks compress well at any level) or "JPEG" (for
+    overlays: full chroma, so the red contour stays sharp)."""
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        image.save(buf, format="PNG", compress_level=1)
+    else:
+        image.save(buf, format="JPEG", quality=OVERLAY_QUALITY, subsampling=0)
+    return buf.getvalue()

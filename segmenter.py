@@ -1,0 +1,114 @@
+"""One loaded model for prediction, whatever runs it: a released or exported `.onnx` file on ONNX Runtime (no torch
+imported), or train.py checkpoints (`.pt`; several: their ensemble) on PyTorch. It knows its input size and
+decision threshold and turns photos into probabilities and masks at each photo's own size; everything after the
+probabilities is masks.py's (numpy, PIL, scipy), the same for both runtimes.
+
+    from segmenter import Segmenter
+    segmenter = Segmenter.load()                    # the released model (models/lesion_segmenter.onnx)
+    mask = segmenter.segment("photo.jpg")           # boolean [H,W] at the photo's own size
+"""
+from pathlib import Path
+
+import numpy as np
+from scipy.special import expit
+
+import images
+import released
+from errors import ModelFileError, UsageError
+from masks import checked_threshold, mask_at_size
+
+TORCH_MISSING = ("{path} is a PyTorch checkpoint, and PyTorch is not installed here (make predict installs only "
+                 "ONNX Runtime). Install it with `.venv/bin/pip install -r requirements.txt` (or `make setup`), or "
+                 "export the checkpoint once where PyTorch is: `make export CHECKPOINT={path} ONNX=model.onnx`")
+
+
+class OnnxRuntime:
+    """An ONNX file on ONNX Runtime: logits of float32 images [N,3,S,S]; its input size and threshold from the
+    file's metadata (onnx_model.py writes them)."""
+
+    def __init__(self, path, device="auto"):
+        import onnxruntime  # here: only this runtime needs it
+        released.verify(path)
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device not in ("auto", "cpu"):
+            raise UsageError(f"--device {device}: this ONNX Runtime has no {device} provider; use --device cpu")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+            meta = self.session.get_modelmeta().custom_metadata_map
+            self.image_size = int(meta["image_size"])
+        except Exception as e:  # not ONNX at all, or a file without our metadata
+            raise ModelFileError(f"{path} is not an ONNX file written by export.py or release.py ({e})"[:400]) from None
+        self.threshold = checked_threshold(meta.get("threshold", 0.5), f"the threshold stored in {path}")
+        self.name = "ONNX Runtime"
+
+    def __call__(self, batch):
+        return self.session.run(None, {"images": batch})[0]
+
+
+class TorchRuntime:
+    """train.py checkpoints (several: their ensemble) on PyTorch: logits of float32 images [N,3,S,S]."""
+
+    def __init__(self, paths, device="auto"):
+        try:
+            import torch
+        except ImportError:
+            raise UsageError(TORCH_MISSING.format(path=paths[0])) from None
+        from device import pick_device
+        from model import decision_threshold, load_models
+        self.torch, self.device = torch, pick_device(device)
+        self.model, configs = load_models([str(p) for p in paths], self.device)
+        self.image_size, self.amp = configs[0]["image_size"], not configs[0]["no_amp"]
+        self.threshold, self.name = decision_threshold(configs), "PyTorch"
+
+    def __call__(self, batch):
+        from device import autocast
+        with self.torch.no_grad(), autocast(self.device, self.amp):
+            return self.model(self.torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+
+
+class Segmenter:
+    """A loaded model (runtime), its input size and its decision threshold."""
+
+    def __init__(self, runtime):
+        self.runtime, self.image_size, self.threshold = runtime, runtime.image_size, runtime.threshold
+
+    @classmethod
+    def load(cls, checkpoints=None, device="auto"):
+        """From one `.onnx` file, or from train.py checkpoints (several: their ensemble); none: the released model."""
+        paths = [Path(c) for c in checkpoints or [released.ONNX]]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"model file {path} does not exist (the released one is {released.ONNX})")
+        if any(p.suffix.lower() == ".onnx" for p in paths):
+            if len(paths) > 1:
+                raise UsageError("an ensemble is made of train.py checkpoints (.pt); export it as one ONNX file with "
+                                 "export.py to run it on ONNX Runtime")
+            return cls(OnnxRuntime(paths[0], device))
+        return cls(TorchRuntime(paths, device))
+
+    def probabilities(self, inputs, tta=False):
+        """Lesion probabilities [N,S,S] (float32) of uint8 model inputs [N,S,S,3]. With tta the mean over the image
+        and its horizontal and vertical flips, each prediction flipped back first (one forward pass of 3N)."""
+        x = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), dtype=np.float32)
+        views = [x, x[..., ::-1], x[..., ::-1, :]] if tta else [x]
+        logits = self.runtime(np.ascontiguousarray(np.concatenate(views)))[:, 0]
+        probs = expit(logits).reshape(len(views), len(x), *logits.shape[1:])
+        if not tta:
+            return probs[0]
+        return (probs[0] + probs[1][..., ::-1] + probs[2][..., ::-1, :]) / 3
+
+    def masks(self, photos, tta=False, largest_component=False, threshold=None):
+        """Boolean masks [H,W] of photos (RGB uint8 [H,W,3] each), each at its photo's own size."""
+        threshold = self.threshold if threshold is None else checked_threshold(threshold)
+        probs = self.probabilities(np.stack([images.model_input(p, self.image_size) for p in photos]), tta)
+        return [mask_at_size(prob, p.shape[1], p.shape[0], threshold, largest_component)
+                for prob, p in zip(probs, photos)]
+
+    def segment(self, image, tta=True, largest_component=True, threshold=None):
+        """Boolean mask [H,W] of one image at its own size: a file's path, a PIL image or a numpy array (uint8
+        [H,W,3] or [H,W] grey), EXIF orientation applied and the caller's image untouched; with tta the mean over
+        flips, with largest_component only the largest region (as make predict)."""
+        photo = images.read_full_image(image) if isinstance(image, (str, Path)) else images.as_photo(image)
+        return self.masks([photo], tta, largest_component, threshold)[0]

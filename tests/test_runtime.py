@@ -1,0 +1,119 @@
+"""The light runtime: the released ONNX model on ONNX Runtime with PyTorch unimportable, its masks against the
+PyTorch path's, the one loaded-model object (segmenter.Segmenter) and the checks on the files it loads."""
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import layouts
+import masks
+import released
+import runfiles
+from conftest import REAL_DATA, ROOT
+from errors import ModelFileError, UsageError
+from segmenter import Segmenter
+
+# Runs a script as `python SCRIPT ARGS...` would, with torch and torchvision made unimportable
+WITHOUT_TORCH = ("import runpy, sys; sys.modules.update(torch=None, torchvision=None); script = sys.argv[1]; "
+                 "sys.argv = sys.argv[1:]; sys.path.insert(0, '.'); runpy.run_path(script, run_name='__main__')")
+
+
+def run_without_torch(*args):
+    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True)
+
+
+def test_the_released_onnx_file_is_what_its_card_says():
+    card = runfiles.read_json(released.FOLDER / "card.json")
+    assert card["onnx"]["sha256"] == released.sha256(released.ONNX) and card["onnx"]["bytes"] == \
+        released.ONNX.stat().st_size
+    assert f"`{card['onnx']['sha256']}`" in (released.FOLDER / "README.md").read_text()
+    assert sum(f.stat().st_size for f in released.FOLDER.iterdir()) <= 16 * 2 ** 20
+
+
+def read_masks(folder, names):
+    return [np.asarray(Image.open(folder / f"{n}_segmentation.png")) > 0 for n in names]
+
+
+def test_predict_without_torch_writes_the_masks_of_the_torch_path(synthetic, tmp_path):
+    folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
+    photos = sorted((folder / layouts.SPLITS["test"][0]).glob("*.jpg"))[:6]
+    for p in photos:
+        shutil.copy(p, tmp_path)
+    light = run_without_torch("predict.py", *photos, "-o", tmp_path / "onnx", "--tta", "--largest-component",
+                              "--overlay")
+    assert light.returncode == 0 and "wrote 6 masks" in light.stdout, light.stderr
+    heavy = subprocess.run([sys.executable, "predict.py", *photos, "-o", tmp_path / "torch", "--tta",
+                            "--largest-component", "--checkpoint", released.PT, "--device", "cpu"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert heavy.returncode == 0, heavy.stderr
+    for a, b in zip(read_masks(tmp_path / "onnx", [p.stem for p in photos]),
+                    read_masks(tmp_path / "torch", [p.stem for p in photos])):
+        assert a.any() and (a & b).sum() / (a | b).sum() > 0.999
+    assert all((tmp_path / "onnx" / f"{p.stem}_overlay.jpg").stat().st_size > 0 for p in photos)
+
+
+def test_a_pt_file_without_torch_is_one_sentence_on_what_to_install(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    result = run_without_torch("predict.py", tmp_path / "a.jpg", "--checkpoint", released.PT)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "PyTorch is not installed here" in result.stderr and "requirements.txt" in result.stderr
+
+
+def test_segment_takes_paths_pil_images_and_arrays_alike_and_leaves_them_as_they_are(synthetic):
+    segmenter = Segmenter.load()
+    path = sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))[0]
+    expected = segmenter.segment(path)
+    with Image.open(path) as im:
+        size = im.size
+        assert np.array_equal(segmenter.segment(im), expected) and im.size == size
+        array = np.asarray(im.convert("RGB"))
+    before = array.copy()
+    assert np.array_equal(segmenter.segment(array), expected) and np.array_equal(array, before)
+    grey = segmenter.segment(array.mean(2).astype(np.uint8))
+    assert grey.shape == expected.shape and (grey & expected).sum() / (grey | expected).sum() > 0.8
+    with pytest.raises(Exception, match="uint8"):
+        segmenter.segment(array.astype(np.float32))
+
+
+def test_a_flipped_byte_in_a_released_file_is_refused(tmp_path):
+    copy = tmp_path / "models"
+    shutil.copytree(released.FOLDER, copy)
+    Segmenter.load([copy / "lesion_segmenter.onnx"])  # an intact copy loads
+    for name in ("lesion_segmenter.onnx", "lesion_segmenter.pt"):
+        data = bytearray((copy / name).read_bytes())
+        data[len(data) // 2] ^= 0x10
+        (copy / name).write_bytes(data)
+        with pytest.raises(ModelFileError, match="damaged or was changed.*git checkout models/"):
+            Segmenter.load([copy / name])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "2", "-1", "0", "1"])
+def test_a_threshold_outside_zero_to_one_is_refused(value, tmp_path):
+    result = run_without_torch("predict.py", tmp_path, "--threshold", value)
+    assert result.returncode == 1 and "strictly between 0 and 1" in result.stderr and "Traceback" not in result.stderr
+    assert masks.checked_threshold("0.3") == 0.3
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/isic2016")
+def test_the_onnx_runtime_reproduces_the_cards_test_iou(tmp_path):
+    import torch
+
+    from inference import split_to_score
+    from metrics import largest_region_iou
+    from model import read_checkpoint
+    card = runfiles.read_json(released.FOLDER / "card.json")
+    split = split_to_score(REAL_DATA, "test", [read_checkpoint(released.PT)["config"]], tmp_path / "cache")[0]
+    segmenter = Segmenter.load()
+    inputs = split["images"].permute(0, 2, 3, 1).numpy()
+    probs = np.concatenate([segmenter.probabilities(inputs[i:i + 64], tta=True) for i in range(0, len(inputs), 64)])
+    iou = largest_region_iou(torch.from_numpy(probs)[:, None], split["mask_paths"], segmenter.threshold).mean()
+    assert len(probs) == card["test_images"] and iou == pytest.approx(card["test"]["iou"], abs=1e-4)
+
+
+def test_an_ensemble_of_onnx_files_is_refused_with_what_to_do():
+    with pytest.raises(UsageError, match="export it as one ONNX file"):
+        Segmenter.load([released.ONNX, released.ONNX])
