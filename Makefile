@@ -23,12 +23,12 @@ COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare exp1-bce exp1-iou exp2-finetune best release \
 	adapt calibrate labelled adapt-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
-	predict export release-onnx serve page-screenshot
+	predict export release-onnx serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make predict INPUT=my_images/ OUT=masks     masks for your own images with the released model (no training)"
-	@echo "make serve                                  the same in a page in your browser (http://127.0.0.1:8000)"
+	@echo "make serve                                  the same in your browser, nothing uploaded (http://127.0.0.1:8000)"
 	@echo "make adapt DATA_DIR=my_labelled/            fit the released model to your own annotators (docs/adapt.md)"
 	@echo "make best DATA_DIR=... ENCODER_WEIGHTS=...  train the most accurate model (3 seeds) and score it"
 	@echo "make exp1-bce | exp1-iou | exp2-finetune    the report's three experiments"
@@ -196,13 +196,28 @@ eda: setup
 # make predict and make serve run the released ONNX model unless CHECKPOINT is given (a .pt then needs make setup)
 MODEL_FLAG = $(if $(filter command line environment,$(origin CHECKPOINT)),--checkpoint "$(CHECKPOINT)")
 
-# A local page that segments the images you drop on it (serve.py), with CHECKPOINT (default: the released model)
+# The page (serve.py, web/): the model runs in the browser on ONNX Runtime Web, installed from web/'s lock file.
+# make serve: on http://127.0.0.1:PORT; make site: its static files in SITE, for any static host. CHECKPOINT: an
+# .onnx file, or a train.py checkpoint that is exported to $(RUNS)/page/model.onnx first.
 PORT ?= 8000
-serve: .venv/predict-installed
-	$(PY) serve.py $(MODEL_FLAG) --device $(DEVICE) --port $(PORT) $(if $(HOST),--host $(HOST))
+SITE ?= site
+PAGE_MODEL = $(if $(MODEL_FLAG),--model "$(if $(filter %.onnx,$(CHECKPOINT)),$(CHECKPOINT),$(RUNS)/page/model.onnx)")
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+page-model: .venv/predict-installed web/node_modules/.package-lock.json
+ifneq ($(and $(MODEL_FLAG),$(filter-out %.onnx,$(CHECKPOINT))),)
+	$(MAKE) -s .venv/export-installed
+	mkdir -p "$(RUNS)/page"
+	$(PY) export.py --checkpoint "$(CHECKPOINT)" --out "$(RUNS)/page/model.onnx"
+endif
+serve: page-model
+	$(PY) serve.py $(PAGE_MODEL) --port $(PORT) $(if $(HOST),--host $(HOST))
+site: page-model
+	rm -rf "$(SITE)"
+	$(PY) serve.py $(PAGE_MODEL) --write "$(SITE)"
 
 # The README's picture of the page: tests/test_page.py's browser saves its screenshot
-page-screenshot: .venv/dev-installed
+page-screenshot: .venv/dev-installed web/node_modules/.package-lock.json
 	PAGE_SCREENSHOT=$(CURDIR)/docs/page.png $(PY) -m pytest -q tests/test_page.py -k segments_like_predict
 
 predict: .venv/predict-installed
@@ -221,5 +236,5 @@ release-onnx: .venv/export-installed dataset
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
-test: .venv/dev-installed .venv/export-installed
+test: .venv/dev-installed .venv/export-installed web/node_modules/.package-lock.json
 	$(PY) -m pytest -q tests

@@ -1,23 +1,24 @@
-"""The page (serve.py), driven in a real headless Chromium through Selenium, and its server under bad input and two
-clients at once."""
+"""The page (web/, served by serve.py), driven in a real headless Chromium through Selenium: the model runs in the
+browser, its masks match predict.py's, bad files get a sentence, and no request carries an image; the server
+under hostile and many clients."""
 import base64
+import http.client
 import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import zipfile
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import layouts
-import predict
 import serve
 from conftest import REAL_DATA, ROOT
 
@@ -26,29 +27,35 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not all((serve.RUNTIME / f).is_file() for f in serve.RUNTIME_FILES),
+                                reason="ONNX Runtime Web is not installed: make site (npm ci in web/)")
 
 
 @pytest.fixture(scope="module")
-def server():
-    """The page's address, served by `python serve.py --port 0` with the released model."""
-    proc = subprocess.Popen([sys.executable, "serve.py", "--port", "0", "--device", "cpu"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def server(tmp_path_factory):
+    """(address, its request log) of `python serve.py --port 0` with the released model."""
+    log = tmp_path_factory.mktemp("server") / "requests.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "serve.py", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
     line = proc.stdout.readline()
-    assert line.startswith("serving on http://127.0.0.1:"), line
-    yield line.split()[2]
+    assert line.startswith("serving on http://127.0.0.1:"), line + log.read_text()
+    yield line.split()[2], log
     proc.terminate()
     proc.wait()
 
 
 @pytest.fixture
 def browser(tmp_path):
-    """Headless Chromium (Debian's chromium and chromium-driver), downloads going to tmp_path / 'downloads'."""
+    """Headless Chromium (Debian's chromium and chromium-driver) that logs every request it makes."""
     if not (CHROMIUM and DRIVER):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
     (tmp_path / "downloads").mkdir()
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow",
@@ -57,108 +64,159 @@ def browser(tmp_path):
     driver.quit()
 
 
+def open_page(driver, address, timeout=60):
+    driver.get(address)
+    WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    return driver.find_element(By.ID, "status").text
+
+
 def upload(driver, *paths):
     driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
 
 
-def wait_for(driver, css, count=1, timeout=120):
+def finished(driver, count, timeout=300):
+    """The result cards once `count` of them are done or failed."""
     return WebDriverWait(driver, timeout).until(
-        lambda d: (found := d.find_elements(By.CSS_SELECTOR, css)) and len(found) >= count and found)
+        lambda d: len(found := d.find_elements(By.CSS_SELECTOR, ".result.done, .result.failed")) >= count and found)
 
 
-def downloaded(folder, name, timeout=30):
-    path, deadline = folder / name, time.time() + timeout
-    while time.time() < deadline and not (path.exists() and not list(folder.glob("*.crdownload"))):
+def offered_mask(driver, card):
+    """The bytes the card's "Download mask" link offers, as a boolean mask."""
+    href = card.find_element(By.CSS_SELECTOR, "a.download").get_attribute("href")
+    encoded = driver.execute_async_script(
+        "const done = arguments[1]; fetch(arguments[0]).then(r => r.blob()).then(b => { const reader = new "
+        "FileReader(); reader.onload = () => done(reader.result.split(',')[1]); reader.readAsDataURL(b); })", href)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))))[..., 0] > 0
+
+
+def requests_made(driver):
+    """(method, url) of every request the browser sent, from its performance log."""
+    events = (json.loads(e["message"])["message"] for e in driver.get_log("performance"))
+    return [(e["params"]["request"]["method"], e["params"]["request"]["url"]) for e in events
+            if e["method"] == "Network.requestWillBeSent"]
+
+
+def iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def test_the_page_segments_like_predict_in_the_browser_and_sends_no_image(server, browser, synthetic, tmp_path):
+    folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]  # real ISIC test images where ../shared is here
+    pairs = layouts.find_pairs(folder, "test")[:20]
+    status = open_page(browser, server[0])
+    assert "images never leave this computer" in status and "WebAssembly" in status
+    upload(browser, *[image for _, image, _ in pairs])
+    cards = finished(browser, len(pairs))
+    assert [c.find_element(By.TAG_NAME, "h2").text for c in cards] == [image.name for _, image, _ in pairs]
+    subprocess.run([sys.executable, "predict.py", *[str(i) for _, i, _ in pairs], "-o", str(tmp_path / "cli"),
+                    "--tta", "--largest-component"], cwd=ROOT, check=True, capture_output=True)
+    agreement, page_iou, cli_iou = [], [], []
+    for card, (_, image, mask_path) in zip(cards, pairs):
+        page = offered_mask(browser, card)
+        cli = np.asarray(Image.open(tmp_path / "cli" / f"{image.stem}_segmentation.png")) > 0
+        truth = np.asarray(Image.open(mask_path)) > 0
+        assert page.shape == cli.shape == truth.shape
+        agreement.append(iou(page, cli)), page_iou.append(iou(page, truth)), cli_iou.append(iou(cli, truth))
+    assert np.mean(agreement) >= 0.99 and abs(np.mean(page_iou) - np.mean(cli_iou)) <= 0.005, agreement
+    assert "lesion" in cards[0].find_element(By.CSS_SELECTOR, ".area").text
+    browser.find_element(By.ID, "zip").click()
+    deadline = time.time() + 30
+    while time.time() < deadline and not (tmp_path / "downloads" / "masks.zip").exists():
         time.sleep(0.1)
-    return path.read_bytes()
-
-
-def test_the_page_segments_like_predict_says_what_is_wrong_and_keeps_serving(server, browser, synthetic, tmp_path):
-    folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]  # an ISIC 2016 test image where ../shared is here
-    image = sorted((folder / layouts.SPLITS["test"][0]).glob("*.jpg"))[0]
-    browser.get(server)
-    upload(browser, image)
-    wait_for(browser, ".result.done")[0].find_element(By.CSS_SELECTOR, "a.download").click()
-    mask = downloaded(tmp_path / "downloads", f"{image.stem}_segmentation.png")
-    predict.main([str(image), "--out", str(tmp_path / "cli"), "--tta", "--largest-component", "--device", "cpu"])
-    assert mask == (tmp_path / "cli" / f"{image.stem}_segmentation.png").read_bytes()  # bit for bit
-    with Image.open(image) as im:
-        assert f"{im.width}x{im.height} px; lesion " in browser.find_element(By.CSS_SELECTOR, ".area").text
-
-    (tmp_path / "notes.jpg").write_text("not an image at all")
-    upload(browser, tmp_path / "notes.jpg")
-    failed = wait_for(browser, ".result.failed")[0]
-    assert "notes.jpg: not an image this page reads" in failed.text
-    upload(browser, image)  # the server goes on serving
-    assert len(wait_for(browser, ".result.done", count=2)) == 2
-
-    many = [tmp_path / f"copy{i}.jpg" for i in range(serve.MAX_FILES + 1)]
-    for path in many:
-        shutil.copy(image, path)
-    upload(browser, *many)
-    assert "at most 50 at once" in wait_for(browser, "#message:not(:empty)")[0].text
-    browser.save_screenshot(str(tmp_path / "page.png"))
+    time.sleep(0.5)
+    assert len(zipfile.ZipFile(tmp_path / "downloads" / "masks.zip").namelist()) == len(pairs)
+    requests = requests_made(browser)
+    assert requests and all(method == "GET" and url.startswith((server[0], "blob:", "data:"))
+                            for method, url in requests), requests
+    received = [line.split('"')[1] for line in server[1].read_text().splitlines() if '"' in line]
+    assert received and all(r.startswith("GET ") for r in received), received  # the server saw no upload
     if os.environ.get("PAGE_SCREENSHOT"):  # make page-screenshot: the README's picture
-        browser.get(server)
-        upload(browser, *sorted((folder / layouts.SPLITS["test"][0]).glob("*.jpg"))[3:5])
-        wait_for(browser, ".result.done", count=2)
+        open_page(browser, server[0])
+        upload(browser, *[image for _, image, _ in pairs[3:5]])
+        finished(browser, 2)
         browser.save_screenshot(os.environ["PAGE_SCREENSHOT"])
 
 
-def post(server, path, body, timeout=120):
-    """(status, JSON answer or bytes) of a POST to the server."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(server + path, data=body, method="POST"),
-                                    timeout=timeout) as r:
-            raw, status = r.read(), r.status
-    except urllib.error.HTTPError as e:
-        raw, status = e.read(), e.code
-    return status, json.loads(raw) if raw[:1] == b"{" else raw
+def test_bad_files_get_a_sentence_and_the_page_goes_on(server, browser, synthetic, tmp_path):
+    (tmp_path / "notes.jpg").write_text("not an image at all")
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.new("1", (12_000, 9_000)).save(tmp_path / "huge.png")  # 108 megapixels in a small file
+    good = sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))[0]
+    open_page(browser, server[0])
+    upload(browser, tmp_path / "notes.jpg", tmp_path / "empty.png", tmp_path / "huge.png", good)
+    cards = finished(browser, 4)
+    texts = [c.text for c in cards]
+    assert "notes.jpg: not an image this page reads" in texts[0] and "empty.png: the file is empty" in texts[1]
+    assert "huge.png: the image is 12000x9000, over 100 megapixels" in texts[2]
+    assert "done" in cards[3].get_attribute("class")  # and the page went on
+    browser.find_element(By.ID, "threshold").clear()
+    browser.find_element(By.ID, "threshold").send_keys("1.5")
+    upload(browser, good)
+    assert "strictly between 0 and 1" in finished(browser, 5)[4].text
+    many = [tmp_path / f"copy{i}.jpg" for i in range(51)]
+    for path in many:
+        shutil.copy(good, path)
+    upload(browser, *many)
+    WebDriverWait(browser, 30).until(lambda d: "at most 50 at once" in d.find_element(By.ID, "message").text)
 
 
-def test_two_clients_at_once_each_get_their_own_answer(server, synthetic):
-    images = sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))[:2]
-    alone = [post(server, "/segment", p.read_bytes())[1]["mask"] for p in images]
-    together = [None, None]
+def get(address, path="/", host=None, method="GET"):
+    """(status, body) of one request to the server."""
+    hostport = address.split("//")[1].rstrip("/")
+    connection = http.client.HTTPConnection(hostport, timeout=30)
+    connection.request(method, path, headers={"Host": host or hostport}, body=b"x" if method == "POST" else None)
+    response = connection.getresponse()
+    status, body = response.status, response.read()
+    connection.close()
+    return status, body
 
-    def client(i):
-        together[i] = [post(server, "/segment", images[i].read_bytes())[1]["mask"] for _ in range(3)]
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+
+def test_the_server_serves_its_files_and_nothing_else(server):
+    address = server[0]
+    assert get(address)[0] == 200 and get(address, "/model.onnx")[1] == serve.released.ONNX.read_bytes()
+    assert json.loads(get(address, "/model.json")[1]) == {"image_size": 128, "threshold": 0.5}
+    assert get(address, "/../serve.py")[0] == 404 and get(address, "/serve.py")[0] == 404
+    assert get(address, host="attacker.example:80")[0] == 403  # a DNS-rebinding page's requests
+    assert get(address, method="POST")[0] == 501  # nothing is ever uploaded
+
+
+def test_stalled_clients_do_not_stop_the_page_from_being_served(server):
+    """A bounded load test on 127.0.0.1: 50 clients that connect and send nothing, 20 that load the page and its
+    model for 10 s beside them; every good request is answered."""
+    address = server[0]
+    host, port = address.split("//")[1].rstrip("/").split(":")
+    stalled = [socket.create_connection((host, int(port))) for _ in range(50)]
+    results, deadline = [], time.time() + 10
+
+    def client():
+        while time.time() < deadline:
+            try:
+                results.append(get(address, "/model.json")[0] == 200 and get(address, "/")[0] == 200)
+            except OSError:  # a refused or timed-out request counts as unanswered
+                results.append(False)
+    threads = [threading.Thread(target=client) for _ in range(20)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert alone[0] != alone[1] and together == [[alone[0]] * 3, [alone[1]] * 3]
+    for s in stalled:
+        s.close()
+    assert len(results) >= 20 and all(results)
 
 
-def test_bad_uploads_get_a_message_and_the_server_goes_on(server, synthetic, tmp_path):
-    jpeg = sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))[0].read_bytes()
-    Image.new("1", (12_000, 9_000)).save(tmp_path / "huge.png")  # 108 megapixels in a small file
-    cases = {b"": "the file is empty", jpeg[:len(jpeg) // 2]: "damaged or cut short",
-             b"GIF89a not really": "not an image", (tmp_path / "huge.png").read_bytes(): "over 100 megapixels"}
-    for body, message in cases.items():
-        status, answer = post(server, "/segment", body)
-        assert status == 400 and message in answer["error"], message
-    assert post(server, "/segment?threshold=2", jpeg)[0] == 400
-    status, answer = post(server, "/zip", json.dumps({"files": [{"name": "a", "mask": ""}] * 51}).encode())
-    assert status == 400 and "1 to 50 masks" in answer["error"]
-    status, answer = post(server, "/segment", jpeg)
-    assert status == 200 and answer["area"] > 0  # still serving
-
-
-def test_the_zip_holds_every_mask_under_a_safe_name(server, synthetic):
-    mask = base64.b64encode(b"png bytes").decode()
-    status, raw = post(server, "/zip", json.dumps({"files": [
-        {"name": "../../etc/passwd.jpg", "mask": mask}, {"name": "a.jpg", "mask": mask},
-        {"name": "a.png", "mask": mask}]}).encode())
-    names = zipfile.ZipFile(io.BytesIO(raw)).namelist()
-    assert status == 200 and names == ["passwd_segmentation.png", "a_segmentation.png", "a_2_segmentation.png"]
+def test_the_site_folder_holds_everything_the_page_needs(tmp_path):
+    result = subprocess.run([sys.executable, "serve.py", "--write", str(tmp_path / "site")], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    written = sorted(str(p.relative_to(tmp_path / "site")) for p in (tmp_path / "site").rglob("*") if p.is_file())
+    assert written == sorted([*serve.PAGE_FILES, *[f"ort/{f}" for f in serve.RUNTIME_FILES], "model.json",
+                              "model.onnx"])
 
 
 def test_only_localhost_unless_host_is_given_then_a_warning():
     proc = subprocess.run([sys.executable, "serve.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert "default: 127.0.0.1" in proc.stdout
-    proc = subprocess.Popen([sys.executable, "serve.py", "--host", "127.0.0.2", "--port", "0", "--device", "cpu"],
+    proc = subprocess.Popen([sys.executable, "serve.py", "--host", "127.0.0.2", "--port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout.readline().startswith("warning: listening on 127.0.0.2: anyone who can reach")
