@@ -10,11 +10,11 @@ Each number is printed beside the slower variant measured in the same run.
     python bench.py --scale            # one process against two under torchrun (make bench-scale)
 """
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -237,26 +237,43 @@ def forward_rates(args, n=32):
           f"{matmul_gflops(cpu, False, args.seconds):.1f} GFLOP/s ({per_image / 1e6:.0f} MFLOPs per image)")
 
 
-def bench_page(args, requests=5):
-    """The page's server (serve.py) on one 1024x768 photo, the model loaded: seconds per upload, from the request
-    to the answer with the mask, contour and unsure pictures, as the browser gets it (median of `requests`)."""
-    command = [sys.executable, "serve.py", "--port", "0", "--device", args.device]
-    server = subprocess.Popen(command + (["--checkpoint", *args.checkpoint] if args.checkpoint else []),
-                              cwd=Path(__file__).parent, stdout=subprocess.PIPE, text=True)
+def bench_page(args, photos=5):
+    """The page (serve.py) in Debian's headless Chromium, the model running in the browser (WebAssembly): seconds
+    from opening the page to the model loaded, and per 1024x768 photo with flip TTA and the pictures drawn (the
+    page's own timing of each photo; median of `photos`, after one that warms up). Needs selenium
+    (requirements-dev.txt), chromium and chromium-driver."""
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    server = subprocess.Popen([sys.executable, "serve.py", "--port", "0", *(["--model", args.model] if args.model
+                              else [])], cwd=Path(__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or ""
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
     try:
         address = server.stdout.readline().split()[2]  # "serving on http://127.0.0.1:PORT/ ..."
+        start = time.perf_counter()
+        driver.get(address)
+        WebDriverWait(driver, 120).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        loaded = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as tmp:
-            write_photo(Path(tmp) / "photo.jpg", np.random.default_rng(0))
-            photo = (Path(tmp) / "photo.jpg").read_bytes()
-        times = []
-        for _ in range(requests + 1):  # the first warms up
-            start = time.perf_counter()
-            urllib.request.urlopen(urllib.request.Request(address + "segment", data=photo, method="POST")).read()
-            times.append(time.perf_counter() - start)
+            paths = [Path(tmp) / f"photo{i}.jpg" for i in range(photos + 1)]
+            for i, path in enumerate(paths):
+                write_photo(path, np.random.default_rng(i))
+            driver.find_element(By.ID, "files").send_keys("\n".join(map(str, paths)))
+            WebDriverWait(driver, 600).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result.done")) == len(paths))
+        seconds = [float(c.get_attribute("data-seconds")) for c in driver.find_elements(By.CSS_SELECTOR, ".result")]
     finally:
+        driver.quit()
         server.terminate()
         server.wait()
-    print(f"{'the page, one photo of 1024x768, model loaded':<52} {float(np.median(times[1:])):8.2f} s per image")
+    print(f"{'the page in Chromium: open to model loaded':<52} {loaded:8.2f} s")
+    print(f"{'the page: one photo of 1024x768, TTA, pictures drawn':<52} {float(np.median(seconds[1:])):8.2f} s per "
+          "image")
 
 
 def bench_scale(args, epochs=2):
@@ -393,11 +410,11 @@ def main():
                         "model on ONNX Runtime against PyTorch, and their forward passes (make bench-predict)")
     parser.add_argument("--predict-images", type=int, default=100, help="photos for --predict")
     parser.add_argument("--page", action="store_true",
-                        help="only time the page's server (serve.py) on one photo of 1024x768 (make bench-predict)")
+                        help="only time the page (serve.py) in headless Chromium: loading the model, and photos of "
+                        "1024x768 (make bench-predict)")
     parser.add_argument("--scale", action="store_true",
                         help="only one process against two under torchrun: prediction and training (make bench-scale)")
-    parser.add_argument("--checkpoint", nargs="+",
-                        help="--page's model (default: the released model)")
+    parser.add_argument("--model", help="--page's .onnx model (default: the released model)")
     args = parser.parse_args()
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark

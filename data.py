@@ -1,6 +1,6 @@
-"""Lesion data in any accepted layout (LAYOUTS: ISIC 2016, 2017, 2018, PH2, plain folders): find the files,
-decode them once into a uint8 cache, and split off validation and test images. Augmentation: augment.py;
-downloads: download.py.
+"""What a data folder holds, from the command line: its layout (layouts.LAYOUTS: ISIC 2016, 2017, 2018, PH2,
+plain folders) and its pairs per split; a small synthetic set; any layout re-laid as plain folders. Finding and
+pairing files: layouts.py; decoding and the cache: decoding.py; splits: splits.py; downloads: download.py.
 
     python data.py --data-dir ../shared/isic2016          # which layout, and how many pairs in each split
     python data.py --synthetic demo/data                  # write a small fake data set in the ISIC 2016 layout

@@ -1,6 +1,7 @@
 """Where a PyTorch model runs and in which precision: the --device flag's values (cli.add_device_flag) as torch
 devices, autocast, synchronisation."""
 import contextlib
+import os
 
 import torch
 
@@ -12,6 +13,8 @@ def pick_device(name):
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is visible to PyTorch; use --device cpu or auto")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: this process's own GPU
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     if name == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps: MPS is not available on this machine; use --device cpu or auto")
     return torch.device(name)

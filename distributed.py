@@ -21,13 +21,17 @@ def is_main():
     return rank() == 0
 
 
-def start(device):
-    """Join the job's process group (gloo for CPUs, NCCL for GPUs) when torchrun started several processes, and
-    return this process's device: its own GPU (LOCAL_RANK) on a machine with several."""
+def start(device=None):
+    """Join the job's process group (gloo for CPUs, NCCL for GPUs; no device: gloo, for sums of counts alone) when
+    torchrun started several processes, and return this process's device: its own GPU (LOCAL_RANK) on a machine
+    with several."""
     if world_size() == 1:
         return device
-    import torch  # here: prediction on ONNX Runtime shards by RANK without torch
+    import torch  # here: a job of one process never imports it for this
     import torch.distributed as dist
+    if device is None:
+        dist.init_process_group("gloo")
+        return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)

@@ -1,4 +1,4 @@
-"""Download and unpack the official ISIC archives into the layout that --data-dir reads (data.LAYOUTS).
+"""Download and unpack the official ISIC archives into the layout that --data-dir reads (layouts.LAYOUTS).
 
     python download.py --dataset isic2016 --data-dir data
     python download.py --dataset isic2018 --data-dir data/isic2018    # about 11 GB

@@ -158,9 +158,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    distributed.start()  # under torchrun (which brings torch): one summary of the counts for the whole job
     segmenter = Segmenter.load(args.checkpoint, args.device)
-    if distributed.world_size() > 1 and segmenter.runtime.name == "PyTorch":  # one summary for the whole job
-        distributed.start(segmenter.runtime.device)
     paths = expand_inputs(args.inputs)
     out = open_output_folder(args.out, args.inputs, paths)
     names = {path: out / name for path, name in zip(paths, output_names(paths))}
@@ -171,10 +170,8 @@ def main(argv=None):
     counts = distributed.total_counts([written, len(mine) - len(todo), len(failures)])
     distributed.stop()
     written, skipped, unreadable = counts
-    if distributed.is_main() or not distributed.joined():
-        share = "" if distributed.world_size() == 1 or distributed.joined() else (
-            f"process {distributed.rank() + 1} of {distributed.world_size()}: ")
-        print(f"{share}wrote {written} masks to {out}/" + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
+    if distributed.is_main():
+        print(f"wrote {written} masks to {out}/" + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
               + (f"; {unreadable} images could not be read" if unreadable else ""))
     if failures:
         raise UsageError(f"{len(failures)} of {len(mine)} images could not be read (the other masks were "

@@ -65,7 +65,7 @@ def compare_robustness(folders, out):
     return "\n".join(lines)
 
 
-def paired_difference(base_files, new_files, metric):
+def compare_per_image_files(base_files, new_files, metric):
     """metrics.paired_difference() of two models scored per image on the same images (evaluate.py's
     *_per_image.csv, file k of `new_files` against file k of `base_files`, matched by id; several pairs pool, e.g.
     validation splits of several --split-seeds)."""
@@ -294,7 +294,7 @@ def main():
     p.add_argument("--metric", default="fullres_lcc_tta_iou", help="a column of those files")
     args = parser.parse_args()
     if args.command == "paired":
-        d = paired_difference(args.base, args.vs, args.metric)
+        d = compare_per_image_files(args.base, args.vs, args.metric)
         print(f"{args.metric} over {d['n']} images: {d['base']:.4f} -> {d['new']:.4f}, difference "
               f"{d['difference']:+.4f} ± {d['standard_error']:.4f} (paired standard error); second model better on "
               f"{d['new_better']}, worse on {d['new_worse']}")

@@ -26,3 +26,14 @@ def test_bench_prints_every_measurement_beside_its_slower_variant():
         # (each rate is printed to 0.05: its relative error is 0.05 / rate, the two add up)
         assert float(ratio) == pytest.approx(float(fast) / float(slow),
                                              rel=0.05 / float(slow) + 0.05 / float(fast) + 0.01, abs=0.06)
+
+
+def test_bench_predict_prints_both_runtimes_side_by_side():
+    result = subprocess.run([sys.executable, "bench.py", "--predict", "--predict-images", "2", "--seconds", "0.05",
+                             "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for name in ("start-up to the first mask", "2 photos, --overlay", "where the time goes", "decoding", "model",
+                 "post-processing", "writing", "forward pass, batch 32, ONNX Runtime", "its FLOP rate"):
+        assert name in out, name
+    assert len(re.findall(r"vs PyTorch: [\d.]+ s \([\d.]+x\)", out)) == 3

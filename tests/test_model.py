@@ -48,7 +48,7 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="not a checkpoint written by train.py"):
         load_checkpoint(tmp_path / "broken.pt")
-    config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS)}
+    config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS), "image_size": 64}
     state = MobileNetSegmenter("none", skips=True).state_dict()  # weights of another configuration
     torch.save({"config": config, "model": state}, tmp_path / "other.pt")
     with pytest.raises(RuntimeError, match="does not match the model its config describes"):
