@@ -149,7 +149,7 @@ bench: setup
 # make predict on 100 synthetic 1024x768 photos, the released model on ONNX Runtime against PyTorch, start-up
 # included, and their forward passes; the page (serve.py) in headless Chromium: loading, then such photos
 bench-predict: .venv/dev-installed web/node_modules/.package-lock.json
-	$(PY) bench.py --predict --device $(DEVICE)
+	$(PY) bench.py --predict --device $(DEVICE) $(if $(BEFORE),--before $(BEFORE))
 	$(PY) bench.py --page
 
 # One process against two (torchrun, gloo) on this machine: make predict on 20 photos, training on synthetic data

@@ -157,12 +157,12 @@ def write_photo(path, rng):
     return noise
 
 
-def predict_seconds(photos, out, flags):
-    """Wall seconds of `python predict.py photos -o out --tta --largest-component FLAGS` as a user runs it:
-    Python's start-up, the runtime's import, loading the model, decoding and writing every file included."""
-    command = [sys.executable, "predict.py", str(photos), "-o", str(out), "--tta", "--largest-component", *flags]
+def predict_seconds(photos, out, flags, repo=Path(__file__).parent):
+    """Wall seconds of `python predict.py photos --out out --tta --largest-component FLAGS` in repo as a user runs
+    it: Python's start-up, the runtime's import, loading the model, decoding and writing every file included."""
+    command = [sys.executable, "predict.py", str(photos), "--out", str(out), "--tta", "--largest-component", *flags]
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=Path(__file__).parent, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"predict.py failed: {result.stderr.strip()}")
     return time.perf_counter() - start
@@ -184,10 +184,24 @@ def bench_predict(args):
                                    (f"{n} photos, --overlay", ["--overlay"], photos), (f"{n} photos", [], photos)):
             (onnx, torch_), k = (predict_seconds(files, Path(tmp) / f"out{i}", flags + extra)
                                  for i, flags in enumerate(runtimes.values())), 1 if files == first else n
+            before = f"; predict.py of {args.before}: {before_seconds(args.before, files, Path(tmp), extra, onnx)}" \
+                if args.before else ""
             print(f"{'make predict, ' + kind:<52} {onnx:8.2f} s ({k / onnx:.1f} img/s)   vs PyTorch: {torch_:.2f} s "
-                  f"({torch_ / onnx:.1f}x)", flush=True)
+                  f"({torch_ / onnx:.1f}x){before}", flush=True)
         stage_shares(sorted(photos.glob("*.jpg")), Path(tmp) / "stages")
+    if args.before:
+        subprocess.run(["git", "worktree", "prune"], cwd=Path(__file__).parent)  # its folder went with tmp
     forward_rates(args)
+
+
+def before_seconds(rev, files, tmp, extra, onnx):
+    """'S s (Rx)': the same command with predict.py as it was at git revision rev (a worktree of it in tmp)."""
+    tree = tmp / "before"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=Path(__file__).parent,
+                       check=True, capture_output=True)
+    seconds = predict_seconds(files, tmp / f"before-out{len(list(tmp.iterdir()))}", [*extra, "--device", "cpu"], tree)
+    return f"{seconds:.2f} s ({seconds / onnx:.1f}x)"
 
 
 def stage_shares(paths, out, batch_size=16):
@@ -409,6 +423,9 @@ def main():
                         help="only time make predict end to end on --predict-images photos of 1024x768, the released "
                         "model on ONNX Runtime against PyTorch, and their forward passes (make bench-predict)")
     parser.add_argument("--predict-images", type=int, default=100, help="photos for --predict")
+    parser.add_argument("--before", metavar="REV",
+                        help="--predict also times predict.py as it was at this git revision (e.g. 104d63e, the "
+                        "PyTorch-only pipeline before the light runtime)")
     parser.add_argument("--page", action="store_true",
                         help="only time the page (serve.py) in headless Chromium: loading the model, and photos of "
                         "1024x768 (make bench-predict)")
