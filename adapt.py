@@ -21,10 +21,10 @@ from calibration import calibrate, iou_curves
 from device import pick_device
 import released
 from errors import DataError, UsageError
-from inference import split_seed, tta_probabilities
+from inference import tta_probabilities
 from metrics import largest_region_iou, paired_difference
 from model import half_precision, load_checkpoint
-from splits import load_splits
+from splits import load_splits, seed_of
 
 
 RECIPE = ("epochs", "lr", "batch_size", "freeze_encoder", "shift_aug", "ema", "seed")  # the card names these flags
@@ -123,13 +123,14 @@ def parse_args(argv=None):
     parser = cli.parser(__doc__)
     parser.add_argument("--data-dir", required=True, help="your labelled images, in any layout --data-dir reads")
     parser.add_argument("--checkpoint", default=str(released.PT),
-                        help=f"the model before adaptation (default: the released model, {os.path.relpath(released.PT)})")
+                        help="the model before adaptation (default: the released model, "
+                        f"{os.path.relpath(released.PT)})")
     parser.add_argument("--adapted", metavar="CHECKPOINT",
                         help="the fine-tuned model (train.py --init-from CHECKPOINT's best.pt); without it, the "
                         "threshold is calibrated alone")
     parser.add_argument("--out", default="runs/adapt", help="folder for model.pt, README.md, adapt.json "
                         "(default: runs/adapt)")
-    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
+    cli.add_cache_dir_flag(parser)
     cli.add_device_flag(parser)
     return parser.parse_args(argv)
 
@@ -143,7 +144,7 @@ def main(argv=None):
     if adapted and adapted[1]["image_size"] != size:
         raise UsageError(f"--adapted {args.adapted} works at {adapted[1]['image_size']} px but --checkpoint "
                          f"{args.checkpoint} at {size} px: give the checkpoint it was fine-tuned from")
-    calibration_images, held_out = load_user_data(args.data_dir, size, split_seed((adapted or base)[1]),
+    calibration_images, held_out = load_user_data(args.data_dir, size, seed_of((adapted or base)[1]),
                                                   args.cache_dir)
     calib = calibrate(iou_curves(tta_probabilities(*base, calibration_images["images"], device), [
         images.read_binary_mask(p) for p in calibration_images["mask_paths"]]))

@@ -28,8 +28,8 @@ import layouts
 import runfiles
 from annotators import ANNOTATORS
 from calibration import calibrate, iou_curves
-from device import pick_device
 import released
+from device import pick_device
 from inference import tta_probabilities
 from metrics import largest_region_iou
 from model import load_checkpoint
@@ -50,13 +50,13 @@ def shifted_pair(image_path, mask_path, shift, n):
 def shifted(pairs, shift, size):
     """(uint8 images [N,3,size,size] as predict.py reads them, boolean masks [H,W] at their own size) of pairs
     [(id, image, mask)] under one shift."""
-    images, masks = [], []
+    inputs, masks = [], []
     for n, (_, image_path, mask_path) in enumerate(pairs):
         image, mask = shifted_pair(image_path, mask_path, shift, n)
-        images.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) if shift == "camera"
+        inputs.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) if shift == "camera"
                       else images.read_image(image_path, size)[0])
         masks.append(mask)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), masks
+    return torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2), masks
 
 
 def write_adaptation_set(pairs, shift, folder):
@@ -88,8 +88,8 @@ def run_shift(shift, pools, base, done, args, device):
     (model, config), size = base, base[1]["image_size"]
     if all((shift, n, seed) in done for seed in args.seeds for n in args.images):
         return
-    images, masks = shifted(pools["scored"], shift, size)
-    base_probs = tta_probabilities(model, config, images, device)
+    inputs, masks = shifted(pools["scored"], shift, size)
+    base_probs = tta_probabilities(model, config, inputs, device)
     before = largest_region_iou(base_probs, masks, 0.5).mean()
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(len(pools["draw"]))
@@ -102,7 +102,7 @@ def run_shift(shift, pools, base, done, args, device):
             folder = args.out / "data" / f"{shift}-seed{seed}-n{n}"
             write_adaptation_set(pairs, shift, folder)
             best, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
-            adapted = tta_probabilities(*load_checkpoint(best, device), images, device)
+            adapted = tta_probabilities(*load_checkpoint(best, device), inputs, device)
             yield {"shift": shift, "images": n, "seed": seed, "before": before,
                    "calibrated": largest_region_iou(base_probs, masks, calib["threshold"]).mean(),
                    "threshold": calib["threshold"], "adapted": largest_region_iou(adapted, masks, 0.5).mean(),
@@ -170,8 +170,8 @@ def main(argv=None):
             print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     clean = next((r["before"] for r in rows if r["shift"] == "none"), None)
     if clean is None:
-        images, masks = shifted(pools["scored"], "none", base[1]["image_size"])
-        clean = largest_region_iou(tta_probabilities(*base, images, device), masks, 0.5).mean()
+        inputs, masks = shifted(pools["scored"], "none", base[1]["image_size"])
+        clean = largest_region_iou(tta_probabilities(*base, inputs, device), masks, 0.5).mean()
     runfiles.write_text(out / "table.md", table(rows, clean) + "\n")
     plot_adaptation(rows, clean, out / "adapt_experiment.png")
     print(table(rows, clean))

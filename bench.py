@@ -279,7 +279,8 @@ def bench_page(args, photos=5):
             for i, path in enumerate(paths):
                 write_photo(path, np.random.default_rng(i))
             driver.find_element(By.ID, "files").send_keys("\n".join(map(str, paths)))
-            WebDriverWait(driver, 600).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result.done")) == len(paths))
+            WebDriverWait(driver, 600).until(
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result.done")) == len(paths))
         seconds = [float(c.get_attribute("data-seconds")) for c in driver.find_elements(By.CSS_SELECTOR, ".result")]
     finally:
         driver.quit()

@@ -26,6 +26,10 @@ def add_device_flag(parser):
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda, then mps, then cpu")
 
 
+def add_cache_dir_flag(parser):
+    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached between runs")
+
+
 def add_threshold_flag(parser):
     parser.add_argument("--threshold", type=checked_threshold,
                         help="lesion where probability > this, strictly between 0 and 1 (default: the threshold "

@@ -11,7 +11,8 @@ import cli
 import layouts
 import runfiles
 from device import pick_device
-from inference import score_model, split_to_score, write_results
+from inference import score_model
+from splits import split_to_score
 from model import decision_threshold, load_models
 
 
@@ -40,7 +41,7 @@ def main(argv=None):
     cli.add_threshold_flag(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     cli.add_device_flag(parser)
-    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
+    cli.add_cache_dir_flag(parser)
     parser.add_argument("--workers", type=int, default=2, help="processes that decode JPEGs into the cache")
     parser.add_argument("--full-res", action="store_true",
                         help="also score at each mask's original size, as the ISIC challenge does (fullres_* keys)")
@@ -59,7 +60,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     summary["threshold"] = threshold
     summary["checkpoints"] = [os.path.relpath(c, out) for c in args.checkpoint]  # from `out`: the folder can move
-    path = write_results(out, results_name(out, args.split), summary, per_image, split["ids"])
+    path = runfiles.write_results(out, results_name(out, args.split), summary, per_image, split["ids"])
     print(f"{args.split} ({summary['n_images']} images): " + ", ".join(
         f"{k} {summary[k]:.4f}" for k in ("loss", "iou", "dice", "tta_iou", "fullres_iou", "fullres_tta_iou")
         if k in summary) + f" -> {path}")

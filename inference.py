@@ -1,15 +1,8 @@
 """Inference and scoring of PyTorch models, shared by training, evaluation, the robustness suite and the release:
 logits and probabilities batch by batch, every test number of a model. Prediction for users is segmenter.py's."""
-from pathlib import Path
-
 import torch
 
-import decoding
-import layouts
-import runfiles
-import splits
 from device import autocast
-from errors import UsageError
 from metrics import add_metrics, full_resolution_metrics, per_image_metrics, pooled_iou, score
 
 
@@ -66,42 +59,3 @@ def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True,
             add_metrics(summary, per_image, f"fullres_{prefix}", metrics)
             summary[f"fullres_{prefix}pooled_iou"] = pooled
     return summary, per_image
-
-
-def write_results(run_dir, name, summary, per_image, ids):
-    """<name>_metrics.json and <name>_per_image.csv in the run folder; returns the JSON file's path."""
-    runfiles.write_json(Path(run_dir) / f"{name}_metrics.json", summary)
-    rows = [{"id": i, **{k: v[n].item() for k, v in per_image.items()}} for n, i in enumerate(ids)]
-    runfiles.write_csv(Path(run_dir) / f"{name}_per_image.csv", rows)
-    return Path(run_dir) / f"{name}_metrics.json"
-
-
-def validation_seed(configs):
-    """The --split-seed that all these runs held their validation images out with (one run, or an ensemble's)."""
-    if any(c["val_fraction"] == 0 for c in configs):
-        raise UsageError("--split val: trained with --val-fraction 0, on every training image; none was held out")
-    splits = {(c["val_fraction"], split_seed(c)) for c in configs}
-    if len(splits) > 1:
-        raise UsageError("--split val: these runs held out different validation images (--val-fraction, --split-seed "
-                         f"{sorted(splits)}), so some were trained on the others' validation images")
-    return splits.pop()[1]
-
-
-def split_seed(config):
-    """A run's --split-seed; runs from before that flag split by --seed (and the oldest had no --seed either)."""
-    return config.get("split_seed", config.get("seed", 0))
-
-
-def split_to_score(data_dir, split, configs, cache_dir="cache", workers=2):
-    """The split ("train", "val" or "test") of data_dir that these models are scored on, at their image size: the
-    training images they held out for validation (the same seeded or official split as training), all training
-    images, or the test split (splits.load_test). Returns (load_split() result, a line that says what it is)."""
-    size = configs[0]["image_size"]
-    if split == "train":
-        return decoding.load_split(data_dir, "train", size, cache_dir, workers), "training split"
-    if split == "val":
-        return splits.load_splits(data_dir, size, configs[0]["val_fraction"], validation_seed(configs), cache_dir,
-                                workers)["val"], "validation images held out by training"
-    trained_on = any(Path(d).resolve() == Path(data_dir).resolve() for c in configs
-                     for d in layouts.as_list(c.get("data_dir")))
-    return splits.load_test(data_dir, size, split_seed(configs[0]), trained_on, cache_dir, workers)

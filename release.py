@@ -19,13 +19,14 @@ import onnx_model
 import runfiles
 from device import pick_device
 from errors import ModelFileError
-from inference import predict_probs, score_model, split_to_score
+from inference import predict_probs, score_model
 from metrics import largest_region_iou
 from model import decision_threshold, half_precision, load_checkpoint
 from perturbations import PERTURBATIONS, score_perturbations, summarize
 from plots import save_panel
 from released import sha256
 from segmenter import Segmenter
+from splits import split_to_score
 
 MAX_HALF_PRECISION_LOSS = 0.001  # test IoU (full resolution, flip TTA, largest region) that float16 may cost
 MAX_ONNX_DIFFERENCE = 1e-4  # test IoU between ONNX Runtime and PyTorch on the same weights
@@ -145,7 +146,7 @@ def main(argv=None):
                         help="keep --out's released .pt and its numbers; write its ONNX file and that file's numbers")
     parser.add_argument("--data-dir", default="data", help="the ISIC 2016 folder it is scored on")
     parser.add_argument("--out", default="models", help="folder of the released model and its card")
-    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached")
+    cli.add_cache_dir_flag(parser)
     cli.add_device_flag(parser)
     args = parser.parse_args(argv)
 

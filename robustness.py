@@ -14,7 +14,7 @@ from pathlib import Path
 import cli
 import runfiles
 from device import pick_device
-from inference import split_to_score
+from splits import split_to_score
 from model import load_models
 from perturbations import PERTURBATIONS, score_perturbations, shift, summarize
 from plots import plot_examples, plot_robustness
@@ -36,7 +36,7 @@ def main(argv=None):
                         + ", ".join(f"'{p}'" for p in PERTURBATIONS).replace("%", "%%"))
     parser.add_argument("--seed", type=int, default=0, help="seeds the random shifts (noise, hair)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached (default: cache)")
+    cli.add_cache_dir_flag(parser)
     parser.add_argument("--workers", type=int, default=2, help="processes that decode JPEGs into the cache")
     cli.add_device_flag(parser)
     args = parser.parse_args(argv)

@@ -19,24 +19,24 @@ RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "test_*_me
                            "curves.png", "panel_epoch*.png", "train.log", runfiles.TMP_PATTERN)
 
 
-def check_run_dir(args, announce=True):
+def check_run_dir(out, resume=False, overwrite=False, announce=True):
     """--out as a Path; refuses, before anything is loaded or written, a folder that holds a run unless --resume
     or --overwrite says what to do with it."""
-    out = Path(args.out)
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
     existing = [f for f in RUN_FILES if (out / f).exists()]
-    if args.resume:
+    if resume:
         if announce and not (out / "last.pt").exists():  # `make best RESUME=1`: seeds not started yet
             print(f"--resume: {out}/last.pt does not exist (no epoch finished there yet); starting the run")
-    elif existing and not args.overwrite:
+    elif existing and not overwrite:
         raise UsageError(f"{out} already holds a run ({', '.join(existing)}). "
                          "Add --resume to continue it or --overwrite to replace it (make ... RESUME=1 / OVERWRITE=1).")
     return out
 
 
 @contextlib.contextmanager
-def lock_run_dir(out, args):
+def lock_run_dir(out, resume=False, overwrite=False):
     """Hold --out's lock while the run lasts, taken before anything is loaded: a second train.py on the same folder
     is refused at once, and the kernel releases the lock of a process that dies. A folder this call created is
     removed again if the run stops before it wrote anything (bad data, bad weights)."""
@@ -51,7 +51,7 @@ def lock_run_dir(out, args):
                          "--out") from None
     try:
         (out / ".lock").write_text(str(os.getpid()))  # for the message above
-        check_run_dir(args, announce=False)  # again, under the lock: a run that ended meanwhile stays
+        check_run_dir(out, resume, overwrite, announce=False)  # again, under the lock: a run that ended meanwhile stays
         yield out
     except BaseException:
         if created and [p.name for p in out.iterdir()] == [".lock"]:
@@ -62,11 +62,11 @@ def lock_run_dir(out, args):
 
 
 @contextlib.contextmanager
-def run_log(out, args):
+def run_log(out, resume=False, overwrite=False):
     """train.log beside the console while the run lasts, each line written through at once (a kill -9 loses
     none). --overwrite first removes what an earlier run wrote (and nothing else); --resume removes the temporary
     files of a run that was killed mid-write."""
-    if args.overwrite and not args.resume:
+    if overwrite and not resume:
         for pattern in RUN_OUTPUTS:
             for path in out.glob(pattern):
                 path.unlink()

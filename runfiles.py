@@ -1,5 +1,6 @@
-"""Run-folder files, written atomically (temporary file, then rename): a crash never leaves half a file, and a
-full disk leaves the previous version and no temporary file."""
+"""Run-folder files, results (<name>_metrics.json, <name>_per_image.csv) among them, written atomically (temporary
+file, then rename): a crash never leaves half a file, and a full disk leaves the previous version and no
+temporary file."""
 import csv
 import errno
 import io
@@ -94,3 +95,11 @@ def commit():
         return subprocess.run(["git", *words], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
     head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+
+
+def write_results(run_dir, name, summary, per_image, ids):
+    """<name>_metrics.json and <name>_per_image.csv in the run folder; returns the JSON file's path."""
+    write_json(Path(run_dir) / f"{name}_metrics.json", summary)
+    rows = [{"id": i, **{k: v[n].item() for k, v in per_image.items()}} for n, i in enumerate(ids)]
+    write_csv(Path(run_dir) / f"{name}_per_image.csv", rows)
+    return Path(run_dir) / f"{name}_metrics.json"

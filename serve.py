@@ -26,7 +26,8 @@ RUNTIME = WEB / "node_modules" / "onnxruntime-web" / "dist"
 PAGE_FILES = ("index.html", "page.css", "page.js", "segment.js")
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
-TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
+         ".js": "text/javascript; charset=utf-8",
          ".mjs": "text/javascript; charset=utf-8", ".wasm": "application/wasm", ".json": "application/json",
          ".onnx": "application/octet-stream"}
 TIMEOUT = 20  # seconds a client may take to send its request: a stalled one never holds a thread for long

@@ -27,11 +27,11 @@ import run_folder
 import runfiles
 from device import autocast, pick_device
 from errors import DataError, Interrupted, TrainingError, UsageError
-from inference import evaluate, predict_logits, score_model, split_seed, write_results
+from inference import evaluate, predict_logits, score_model
 from losses import LOSSES
 from model import DECODER_WIDTHS, build_model, read_checkpoint, update_ema, weights_checksum
 from plots import plot_curves, save_panel
-from splits import join, load_splits
+from splits import join, load_splits, seed_of
 
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
@@ -215,7 +215,7 @@ def resumed_config(args, given, out):
     last = run_folder.read_last_checkpoint(out)
     changed = {k: getattr(args, k) for k in RESUMABLE if k in given}
     config = {**vars(args), **last["config"], **changed, "out": str(out), "resume": True, "overwrite": False}
-    config["split_seed"] = split_seed(last["config"])
+    config["split_seed"] = seed_of(last["config"])
     config["data_dir"] = layouts.as_list(config["data_dir"])
     return argparse.Namespace(**config), last
 
@@ -444,7 +444,7 @@ def test_best_checkpoint(model, out, tests, args, device, amp):
     summaries = []
     for name, test in tests.items():
         summary, per_image = score_model(model, test, args.loss, 2 * args.batch_size, device, amp)
-        path = write_results(out, name, summary, per_image, test["ids"])
+        path = runfiles.write_results(out, name, summary, per_image, test["ids"])
         print(f"{name} (best epoch {best['epoch']}, {summary['n_images']} images): loss {summary['loss']:.4f}  "
               f"IoU {summary['iou']:.4f}  Dice {summary['dice']:.4f}  with flip TTA: IoU {summary['tta_iou']:.4f}  "
               f"at full resolution: IoU {summary['fullres_iou']:.4f} -> {path}")
@@ -509,9 +509,9 @@ def stop_cleanly(out, history, device, args):
 
 def main(argv=None):
     args, given = parse_args(argv)
-    out = run_folder.check_run_dir(args)
+    out = run_folder.check_run_dir(args.out, args.resume, args.overwrite)
     # the lock before the data: a second run on this folder is refused at once
-    with main_only(run_folder.lock_run_dir(out, args)), distributed.quiet_unless_main():
+    with main_only(run_folder.lock_run_dir(out, args.resume, args.overwrite)), distributed.quiet_unless_main():
         args, last = resumed_config(args, given, out)
         config, amp = vars(args), not args.no_amp
         device = distributed.start(pick_device(args.device))  # under torchrun: joins the other processes
@@ -527,7 +527,8 @@ def main(argv=None):
                                  "out (each process then normalises its own share of the batch)")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same checkpoint keys
         ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
-        with main_only(run_folder.run_log(out, args)):  # only now: bad flags, data or weights leave nothing behind
+        # only now: bad flags, data or weights leave nothing behind
+        with main_only(run_folder.run_log(out, args.resume, args.overwrite)):
             if distributed.is_main():
                 runfiles.write_json(out / "config.json", config)
             print(f"run {out}: {args.epochs} epochs, batch size {args.batch_size}, --lr {args.lr}, --seed {args.seed}, "

@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import cli  # noqa: E402
@@ -28,7 +27,8 @@ import images  # noqa: E402
 import layouts  # noqa: E402
 import runfiles  # noqa: E402
 from errors import UsageError  # noqa: E402
-from inference import predict_logits, split_to_score  # noqa: E402
+from inference import predict_logits  # noqa: E402
+from splits import split_to_score  # noqa: E402
 import metrics  # noqa: E402
 from metrics import upsample  # noqa: E402
 from model import load_models  # noqa: E402
@@ -278,7 +278,7 @@ def main():
     r = command("report", "compare every finished run in --runs")
     r.add_argument("--runs", default="runs", help="the folder of run folders")
     r.add_argument("--data-dir", default="data", help="the data the runs were scored on (for the panels)")
-    r.add_argument("--cache-dir", default="cache", help="where decoded images are cached")
+    cli.add_cache_dir_flag(r)
     e = command("eda", "statistics of the data set")
     e.add_argument("--data-dir", default="data", help="the data folder, in any layout")
     e.add_argument("--runs", default="runs", help="where to look for a run's data folder if --data-dir is missing")

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import adapt as adapt_script
+import adapt_experiment
 import annotators
 import calibration
 import images
@@ -176,3 +177,13 @@ def test_calibrating_on_two_images_holds_none_out_and_the_card_says_so(synthetic
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "No held-out images" in (tmp_path / "cal" / "README.md").read_text()
+
+
+def test_the_experiments_shifted_sets_hold_the_model_inputs_and_the_shifted_masks(synthetic):
+    pairs = layouts.find_pairs(synthetic[0], "test")[:2]
+    for shift in ("none", "tighter", "camera"):
+        inputs, masks = adapt_experiment.shifted(pairs, shift, 64)
+        assert inputs.shape == (2, 3, 64, 64) and inputs.dtype == torch.uint8 and len(masks) == 2
+    plain = adapt_experiment.shifted(pairs, "none", 64)[1]
+    assert all((t <= m).all() and t.sum() < m.sum() for t, m in zip(adapt_experiment.shifted(pairs, "tighter", 64)[1],
+                                                                      plain))

@@ -16,7 +16,8 @@ import release
 import runfiles
 from conftest import REAL_DATA, ROOT
 from errors import ModelFileError
-from inference import score_model, split_to_score
+from inference import score_model
+from splits import split_to_score
 from released import PT as RELEASED
 from metrics import per_image_metrics
 from model import load_checkpoint

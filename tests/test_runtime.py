@@ -102,7 +102,7 @@ def test_a_threshold_outside_zero_to_one_is_refused(value, tmp_path):
 def test_the_onnx_runtime_reproduces_the_cards_test_iou(tmp_path):
     import torch
 
-    from inference import split_to_score
+    from splits import split_to_score
     from metrics import largest_region_iou
     from model import read_checkpoint
     card = runfiles.read_json(released.FOLDER / "card.json")

@@ -37,7 +37,8 @@ async function decode(file) {  // {rgba, w, h} of the photo as displayed (EXIF o
     throw new Error(`the image is ${size[0]}x${size[1]}, over ${MAX_PIXELS / 1e6} megapixels`);
   let bitmap;
   try {
-    bitmap = await createImageBitmap(new Blob([bytes]), {imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none"});
+    bitmap = await createImageBitmap(new Blob([bytes]),
+                                     {imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none"});
   } catch (e) { throw new Error("not an image this page reads (JPEG, PNG, BMP, GIF or WebP), or a damaged one"); }
   const w = bitmap.width, h = bitmap.height, c = new OffscreenCanvas(w, h), ctx = c.getContext("2d");
   ctx.drawImage(bitmap, 0, 0);
@@ -52,19 +53,27 @@ function options() {
 
 // What the page shows of one photo: the contour on it, the mask, where the model is unsure (near the threshold).
 function pictures(photo, prob, mask, o) {
-  const scale = Math.min(1, DISPLAY / Math.max(photo.w, photo.h)), dw = Math.round(photo.w * scale), dh = Math.round(photo.h * scale);
+  const scale = Math.min(1, DISPLAY / Math.max(photo.w, photo.h));
+  const dw = Math.round(photo.w * scale), dh = Math.round(photo.h * scale);
   const shown = resize(rgbOf(photo.rgba), photo.w, photo.h, 3, dw, dh, true);
   const small = new Uint8Array(dw * dh);  // the mask at display size, nearest pixel
-  for (let y = 0; y < dh; y++)
-    for (let x = 0; x < dw; x++) small[y * dw + x] = mask[Math.min(photo.h - 1, Math.floor((y + 0.5) / scale)) * photo.w + Math.min(photo.w - 1, Math.floor((x + 0.5) / scale))];
+  for (let y = 0; y < dh; y++) {
+    const row = Math.min(photo.h - 1, Math.floor((y + 0.5) / scale)) * photo.w;
+    for (let x = 0; x < dw; x++) small[y * dw + x] = mask[row + Math.min(photo.w - 1, Math.floor((x + 0.5) / scale))];
+  }
   const edge = outline(small, dw, dh, Math.max(2, Math.ceil(2 * dw / SHOWN)));  // about 2 screen pixels wide
   const p = resize(prob, model.size, model.size, 1, dw, dh, false), t = o.threshold;
-  const contour = canvasOf(dw, dh, d => { for (let i = 0; i < dw * dh; i++) { const red = edge[i]; d.set(red ? [255, 0, 0, 255] : [shown[3 * i], shown[3 * i + 1], shown[3 * i + 2], 255], 4 * i); } });
-  const maskPicture = canvasOf(dw, dh, d => { for (let i = 0; i < dw * dh; i++) d.set([255 * small[i], 255 * small[i], 255 * small[i], 255], 4 * i); });
+  const contour = canvasOf(dw, dh, d => {
+    for (let i = 0; i < dw * dh; i++)
+      d.set(edge[i] ? [255, 0, 0, 255] : [shown[3 * i], shown[3 * i + 1], shown[3 * i + 2], 255], 4 * i);
+  });
+  const maskPicture = canvasOf(dw, dh, d => {
+    for (let i = 0; i < dw * dh; i++) d.set([255 * small[i], 255 * small[i], 255 * small[i], 255], 4 * i);
+  });
   const unsure = canvasOf(dw, dh, d => {
     for (let i = 0; i < dw * dh; i++) {
-      const u = 1 - (p[i] < t ? (t - p[i]) / t : (p[i] - t) / (1 - t));
-      d.set([0.4 * shown[3 * i] + 0.6 * 255 * u, 0.4 * shown[3 * i + 1] + 0.6 * 200 * u, 0.4 * shown[3 * i + 2], 255], 4 * i);
+      const u = 1 - (p[i] < t ? (t - p[i]) / t : (p[i] - t) / (1 - t));  // 1 at the threshold, 0 at 0 or 1
+      d.set([0.4 * shown[3 * i] + 153 * u, 0.4 * shown[3 * i + 1] + 120 * u, 0.4 * shown[3 * i + 2], 255], 4 * i);
     }
   });
   return [figure(contour, "contour"), figure(maskPicture, "mask"), figure(unsure, "unsure (yellow: near the threshold)")];
@@ -81,11 +90,14 @@ async function segment(file, card, body) {
   const mask = maskAtSize(prob, model.size, photo.w, photo.h, o.threshold, o.largest);
   const figures = pictures(photo, prob, mask, o), png = await maskPng(mask, photo.w, photo.h);
   const area = mask.reduce((a, b) => a + b, 0), seconds = (performance.now() - start) / 1000;
-  const name = `${safeName(file.name)}_segmentation.png`, link = document.createElement("a"), text = document.createElement("p");
+  const name = `${safeName(file.name)}_segmentation.png`;
+  const link = document.createElement("a"), text = document.createElement("p");
   link.className = "download"; link.textContent = "Download mask"; link.download = name;
   link.href = URL.createObjectURL(new Blob([png], {type: "image/png"}));
   text.className = "area";
-  text.textContent = `${photo.w}x${photo.h} px; lesion ${area.toLocaleString("en")} px, ${(100 * area / (photo.w * photo.h)).toFixed(1)}% of the image; ${seconds.toFixed(2)} s. `;
+  const share = (100 * area / (photo.w * photo.h)).toFixed(1);
+  text.textContent = `${photo.w}x${photo.h} px; lesion ${area.toLocaleString("en")} px, ${share}% of the image; ` +
+                     `${seconds.toFixed(2)} s. `;
   text.append(link);
   const row = document.createElement("div");
   row.className = "pictures"; row.append(...figures);
@@ -97,9 +109,12 @@ async function segment(file, card, body) {
 
 async function handle(files) {
   $("message").textContent = "";
-  if (files.length > MAX_FILES) { $("message").textContent = `${files.length} files: at most ${MAX_FILES} at once, please drop fewer.`; return; }
+  if (files.length > MAX_FILES) {
+    $("message").textContent = `${files.length} files: at most ${MAX_FILES} at once, please drop fewer.`;
+    return;
+  }
   const cards = files.map(file => {  // in the order given, each filled in as it is done
-    const card = document.createElement("div"), title = document.createElement("h2"), body = document.createElement("div");
+    const [card, title, body] = ["div", "h2", "div"].map(tag => document.createElement(tag));
     card.className = "result"; title.textContent = file.name; body.textContent = "waiting…";
     card.append(title, body); $("results").append(card);
     return {file, card, body};

@@ -16,12 +16,14 @@ export function declaredSize(bytes) {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (bytes.length >= 24 && v.getUint32(0) === 0x89504e47) return [v.getUint32(16), v.getUint32(20)];
   if (bytes.length >= 10 && v.getUint32(0) === 0x47494638) return [v.getUint16(6, true), v.getUint16(8, true)];
-  if (bytes.length >= 26 && v.getUint16(0) === 0x424d) return [Math.abs(v.getInt32(18, true)), Math.abs(v.getInt32(22, true))];
+  if (bytes.length >= 26 && v.getUint16(0) === 0x424d)
+    return [Math.abs(v.getInt32(18, true)), Math.abs(v.getInt32(22, true))];
   if (bytes.length >= 4 && v.getUint16(0) === 0xffd8) {
     for (let i = 2; i + 9 < bytes.length;) {
       if (bytes[i] !== 0xff) { i++; continue; }
       const marker = bytes[i + 1];
-      if (marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker)) return [v.getUint16(i + 7), v.getUint16(i + 5)];
+      const frame = marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker);  // SOFn: the size
+      if (frame) return [v.getUint16(i + 7), v.getUint16(i + 5)];
       i += 2 + v.getUint16(i + 2);
     }
   }
@@ -33,7 +35,8 @@ function weights(inSize, outSize) {
   const scale = inSize / outSize, filterScale = Math.max(scale, 1), support = filterScale, rows = [];
   for (let o = 0; o < outSize; o++) {
     const center = (o + 0.5) * scale;
-    const lo = Math.max(Math.trunc(center - support + 0.5), 0), hi = Math.min(Math.trunc(center + support + 0.5), inSize);
+    const lo = Math.max(Math.trunc(center - support + 0.5), 0);
+    const hi = Math.min(Math.trunc(center + support + 0.5), inSize);
     const w = [];
     let total = 0;
     for (let i = lo; i < hi; i++) {
@@ -73,7 +76,7 @@ export function resize(src, w, h, c, outW, outH, round8) {
 
 export function rgbOf(rgba) {
   const rgb = new Uint8Array(rgba.length / 4 * 3);
-  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) { rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2]; }
+  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) rgb.set(rgba.subarray(i, i + 3), j);
   return rgb;
 }
 
@@ -135,8 +138,10 @@ export function outline(mask, w, h, width) {
   const at = (m, x, y) => x >= 0 && y >= 0 && x < w && y < h && m[y * w + x];
   let edge = new Uint8Array(w * h);
   for (let y = 0; y < h; y++)
-    for (let x = 0; x < w; x++)
-      edge[y * w + x] = at(mask, x, y) && !(at(mask, x - 1, y) && at(mask, x + 1, y) && at(mask, x, y - 1) && at(mask, x, y + 1)) ? 1 : 0;
+    for (let x = 0; x < w; x++) {
+      const inside = at(mask, x - 1, y) && at(mask, x + 1, y) && at(mask, x, y - 1) && at(mask, x, y + 1);
+      edge[y * w + x] = at(mask, x, y) && !inside ? 1 : 0;
+    }
   for (let k = 1; k < width; k++) {
     const grown = edge.slice();
     for (let y = 0; y < h; y++)
@@ -148,20 +153,35 @@ export function outline(mask, w, h, width) {
 }
 
 // A zip (stored, no compression: PNGs are compressed already) of [{name, bytes: Uint8Array}].
+const CRC_TABLE = new Uint32Array(256).map((_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c;
+});
+
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+function record(size, fields) {  // little-endian fields: [[offset, bits, value]]
+  const bytes = new Uint8Array(size), view = new DataView(bytes.buffer);
+  for (const [offset, bits, value] of fields) (bits === 32 ? view.setUint32 : view.setUint16).call(view, offset, value, true);
+  return bytes;
+}
+
 export function zip(files) {
-  const table = new Uint32Array(256).map((_, n) => { let c = n; for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1; return c; });
-  const crc = b => { let c = 0xffffffff; for (const x of b) c = table[(c ^ x) & 0xff] ^ (c >>> 8); return (c ^ 0xffffffff) >>> 0; };
-  const parts = [], central = [], encoder = new TextEncoder();
+  const parts = [], directory = [];
   let offset = 0;
-  const header = (size, fill) => { const b = new Uint8Array(size); fill(new DataView(b.buffer)); return b; };
   for (const f of files) {
-    const name = encoder.encode(f.name), sum = crc(f.bytes), n = f.bytes.length;
-    const common = (v, o) => { v.setUint16(o, 20, true); v.setUint32(o + 10, sum, true); v.setUint32(o + 14, n, true); v.setUint32(o + 18, n, true); v.setUint16(o + 22, name.length, true); };
-    parts.push(header(30, v => { v.setUint32(0, 0x04034b50, true); common(v, 4); }), name, f.bytes);
-    central.push(header(46, v => { v.setUint32(0, 0x02014b50, true); v.setUint16(4, 20, true); common(v, 6); v.setUint32(42, offset, true); }), name);
+    const name = new TextEncoder().encode(f.name), crc = crc32(f.bytes), n = f.bytes.length;
+    const common = at => [[at, 16, 20], [at + 10, 32, crc], [at + 14, 32, n], [at + 18, 32, n], [at + 22, 16, name.length]];
+    parts.push(record(30, [[0, 32, 0x04034b50], ...common(4)]), name, f.bytes);  // local file header
+    directory.push(record(46, [[0, 32, 0x02014b50], [4, 16, 20], ...common(6), [42, 32, offset]]), name);
     offset += 30 + name.length + n;
   }
-  const size = central.reduce((t, b) => t + b.length, 0);
-  const end = header(22, v => { v.setUint32(0, 0x06054b50, true); v.setUint16(8, files.length, true); v.setUint16(10, files.length, true); v.setUint32(12, size, true); v.setUint32(16, offset, true); });
-  return new Blob([...parts, ...central, end], {type: "application/zip"});
+  const size = directory.reduce((total, b) => total + b.length, 0);
+  const end = record(22, [[0, 32, 0x06054b50], [8, 16, files.length], [10, 16, files.length], [12, 32, size], [16, 32, offset]]);
+  return new Blob([...parts, ...directory, end], {type: "application/zip"});
 }
