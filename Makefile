@@ -22,7 +22,7 @@ TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEI
 COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare exp1-bce exp1-iou exp2-finetune best release \
-	adapt calibrate labelled adapt-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
+	adapt calibrate labelled adapt-experiment calibration-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
 	predict export release-onnx serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
@@ -135,6 +135,12 @@ labelled: setup
 adapt-experiment: setup
 	$(PY) adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
 		--out "$(RUNS)/adapt-experiment"
+
+# The calibration rules compared on the varying annotator shifts, 20 images per draw, 9 draws (no training)
+calibration-experiment: setup
+	$(PY) adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --calibration-only --images 20 \
+		--seeds 0 1 2 3 4 5 6 7 8 --shifts none tighter-varying looser-varying clinic tighter looser \
+		--device $(DEVICE) --out "$(RUNS)/adapt-experiment"
 
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup

@@ -85,6 +85,19 @@ def standard_error(row):
     return "n/a (1 image)" if row["n"] < 2 else f"{row['standard_error']:.4f}"
 
 
+def calibration_sentence(c, adapted):
+    """What calibration found and why its threshold is the one used, for either rule of calibration.RULES."""
+    used = f"{c['threshold']:g} {'would be' if adapted else 'is'} used"
+    found = f"calibration on those {c['images']} images found {c['best_threshold']:g} best; "
+    if c["rule"] == "cv":
+        return (found + f"over {c['folds']} folds its out-of-fold gain over 0.5 was {c['cv_gain']:+.4f} ± "
+                f"{c['cv_standard_error']:.4f}, so {used} (0.5 unless that gain is above zero by more than its "
+                "standard error).")
+    low, high = c["band"]
+    return (found + f"the thresholds whose IoU is within one paired standard error of it reach from {low:g} to "
+            f"{high:g}, and of those the closest to 0.5, {used}.")
+
+
 def card(report, rows):
     """The adapted model's card (Markdown): where it came from, its threshold, and how it scores."""
     c = report["calibration"]
@@ -96,10 +109,7 @@ def card(report, rows):
              f"**Threshold {report['threshold']:g}.** "
              + ("The adapted model learnt these masks' edge itself, so it keeps 0.5. For the model before, "
                 if report["adapted"] else "")
-             + f"calibration on those {c['images']} images found {c['best_threshold']:g} best; over {c['folds']} "
-             f"folds its out-of-fold gain over 0.5 was {c['cv_gain']:+.4f} ± {c['cv_standard_error']:.4f}, so "
-             f"{c['threshold']:g} {'would be' if report['adapted'] else 'is'} used (0.5 unless that gain is above "
-             "zero by more than its standard error).", ""]
+             + calibration_sentence(c, report["adapted"]), ""]
     if rows:
         lines += [f"IoU on {report['held_out']} held-out images (each mask's own size, flip TTA, largest region):", "",
                   "| model | mean IoU | change | paired SE | better / worse images |", "|---|---|---|---|---|"]

@@ -27,9 +27,10 @@ import images
 import layouts
 import runfiles
 from annotators import ANNOTATORS
-from calibration import calibrate, iou_curves
+from calibration import RULES, THRESHOLDS, calibrate, iou_curves
 import released
 from device import pick_device
+from errors import UsageError
 from inference import tta_probabilities
 from metrics import largest_region_iou
 from model import load_checkpoint
@@ -38,13 +39,14 @@ from plots import plot_adaptation
 
 VAL_IMAGES = 150  # training images kept out of every draw: the scored images of --split val
 CAMERA = "jpeg 20"  # the camera shift: the photometric shift of the robustness suite that costs the most
-SHIFTS = ("none", "tighter", "looser", "coarse", "camera")
+SHIFTS = ("none", "tighter", "looser", "coarse", "camera", "tighter-varying", "looser-varying", "clinic")
 
 
 def shifted_pair(image_path, mask_path, shift, n):
     """(RGB uint8 [H,W,3], boolean mask [H,W]) of image n of a set under one shift, at its own size."""
     image, mask = shift_image(image_path, mask_path, CAMERA if shift == "camera" else "clean", 0, n)
-    return image, ANNOTATORS[shift](mask) if shift in ANNOTATORS else mask
+    rng = np.random.default_rng([n, *Path(image_path).stem.encode()])  # each image's own strength, every run alike
+    return image, ANNOTATORS[shift](mask, rng) if shift in ANNOTATORS else mask
 
 
 def shifted(pairs, shift, size):
@@ -109,6 +111,46 @@ def run_shift(shift, pools, base, done, args, device):
                    "adapt_seconds": seconds}
 
 
+def run_calibration(shift, pools, base, args, device):
+    """The rows of one shift for --calibration-only: each rule of calibration.RULES on each seed's draw of
+    --images[0] images, scored on the scored images through their IoU curves (no training)."""
+    n, size = args.images[0], base[1]["image_size"]
+    draws = {seed: np.random.default_rng(seed).permutation(len(pools["draw"]))[:n] for seed in args.seeds}
+    used = sorted({int(k) for draw in draws.values() for k in draw})
+    curves = {}
+    for name, pairs in (("scored", pools["scored"]), ("draw", [pools["draw"][k] for k in used])):
+        inputs, masks = shifted(pairs, shift, size)
+        curves[name] = iou_curves(tta_probabilities(*base, inputs, device), masks)
+    row_of = {k: i for i, k in enumerate(used)}
+    scored = curves["scored"].mean(0)
+    for seed, draw in draws.items():
+        for rule, calibrate_with in RULES.items():
+            threshold = calibrate_with(curves["draw"][[row_of[int(k)] for k in draw]])["threshold"]
+            yield {"shift": shift, "images": n, "seed": seed, "rule": rule, "threshold": threshold,
+                   "before": scored[np.argmin(np.abs(THRESHOLDS - 0.5))],
+                   "calibrated": scored[np.argmin(np.abs(THRESHOLDS - threshold))], "best_possible": scored.max()}
+
+
+def calibration_table(rows, clean):
+    """Markdown: per shift and rule the IoU before and calibrated (mean over the draws), the share of the shift's
+    cost won back, that share at the best threshold for the scored images themselves (what no rule can beat), and
+    in how many draws a threshold other than 0.5 was adopted."""
+    lines = ["| shift | cost | rule | before | calibrated | change | share of the cost won back (best possible) | "
+             "adopted | thresholds |", "|" + "---|" * 9]
+    for shift in dict.fromkeys(r["shift"] for r in rows):
+        for rule in RULES:
+            mine = [r for r in rows if r["shift"] == shift and r["rule"] == rule]
+            before, after = mine[0]["before"], float(np.mean([r["calibrated"] for r in mine]))
+            cost = clean - before
+            best = mine[0]["best_possible"]
+            share = f"{(after - before) / cost:.0%} ({(best - before) / cost:.0%})" if cost > 0.005 else "-"
+            adopted = sum(r["threshold"] != 0.5 for r in mine)
+            thresholds = ", ".join(f"{r['threshold']:g}" for r in mine)
+            lines.append(f"| {shift} | {cost:+.4f} | {rule} | {before:.4f} | {after:.4f} | {after - before:+.4f} | "
+                         f"{share} | {adopted} of {len(mine)} | {thresholds} |")
+    return "\n".join(lines)
+
+
 def table(rows, clean):
     """Markdown: per shift the IoU before, calibrated (20 images) and adapted (mean ± sd over the seeds); the cost
     of a shift is the unshifted IoU before minus its IoU before, and the share won back is adaptation's gain on 20
@@ -132,6 +174,16 @@ def table(rows, clean):
     return "\n".join(lines)
 
 
+def compare_calibration(pools, base, args, device, out):
+    """--calibration-only: every shift's rows, then calibration.csv and calibration.md in out."""
+    rows = [row for shift in args.shifts for row in run_calibration(shift, pools, base, args, device)]
+    runfiles.write_csv(out / "calibration.csv", rows)
+    clean = next(r["before"] for r in rows if r["shift"] == "none")
+    runfiles.write_text(out / "calibration.md", calibration_table(rows, clean) + "\n")
+    print(calibration_table(rows, clean))
+    print(f"wrote {out}/calibration.csv and {out}/calibration.md")
+
+
 def parse_args(argv=None):
     parser = cli.parser(__doc__)
     parser.add_argument("--data-dir", default="data", help="ISIC 2016 (default: data)")
@@ -142,7 +194,11 @@ def parse_args(argv=None):
     parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS, help="default: all")
     parser.add_argument("--images", type=int, nargs="+", default=[10, 20, 50], help="adaptation set sizes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the draws")
-    parser.add_argument("--train-flags", required=True, help="make adapt's train.py flags, in one string")
+    parser.add_argument("--train-flags", help="make adapt's train.py flags, in one string (needed unless "
+                        "--calibration-only)")
+    parser.add_argument("--calibration-only", action="store_true",
+                        help="no training: compare the calibration rules (calibration.RULES) on --images[0] images "
+                        "per draw -> OUT/SPLIT/calibration.csv and calibration.md")
     parser.add_argument("--out", type=Path, default=Path("runs/adapt-experiment"),
                         help="results go to OUT/SPLIT (default: runs/adapt-experiment)")
     cli.add_device_flag(parser)
@@ -159,6 +215,11 @@ def main(argv=None):
              "scored": [train[k] for k in sorted(order[:VAL_IMAGES])] if args.split == "val"
              else layouts.find_pairs(args.data_dir, "test")}
     out.mkdir(parents=True, exist_ok=True)
+    if args.calibration_only:
+        return compare_calibration(pools, base, args, device, out)
+    if not args.train_flags:
+        raise UsageError("--train-flags: make adapt's train.py flags are needed to adapt (make adapt-experiment "
+                         "passes them), or give --calibration-only")
     results = out / "results.csv"
     rows = runfiles.read_csv(results) if results.exists() else []
     done = {(r["shift"], r["images"], r["seed"]) for r in rows}

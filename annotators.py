@@ -1,6 +1,7 @@
 """Annotator shifts: the same lesion outlined by another clinic's annotators, tighter, looser or coarser than
-ISIC's. Each takes a boolean mask [H,W] and returns the shifted mask; adapt_experiment.py measures how well
-adaptation (make adapt) and threshold calibration undo them."""
+ISIC's, the same for every image or varying from image to image as a real clinic's do. Each takes a boolean mask
+[H,W] (and a random generator for the varying ones) and returns the shifted mask; adapt_experiment.py measures how
+well adaptation (make adapt) and threshold calibration undo them."""
 import math
 
 import numpy as np
@@ -38,4 +39,24 @@ def coarse(mask):
     return np.asarray(canvas) | mask
 
 
-ANNOTATORS = {"tighter": tighter, "looser": looser, "coarse": coarse}
+def varying(shift, top=2 * SHARE, untouched=0.2):
+    """A shift whose strength an annotator varies from image to image: share drawn uniformly from 0 to top of the
+    equivalent radius, and a share `untouched` of the images left as they are."""
+    def shifted(mask, rng):
+        strength, keep = rng.uniform(0, top), rng.uniform() < untouched
+        return mask.copy() if keep else shift(mask, share=strength)
+    return shifted
+
+
+def clinic(mask, rng):
+    """A real clinic's mix: a fifth of the masks untouched, the others either tighter by a share drawn from 0 to 16%
+    of the equivalent radius or a coarse outline, image by image."""
+    if rng.uniform() < 0.2:
+        return mask.copy()
+    return tighter(mask, share=rng.uniform(0, 2 * SHARE)) if rng.uniform() < 0.5 else coarse(mask)
+
+
+# {name: shift(mask, rng)}: the uniform shifts ignore rng, the varying ones draw each image's strength from it
+ANNOTATORS = {"tighter": lambda m, rng: tighter(m), "looser": lambda m, rng: looser(m),
+              "coarse": lambda m, rng: coarse(m), "tighter-varying": varying(tighter),
+              "looser-varying": varying(looser), "clinic": clinic}

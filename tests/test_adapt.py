@@ -187,3 +187,20 @@ def test_the_experiments_shifted_sets_hold_the_model_inputs_and_the_shifted_mask
     plain = adapt_experiment.shifted(pairs, "none", 64)[1]
     assert all((t <= m).all() and t.sum() < m.sum() for t, m in zip(adapt_experiment.shifted(pairs, "tighter", 64)[1],
                                                                       plain))
+
+
+def smooth_curves(rng, peak, n=20, spread=0.03, width=0.3):
+    """IoU curves over calibration.THRESHOLDS of n images, each a parabola around its own peak (peak + noise)."""
+    t = calibration.THRESHOLDS
+    peaks = peak + rng.normal(0, spread, (n, 1))
+    return 0.85 + rng.normal(0, 0.03, (n, 1)) - width * (t - peaks) ** 2
+
+
+def test_the_one_se_rule_adopts_a_real_shift_keeps_0_5_without_one_and_is_not_led_by_a_few_steep_images():
+    rng, t = np.random.default_rng(0), calibration.THRESHOLDS
+    assert calibration.calibrate_one_se(smooth_curves(rng, 0.75, width=0.5))["threshold"] > 0.6
+    assert all(calibration.calibrate_one_se(smooth_curves(rng, 0.5))["threshold"] == 0.5 for _ in range(9))
+    steep = smooth_curves(rng, 0.5, spread=0.01)
+    steep[:3] += np.clip(t - 0.5, 0, None) * 0.6  # three faint lesions whose IoU climbs steeply above 0.5
+    result = calibration.calibrate_one_se(steep)
+    assert result["best_threshold"] > 0.5 and result["threshold"] == 0.5  # the mean alone would move it
