@@ -86,16 +86,11 @@ def standard_error(row):
 
 
 def calibration_sentence(c, adapted):
-    """What calibration found and why its threshold is the one used, for either rule of calibration.RULES."""
-    used = f"{c['threshold']:g} {'would be' if adapted else 'is'} used"
-    found = f"calibration on those {c['images']} images found {c['best_threshold']:g} best; "
-    if c["rule"] == "cv":
-        return (found + f"over {c['folds']} folds its out-of-fold gain over 0.5 was {c['cv_gain']:+.4f} ± "
-                f"{c['cv_standard_error']:.4f}, so {used} (0.5 unless that gain is above zero by more than its "
-                "standard error).")
+    """What calibration (calibration.calibrate: the one-standard-error rule) found, and the threshold it uses."""
     low, high = c["band"]
-    return (found + f"the thresholds whose IoU is within one paired standard error of it reach from {low:g} to "
-            f"{high:g}, and of those the closest to 0.5, {used}.")
+    return (f"calibration on those {c['images']} images found {c['best_threshold']:g} best; the thresholds whose "
+            f"IoU is within one paired standard error of it reach from {low:g} to {high:g}, and of those the closest "
+            f"to 0.5, {c['threshold']:g}, {'would be' if adapted else 'is'} used.")
 
 
 def card(report, rows):

@@ -218,9 +218,8 @@ def stage_shares(paths, out, batch_size=16):
         seconds[name] = time.perf_counter() - start
         return result
     photos = timed("decoding", lambda: [images.read_full_image(p) for p in paths])
-    probs = timed("model", lambda: np.concatenate([segmenter.probabilities(np.stack(
-        [images.model_input(p, segmenter.image_size) for p in photos[i:i + batch_size]]), tta=True)
-        for i in range(0, len(photos), batch_size)]))
+    probs = timed("model", lambda: segmenter.probabilities(np.stack(
+        [images.model_input(p, segmenter.image_size) for p in photos]), tta=True, batch_size=batch_size))
     pictures = timed("post-processing", lambda: [(m, overlay(p, m)) for p, m in (
         (p, mask_at_size(prob, p.shape[1], p.shape[0], segmenter.threshold, True)) for p, prob in zip(photos, probs))])
     out.mkdir()

@@ -88,9 +88,14 @@ class Segmenter:
             return cls(OnnxRuntime(paths[0], device))
         return cls(TorchRuntime(paths, device))
 
-    def probabilities(self, inputs, tta=False):
-        """Lesion probabilities [N,S,S] (float32) of uint8 model inputs [N,S,S,3]. With tta the mean over the image
-        and its horizontal and vertical flips, each prediction flipped back first (one forward pass of 3N)."""
+    def probabilities(self, inputs, tta=False, batch_size=64):
+        """Lesion probabilities [N,S,S] (float32) of uint8 model inputs [N,S,S,3], batch_size at a time. With tta the
+        mean over the image and its horizontal and vertical flips, each prediction flipped back first (one forward
+        pass of 3 x batch_size)."""
+        return np.concatenate([self.batch_probabilities(inputs[i:i + batch_size], tta)
+                               for i in range(0, len(inputs), batch_size)])
+
+    def batch_probabilities(self, inputs, tta):
         x = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), dtype=np.float32)
         views = [x, x[..., ::-1], x[..., ::-1, :]] if tta else [x]
         logits = self.runtime(np.ascontiguousarray(np.concatenate(views)))[:, 0]

@@ -112,8 +112,7 @@ def main(argv=None):
     parser.add_argument("--port", type=port_number, default=8000, help="port (0: any free port)")
     parser.add_argument("--write", metavar="FOLDER", help="write the page's static files to FOLDER and stop")
     args = parser.parse_args(argv)
-    released.verify(args.model)
-    files = site_files(args.model)
+    files = site_files(args.model)  # model_json() loads, and so verifies, the model
     if args.write:
         return print(f"wrote {write_site(files, args.write)} files to {args.write}/: serve that folder from any "
                      "static host (with the headers of docs/page.md for threads)")
