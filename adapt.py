@@ -11,7 +11,6 @@ scored before and after. --out receives model.pt (float16, the threshold stored 
 export.py use it), README.md (its card) and adapt.json.
 """
 import datetime
-import os
 from pathlib import Path
 
 import cli
@@ -126,10 +125,8 @@ def card(report, rows):
 
 def parse_args(argv=None):
     parser = cli.parser(__doc__)
-    parser.add_argument("--data-dir", required=True, help="your labelled images, in any layout --data-dir reads")
-    parser.add_argument("--checkpoint", default=str(released.PT),
-                        help="the model before adaptation (default: the released model, "
-                        f"{os.path.relpath(released.PT)})")
+    cli.add_data_dir_flag(parser, "your labelled images", required=True)
+    cli.add_checkpoint_flag(parser, "the model before adaptation", default=released.PT)
     parser.add_argument("--adapted", metavar="CHECKPOINT",
                         help="the fine-tuned model (train.py --init-from CHECKPOINT's best.pt); without it, the "
                         "threshold is calibrated alone")

@@ -186,8 +186,8 @@ def compare_calibration(pools, base, args, device, out):
 
 def parse_args(argv=None):
     parser = cli.parser(__doc__)
-    parser.add_argument("--data-dir", default="data", help="ISIC 2016 (default: data)")
-    parser.add_argument("--checkpoint", default=str(released.PT), help="the model to adapt (default: the released one)")
+    cli.add_data_dir_flag(parser, "ISIC 2016")
+    cli.add_checkpoint_flag(parser, "the model to adapt", default=released.PT)
     parser.add_argument("--split", default="test", choices=["val", "test"],
                         help="the scored images: the test split, or VAL_IMAGES training images outside every draw "
                         "(default: test)")

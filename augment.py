@@ -1,7 +1,8 @@
-"""Training-set augmentation on uint8 tensors: fixed flipped and rotated copies made once (augment); random
-rotation, zoom and colour jitter drawn for every batch (draw_distortions + random_distort); and, wider, the kinds of
-shift the robustness suite measures (random_shift: zoom out, stretch, colour casts, gamma, blur, noise, hair). The
-random ones are torch only, so they run on the training device."""
+"""Training-set augmentation on uint8 tensors: fixed flipped and rotated copies made once (augment); and, drawn
+anew every epoch behind one call per batch (for_epoch), random rotation, zoom and colour jitter (random_distort)
+and, wider, the kinds of shift the robustness suite measures (random_shift: zoom out, stretch, colour casts, gamma,
+blur, noise, hair). The random ones are torch only, so they run on the training device. A new augmentation goes
+here: train.py calls augment() once and for_epoch() each epoch, nothing else."""
 import math
 
 import numpy as np
@@ -23,6 +24,7 @@ DISTORT_ROWS = 5  # random_distort: rotation, zoom, brightness, contrast, satura
 GEOMETRY, HAIR_PICK, HAIR_ON, HAIR_SHADE = slice(0, 3), 3, 4, 5  # random_shift: rotation, zoom, stretch; hair
 COLOUR, BLUR, NOISE_SEED, NOISE, SHIFTED = slice(6, 13), 13, 14, 15, 16  # random_mix: which image is shifted
 SHIFT_ROWS = 17
+HAIR_OVERLAYS = 64  # random_shift: hair pictures drawn anew each epoch, one picked per image
 
 
 def augment(images, masks, copies, seed):
@@ -49,6 +51,23 @@ def augment(images, masks, copies, seed):
         out_images.append(new_images)
         out_masks.append(new_masks)
     return torch.cat(out_images), torch.cat(out_masks)
+
+
+def for_epoch(batch_sizes, generator, seed, image_size, device, random=True, shift_share=0.0):
+    """augment_batch(images, masks, first, end): the batch at positions first..end of the epoch's order,
+    augmented (random=False: as it is). Every random choice of the epoch is drawn here at once, from `generator` in
+    batch order, and copied to the device once; the hair pictures (shift_share > 0) from `seed`. shift_share: the
+    share of the images under random_shift, the others under random_distort."""
+    if not random:
+        return lambda images, masks, first, end: (images, masks)
+    draws = torch.cat([draw_distortions(n, generator, shift_share > 0) for n in batch_sizes], 1).to(device)
+    hairs = hair_overlays(HAIR_OVERLAYS, image_size, seed).to(device) if shift_share else None
+
+    def augment_batch(images, masks, first, end):
+        if shift_share:
+            return random_mix(images, masks, draws[:, first:end], hairs, shift_share)
+        return random_distort(images, masks, draws[:, first:end])
+    return augment_batch
 
 
 def draw_distortions(n, generator, shifts=False):

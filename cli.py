@@ -1,6 +1,7 @@
 """What every script shares on the command line: help that gives each flag's default, the flags every script
 means alike, and the entry point that turns the project's errors into one line and an exit code."""
 import argparse
+import os
 import sys
 
 from errors import USER_ERRORS, Interrupted
@@ -22,18 +23,46 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
-def add_device_flag(parser):
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda, then mps, then cpu")
+# The flags every script shares, one help text each. `target` is a parser, an argument group, or a function that
+# adds a flag (train.py's a()).
+def adder(target):
+    return getattr(target, "add_argument", target)
 
 
-def add_cache_dir_flag(parser):
-    parser.add_argument("--cache-dir", default="cache", help="where decoded images are cached between runs")
+def add_device_flag(target):
+    adder(target)("--device", default="auto", choices=DEVICES, help="auto: cuda, then mps, then cpu")
 
 
-def add_threshold_flag(parser):
-    parser.add_argument("--threshold", type=checked_threshold,
-                        help="lesion where probability > this, strictly between 0 and 1 (default: the threshold "
-                        "adapt.py stored in the model, else 0.5)")
+def add_cache_dir_flag(target):
+    adder(target)("--cache-dir", default="cache", help="where decoded images are cached between runs")
+
+
+def add_threshold_flag(target):
+    adder(target)("--threshold", type=checked_threshold,
+                  help="lesion where probability > this, strictly between 0 and 1 (default: the threshold "
+                  "adapt.py stored in the model, else 0.5)")
+
+
+def add_data_dir_flag(target, note="", several=False, required=False):
+    """--data-dir DIR (several=True: DIR [DIR ...]), 'data' unless required; note: what it is for here."""
+    text = ("data folder(s)" if several else "a data folder") + " in any accepted layout (README: Data)"
+    default = None if required else (["data"] if several else "data")
+    adder(target)("--data-dir", nargs="+" if several else None, default=default, required=required, metavar="DIR",
+                  help=text + (f"; {note}" if note else ""))
+
+
+def add_checkpoint_flag(target, role, default=None, several=False, onnx=False):
+    """--checkpoint FILE (several=True: FILE [FILE ...], an ensemble), required without a default. With several,
+    argparse's default stays None (its "extend" would add to a default list) and the script falls back to
+    `default` itself."""
+    text = (f"{role}: an .onnx file (export.py), or best.pt / last.pt written by train.py (needs PyTorch)" if onnx
+            else f"{role}: best.pt or last.pt written by train.py")
+    if several:
+        text += "; several .pt: their ensemble (the mean of their probabilities)"
+    if default is not None:
+        text += f" (default: {os.path.relpath(default)})"
+    options = dict(nargs="+", action="extend") if several else dict(default=default and str(default))
+    adder(target)("--checkpoint", metavar="FILE", required=default is None, help=text, **options)
 
 
 def parser(description):

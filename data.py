@@ -14,7 +14,7 @@ from synthetic import write_synthetic
 
 def main(argv=None):
     parser = cli.parser(__doc__)
-    parser.add_argument("--data-dir", default="data", help="a data folder in any accepted layout (default: data)")
+    cli.add_data_dir_flag(parser)
     parser.add_argument("--synthetic", metavar="DIR", help="write a small synthetic data set to DIR first")
     parser.add_argument("--to-plain", metavar="DIR", help="copy --data-dir into plain folders in DIR")
     args = parser.parse_args(argv)

@@ -21,6 +21,19 @@ def is_main():
     return rank() == 0
 
 
+def my_share(n):
+    """((first, end) of this process's images among a global batch's n, its share of them): all n and None in a
+    job of one process. Under torchrun each process takes a contiguous part; a process left without images (a last
+    batch smaller than the number of processes) takes the batch's first image with a share of 0, so that every
+    process still takes part in the step."""
+    world, me = world_size(), rank()
+    if world == 1:
+        return (0, n), None
+    bounds = [n * k // world for k in range(world + 1)]
+    lo, hi = bounds[me], bounds[me + 1]
+    return ((lo, hi), (hi - lo) / n) if hi > lo else ((0, 1), 0.0)
+
+
 def start(device=None):
     """Join the job's process group (gloo for CPUs, NCCL for GPUs; no device: gloo, for sums of counts alone) when
     torchrun started several processes, and return this process's device: its own GPU (LOCAL_RANK) on a machine

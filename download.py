@@ -108,7 +108,7 @@ def main(argv=None):
     parser = cli.parser(__doc__)
     parser.add_argument("--dataset", default="isic2016", choices=[*DATASETS, "ph2"],
                         help="which data set (default: isic2016)")
-    parser.add_argument("--data-dir", default="data", help="where its folders go (default: data)")
+    cli.add_data_dir_flag(parser, "where its folders go")
     args = parser.parse_args(argv)
     layout = download(args.dataset, args.data_dir)
     print(f"{layout} is in {args.data_dir}: {', '.join(present_groups(args.data_dir))}")

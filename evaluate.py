@@ -27,12 +27,8 @@ def results_name(out, split):
 
 def main(argv=None):
     parser = cli.parser(__doc__)
-    parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
-                        help="a best.pt or last.pt written by train.py; several: score their ensemble (mean of the "
-                        "probabilities)")
-    parser.add_argument("--data-dir", default="data",
-                        help="a data folder in any accepted layout (README: Data), also one the models never saw; "
-                        "without a test split, all of its images are scored (default: data)")
+    cli.add_checkpoint_flag(parser, "the model scored", several=True)
+    cli.add_data_dir_flag(parser, "also one the models never saw; without a test split, all of its images are scored")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="which split to score; val: the training images the run held out (default: test)")
     parser.add_argument("--out", help="folder for the metrics files (default: the checkpoint's folder; with several, "

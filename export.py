@@ -10,7 +10,6 @@ metadata ("threshold": adapt.py's calibration, else 0.5; "image_size": S). Its w
 and computed in float32. The export needs onnx and its check onnxruntime (pip install -r
 requirements-export.txt).
 """
-import os
 
 import cli
 import onnx_model
@@ -20,9 +19,7 @@ from model import decision_threshold, load_models
 
 def main(argv=None):
     parser = cli.parser(__doc__)
-    parser.add_argument("--checkpoint", nargs="+", action="extend", metavar="FILE",
-                        help="best.pt or last.pt written by train.py; several: export their ensemble as one model "
-                        f"(default: the released model, {os.path.relpath(released.PT)})")
+    cli.add_checkpoint_flag(parser, "the model exported", default=released.PT, several=True)
     parser.add_argument("-o", "--out", default="model.onnx", help="the ONNX file to write")
     args = parser.parse_args(argv)
     model, configs = load_models(args.checkpoint or [str(released.PT)])

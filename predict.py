@@ -131,10 +131,7 @@ def parse_args(argv=None):
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("-i", "--input", nargs="+", action="extend", default=[], dest="more_inputs",
                         metavar="INPUT", help="more inputs, e.g. after --checkpoint's files")
-    parser.add_argument("--checkpoint", nargs="+", action="extend", metavar="FILE",
-                        help="an .onnx file (export.py), or best.pt / last.pt written by train.py (needs PyTorch); "
-                        "several .pt: average their probabilities (ensemble) (default: the released model, "
-                        f"{os.path.relpath(released.ONNX)})")
+    cli.add_checkpoint_flag(parser, "the model", default=released.ONNX, several=True, onnx=True)
     parser.add_argument("-o", "--out", default="predictions", help="output folder")
     cli.add_threshold_flag(parser)
     parser.add_argument("--tta", action="store_true", help="average with horizontal and vertical flips")
@@ -154,28 +151,6 @@ def parse_args(argv=None):
     if not args.inputs:
         parser.error("no INPUT given: name images, folders or patterns (make predict INPUT=...), or add --input")
     return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    distributed.start()  # under torchrun (which brings torch): one summary of the counts for the whole job
-    segmenter = Segmenter.load(args.checkpoint, args.device)
-    paths = expand_inputs(args.inputs)
-    out = open_output_folder(args.out, args.inputs, paths)
-    names = {path: out / name for path, name in zip(paths, output_names(paths))}
-    kinds = ("_segmentation.png", "_overlay.jpg") if args.overlay else ("_segmentation.png",)
-    mine = paths[distributed.rank()::distributed.world_size()]  # every image in exactly one process
-    todo = [p for p in mine if not (args.skip_existing and all(Path(f"{names[p]}{k}").exists() for k in kinds))]
-    written, failures = write_masks(segmenter, todo, names, out, args)
-    counts = distributed.total_counts([written, len(mine) - len(todo), len(failures)])
-    distributed.stop()
-    written, skipped, unreadable = counts
-    if distributed.is_main():
-        print(f"wrote {written} masks to {out}/" + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
-              + (f"; {unreadable} images could not be read" if unreadable else ""))
-    if failures:
-        raise UsageError(f"{len(failures)} of {len(mine)} images could not be read (the other masks were "
-                         "written):\n  " + "\n  ".join(failures))
 
 
 def write_masks(segmenter, todo, names, out, args):
@@ -212,6 +187,28 @@ def finished(pool, writes):
     """How many of the submitted writes completed, once those under way have ended (each whole or absent)."""
     pool.shutdown(wait=True, cancel_futures=True)
     return sum(w.done() and not w.cancelled() and w.exception() is None for w in writes)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    distributed.start()  # under torchrun (which brings torch): one summary of the counts for the whole job
+    segmenter = Segmenter.load(args.checkpoint, args.device)
+    paths = expand_inputs(args.inputs)
+    out = open_output_folder(args.out, args.inputs, paths)
+    names = {path: out / name for path, name in zip(paths, output_names(paths))}
+    kinds = ("_segmentation.png", "_overlay.jpg") if args.overlay else ("_segmentation.png",)
+    mine = paths[distributed.rank()::distributed.world_size()]  # every image in exactly one process
+    todo = [p for p in mine if not (args.skip_existing and all(Path(f"{names[p]}{k}").exists() for k in kinds))]
+    written, failures = write_masks(segmenter, todo, names, out, args)
+    counts = distributed.total_counts([written, len(mine) - len(todo), len(failures)])
+    distributed.stop()
+    written, skipped, unreadable = counts
+    if distributed.is_main():
+        print(f"wrote {written} masks to {out}/" + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
+              + (f"; {unreadable} images could not be read" if unreadable else ""))
+    if failures:
+        raise UsageError(f"{len(failures)} of {len(mine)} images could not be read (the other masks were "
+                         "written):\n  " + "\n  ".join(failures))
 
 
 if __name__ == "__main__":

@@ -140,10 +140,10 @@ def release_onnx(released_pt, split, out, card):
 
 def main(argv=None):
     parser = cli.parser(__doc__)
-    parser.add_argument("--checkpoint", default="runs/best/seed0/best.pt", help="the train.py checkpoint to release")
+    cli.add_checkpoint_flag(parser, "the model to release", default="runs/best/seed0/best.pt")
     parser.add_argument("--onnx-only", action="store_true",
                         help="keep --out's released .pt and its numbers; write its ONNX file and that file's numbers")
-    parser.add_argument("--data-dir", default="data", help="the ISIC 2016 folder it is scored on")
+    cli.add_data_dir_flag(parser, "the ISIC 2016 folder it is scored on")
     parser.add_argument("--out", default="models", help="folder of the released model and its card")
     cli.add_cache_dir_flag(parser)
     cli.add_device_flag(parser)

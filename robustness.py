@@ -22,9 +22,8 @@ from plots import plot_examples, plot_robustness
 
 def main(argv=None):
     parser = cli.parser(__doc__)
-    parser.add_argument("--checkpoint", required=True, nargs="+", action="extend",
-                        help="best.pt or last.pt written by train.py; several: their ensemble")
-    parser.add_argument("--data-dir", default="data", help="a data folder in any accepted layout (default: data)")
+    cli.add_checkpoint_flag(parser, "the model tested", several=True)
+    cli.add_data_dir_flag(parser)
     parser.add_argument("--split", default="test", choices=["val", "test"],
                         help="test (default), or val: the images the run held out, for choices")
     parser.add_argument("--out", default="runs/robustness", help="output folder (default: runs/robustness)")

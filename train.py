@@ -35,7 +35,6 @@ from splits import join, load_splits, seed_of
 
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
-HAIR_OVERLAYS = 64  # --shift-aug: hair pictures drawn anew each epoch, one picked per image
 SYNC_EVERY = 10  # training steps between reads of the loss from the device (each read waits for the GPU)
 DIVERGED = 100  # a training loss this many times the run's first stops the run
 
@@ -55,10 +54,9 @@ def build_parser(defaults=True):
 
 def data_flags(a):
     """train.py's data flags, each added with a(*names, **argparse options)."""
-    a("--data-dir", nargs="+", default=["data"], metavar="DIR",
-      help="data folder(s) in any accepted layout (README: Data); several: train on the union of their training "
-           "splits, validate on the union of their validation splits, test on each test split apart")
-    a("--cache-dir", default="cache", help="where decoded images are cached between runs")
+    cli.add_data_dir_flag(a, "several: train on the union of their training splits, validate on the union of "
+                          "their validation splits, test on each test split apart", several=True)
+    cli.add_cache_dir_flag(a)
     a("--workers", type=int, default=2, help="processes that decode JPEGs when the cache is built")
     a("--memory-map", default=False, action="store_true",
       help="keep the decoded images on disk (memory-mapped files in --cache-dir) and read each batch from there: "
@@ -137,7 +135,7 @@ def device_speed_flags(a):
            "process has them; without it each process normalises its own share")
     a("--cudnn-benchmark", default=False, action="store_true",
       help="let cuDNN time its kernels for each new input shape (a slower first epoch; see docs/speed.md)")
-    a("--device", default="auto", choices=cli.DEVICES, help="auto: cuda, then mps, then cpu")
+    cli.add_device_flag(a)
 
 
 FLAG_GROUPS = {"data": data_flags, "model": model_flags, "optimisation": optimisation_flags,
@@ -236,6 +234,10 @@ class Rows:
         return Rows([t.to(device, non_blocking=non_blocking) for t in self.tensors])
 
 
+def copies_note(copies):
+    return f" and {copies} flipped/rotated cop{'y' if copies == 1 else 'ies'} of each (--aug-copies)" if copies else ""
+
+
 def load_data(args, device):
     """{'train': (images, masks) augmented, 'val': (images, masks), 'tests': {results name: load_split() result},
     'panel_idx', 'sizes': lines that count them}. Decoded once into uint8 tensors, split before augmentation, each
@@ -257,7 +259,8 @@ def load_data(args, device):
     panel_idx = torch.randperm(len(val[0]) or len(train_images),
                                generator=torch.Generator().manual_seed(args.split_seed))[:6]
     sizes = "\n".join([p["note"] for p in parts] + [
-        f"training on {len(train_images)} images x{args.aug_copies + 1} = {len(train[0])}; device {device}"])
+        f"training on {len(train[0])} images: {len(train_images)} originals" + copies_note(args.aug_copies)
+        + (", each batch randomly augmented (--random-aug)" if args.random_aug else "") + f"; device {device}"])
     if device.type != "cpu" and not args.memory_map:  # the (small) training set on the GPU; test batches copy
                                                       # from pinned memory
         train, val = tuple(t.to(device) for t in train), tuple(t.to(device) for t in val)
@@ -335,22 +338,16 @@ def train_one_epoch(trainer, inputs, masks, args, epoch):
     rng = torch.Generator().manual_seed(args.seed + epoch)  # batch order and random augmentation
     order = torch.randperm(len(masks), generator=rng).to(masks.device)
     batches = [order[start:start + args.batch_size] for start in range(0, len(order), args.batch_size)]
-    if args.random_aug:  # drawn for the whole epoch at once: one copy to the device
-        draws = [augment.draw_distortions(len(idx), rng, args.shift_aug > 0) for idx in batches]
-        distortions = torch.cat(draws, 1).to(device)
-        hairs = augment.hair_overlays(HAIR_OVERLAYS, args.image_size, args.seed + epoch).to(device) \
-            if args.shift_aug else None
+    augment_batch = augment.for_epoch([len(idx) for idx in batches], rng, args.seed + epoch, args.image_size, device,
+                                      args.random_aug, args.shift_aug)
     values, pending, data_seconds = [], [], 0.0
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=None)
     for step, global_idx in enumerate(bar):
         t0 = time.perf_counter()
-        first, ((lo, hi), share) = step * args.batch_size, my_share(len(global_idx))
+        first, ((lo, hi), share) = step * args.batch_size, distributed.my_share(len(global_idx))
         idx = global_idx[lo:hi]
         batch, target = inputs[idx].to(device, non_blocking=True), masks[idx].to(device, non_blocking=True)
-        if args.random_aug:
-            drawn = distortions[:, first + lo:first + hi]
-            batch, target = (augment.random_mix(batch, target, drawn, hairs, args.shift_aug) if args.shift_aug
-                             else augment.random_distort(batch, target, drawn))
+        batch, target = augment_batch(batch, target, first + lo, first + hi)
         data_seconds += time.perf_counter() - t0
         with autocast(device, t.amp):
             loss = LOSSES[args.loss](t.forward(batch), target)
@@ -371,19 +368,6 @@ def train_one_epoch(trainer, inputs, masks, args, epoch):
             pending = []
             bar.set_postfix(loss=f"{values[-1]:.4f}")
     return sum(value * len(idx) for value, idx in zip(values, batches)) / len(masks), data_seconds
-
-
-def my_share(n):
-    """((first, end) of this process's images among a global batch's n, its share of them): all n and None in a
-    job of one process. Under torchrun each process takes a contiguous part; a process left without images (a last
-    batch smaller than the number of processes) takes the batch's first image with a share of 0, so that every
-    process still takes part in the step."""
-    world, rank = distributed.world_size(), distributed.rank()
-    if world == 1:
-        return (0, n), None
-    bounds = [n * k // world for k in range(world + 1)]
-    lo, hi = bounds[rank], bounds[rank + 1]
-    return ((lo, hi), (hi - lo) / n) if hi > lo else ((0, 1), 0.0)
 
 
 def checked_losses(losses, epoch, first_step, trainer):
@@ -507,42 +491,6 @@ def stop_cleanly(out, history, device, args):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def main(argv=None):
-    args, given = parse_args(argv)
-    out = run_folder.check_run_dir(args.out, args.resume, args.overwrite)
-    # the lock before the data: a second run on this folder is refused at once
-    with main_only(run_folder.lock_run_dir(out, args.resume, args.overwrite)), distributed.quiet_unless_main():
-        args, last = resumed_config(args, given, out)
-        config, amp = vars(args), not args.no_amp
-        device = distributed.start(pick_device(args.device))  # under torchrun: joins the other processes
-        torch.backends.cudnn.benchmark = args.cudnn_benchmark
-        torch.manual_seed(args.seed)
-        splits = load_data(args, device)
-        model = build_model(config, pretrained=not args.init_from).to(device)
-        if args.init_from:
-            model.load_state_dict(read_checkpoint(args.init_from)["model"])
-        if args.sync_bn and distributed.world_size() > 1:
-            if device.type != "cuda":
-                raise UsageError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU version; on CPUs leave it "
-                                 "out (each process then normalises its own share of the batch)")
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same checkpoint keys
-        ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
-        # only now: bad flags, data or weights leave nothing behind
-        with main_only(run_folder.run_log(out, args.resume, args.overwrite)):
-            if distributed.is_main():
-                runfiles.write_json(out / "config.json", config)
-            print(f"run {out}: {args.epochs} epochs, batch size {args.batch_size}, --lr {args.lr}, --seed {args.seed}, "
-                  f"data {' '.join(args.data_dir)}, device {device}")  # a mistyped make variable shows here
-            print(splits["sizes"])
-            trainer = make_trainer(model, ema, args, len(splits["train"][0]), device, amp)
-            history, best_iou = restore(last, out, trainer)
-            with stop_cleanly(out, history, device, args):
-                train_epochs(trainer, splits, history, best_iou, args, out, config)
-            distributed.stop()
-            return test_best_checkpoint(model, out, splits["tests"], args, device, amp) if distributed.is_main() \
-                else None
-
-
 def main_only(context):
     """The context (the run folder's lock, its log) in the process that writes the run's files; none elsewhere."""
     return context if distributed.is_main() else contextlib.nullcontext()
@@ -577,6 +525,42 @@ def train_epochs(trainer, splits, history, best_iou, args, out, config):
         if distributed.is_main():  # one process writes the run's files
             save_checkpoints(out, t, history, best_iou, config, is_best)
             report_epoch(out, args, history, is_best, panel, device, amp)
+
+
+def main(argv=None):
+    args, given = parse_args(argv)
+    out = run_folder.check_run_dir(args.out, args.resume, args.overwrite)
+    # the lock before the data: a second run on this folder is refused at once
+    with main_only(run_folder.lock_run_dir(out, args.resume, args.overwrite)), distributed.quiet_unless_main():
+        args, last = resumed_config(args, given, out)
+        config, amp = vars(args), not args.no_amp
+        device = distributed.start(pick_device(args.device))  # under torchrun: joins the other processes
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+        torch.manual_seed(args.seed)
+        splits = load_data(args, device)
+        model = build_model(config, pretrained=not args.init_from).to(device)
+        if args.init_from:
+            model.load_state_dict(read_checkpoint(args.init_from)["model"])
+        if args.sync_bn and distributed.world_size() > 1:
+            if device.type != "cuda":
+                raise UsageError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU version; on CPUs leave it "
+                                 "out (each process then normalises its own share of the batch)")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same checkpoint keys
+        ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
+        # only now: bad flags, data or weights leave nothing behind
+        with main_only(run_folder.run_log(out, args.resume, args.overwrite)):
+            if distributed.is_main():
+                runfiles.write_json(out / "config.json", config)
+            print(f"run {out}: {args.epochs} epochs, batch size {args.batch_size}, --lr {args.lr}, --seed {args.seed}, "
+                  f"data {' '.join(args.data_dir)}, device {device}")  # a mistyped make variable shows here
+            print(splits["sizes"])
+            trainer = make_trainer(model, ema, args, len(splits["train"][0]), device, amp)
+            history, best_iou = restore(last, out, trainer)
+            with stop_cleanly(out, history, device, args):
+                train_epochs(trainer, splits, history, best_iou, args, out, config)
+            distributed.stop()
+            return test_best_checkpoint(model, out, splits["tests"], args, device, amp) if distributed.is_main() \
+                else None
 
 
 if __name__ == "__main__":

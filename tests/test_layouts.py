@@ -111,7 +111,8 @@ def test_several_data_dirs_train_on_the_union_and_test_each_apart(synthetic, pai
                     {"train": pairs[:8], "val": pairs[8:12], "test": pairs[12:16]})
     train.main(train_args(synthetic[0], tmp_path / "run", "--data-dir", str(synthetic[0]), str(other)))
     printed = capsys.readouterr().out
-    assert "training on 44 images x2 = 88" in printed  # 36 of the synthetic 40 (a tenth validates) + 8
+    # 36 of the synthetic 40 (a tenth validates) + 8
+    assert "training on 88 images: 44 originals and 1 flipped/rotated copy" in printed
     assert runfiles.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == 12
     assert runfiles.read_json(tmp_path / "run" / "test_isic2017_metrics.json")["n_images"] == 4
     history = runfiles.read_csv(tmp_path / "run" / "history.csv")

@@ -11,6 +11,7 @@ import torch
 
 import predict
 import runfiles
+import distributed
 import train
 from conftest import ROOT, train_args
 from errors import StorageError
@@ -113,7 +114,7 @@ def test_each_process_takes_its_own_part_of_every_global_batch(monkeypatch):
         parts = []
         for rank in (0, 1):
             monkeypatch.setenv("RANK", str(rank))
-            parts.append(train.my_share(n))
+            parts.append(distributed.my_share(n))
         if n == 1:  # a process without images takes part with a weight of 0
             assert sorted(share for _, share in parts) == [0.0, 1.0]
             continue

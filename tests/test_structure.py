@@ -58,3 +58,34 @@ def test_every_script_help_gives_every_default(script, monkeypatch):
                     and "default" not in (formatter._get_help_string(action) or "")):
                 missing.append(f"{parser.prog} {action.option_strings[0]} (default {action.default!r})")
     assert missing == []
+
+
+def top_level_functions(path):
+    return [node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef)]
+
+
+def test_every_script_defines_main_last():
+    """One order in every script, as in torchvision's references: helpers first, main() last."""
+    assert {name: top_level_functions(ROOT / f"{name}.py")[-1] for name in SCRIPTS} == dict.fromkeys(SCRIPTS, "main")
+
+
+def test_train_py_calls_augment_py_only_through_its_two_entry_points():
+    """An augmentation is a change to augment.py alone: train.py makes the copies once and asks for one epoch's
+    augmentation, every other choice is augment.py's."""
+    used = {node.attr for node in ast.walk(ast.parse((ROOT / "train.py").read_text()))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "augment"}
+    assert used == {"augment", "for_epoch"}
+
+
+SHARED_FLAGS = ("--checkpoint", "--data-dir", "--cache-dir", "--device", "--threshold")
+
+
+def test_shared_flags_are_declared_once_in_cli_py():
+    """The flags every script repeats come from cli.py's helpers, so each has one help text."""
+    declared = []
+    for path in ROOT.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                    and node.args[0].value in SHARED_FLAGS):
+                declared.append((path.name, node.args[0].value))
+    assert sorted(name for name, _ in declared) == ["cli.py"] * len(SHARED_FLAGS)
