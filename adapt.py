@@ -23,7 +23,7 @@ from errors import DataError, UsageError
 from inference import tta_probabilities
 from metrics import largest_region_iou, paired_difference
 from model import half_precision, load_checkpoint
-from splits import load_splits, seed_of
+from splits import load_splits
 
 
 RECIPE = ("epochs", "lr", "batch_size", "freeze_encoder", "shift_aug", "ema", "seed")  # the card names these flags
@@ -146,7 +146,7 @@ def main(argv=None):
     if adapted and adapted[1]["image_size"] != size:
         raise UsageError(f"--adapted {args.adapted} works at {adapted[1]['image_size']} px but --checkpoint "
                          f"{args.checkpoint} at {size} px: give the checkpoint it was fine-tuned from")
-    calibration_images, held_out = load_user_data(args.data_dir, size, seed_of((adapted or base)[1]),
+    calibration_images, held_out = load_user_data(args.data_dir, size, (adapted or base)[1]["split_seed"],
                                                   args.cache_dir)
     calib = calibrate(iou_curves(tta_probabilities(*base, calibration_images["images"], device), [
         images.read_binary_mask(p) for p in calibration_images["mask_paths"]]))

@@ -44,12 +44,6 @@ def expected_layout(data_dir):
             "(--data-dir).")
 
 
-def as_list(data_dir):
-    """A run's --data-dir as a list (none: []); configs of runs from before several folders were accepted hold one
-    string."""
-    return [] if data_dir is None else [data_dir] if isinstance(data_dir, str) else list(data_dir)
-
-
 def matching_dirs(data_dir, pattern):
     """The folders under data_dir that a LAYOUTS pattern names, sorted."""
     return sorted(p for p in Path(data_dir).glob(pattern) if p.is_dir())

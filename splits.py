@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 
 from decoding import load_split
-from errors import DataError, UsageError
-from layouts import as_list, detect_layout, expected_layout, present_groups
+from errors import DataError, ModelFileError, UsageError
+from layouts import detect_layout, expected_layout, present_groups
 from mapped import load_mapped_split
 
 TEST_FRACTION = 0.2  # share of a folder without an official split (PH2) held out as its test split
@@ -86,16 +86,11 @@ def validation_seed(configs):
     """The --split-seed that all these runs held their validation images out with (one run, or an ensemble's)."""
     if any(c["val_fraction"] == 0 for c in configs):
         raise UsageError("--split val: trained with --val-fraction 0, on every training image; none was held out")
-    held_out = {(c["val_fraction"], seed_of(c)) for c in configs}
+    held_out = {(c["val_fraction"], c["split_seed"]) for c in configs}
     if len(held_out) > 1:
         raise UsageError("--split val: these runs held out different validation images (--val-fraction, --split-seed "
                          f"{sorted(held_out)}), so some were trained on the others' validation images")
     return held_out.pop()[1]
-
-
-def seed_of(config):
-    """A run's --split-seed; runs from before that flag split by --seed (and the oldest had no --seed either)."""
-    return config.get("split_seed", config.get("seed", 0))
 
 
 def split_to_score(data_dir, split, configs, cache_dir="cache", workers=2):
@@ -103,11 +98,14 @@ def split_to_score(data_dir, split, configs, cache_dir="cache", workers=2):
     training images they held out for validation (the same seeded or official split as training), all training
     images, or the test split (load_test). Returns (load_split() result, a line that says what it is)."""
     size = configs[0]["image_size"]
+    missing = sorted({key for c in configs for key in ("val_fraction", "split_seed", "data_dir") if key not in c})
+    if missing and split != "train":
+        raise ModelFileError(f"the model's config lacks {', '.join(missing)}, so the images it held out are unknown: "
+                             "it was not written by train.py; score it with --split train or on data it never saw")
     if split == "train":
         return load_split(data_dir, "train", size, cache_dir, workers), "training split"
     if split == "val":
         return load_splits(data_dir, size, configs[0]["val_fraction"], validation_seed(configs), cache_dir,
                            workers)["val"], "validation images held out by training"
-    trained_on = any(Path(d).resolve() == Path(data_dir).resolve() for c in configs
-                     for d in as_list(c.get("data_dir")))
-    return load_test(data_dir, size, seed_of(configs[0]), trained_on, cache_dir, workers)
+    trained_on = any(Path(d).resolve() == Path(data_dir).resolve() for c in configs for d in c["data_dir"])
+    return load_test(data_dir, size, configs[0]["split_seed"], trained_on, cache_dir, workers)

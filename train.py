@@ -22,7 +22,6 @@ from tqdm import tqdm
 import augment
 import cli
 import distributed
-import layouts
 import run_folder
 import runfiles
 from device import autocast, pick_device
@@ -31,7 +30,7 @@ from inference import evaluate, predict_logits, score_model
 from losses import LOSSES
 from model import DECODER_WIDTHS, build_model, read_checkpoint, update_ema, weights_checksum
 from plots import plot_curves, save_panel
-from splits import join, load_splits, seed_of
+from splits import join, load_splits
 
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
@@ -158,7 +157,6 @@ def parse_args(argv=None):
             flag = "--" + key.replace("_", "-")
             parser.error(f"{flag} {getattr(args, key)}: {init_from} was trained with {flag} {value}, and its weights "
                          f"only fit that model; leave {flag} out")
-    args.data_dir = layouts.as_list(args.data_dir)
     args.random_aug = args.random_aug or args.shift_aug > 0
     given = set(given)
     checks = [(args.image_size % 32 == 0 and args.image_size > 0,
@@ -213,8 +211,6 @@ def resumed_config(args, given, out):
     last = run_folder.read_last_checkpoint(out)
     changed = {k: getattr(args, k) for k in RESUMABLE if k in given}
     config = {**vars(args), **last["config"], **changed, "out": str(out), "resume": True, "overwrite": False}
-    config["split_seed"] = seed_of(last["config"])
-    config["data_dir"] = layouts.as_list(config["data_dir"])
     return argparse.Namespace(**config), last
 
 
@@ -421,8 +417,7 @@ def report_epoch(out, args, history, is_best, panel, device, amp):
 def test_best_checkpoint(model, out, tests, args, device, amp):
     """Score best.pt (by validation IoU; the last epoch without validation) on each test split, through the whole
     model; writes <name>_metrics.json and <name>_per_image.csv per split. Returns the first split's summary."""
-    best = torch.load(out / "best.pt" if (out / "best.pt").exists() else out / "last.pt", map_location=device,
-                      weights_only=True)  # runs from before best.pt was written first may lack it
+    best = torch.load(out / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     model.eval()
     summaries = []

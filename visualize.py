@@ -153,7 +153,7 @@ def find_data_dir(data_dir, runs_dir):
     if Path(data_dir).is_dir():
         return data_dir
     for config in sorted(Path(runs_dir).glob("**/config.json")):
-        trained_on = (layouts.as_list(runfiles.read_json(config).get("data_dir")) or [None])[0]  # the first of several
+        trained_on = (runfiles.read_json(config).get("data_dir") or [None])[0]  # the first of several
         if trained_on and Path(trained_on).is_dir():
             print(f"data folder {data_dir} does not exist; using {trained_on}, from {config}")
             return trained_on

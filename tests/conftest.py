@@ -36,7 +36,8 @@ def checkpoint(tmp_path_factory):
     """A checkpoint of an untrained model in the format train.py writes."""
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     config = {"skips": False, "freeze_encoder": False, "decoder_widths": list(DECODER_WIDTHS),
-              "image_size": 64, "no_amp": False, "loss": "bce"}
+              "image_size": 64, "no_amp": False, "loss": "bce", "data_dir": ["data"], "val_fraction": 0.1,
+              "split_seed": 0}
     torch.manual_seed(0)
     torch.save({"config": config, "model": MobileNetSegmenter("none").state_dict()}, path)
     return path

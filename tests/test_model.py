@@ -56,3 +56,12 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
     torch.save({"config": config, "model": MobileNetSegmenter("none").state_dict()}, tmp_path / "good.pt")
     model, loaded = load_checkpoint(tmp_path / "good.pt")
     assert loaded == config and not model.training
+
+
+def test_a_config_without_its_held_out_split_is_refused_before_scoring(tmp_path):
+    from errors import ModelFileError
+    from splits import split_to_score
+    config = {"image_size": 64, "data_dir": [str(tmp_path)], "val_fraction": 0.1}  # no split_seed: not train.py's
+    for split in ("val", "test"):
+        with pytest.raises(ModelFileError, match="lacks split_seed.*--split train"):
+            split_to_score(tmp_path, split, [config])
