@@ -21,7 +21,7 @@ TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEI
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
 COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
-.PHONY: help setup data dataset cross-dataset robustness robustness-compare exp1-bce exp1-iou exp2-finetune best release \
+.PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
 	adapt calibrate labelled adapt-experiment calibration-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
 	predict export release-onnx serve site page-model page-screenshot
 .DEFAULT_GOAL := help
@@ -115,11 +115,12 @@ ablations: $(ABLATIONS)
 
 # Your own annotators (docs/adapt.md): ADAPT_FROM (the released model) fine-tuned on DATA_DIR, your labelled images
 # in any layout, with few epochs, a low learning rate, the encoder frozen and the shift augmentation; adapt.py then
-# scores it before and after on DATA_DIR's held-out images and writes $(RUNS)/adapt/model.pt and its card.
+# scores it before and after on DATA_DIR's held-out images (train.py leaves them to it, --no-test: one test IoU
+# per model, one protocol) and writes $(RUNS)/adapt/model.pt and its card.
 # make calibrate: the decision threshold of CHECKPOINT alone, calibrated on DATA_DIR (no training).
 ADAPT_FROM ?= $(RELEASED)
 ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 1e-4 --epochs 10 \
-	--batch-size 8 --val-fraction 0 --ema 0.9
+	--batch-size 8 --val-fraction 0 --ema 0.9 --no-test
 adapt: labelled
 	$(PY) train.py --data-dir "$(DATA_DIR)" --init-from "$(ADAPT_FROM)" $(ADAPT) --seed $(SEED) --device $(DEVICE) \
 		--out "$(RUNS)/adapt" $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
@@ -192,6 +193,11 @@ robustness: setup
 NAMES ?= best
 robustness-compare: setup
 	$(PY) visualize.py robustness $(foreach n,$(NAMES),"$(RUNS)/robustness/$(n)") --out "$(RUNS)/robustness/compare.png"
+
+# CHECKPOINT's (default: the released model's) six worst and six best test images: docs/worst_best_panel.png
+worst-best: setup
+	$(PY) visualize.py worst-best --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" \
+		--out "$(RUNS)/worst_best_panel.png"
 
 report: setup
 	$(PY) visualize.py report --runs "$(RUNS)" --data-dir "$(DATA_DIR)"

@@ -32,7 +32,8 @@ def plot_curves(history, path, title):
 
 
 def save_figure(fig, path):
-    fig.tight_layout(rect=(0, 0, 1, 0.97) if fig._suptitle else None)  # keep the suptitle off the top row
+    top = 1 - 0.5 / fig.get_figheight()  # half an inch for the suptitle, above the top row's titles
+    fig.tight_layout(rect=(0, 0, 1, top) if fig._suptitle else None)
     runfiles.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
@@ -64,8 +65,10 @@ def save_panel(images, masks, predictions, path, title, cell=2.2, row_names=None
             ax.contour((next(iter(predictions.values()))[row, 0] > 0).numpy().astype(float), levels=[0.5],
                        colors=PREDICTION_COLOUR, linewidths=1.5)
             axes[0, -1].set_title("truth: blue\nprediction: orange", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
+    for ax in axes.flat:  # a thin frame, no ticks: a mask that fills its picture still shows where it ends
+        ax.set(xticks=[], yticks=[])
+        for spine in ax.spines.values():
+            spine.set(color="0.6", linewidth=0.8)
     fig.suptitle(title)
     save_figure(fig, path)
 

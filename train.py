@@ -123,6 +123,8 @@ def output_flags(a):
     a("--resume", default=False, action="store_true",
       help="continue the run in --out from its last.pt (start it if it has none)")
     a("--overwrite", default=False, action="store_true", help="replace an existing run in --out")
+    a("--no-test", default=False, action="store_true",
+      help="leave the test split unscored (still held out): make adapt's adapt.py scores it under its own protocol")
 
 
 def device_speed_flags(a):
@@ -554,8 +556,9 @@ def main(argv=None):
             with stop_cleanly(out, history, device, args):
                 train_epochs(trainer, splits, history, best_iou, args, out, config)
             distributed.stop()
-            return test_best_checkpoint(model, out, splits["tests"], args, device, amp) if distributed.is_main() \
-                else None
+            if args.no_test or not distributed.is_main():
+                return None
+            return test_best_checkpoint(model, out, splits["tests"], args, device, amp)
 
 
 if __name__ == "__main__":

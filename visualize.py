@@ -3,6 +3,7 @@
     python visualize.py report --runs runs --data-dir data   # runs/report.md, comparison.png, test_panel.png
     python visualize.py eda --data-dir data --out runs/eda     # data statistics: JSON + plots
     python visualize.py curves runs/exp1-bce                   # redraw one run's curves
+    python visualize.py worst-best --checkpoint models/lesion_segmenter.pt --data-dir data   # where it fails
     python visualize.py robustness runs/robustness/before runs/robustness/best --out runs/robustness/compare.png
                                                                # robustness suites side by side: plot + table
     python visualize.py paired runs/val/a/val_per_image.csv --vs runs/val/b/val_per_image.csv
@@ -131,7 +132,7 @@ def plot_comparison(runs, path):
         left.plot([h["epoch"] for h in history], [h["val_iou"] for h in history], "o-", label=run["name"])
     left.set(xlabel="epoch", ylabel="validation IoU", title="validation IoU per epoch")
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
-    left.legend()
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, fontsize=8, frameon=False)  # off the curves
     left.grid(alpha=0.3)
     x = np.arange(len(runs))
     for offset, key in ((-0.2, "iou"), (0.2, "dice")):
@@ -188,21 +189,20 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
              else f"test images: the prediction of {next(iter(predictions))}")
     save_panel(test128["images"][pick], test128["masks"][pick], predictions, runs_dir / "test_panel.png", title)
     best = max(runs, key=lambda r: r["test"]["iou"])
-    plot_worst_and_best(best, data_dir, cache_dir, runs_dir / "worst_best_panel.png")
+    plot_worst_and_best(best["checkpoints"], best["name"], data_dir, cache_dir, runs_dir / "worst_best_panel.png")
     print(table + f"\nwrote {runs_dir}/report.md, comparison.png, test_panel.png, worst_best_panel.png")
 
 
-def plot_worst_and_best(run, data_dir, cache_dir, path, n=6):
-    """The run's n worst and n best test images by IoU (its test_per_image.csv), with its predictions: where
-    does the model fail?"""
-    model, configs = load_models(run["checkpoints"])
+def plot_worst_and_best(checkpoints, name, data_dir, cache_dir, path, n=6):
+    """The model's n worst and n best test images by IoU (at its input size, as test_per_image.csv's "iou"),
+    with its predictions: where does the model fail?"""
+    model, configs = load_models(checkpoints)
     test = split_to_score(data_dir, "test", configs, cache_dir)[0]
-    rows = sorted(runfiles.read_csv(run["dir"] / "test_per_image.csv"), key=lambda row: row["iou"])
-    position = {image_id: i for i, image_id in enumerate(test["ids"])}
-    pick = torch.tensor([position[row["id"]] for row in rows[:n] + rows[-n:]])
-    logits = predict_logits(model, test["images"][pick], 32, torch.device("cpu"))
-    save_panel(test["images"][pick], test["masks"][pick], {run["name"]: logits}, path,
-               f"{run['name']}: {n} worst, then {n} best test images", cell=1.6)
+    logits = predict_logits(model, test["images"], 32, torch.device("cpu"))
+    order = metrics.per_image_metrics(logits > 0, test["masks"])["iou"].argsort()
+    pick = torch.cat([order[:n], order[-n:]])
+    save_panel(test["images"][pick], test["masks"][pick], {name: logits[pick]}, path,
+               f"{name}: {n} worst, then {n} best test images", cell=1.6)
 
 
 def lesion_stats(data_dir, split):
@@ -283,6 +283,12 @@ def main():
     cli.add_data_dir_flag(e)
     e.add_argument("--runs", default="runs", help="where to look for a run's data folder if --data-dir is missing")
     e.add_argument("--out", default="runs/eda", help="folder for eda.json and eda.png")
+    w = command("worst-best", "a model's six worst and six best test images, with its predictions")
+    cli.add_checkpoint_flag(w, "the model shown", several=True)
+    cli.add_data_dir_flag(w)
+    cli.add_cache_dir_flag(w)
+    w.add_argument("--name", default="released model", help="the model's name in the titles")
+    w.add_argument("--out", default="runs/worst_best_panel.png", help="where the picture goes")
     c = command("curves", "redraw curves.png of one run folder")
     c.add_argument("run_dir")
     b = command("robustness", "robustness.py results side by side: a bar plot and a Markdown table")
@@ -302,6 +308,9 @@ def main():
         report(args.runs, args.data_dir, args.cache_dir)
     elif args.command == "eda":
         eda(find_data_dir(args.data_dir, args.runs), args.out)
+    elif args.command == "worst-best":
+        plot_worst_and_best(args.checkpoint, args.name, args.data_dir, args.cache_dir, Path(args.out))
+        print(f"wrote {args.out}")
     elif args.command == "robustness":
         print(compare_robustness(args.folders, Path(args.out)))
         print(f"wrote {args.out}")
