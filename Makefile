@@ -132,10 +132,11 @@ labelled: setup
 	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; name your labelled images:" \
 		"make $(MAKECMDGOALS) DATA_DIR=my_labelled/ (images/ + masks/, or any layout of README: Data)" >&2; exit 2; }
 
-# docs/adapt.md's table: make adapt's recipe under annotator and camera shifts of ISIC 2016 (SPLIT=val: choices)
+# docs/adapt.md's table: make adapt's recipe under annotator and camera shifts of ISIC 2016 (SPLIT=val: choices;
+# SHIFTS and IMAGES: fewer shifts or adaptation set sizes than all of them)
 adapt-experiment: setup
 	$(PY) adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
-		--out "$(RUNS)/adapt-experiment"
+		$(if $(SHIFTS),--shifts $(SHIFTS)) $(if $(IMAGES),--images $(IMAGES)) --out "$(RUNS)/adapt-experiment"
 
 # The calibration rules compared on the varying annotator shifts, 20 images per draw, 9 draws (no training)
 calibration-experiment: setup
@@ -249,4 +250,4 @@ release-onnx: .venv/export-installed dataset
 	touch $@
 
 test: .venv/dev-installed .venv/export-installed web/node_modules/.package-lock.json
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests

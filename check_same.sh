@@ -15,7 +15,7 @@ git worktree add --detach "$work/base" "$base" > /dev/null
 common="--data-dir $data --encoder-weights $weights --epochs 1 --seed 0 --device cpu --cache-dir $work/cache"
 exp1="--freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3"
 best="--skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.3 --schedule cosine --warmup-epochs 1
-  --random-aug --ema 0.99"
+  --random-aug --shift-aug 0.25 --ema 0.99"
 for tree in "$work/base" "$PWD"; do
   name=$([ "$tree" = "$PWD" ] && echo new || echo base)
   for run in exp1 best; do
