@@ -175,7 +175,7 @@ def test_interrupted_run_resumes_to_the_same_result(synthetic, tmp_path):
 
 
 def test_ema_weights_are_validated_saved_and_tested_and_resume_keeps_both(synthetic, tmp_path):
-    flags = ["--epochs", "2", "--aug-copies", "3"]
+    flags = ["--epochs", "2"]
     train.main(train_args(synthetic[0], tmp_path / "plain", *flags))
     train.main(train_args(synthetic[0], tmp_path / "ema", *flags, "--ema", "0.9"))
     train.main(train_args(synthetic[0], tmp_path / "resumed", *flags, "--ema", "0.9", "--epochs", "1"))
