@@ -101,7 +101,7 @@ def split_to_score(data_dir, split, configs, cache_dir="cache", workers=2):
     missing = sorted({key for c in configs for key in ("val_fraction", "split_seed", "data_dir") if key not in c})
     if missing and split != "train":
         raise ModelFileError(f"the model's config lacks {', '.join(missing)}, so the images it held out are unknown: "
-                             "it was not written by train.py; score it with --split train or on data it never saw")
+                             "it was not written by train.py; score it with --split train")
     if split == "train":
         return load_split(data_dir, "train", size, cache_dir, workers), "training split"
     if split == "val":
