@@ -182,11 +182,11 @@ def test_the_server_serves_its_files_and_nothing_else(server):
 
 def test_stalled_clients_do_not_stop_the_page_from_being_served(server):
     """A bounded load test on 127.0.0.1: 50 clients that connect and send nothing, 20 that load the page and its
-    model for 10 s beside them; every good request is answered."""
+    model for 5 s beside them; every good request is answered."""
     address = server[0]
     host, port = address.split("//")[1].rstrip("/").split(":")
     stalled = [socket.create_connection((host, int(port))) for _ in range(50)]
-    results, deadline = [], time.time() + 10
+    results, deadline = [], time.time() + 5
 
     def client():
         while time.time() < deadline:

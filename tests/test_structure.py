@@ -1,5 +1,5 @@
-"""The shape of the code: a file run as a script is imported by no other file, and every script's --help gives
-every default."""
+"""The shape of the code: a file run as a script is imported by no other file, and every script's --help prints
+and gives every default."""
 import argparse
 import ast
 import importlib
@@ -51,6 +51,7 @@ def parsers(script, monkeypatch):
 def test_every_script_help_gives_every_default(script, monkeypatch):
     missing = []
     for parser in parsers(script, monkeypatch):
+        assert "usage:" in parser.format_help()  # formats every flag's text: a bare % in one breaks --help
         formatter = parser._get_formatter()
         for action in parser._actions:
             unset = action.default is None or action.default is False or action.default == []
