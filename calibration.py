@@ -6,8 +6,8 @@ import math
 import numpy as np
 import torch
 
-from masks import keep_largest_component
-from metrics import per_image_metrics, upsample
+from masks import keep_largest_component, resize_probabilities
+from metrics import per_image_metrics
 
 # The candidates, 0.5 among them; finer near 0 and 1, where a sharp model's probabilities still move the edge
 THRESHOLDS = np.round(np.concatenate([[0.01, 0.02, 0.03], np.arange(0.05, 0.951, 0.025), [0.97, 0.98, 0.99]]), 3)
@@ -15,11 +15,11 @@ FOLDS = 5  # cross-validation folds (fewer when there are fewer images)
 
 
 def iou_curves(probs, masks, thresholds=THRESHOLDS, largest_component=True):
-    """IoU [N, T] of each image at each threshold: probabilities [N,1,S,S] upsampled to each boolean mask's own
+    """IoU [N, T] of each image at each threshold: probabilities [N,1,S,S] resized back to each boolean mask's own
     size [H,W] (as make predict does), thresholded, with largest_component only the largest region kept."""
     curves = np.empty((len(masks), len(thresholds)))
     for i, mask in enumerate(masks):
-        up = upsample(probs[i:i + 1], mask.shape)[0, 0].numpy()
+        up = resize_probabilities(probs[i, 0].float().numpy(), mask.shape[1], mask.shape[0])
         target = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None]
         for j, t in enumerate(thresholds):
             pred = keep_largest_component(up > t) if largest_component else up > t

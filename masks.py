@@ -1,6 +1,6 @@
 """From a model's probabilities to what a user gets, without torch: the decision threshold's one rule, the mask at
 the image's own size, its largest region, its outline and the files written of it. Both runtimes (segmenter.py)
-and the scoring of make predict's masks (metrics.py) use these."""
+and every score at an image's own size (metrics.py, calibration.py) use these: what is scored is what users get."""
 import io
 
 import numpy as np

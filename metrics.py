@@ -5,11 +5,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import images
 from losses import LOSSES
-from masks import keep_largest_component
+from masks import keep_largest_component, resize_probabilities
 
 
 def per_image_metrics(pred, masks):
@@ -49,27 +48,22 @@ def pooled_iou(pred, masks):
     return (pred & masks).sum().item() / max((pred | masks).sum().item(), 1)
 
 
-def upsample(probs, size):
-    """Probabilities [N,1,S,S] resized (bilinear) to size (height, width): how every prediction reaches an image's
-    own resolution before it is thresholded."""
-    return F.interpolate(probs.float(), size=size, mode="bilinear", align_corners=False)
-
-
 def full_resolution_metrics(variants, masks, threshold=0.5):
     """{name: (per-image metrics, pooled IoU)} for each {name: probabilities [N,1,S,S]}, every prediction
-    upsampled to its ground-truth mask's own size and thresholded there, as the ISIC challenges score; and the
-    same under 'lcc_' + name with only the largest region kept. masks: N mask files (each read once) or boolean
-    arrays [H,W]."""
+    resized back to its ground-truth mask's own size and thresholded there, as the ISIC challenges score and as
+    make predict's masks are made (masks.py); and the same under 'lcc_' + name with only the largest region kept.
+    masks: N mask files (each read once) or boolean arrays [H,W]."""
     names = [pre + name for name in variants for pre in ("", "lcc_")]
     per_image = {name: [] for name in names}
     counts = {name: [0, 0] for name in names}  # pooled intersection, union
     for i, mask in enumerate(masks):
         mask = np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else images.read_binary_mask(mask)
+        height, width = mask.shape
         mask = torch.from_numpy(mask)[None, None]
         for name, probs in variants.items():
-            pred = upsample(probs[i:i + 1], mask.shape[-2:]) > threshold
-            largest = torch.from_numpy(keep_largest_component(pred[0, 0].numpy()))[None, None]
-            for key, p in ((name, pred), ("lcc_" + name, largest)):
+            pred = resize_probabilities(probs[i, 0].float().numpy(), width, height) > threshold
+            for key, p in ((name, pred), ("lcc_" + name, keep_largest_component(pred))):
+                p = torch.from_numpy(p)[None, None]
                 per_image[key].append(per_image_metrics(p, mask))
                 counts[key][0] += (p & mask).sum().item()
                 counts[key][1] += (p | mask).sum().item()

@@ -31,7 +31,6 @@ from errors import UsageError  # noqa: E402
 from inference import predict_logits  # noqa: E402
 from splits import split_to_score  # noqa: E402
 import metrics  # noqa: E402
-from metrics import upsample  # noqa: E402
 from model import load_models  # noqa: E402
 from plots import plot_curves, save_figure, save_panel  # noqa: E402
 
@@ -182,7 +181,7 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
         pick = torch.randperm(len(test["images"]), generator=torch.Generator().manual_seed(0))[:n_images]
         logits = predict_logits(model, test["images"][pick], 32, torch.device("cpu"))
         if logits.shape[-1] != 128:  # runs at other sizes are shown at a common size
-            logits = torch.logit(upsample(logits.sigmoid(), (128, 128)), eps=1e-6)
+            logits = torch.nn.functional.interpolate(logits.float(), size=(128, 128), mode="bilinear")
         predictions[run["name"]] = logits
     test128 = split_to_score(data_dir, "test", [{**configs[0], "image_size": 128}], cache_dir)[0]
     title = (f"test images: the prediction of each of the {len(predictions)} runs" if len(predictions) > 1
