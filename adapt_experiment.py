@@ -27,7 +27,7 @@ import images
 import layouts
 import runfiles
 from annotators import ANNOTATORS
-from calibration import RULES, THRESHOLDS, calibrate, iou_curves
+from calibration import EDGE_MOVES, RULES, THRESHOLDS, calibrate, calibrate_one_se, edge_curves, iou_curves
 import released
 from device import pick_device
 from errors import UsageError
@@ -40,6 +40,10 @@ from plots import plot_adaptation
 VAL_IMAGES = 150  # training images kept out of every draw: the scored images of --split val
 CAMERA = "jpeg 20"  # the camera shift: the photometric shift of the robustness suite that costs the most
 SHIFTS = ("none", "tighter", "looser", "coarse", "camera", "tighter-varying", "looser-varying", "clinic")
+# --calibration-only's rules: {name: (curves it reads, candidates, the neutral one, rule)}; "edge one-se" moves the
+# model's edge by one share of each mask's radius (calibration.edge_curves), measured here, not what make calibrate does
+CALIBRATIONS = {**{rule: ("threshold", THRESHOLDS, 0.5, pick) for rule, pick in RULES.items()},
+                "edge one-se": ("edge", EDGE_MOVES, 0.0, lambda c: calibrate_one_se(c, EDGE_MOVES, neutral=0.0))}
 
 
 def shifted_pair(image_path, mask_path, shift, n):
@@ -112,39 +116,40 @@ def run_shift(shift, pools, base, done, args, device):
 
 
 def run_calibration(shift, pools, base, args, device):
-    """The rows of one shift for --calibration-only: each rule of calibration.RULES on each seed's draw of
-    --images[0] images, scored on the scored images through their IoU curves (no training)."""
+    """The rows of one shift for --calibration-only: each rule of CALIBRATIONS on each seed's draw of --images[0]
+    images, scored on the scored images through their IoU curves (no training)."""
     n, size = args.images[0], base[1]["image_size"]
     draws = {seed: np.random.default_rng(seed).permutation(len(pools["draw"]))[:n] for seed in args.seeds}
     used = sorted({int(k) for draw in draws.values() for k in draw})
     curves = {}
     for name, pairs in (("scored", pools["scored"]), ("draw", [pools["draw"][k] for k in used])):
         inputs, masks = shifted(pairs, shift, size)
-        curves[name] = iou_curves(tta_probabilities(*base, inputs, device), masks)
+        probs = tta_probabilities(*base, inputs, device)
+        curves[name] = {"threshold": iou_curves(probs, masks), "edge": edge_curves(probs, masks)}
     row_of = {k: i for i, k in enumerate(used)}
-    scored = curves["scored"].mean(0)
     for seed, draw in draws.items():
-        for rule, calibrate_with in RULES.items():
-            threshold = calibrate_with(curves["draw"][[row_of[int(k)] for k in draw]])["threshold"]
-            yield {"shift": shift, "images": n, "seed": seed, "rule": rule, "threshold": threshold,
-                   "before": scored[np.argmin(np.abs(THRESHOLDS - 0.5))],
-                   "calibrated": scored[np.argmin(np.abs(THRESHOLDS - threshold))], "best_possible": scored.max()}
+        for rule, (kind, candidates, neutral, calibrate_with) in CALIBRATIONS.items():
+            choice = calibrate_with(curves["draw"][kind][[row_of[int(k)] for k in draw]])["threshold"]
+            scored = curves["scored"][kind].mean(0)
+            yield {"shift": shift, "images": n, "seed": seed, "rule": rule, "threshold": choice,
+                   "adopted": choice != neutral, "before": scored[np.argmin(np.abs(candidates - neutral))],
+                   "calibrated": scored[np.argmin(np.abs(candidates - choice))], "best_possible": scored.max()}
 
 
 def calibration_table(rows, clean):
     """Markdown: per shift and rule the IoU before and calibrated (mean over the draws), the share of the shift's
-    cost won back, that share at the best threshold for the scored images themselves (what no rule can beat), and
-    in how many draws a threshold other than 0.5 was adopted."""
+    cost won back, that share at the best threshold (or edge move) for the scored images themselves (what no rule
+    of its kind can beat), and in how many draws a threshold other than 0.5 (a move other than 0) was adopted."""
     lines = ["| shift | cost | rule | before | calibrated | change | share of the cost won back (best possible) | "
-             "adopted | thresholds |", "|" + "---|" * 9]
+             "adopted | thresholds (edge: moves) |", "|" + "---|" * 9]
     for shift in dict.fromkeys(r["shift"] for r in rows):
-        for rule in RULES:
+        for rule in CALIBRATIONS:
             mine = [r for r in rows if r["shift"] == shift and r["rule"] == rule]
             before, after = mine[0]["before"], float(np.mean([r["calibrated"] for r in mine]))
             cost = clean - before
             best = mine[0]["best_possible"]
             share = f"{(after - before) / cost:.0%} ({(best - before) / cost:.0%})" if cost > 0.005 else "-"
-            adopted = sum(r["threshold"] != 0.5 for r in mine)
+            adopted = sum(r["adopted"] for r in mine)
             thresholds = ", ".join(f"{r['threshold']:g}" for r in mine)
             lines.append(f"| {shift} | {cost:+.4f} | {rule} | {before:.4f} | {after:.4f} | {after - before:+.4f} | "
                          f"{share} | {adopted} of {len(mine)} | {thresholds} |")
@@ -197,7 +202,7 @@ def parse_args(argv=None):
     parser.add_argument("--train-flags", help="make adapt's train.py flags, in one string (needed unless "
                         "--calibration-only)")
     parser.add_argument("--calibration-only", action="store_true",
-                        help="no training: compare the calibration rules (calibration.RULES) on --images[0] images "
+                        help="no training: compare the calibration rules (CALIBRATIONS) on --images[0] images "
                         "per draw -> OUT/SPLIT/calibration.csv and calibration.md")
     parser.add_argument("--out", type=Path, default=Path("runs/adapt-experiment"),
                         help="results go to OUT/SPLIT (default: runs/adapt-experiment)")

@@ -17,14 +17,22 @@ def equivalent_radius(mask):
     return math.sqrt(mask.sum() / math.pi)
 
 
+def moved_edges(mask, shares):
+    """The mask with its edge moved by each signed share of its equivalent radius: inward where share >= 0 (as a
+    tighter annotator draws), outward where share < 0 (as a looser one); one distance transform each way."""
+    radius = equivalent_radius(mask)
+    inside, outside = ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask)
+    return [inside > share * radius if share >= 0 else outside <= -share * radius for share in shares]
+
+
 def tighter(mask, share=SHARE):
     """The mask eroded by share x its equivalent radius: an annotator who draws inside the visible edge."""
-    return ndimage.distance_transform_edt(mask) > share * equivalent_radius(mask)
+    return moved_edges(mask, [share])[0]
 
 
 def looser(mask, share=SHARE):
     """The mask dilated by share x its equivalent radius: an annotator who leaves a margin around the lesion."""
-    return ndimage.distance_transform_edt(~mask) <= share * equivalent_radius(mask)
+    return moved_edges(mask, [-share])[0]
 
 
 def coarse(mask):

@@ -6,12 +6,15 @@ import math
 import numpy as np
 import torch
 
-from masks import keep_largest_component, resize_probabilities
+from annotators import moved_edges
+from masks import keep_largest_component, mask_at_size, resize_probabilities
 from metrics import per_image_metrics
 
 # The candidates, 0.5 among them; finer near 0 and 1, where a sharp model's probabilities still move the edge
 THRESHOLDS = np.round(np.concatenate([[0.01, 0.02, 0.03], np.arange(0.05, 0.951, 0.025), [0.97, 0.98, 0.99]]), 3)
 FOLDS = 5  # cross-validation folds (fewer when there are fewer images)
+# Signed moves of a mask's edge, as a share of its equivalent radius: + inward (a tighter annotator), - outward
+EDGE_MOVES = np.round(np.arange(-0.16, 0.1601, 0.01), 2)
 
 
 def iou_curves(probs, masks, thresholds=THRESHOLDS, largest_component=True):
@@ -24,6 +27,19 @@ def iou_curves(probs, masks, thresholds=THRESHOLDS, largest_component=True):
         for j, t in enumerate(thresholds):
             pred = keep_largest_component(up > t) if largest_component else up > t
             curves[i, j] = per_image_metrics(torch.from_numpy(pred)[None, None], target)["iou"].item()
+    return curves
+
+
+def edge_curves(probs, masks, moves=EDGE_MOVES, threshold=0.5):
+    """IoU [N, M] of each image with the edge of make predict's mask (resized back to the boolean mask's size,
+    thresholded, the largest region) moved by each share of moves: what moving the model's edge by one amount for
+    every image, as learning an annotator's mean edge would, scores (adapt_experiment.py --calibration-only)."""
+    curves = np.empty((len(masks), len(moves)))
+    for i, mask in enumerate(masks):
+        pred = mask_at_size(probs[i, 0].float().numpy(), mask.shape[1], mask.shape[0], threshold, True)
+        target = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None]
+        for j, moved in enumerate(moved_edges(pred, moves) if pred.any() else [pred] * len(moves)):
+            curves[i, j] = per_image_metrics(torch.from_numpy(moved)[None, None], target)["iou"].item()
     return curves
 
 
@@ -48,9 +64,9 @@ def calibrate_cv(curves, thresholds=THRESHOLDS, folds=FOLDS, seed=0):
             "cv_standard_error": error, "images": n, "folds": k, "rule": "cv"}
 
 
-def calibrate_one_se(curves, thresholds=THRESHOLDS):
+def calibrate_one_se(curves, thresholds=THRESHOLDS, neutral=0.5):
     """The threshold to use, from iou_curves() of the calibration images: of the thresholds whose mean IoU is
-    within one paired standard error of the best one's, the closest to 0.5. A real shift moves the threshold
+    within one paired standard error of the best one's, the closest to neutral (0.5; for edge_curves(), 0). A real shift moves the threshold
     toward the best one; noise, or a few images whose IoU falls steeply, widens the band and keeps it near 0.5.
     Returns {'threshold', 'best_threshold', 'band' (the lowest and highest threshold in it), 'images', 'rule'}."""
     n, mean = len(curves), curves.mean(0)
@@ -58,7 +74,7 @@ def calibrate_one_se(curves, thresholds=THRESHOLDS):
     behind = curves[:, [best]] - curves  # each image's IoU at the best threshold minus at each other
     error = behind.std(0, ddof=1) / math.sqrt(n) if n > 1 else np.full(len(thresholds), np.inf)
     band = np.flatnonzero(mean[best] - mean <= error)
-    pick = band[np.argmin(np.abs(thresholds[band] - 0.5))]
+    pick = band[np.argmin(np.abs(thresholds[band] - neutral))]
     return {"threshold": float(thresholds[pick]), "best_threshold": float(thresholds[best]),
             "band": [float(thresholds[band].min()), float(thresholds[band].max())], "images": n, "rule": "one-se"}
 

@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -207,3 +208,30 @@ def test_the_one_se_rule_adopts_a_real_shift_keeps_0_5_without_one_and_is_not_le
     steep[:3] += np.clip(t - 0.5, 0, None) * 0.6  # three faint lesions whose IoU climbs steeply above 0.5
     result = calibration.calibrate_one_se(steep)
     assert result["best_threshold"] > 0.5 and result["threshold"] == 0.5  # the mean alone would move it
+
+
+def test_edge_curves_find_the_move_that_undoes_a_tighter_annotator_and_none_without_one():
+    yy, xx = np.mgrid[:256, :256]
+    disc = (yy - 128) ** 2 + (xx - 128) ** 2 <= 100 ** 2  # a move of 0.01 is a pixel
+    probs = torch.from_numpy(disc.astype(np.float32))[None, None].repeat(3, 1, 1, 1)  # the model draws ISIC's edge
+    curves = calibration.edge_curves(probs, [disc, annotators.tighter(disc), annotators.looser(disc)])
+    moves = calibration.EDGE_MOVES
+    assert curves[0, list(moves).index(0.0)] == curves[0].max() == 1
+    assert list(moves[curves[1:].argmax(1)]) == pytest.approx([0.08, -0.08], abs=0.011)
+    plain = calibration.iou_curves(probs[:1], [annotators.tighter(disc)])[0, list(calibration.THRESHOLDS).index(0.5)]
+    assert curves[1, list(moves).index(0.0)] == pytest.approx(plain) and curves[1].max() > plain + 0.1
+    tighter_draw = calibration.calibrate_one_se(curves[[1] * 5], moves, neutral=0.0)
+    assert tighter_draw["threshold"] == pytest.approx(0.08, abs=0.011)
+
+
+def test_the_calibration_experiment_scores_every_rule_from_one_unshifted_baseline(synthetic):
+    train_pairs = layouts.find_pairs(synthetic[0], "train")
+    pools = {"scored": train_pairs[:4], "draw": train_pairs[4:10]}
+    settings = SimpleNamespace(images=[3], seeds=[0, 1])
+    rows = list(adapt_experiment.run_calibration("tighter", pools, load_checkpoint(RELEASED, torch.device("cpu")),
+                                                 settings, torch.device("cpu")))
+    assert [r["rule"] for r in rows] == list(adapt_experiment.CALIBRATIONS) * 2
+    assert len({r["before"] for r in rows}) == 1  # threshold 0.5 and edge move 0 are the same mask
+    assert all(r["best_possible"] >= max(r["before"], r["calibrated"]) for r in rows)
+    table = adapt_experiment.calibration_table(rows, clean=1.0)
+    assert table.count("| tighter |") == len(adapt_experiment.CALIBRATIONS) and "edge one-se" in table
