@@ -117,7 +117,7 @@ ablations: $(ABLATIONS)
 # in any layout, with few epochs, a low learning rate, the encoder frozen and the shift augmentation; adapt.py then
 # scores it before and after on DATA_DIR's held-out images (train.py leaves them to it, --no-test: one test IoU
 # per model, one protocol) and writes $(RUNS)/adapt/model.pt and its card.
-# make calibrate: the decision threshold of CHECKPOINT alone, calibrated on DATA_DIR (no training).
+# make calibrate: how far CHECKPOINT's masks' edge moves in or out, calibrated on DATA_DIR (no training).
 ADAPT_FROM ?= $(RELEASED)
 ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 1e-4 --epochs 10 \
 	--batch-size 8 --val-fraction 0 --ema 0.9 --no-test
@@ -138,7 +138,7 @@ adapt-experiment: setup
 	$(PY) adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
 		$(if $(SHIFTS),--shifts $(SHIFTS)) $(if $(IMAGES),--images $(IMAGES)) --out "$(RUNS)/adapt-experiment"
 
-# The calibration rules compared on the varying annotator shifts, 20 images per draw, 9 draws (no training)
+# The calibration rules (thresholds, edge moves) compared on the annotator shifts, 20 images per draw, 9 draws
 calibration-experiment: setup
 	$(PY) adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --calibration-only --images 20 \
 		--seeds 0 1 2 3 4 5 6 7 8 --shifts none tighter-varying looser-varying clinic tighter looser \

@@ -1,14 +1,15 @@
-"""Adapt a trained model to your own annotators: calibrate its decision threshold on your labelled images, compare
-it before and after fine-tuning on held-out ones, and write the model you use from then on with its card.
+"""Adapt a trained model to your own annotators: calibrate how far its masks' edge moves in or out on your labelled
+images, compare it before and after fine-tuning on held-out ones, and write the model you use from then on with
+its card.
 
     make adapt DATA_DIR=my_labelled/        # fine-tune the released model (train.py --init-from), then this script
-    make calibrate DATA_DIR=my_labelled/    # the decision threshold alone: no training
+    make calibrate DATA_DIR=my_labelled/    # the edge move alone: no training
     python adapt.py --data-dir my_labelled/ --adapted runs/adapt/best.pt --out runs/adapt
 
 DATA_DIR may be in any layout that --data-dir reads (README: Data). Its training images (a plain images/ + masks/
-folder: all but the 20% held out) calibrate the threshold; its test images (test/, or that 20%) are held out and
-scored before and after. --out receives model.pt (float16, the threshold stored inside: predict.py, serve.py and
-export.py use it), README.md (its card) and adapt.json.
+folder: all but the 20% held out) calibrate the edge move (calibration.py); its test images (test/, or that 20%)
+are held out and scored before and after. --out receives model.pt (float16, the edge move stored inside:
+predict.py, evaluate.py, serve.py and export.py use it), README.md (its card) and adapt.json.
 """
 import datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import cli
 import images
 import runfiles
-from calibration import calibrate, iou_curves
+from calibration import calibrate, edge_curves
 from device import pick_device
 import released
 from errors import DataError, UsageError
@@ -44,15 +45,14 @@ def load_user_data(data_dir, size, split_seed, cache_dir):
 
 
 def compare(base, adapted, calibration, held_out, device):
-    """{row name: paired_difference() against the model before, at 0.5} on the held-out images."""
-    threshold, masks = calibration["threshold"], held_out["mask_paths"]
-    probs = tta_probabilities(*base, held_out["images"], device)  # once: scored at 0.5 and at the threshold
+    """{row name: paired_difference() against the model before} on the held-out images."""
+    move, masks = calibration["edge_move"], held_out["mask_paths"]
+    probs = tta_probabilities(*base, held_out["images"], device)  # once: scored as it is and with the edge moved
     before = largest_region_iou(probs, masks)
-    rows = {"before (threshold 0.5)": paired_difference(before, before),
-            f"threshold calibrated ({threshold:g})": paired_difference(
-                before, largest_region_iou(probs, masks, threshold))}
+    rows = {"before": paired_difference(before, before),
+            f"calibrated (edge {move:+g})": paired_difference(before, largest_region_iou(probs, masks, 0.5, move))}
     if adapted:
-        rows["adapted (threshold 0.5)"] = paired_difference(
+        rows["adapted (its own edge)"] = paired_difference(
             before, largest_region_iou(tta_probabilities(*adapted, held_out["images"], device), masks))
     return rows
 
@@ -61,7 +61,7 @@ def verdict(rows, adapted):
     """Sentences on the last row against the first: better or worse only when the paired change clears MARGIN
     standard errors, else no clear difference; a warning below FEW_HELD_OUT held-out images."""
     last = rows[list(rows)[-1]]
-    what, n, change, error = ("adaptation" if adapted else "the calibrated threshold"), last["n"], \
+    what, n, change, error = ("adaptation" if adapted else "calibration"), last["n"], \
         last["difference"], last["standard_error"]
     if n < 2:
         text = (f"On 1 held-out image {what} changed IoU by {change:+.4f}: one image gives no standard error, so "
@@ -84,24 +84,32 @@ def standard_error(row):
     return "n/a (1 image)" if row["n"] < 2 else f"{row['standard_error']:.4f}"
 
 
+def edge_words(move):
+    """An edge move in words: 'the model's own edge', or 'the edge moved in by 7% of each lesion's radius'."""
+    if not move:
+        return "the model's own edge"
+    return f"the edge moved {'in' if move > 0 else 'out'} by {abs(move):.0%} of each lesion's radius"
+
+
 def calibration_sentence(c, adapted):
-    """What calibration (calibration.calibrate: the one-standard-error rule) found, and the threshold it uses."""
+    """What calibration (calibration.calibrate: the one-standard-error rule) found, and the edge move it uses."""
     low, high = c["band"]
-    return (f"calibration on those {c['images']} images found {c['best_threshold']:g} best; the thresholds whose "
-            f"IoU is within one paired standard error of it reach from {low:g} to {high:g}, and of those the closest "
-            f"to 0.5, {c['threshold']:g}, {'would be' if adapted else 'is'} used.")
+    return (f"calibration on those {c['images']} images found a move of {c['best_edge_move']:+g} x the radius "
+            f"best; the moves whose IoU is within one paired standard error of it reach from {low:+g} to {high:+g}, "
+            f"and of those the closest to 0, {c['edge_move']:+g}, {'would be' if adapted else 'is'} used "
+            "(+ inward, - outward).")
 
 
 def card(report, rows):
-    """The adapted model's card (Markdown): where it came from, its threshold, and how it scores."""
+    """The adapted model's card (Markdown): where it came from, its edge move, and how it scores."""
     c = report["calibration"]
     lines = [f"# {'Adapted' if report['adapted'] else 'Calibrated'} lesion segmenter", "",
              f"`model.pt`, written by adapt.py on {report['date']} (commit {report['commit']}) from "
              f"`{report['adapted'] or report['checkpoint']}`"
              + (f", fine-tuned from `{report['checkpoint']}`" if report['adapted'] else "")
              + f" on {c['images']} labelled images of `{report['data_dir']}`.", "",
-             f"**Threshold {report['threshold']:g}.** "
-             + ("The adapted model learnt these masks' edge itself, so it keeps 0.5. For the model before, "
+             f"**Masks: {edge_words(report['edge_move'])}.** "
+             + ("The adapted model learnt these masks' edge itself, so it keeps its own. For the model before, "
                 if report["adapted"] else "")
              + calibration_sentence(c, report["adapted"]), ""]
     if rows:
@@ -129,7 +137,7 @@ def parse_args(argv=None):
     cli.add_checkpoint_flag(parser, "the model before adaptation", default=released.PT)
     parser.add_argument("--adapted", metavar="CHECKPOINT",
                         help="the fine-tuned model (train.py --init-from CHECKPOINT's best.pt); without it, the "
-                        "threshold is calibrated alone")
+                        "edge move is calibrated alone")
     parser.add_argument("--out", default="runs/adapt", help="folder for model.pt, README.md, adapt.json "
                         "(default: runs/adapt)")
     cli.add_cache_dir_flag(parser)
@@ -148,16 +156,16 @@ def main(argv=None):
                          f"{args.checkpoint} at {size} px: give the checkpoint it was fine-tuned from")
     calibration_images, held_out = load_user_data(args.data_dir, size, (adapted or base)[1]["split_seed"],
                                                   args.cache_dir)
-    calib = calibrate(iou_curves(tta_probabilities(*base, calibration_images["images"], device), [
+    calib = calibrate(edge_curves(tta_probabilities(*base, calibration_images["images"], device), [
         images.read_binary_mask(p) for p in calibration_images["mask_paths"]]))
     rows = compare(base, adapted, calib, held_out, device) if held_out else {}
-    threshold = 0.5 if adapted else calib["threshold"]
+    move = 0.0 if adapted else calib["edge_move"]
     model_file = half_precision(args.adapted or args.checkpoint)
-    model_file["config"]["threshold"] = threshold
+    model_file["config"].update(threshold=0.5, edge_move=move)  # the edge was calibrated at 0.5
     out.mkdir(parents=True, exist_ok=True)
     runfiles.atomic_save(model_file, out / "model.pt")
     report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "adapted": args.adapted,
-              "model": str(out / "model.pt"), "threshold": threshold, "calibration": calib,
+              "model": str(out / "model.pt"), "threshold": 0.5, "edge_move": move, "calibration": calib,
               "held_out": len(held_out["ids"]) if held_out else 0, "comparisons": rows,
               "recipe": {k: adapted[1][k] for k in RECIPE} if adapted else None,
               "date": datetime.date.today().isoformat(), "commit": runfiles.commit()}

@@ -1,5 +1,6 @@
 """The annotator-shift experiment of docs/adapt.md: how much of what another clinic's annotators (or camera) cost
-does threshold calibration win back, and how much does make adapt's fine-tuning on 10, 20 or 50 labelled images?
+does make calibrate (an edge move, no training) win back, and how much make adapt's fine-tuning on 10, 20 or 50
+labelled images?
 
 Each shift (annotators.py: tighter, looser, coarse; a camera: one of perturbations.py's shifts, masks unchanged;
 none) is applied alike to the adaptation images, drawn from the training split, and to the scored images. Each
@@ -27,7 +28,7 @@ import images
 import layouts
 import runfiles
 from annotators import ANNOTATORS
-from calibration import EDGE_MOVES, RULES, THRESHOLDS, calibrate, calibrate_one_se, edge_curves, iou_curves
+from calibration import EDGE_MOVES, RULES, THRESHOLDS, calibrate, edge_curves, iou_curves
 import released
 from device import pick_device
 from errors import UsageError
@@ -40,10 +41,11 @@ from plots import plot_adaptation
 VAL_IMAGES = 150  # training images kept out of every draw: the scored images of --split val
 CAMERA = "jpeg 20"  # the camera shift: the photometric shift of the robustness suite that costs the most
 SHIFTS = ("none", "tighter", "looser", "coarse", "camera", "tighter-varying", "looser-varying", "clinic")
-# --calibration-only's rules: {name: (curves it reads, candidates, the neutral one, rule)}; "edge one-se" moves the
-# model's edge by one share of each mask's radius (calibration.edge_curves), measured here, not what make calibrate does
-CALIBRATIONS = {**{rule: ("threshold", THRESHOLDS, 0.5, pick) for rule, pick in RULES.items()},
-                "edge one-se": ("edge", EDGE_MOVES, 0.0, lambda c: calibrate_one_se(c, EDGE_MOVES, neutral=0.0))}
+# --calibration-only's rules: {name: (curves it reads, candidates, the neutral one, its choice of them)}: the
+# threshold rules, and make calibrate's, which moves the model's edge by one share of each mask's radius
+CALIBRATIONS = {**{rule: ("threshold", THRESHOLDS, 0.5, lambda c, pick=pick: pick(c)["threshold"])
+                   for rule, pick in RULES.items()},
+                "edge one-se": ("edge", EDGE_MOVES, 0.0, lambda c: calibrate(c)["edge_move"])}
 
 
 def shifted_pair(image_path, mask_path, shift, n):
@@ -104,14 +106,14 @@ def run_shift(shift, pools, base, done, args, device):
                 continue
             pairs = [pools["draw"][k] for k in order[:n]]
             adapt_images, adapt_masks = shifted(pairs, shift, size)
-            calib = calibrate(iou_curves(tta_probabilities(model, config, adapt_images, device), adapt_masks))
+            calib = calibrate(edge_curves(tta_probabilities(model, config, adapt_images, device), adapt_masks))
             folder = args.out / "data" / f"{shift}-seed{seed}-n{n}"
             write_adaptation_set(pairs, shift, folder)
             best, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
             adapted = tta_probabilities(*load_checkpoint(best, device), inputs, device)
             yield {"shift": shift, "images": n, "seed": seed, "before": before,
-                   "calibrated": largest_region_iou(base_probs, masks, calib["threshold"]).mean(),
-                   "threshold": calib["threshold"], "adapted": largest_region_iou(adapted, masks, 0.5).mean(),
+                   "calibrated": largest_region_iou(base_probs, masks, 0.5, calib["edge_move"]).mean(),
+                   "edge_move": calib["edge_move"], "adapted": largest_region_iou(adapted, masks, 0.5).mean(),
                    "adapt_seconds": seconds}
 
 
@@ -129,7 +131,7 @@ def run_calibration(shift, pools, base, args, device):
     row_of = {k: i for i, k in enumerate(used)}
     for seed, draw in draws.items():
         for rule, (kind, candidates, neutral, calibrate_with) in CALIBRATIONS.items():
-            choice = calibrate_with(curves["draw"][kind][[row_of[int(k)] for k in draw]])["threshold"]
+            choice = calibrate_with(curves["draw"][kind][[row_of[int(k)] for k in draw]])
             scored = curves["scored"][kind].mean(0)
             yield {"shift": shift, "images": n, "seed": seed, "rule": rule, "threshold": choice,
                    "adopted": choice != neutral, "before": scored[np.argmin(np.abs(candidates - neutral))],

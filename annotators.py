@@ -1,28 +1,14 @@
 """Annotator shifts: the same lesion outlined by another clinic's annotators, tighter, looser or coarser than
 ISIC's, the same for every image or varying from image to image as a real clinic's do. Each takes a boolean mask
 [H,W] (and a random generator for the varying ones) and returns the shifted mask; adapt_experiment.py measures how
-well adaptation (make adapt) and threshold calibration undo them."""
-import math
-
+well adaptation (make adapt) and calibration undo them."""
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from masks import moved_edges
+
 SHARE = 0.08  # tighter and looser move the edge by this share of the lesion's equivalent radius
-
-
-def equivalent_radius(mask):
-    """The radius of the disc with the mask's area, in pixels."""
-    return math.sqrt(mask.sum() / math.pi)
-
-
-def moved_edges(mask, shares):
-    """The mask with its edge moved by each signed share of its equivalent radius: inward where share >= 0 (as a
-    tighter annotator draws), outward where share < 0 (as a looser one); one distance transform each way."""
-    radius = equivalent_radius(mask)
-    inside, outside = ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask)
-    return [inside > share * radius if share >= 0 else outside <= -share * radius for share in shares]
 
 
 def tighter(mask, share=SHARE):

@@ -221,7 +221,8 @@ def stage_shares(paths, out, batch_size=16):
     probs = timed("model", lambda: segmenter.probabilities(np.stack(
         [images.model_input(p, segmenter.image_size) for p in photos]), tta=True, batch_size=batch_size))
     pictures = timed("post-processing", lambda: [(m, overlay(p, m)) for p, m in (
-        (p, mask_at_size(prob, p.shape[1], p.shape[0], segmenter.threshold, True)) for p, prob in zip(photos, probs))])
+        (p, mask_at_size(prob, p.shape[1], p.shape[0], segmenter.threshold, True, segmenter.edge_move))
+        for p, prob in zip(photos, probs))])
     out.mkdir()
     timed("writing", lambda: [(runfiles.write_bytes(out / f"{i}_segmentation.png", encoded(mask_png(m), "PNG")),
                                runfiles.write_bytes(out / f"{i}_overlay.jpg", encoded(o, "JPEG")))

@@ -1,13 +1,13 @@
-"""Decision-threshold calibration: the probability above which a pixel is lesion, picked on a few labelled images
-of the user's own (adapt.py). Annotators who draw tighter or looser than ISIC's are matched by a higher or lower
-threshold; the change is adopted only as far as the images' paired standard error says it is real."""
+"""Calibration on a few labelled images of the user's own (adapt.py): how far to move the model's edge (in or out,
+a share of each mask's equivalent radius) so that its masks match annotators who draw tighter or looser than
+ISIC's; the move is adopted only as far as the images' paired standard error says it is real. The decision
+threshold's calibration, which moves the edge less, is kept for comparison (docs/adapt.md)."""
 import math
 
 import numpy as np
 import torch
 
-from annotators import moved_edges
-from masks import keep_largest_component, mask_at_size, resize_probabilities
+from masks import keep_largest_component, mask_at_size, moved_edges, resize_probabilities
 from metrics import per_image_metrics
 
 # The candidates, 0.5 among them; finer near 0 and 1, where a sharp model's probabilities still move the edge
@@ -65,10 +65,11 @@ def calibrate_cv(curves, thresholds=THRESHOLDS, folds=FOLDS, seed=0):
 
 
 def calibrate_one_se(curves, thresholds=THRESHOLDS, neutral=0.5):
-    """The threshold to use, from iou_curves() of the calibration images: of the thresholds whose mean IoU is
-    within one paired standard error of the best one's, the closest to neutral (0.5; for edge_curves(), 0). A real shift moves the threshold
-    toward the best one; noise, or a few images whose IoU falls steeply, widens the band and keeps it near 0.5.
-    Returns {'threshold', 'best_threshold', 'band' (the lowest and highest threshold in it), 'images', 'rule'}."""
+    """The threshold to use, from iou_curves() of the calibration images: of the thresholds whose mean IoU is within one
+    paired standard error of the best one's, the closest to neutral (0.5; for edge_curves(), 0). A real shift
+    moves the threshold toward the best one; noise, or a few images whose IoU falls steeply, widens the band and
+    keeps it near 0.5. Returns {'threshold', 'best_threshold', 'band' (the lowest and highest threshold in it),
+    'images', 'rule'}."""
     n, mean = len(curves), curves.mean(0)
     best = int(mean.argmax())
     behind = curves[:, [best]] - curves  # each image's IoU at the best threshold minus at each other
@@ -79,6 +80,14 @@ def calibrate_one_se(curves, thresholds=THRESHOLDS, neutral=0.5):
             "band": [float(thresholds[band].min()), float(thresholds[band].max())], "images": n, "rule": "one-se"}
 
 
-RULES = {"cv": calibrate_cv, "one-se": calibrate_one_se}  # compared in docs/adapt.md (make calibration-experiment)
-calibrate = calibrate_one_se  # chosen on validation: it wins back more of every varying shift's cost (adapt.py's
-#                               card describes this rule)
+def calibrate_edge(curves, moves=EDGE_MOVES):
+    """The edge move to use, from edge_curves() of the calibration images: the one-standard-error rule toward 0 (the
+    model's own edge). Returns {'edge_move', 'best_edge_move', 'band', 'images', 'rule'}."""
+    chosen = calibrate_one_se(curves, moves, neutral=0.0)
+    return {"edge_move": chosen["threshold"], "best_edge_move": chosen["best_threshold"], "band": chosen["band"],
+            "images": chosen["images"], "rule": "edge one-se"}
+
+
+RULES = {"cv": calibrate_cv, "one-se": calibrate_one_se}  # the threshold rules compared in docs/adapt.md
+calibrate = calibrate_edge  # chosen on validation (make calibration-experiment): it wins back more of every
+#                             annotator shift's cost than any threshold rule (adapt.py's card describes it)

@@ -13,7 +13,7 @@ import runfiles
 from device import pick_device
 from inference import score_model
 from splits import split_to_score
-from model import decision_threshold, load_models
+from model import decision_edge_move, decision_threshold, load_models
 
 
 def results_name(out, split):
@@ -48,13 +48,14 @@ def main(argv=None):
     model, configs = load_models(args.checkpoint, device)
     config = configs[0]
     threshold = decision_threshold(configs) if args.threshold is None else args.threshold
+    edge_move = decision_edge_move(configs)  # adapt.py's calibration; it applies at each mask's own size
     split, what = split_to_score(args.data_dir, args.split, configs, args.cache_dir, args.workers)
     print(f"{layouts.detect_layout(args.data_dir)} in {args.data_dir}, {what}")
     summary, per_image = score_model(model, split, config["loss"], args.batch_size, device,
-                                      not config["no_amp"], args.tta, args.full_res, threshold)
+                                      not config["no_amp"], args.tta, args.full_res, threshold, edge_move)
     out = Path(args.out or os.path.commonpath([Path(c).parent for c in args.checkpoint]))
     out.mkdir(parents=True, exist_ok=True)
-    summary["threshold"] = threshold
+    summary["threshold"], summary["edge_move"] = threshold, edge_move
     summary["checkpoints"] = [os.path.relpath(c, out) for c in args.checkpoint]  # from `out`: the folder can move
     path = runfiles.write_results(out, results_name(out, args.split), summary, per_image, split["ids"])
     print(f"{args.split} ({summary['n_images']} images): " + ", ".join(

@@ -6,7 +6,8 @@ file against PyTorch, so that make predict and the page run them on ONNX Runtime
 
 The ONNX model takes float32 RGB images [N,3,S,S] with values 0..255 (S: the checkpoint's image size) and
 returns logits [N,1,S,S]; a pixel is lesion where sigmoid(logit) > the model's threshold, stored in the file's
-metadata ("threshold": adapt.py's calibration, else 0.5; "image_size": S). Its weights are stored in float16
+metadata ("threshold" and "edge_move": adapt.py's calibration, else 0.5 and 0; "image_size": S); the mask's edge
+is then moved by "edge_move" x its equivalent radius (masks.move_edge). Its weights are stored in float16
 and computed in float32. The export needs onnx and its check onnxruntime (pip install -r
 requirements-export.txt).
 """
@@ -14,7 +15,7 @@ requirements-export.txt).
 import cli
 import onnx_model
 import released
-from model import decision_threshold, load_models
+from model import decision_edge_move, decision_threshold, load_models
 
 
 def main(argv=None):
@@ -24,7 +25,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model, configs = load_models(args.checkpoint or [str(released.PT)])
     size = configs[0]["image_size"]
-    onnx_model.export(model, size, args.out, decision_threshold(configs))
+    onnx_model.export(model, size, args.out, decision_threshold(configs), decision_edge_move(configs))
     worst = onnx_model.check(model, size, args.out)
     if worst is None:
         print(f"wrote {args.out}; not checked: onnxruntime is not installed (pip install -r requirements-export.txt)")

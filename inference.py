@@ -40,11 +40,12 @@ def tta_probabilities(model, config, images, device, batch_size=64):
     return predict_probs(model, images, batch_size, device, not config["no_amp"], tta=True)
 
 
-def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True, threshold=0.5):
+def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True, threshold=0.5,
+                edge_move=0.0):
     """Every test number of a model on a load_split() result: per-image means at model resolution (plain keys),
     'tta_' keys with flip test-time augmentation, 'fullres_' keys at each mask's original size ('fullres_lcc_' with
-    only the largest region kept), and 'pooled_iou' keys over all pixels together. Returns (summary, per-image
-    metrics)."""
+    only the largest region kept; only these move the edge by edge_move, as make predict's masks), and 'pooled_iou'
+    keys over all pixels together. Returns (summary, per-image metrics)."""
     masks = split["masks"][:]  # read into memory if memory-mapped
     logits = predict_logits(model, split["images"], batch_size, device, amp)
     summary, per_image = score(logits, masks, loss_name, threshold)
@@ -55,7 +56,8 @@ def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True,
     for prefix, probs in variants.items():
         summary[f"{prefix}pooled_iou"] = pooled_iou(probs > threshold, masks)
     if full_res:
-        for prefix, (metrics, pooled) in full_resolution_metrics(variants, split["mask_paths"], threshold).items():
+        for prefix, (metrics, pooled) in full_resolution_metrics(variants, split["mask_paths"], threshold,
+                                                                   edge_move).items():
             add_metrics(summary, per_image, f"fullres_{prefix}", metrics)
             summary[f"fullres_{prefix}pooled_iou"] = pooled
     return summary, per_image

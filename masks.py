@@ -1,6 +1,7 @@
 """From a model's probabilities to what a user gets, without torch: the decision threshold's one rule, the mask at
-the image's own size, its largest region, its outline and the files written of it. Both runtimes (segmenter.py)
-and every score at an image's own size (metrics.py, calibration.py) use these: what is scored is what users get."""
+the image's own size, its largest region, its edge moved as calibrated, its outline and the files written of it.
+Both runtimes (segmenter.py) and every score at an image's own size (metrics.py, calibration.py) use these: what
+is scored is what users get."""
 import io
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 from errors import UsageError
 
 OVERLAY_QUALITY = 90  # JPEG quality of the overlays: a picture to look at, 10x cheaper to write than a PNG of it
+MAX_EDGE_MOVE = 0.5  # an edge move is a share of the mask's equivalent radius: beyond a half it is another lesion
 
 
 def checked_threshold(value, source="--threshold"):
@@ -24,6 +26,19 @@ def checked_threshold(value, source="--threshold"):
     return threshold
 
 
+def checked_edge_move(value, source="the edge move"):
+    """The edge move (adapt.py's calibration: a share of each mask's equivalent radius, + inward, - outward) as a
+    float, if it is a number from -MAX_EDGE_MOVE to MAX_EDGE_MOVE; else UsageError naming where it came from."""
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = float("nan")
+    if not -MAX_EDGE_MOVE <= share <= MAX_EDGE_MOVE:  # False for NaN too
+        raise UsageError(f"{source} is {value!r}: an edge move is a share of the mask's radius from "
+                         f"{-MAX_EDGE_MOVE:g} to {MAX_EDGE_MOVE:g} (0: the model's own edge)")
+    return share
+
+
 def resize_probabilities(prob, width, height):
     """Probabilities [S,S] (float32) resized bilinearly to [height, width]: an enlargement as torch's
     interpolate(align_corners=False) makes it (within 1e-5), a reduction antialiased."""
@@ -31,11 +46,27 @@ def resize_probabilities(prob, width, height):
                                                                                           Image.BILINEAR))
 
 
-def mask_at_size(prob, width, height, threshold=0.5, largest_component=False):
-    """Boolean mask [height, width] of one probability map [S,S]: resized back (bilinear), thresholded, and with
-    largest_component only its largest region kept. Every mask this project hands out is made here."""
+def mask_at_size(prob, width, height, threshold=0.5, largest_component=False, edge_move=0.0):
+    """Boolean mask [height, width] of one probability map [S,S]: resized back (bilinear), thresholded, with
+    largest_component only its largest region kept, then its edge moved by edge_move. Every mask this project
+    hands out is made here."""
     mask = resize_probabilities(prob, width, height) > threshold
-    return keep_largest_component(mask) if largest_component else mask
+    return move_edge(keep_largest_component(mask) if largest_component else mask, edge_move)
+
+
+def moved_edges(mask, shares):
+    """The mask with its edge moved by each signed share of its equivalent radius (the radius of the disc of its
+    area): inward where share >= 0 (as a tighter annotator draws), outward where share < 0 (as a looser one)."""
+    from scipy import ndimage  # here: only this step needs scipy
+    radius = np.sqrt(mask.sum() / np.pi)
+    inside, outside = ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask)
+    return [inside > share * radius if share >= 0 else outside <= -share * radius for share in shares]
+
+
+def move_edge(mask, share):
+    """moved_edges for one share; the mask itself when there is nothing to move (share 0, an empty mask, or one
+    that fills the image: its edge is outside it)."""
+    return moved_edges(mask, [share])[0] if share and mask.any() and not mask.all() else mask
 
 
 def keep_largest_component(mask):

@@ -8,7 +8,7 @@ import torch
 
 import images
 from losses import LOSSES
-from masks import keep_largest_component, resize_probabilities
+from masks import keep_largest_component, move_edge, resize_probabilities
 
 
 def per_image_metrics(pred, masks):
@@ -48,10 +48,11 @@ def pooled_iou(pred, masks):
     return (pred & masks).sum().item() / max((pred | masks).sum().item(), 1)
 
 
-def full_resolution_metrics(variants, masks, threshold=0.5):
+def full_resolution_metrics(variants, masks, threshold=0.5, edge_move=0.0):
     """{name: (per-image metrics, pooled IoU)} for each {name: probabilities [N,1,S,S]}, every prediction
-    resized back to its ground-truth mask's own size and thresholded there, as the ISIC challenges score and as
-    make predict's masks are made (masks.py); and the same under 'lcc_' + name with only the largest region kept.
+    resized back to its ground-truth mask's own size and thresholded there (its edge moved by edge_move), as the
+    ISIC challenges score and as make predict's masks are made (masks.py); and the same under 'lcc_' + name with
+    only the largest region kept.
     masks: N mask files (each read once) or boolean arrays [H,W]."""
     names = [pre + name for name in variants for pre in ("", "lcc_")]
     per_image = {name: [] for name in names}
@@ -63,7 +64,7 @@ def full_resolution_metrics(variants, masks, threshold=0.5):
         for name, probs in variants.items():
             pred = resize_probabilities(probs[i, 0].float().numpy(), width, height) > threshold
             for key, p in ((name, pred), ("lcc_" + name, keep_largest_component(pred))):
-                p = torch.from_numpy(p)[None, None]
+                p = torch.from_numpy(move_edge(p, edge_move))[None, None]
                 per_image[key].append(per_image_metrics(p, mask))
                 counts[key][0] += (p & mask).sum().item()
                 counts[key][1] += (p | mask).sum().item()
@@ -71,10 +72,10 @@ def full_resolution_metrics(variants, masks, threshold=0.5):
             for name, rows in per_image.items()}
 
 
-def largest_region_iou(probs, masks, threshold=0.5):
+def largest_region_iou(probs, masks, threshold=0.5, edge_move=0.0):
     """Per-image IoU [N] (numpy) of probabilities [N,1,S,S] at each mask's own size, thresholded, only the largest
-    region kept: make predict's masks scored. masks: N mask files or boolean arrays [H,W]."""
-    return full_resolution_metrics({"": probs}, masks, threshold)["lcc_"][0]["iou"].numpy()
+    region kept, its edge moved: make predict's masks scored. masks: N mask files or boolean arrays [H,W]."""
+    return full_resolution_metrics({"": probs}, masks, threshold, edge_move)["lcc_"][0]["iou"].numpy()
 
 
 def paired_difference(base, new):

@@ -12,7 +12,7 @@ from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 import released
 from errors import ModelFileError
-from masks import checked_threshold
+from masks import checked_edge_move, checked_threshold
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -197,6 +197,13 @@ def decision_threshold(configs):
     in a checkpoint's config (an ensemble: the mean of its members'), else 0.5. UsageError for a stored threshold
     outside (0, 1)."""
     return sum(checked_threshold(c.get("threshold", 0.5), "the threshold stored in the checkpoint")
+               for c in configs) / len(configs)
+
+
+def decision_edge_move(configs):
+    """How far these models' masks move their edge (masks.move_edge): the edge move adapt.py calibrated and stored
+    in a checkpoint's config (an ensemble: the mean of its members'), else 0. UsageError for one out of range."""
+    return sum(checked_edge_move(c.get("edge_move", 0.0), "the edge move stored in the checkpoint")
                for c in configs) / len(configs)
 
 

@@ -4,7 +4,8 @@ Runtime's logits against PyTorch's. Needs torch and onnx (requirements-export.tx
 onnxruntime (segmenter.py).
 
 The file takes float32 RGB images [N,3,S,S] with values 0..255 and returns logits [N,1,S,S]; its metadata holds
-"image_size" (S) and "threshold" (a pixel is lesion where sigmoid(logit) > threshold).
+"image_size" (S), "threshold" (a pixel is lesion where sigmoid(logit) > threshold) and "edge_move" (the mask's edge
+then moved by that share of its equivalent radius, masks.move_edge; absent in files older than it: 0).
 """
 import warnings
 
@@ -22,8 +23,9 @@ def import_onnx():
     return onnx
 
 
-def export(model, size, path, threshold=0.5, half_weights=True):
-    """Write the model as ONNX to path (a dynamic batch size), its input size and decision threshold as metadata.
+def export(model, size, path, threshold=0.5, edge_move=0.0, half_weights=True):
+    """Write the model as ONNX to path (a dynamic batch size), its input size, decision threshold and edge move as
+    metadata.
     half_weights: every float32 weight stored in float16 and cast back to float32 when the file is loaded, so the
     file is half the size and ONNX Runtime still computes in float32 (float16 arithmetic is slow on CPUs)."""
     onnx = import_onnx()
@@ -36,7 +38,8 @@ def export(model, size, path, threshold=0.5, half_weights=True):
     exported = onnx.load(str(path))
     if half_weights:
         store_weights_in_half(exported.graph, onnx)
-    onnx.helper.set_model_props(exported, {"image_size": str(size), "threshold": f"{threshold:g}"})
+    onnx.helper.set_model_props(exported, {"image_size": str(size), "threshold": f"{threshold:g}",
+                                           "edge_move": f"{edge_move:g}"})
     onnx.save(exported, str(path))
 
 

@@ -106,7 +106,7 @@ def plot_examples(names, examples, path, cols=5):
 
 def plot_adaptation(rows, clean, path):
     """IoU against the number of adaptation images, one line per shift (mean over seeds; 0 images: the model
-    before), the threshold-calibrated model at 20 images as a hollow marker, and the unshifted IoU dashed."""
+    before), the calibrated model (make calibrate) at 20 images as a hollow marker, and the unshifted IoU dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for shift in dict.fromkeys(r["shift"] for r in rows):
         mine = [r for r in rows if r["shift"] == shift]
@@ -117,7 +117,7 @@ def plot_adaptation(rows, clean, path):
         if calibrated:
             ax.plot(20, np.mean(calibrated), "o", mfc="none", ms=10, color=line.get_color())
     ax.axhline(clean, ls="--", color="grey", label="no shift, before adapting")
-    ax.plot([], [], "o", mfc="none", color="grey", ms=10, label="threshold calibrated only (20 images)")
+    ax.plot([], [], "o", mfc="none", color="grey", ms=10, label="calibrated only (20 images)")
     ax.set(xlabel="adaptation images (0: before)", ylabel="IoU on the shifted images",
            title="Adapting to another clinic's annotators")
     ax.grid(alpha=0.3)

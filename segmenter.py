@@ -15,7 +15,7 @@ from scipy.special import expit
 import images
 import released
 from errors import ModelFileError, UsageError
-from masks import checked_threshold, mask_at_size
+from masks import checked_edge_move, checked_threshold, mask_at_size
 
 TORCH_MISSING = ("{path} is a PyTorch checkpoint, and PyTorch is not installed here (make predict installs only "
                  "ONNX Runtime). Install it with `.venv/bin/pip install -r requirements.txt` (or `make setup`), or "
@@ -23,8 +23,8 @@ TORCH_MISSING = ("{path} is a PyTorch checkpoint, and PyTorch is not installed h
 
 
 class OnnxRuntime:
-    """An ONNX file on ONNX Runtime: logits of float32 images [N,3,S,S]; its input size and threshold from the
-    file's metadata (onnx_model.py writes them)."""
+    """An ONNX file on ONNX Runtime: logits of float32 images [N,3,S,S]; its input size, threshold and edge move
+    from the file's metadata (onnx_model.py writes them)."""
 
     def __init__(self, path, device="auto"):
         import onnxruntime  # here: only this runtime needs it
@@ -41,6 +41,7 @@ class OnnxRuntime:
         except Exception as e:  # not ONNX at all, or a file without our metadata
             raise ModelFileError(f"{path} is not an ONNX file written by export.py or release.py ({e})"[:400]) from None
         self.threshold = checked_threshold(meta.get("threshold", 0.5), f"the threshold stored in {path}")
+        self.edge_move = checked_edge_move(meta.get("edge_move", 0.0), f"the edge move stored in {path}")
         self.name = "ONNX Runtime"
 
     def __call__(self, batch):
@@ -56,11 +57,12 @@ class TorchRuntime:
         except ImportError:
             raise UsageError(TORCH_MISSING.format(path=paths[0])) from None
         from device import pick_device
-        from model import decision_threshold, load_models
+        from model import decision_edge_move, decision_threshold, load_models
         self.torch, self.device = torch, pick_device(device)
         self.model, configs = load_models([str(p) for p in paths], self.device)
         self.image_size, self.amp = configs[0]["image_size"], not configs[0]["no_amp"]
-        self.threshold, self.name = decision_threshold(configs), "PyTorch"
+        self.threshold, self.edge_move = decision_threshold(configs), decision_edge_move(configs)
+        self.name = "PyTorch"
 
     def __call__(self, batch):
         from device import autocast
@@ -69,10 +71,11 @@ class TorchRuntime:
 
 
 class Segmenter:
-    """A loaded model (runtime), its input size and its decision threshold."""
+    """A loaded model (runtime), its input size, its decision threshold and its edge move."""
 
     def __init__(self, runtime):
         self.runtime, self.image_size, self.threshold = runtime, runtime.image_size, runtime.threshold
+        self.edge_move = runtime.edge_move
 
     @classmethod
     def load(cls, checkpoints=None, device="auto"):
@@ -108,7 +111,7 @@ class Segmenter:
         """Boolean masks [H,W] of photos (RGB uint8 [H,W,3] each), each at its photo's own size."""
         threshold = self.threshold if threshold is None else checked_threshold(threshold)
         probs = self.probabilities(np.stack([images.model_input(p, self.image_size) for p in photos]), tta)
-        return [mask_at_size(prob, p.shape[1], p.shape[0], threshold, largest_component)
+        return [mask_at_size(prob, p.shape[1], p.shape[0], threshold, largest_component, self.edge_move)
                 for prob, p in zip(probs, photos)]
 
     def segment(self, image, tta=True, largest_component=True, threshold=None):

@@ -38,10 +38,11 @@ HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-P
 
 
 def model_json(model):
-    """The page's model.json of an .onnx file: its input size and decision threshold (its metadata)."""
+    """The page's model.json of an .onnx file: its input size, decision threshold and edge move (its metadata)."""
     from segmenter import OnnxRuntime  # here: onnxruntime reads the metadata
     runtime = OnnxRuntime(model, "cpu")
-    return json.dumps({"image_size": runtime.image_size, "threshold": runtime.threshold}).encode()
+    return json.dumps({"image_size": runtime.image_size, "threshold": runtime.threshold,
+                       "edge_move": runtime.edge_move}).encode()
 
 
 def site_files(model):

@@ -1,5 +1,6 @@
-"""Adaptation to a clinic's annotators: make adapt's fine-tuning (train.py --init-from), threshold calibration
-(calibration.py, adapt.py), the threshold stored in the model and used by prediction, and bad input."""
+"""Adaptation to a clinic's annotators: make adapt's fine-tuning (train.py --init-from), calibration of the edge
+move (calibration.py, adapt.py), the move stored in the model and used by prediction, and bad input."""
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import evaluate
 import layouts
 import predict
 import runfiles
+import serve
 import train
 from conftest import ROOT
 from errors import DataError
@@ -70,13 +72,13 @@ def test_annotator_shifts_move_a_discs_edge_by_their_share():
     assert (hull >= ell).all() and hull.sum() == pytest.approx(ell.sum() + 60 * 60 / 2, rel=0.1)
 
 
-def test_calibration_keeps_0_5_without_a_shift_and_moves_with_one():
-    rng = np.random.default_rng(0)
-    t = calibration.THRESHOLDS
-    unshifted = 0.9 - 0.3 * (t - 0.5) ** 2 + rng.normal(0, 0.02, (20, len(t)))  # best at 0.5, noisy images
-    assert calibration.calibrate(unshifted)["threshold"] == 0.5
-    shifted = 0.9 - 0.5 * (t - 0.75) ** 2 + rng.normal(0, 0.002, (20, len(t)))
-    assert calibration.calibrate(shifted)["threshold"] == pytest.approx(0.75, abs=0.05)
+def test_calibration_keeps_the_models_edge_without_a_shift_and_moves_it_with_one():
+    rng, m = np.random.default_rng(0), calibration.EDGE_MOVES
+
+    def curves(peak):  # each image's IoU over the moves: a parabola around its own best move
+        return 0.85 + rng.normal(0, 0.03, (20, 1)) - 5 * (m - peak - rng.normal(0, 0.03, (20, 1))) ** 2
+    assert all(calibration.calibrate(curves(0.0))["edge_move"] == 0 for _ in range(9))
+    assert calibration.calibrate(curves(0.07))["edge_move"] == pytest.approx(0.07, abs=0.03)
 
 
 def test_a_seeded_adaptation_repeats_exactly(synthetic, tmp_path):
@@ -93,7 +95,7 @@ def test_a_seeded_adaptation_repeats_exactly(synthetic, tmp_path):
     assert torch.equal(a["encoder.0.0.weight"], released["encoder.0.0.weight"].float())  # frozen encoder
 
 
-def test_adapt_recovers_looser_annotators_and_calibration_lowers_the_threshold(synthetic, tmp_path):
+def test_adapt_recovers_looser_annotators_and_calibration_moves_the_edge_out(synthetic, tmp_path):
     folder = labelled_folder(synthetic, tmp_path / "mine", much_looser)
     trained = adapt(folder, tmp_path / "run", "--epochs", "6")
     assert trained.returncode == 0, trained.stderr
@@ -104,29 +106,37 @@ def test_adapt_recovers_looser_annotators_and_calibration_lowers_the_threshold(s
     assert result.returncode == 0, result.stderr
     report = runfiles.read_json(tmp_path / "run" / "adapt.json")
     rows = list(report["comparisons"].values())
-    assert report["calibration"]["threshold"] < 0.5  # looser masks: a lower threshold draws wider
+    assert report["calibration"]["edge_move"] < 0  # looser masks: the edge moves out
     assert rows[1]["difference"] > 0.01 and rows[2]["difference"] > 0.05  # calibrated, adapted against before
     assert "helped" in (tmp_path / "run" / "README.md").read_text()
-    assert load_checkpoint(tmp_path / "run" / "model.pt")[1]["threshold"] == 0.5
+    config = load_checkpoint(tmp_path / "run" / "model.pt")[1]
+    assert config["threshold"] == 0.5 and config["edge_move"] == 0  # the adapted model draws its own edge
 
 
-def test_a_calibrated_threshold_reaches_predict_and_evaluate(synthetic, tmp_path):
+def test_a_calibrated_edge_move_reaches_predict_evaluate_the_onnx_file_and_the_page(synthetic, tmp_path):
     folder = labelled_folder(synthetic, tmp_path / "mine", much_looser)
     result = run("adapt.py", "--data-dir", folder, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache",
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
     calibrated = tmp_path / "cal" / "model.pt"
-    threshold = load_checkpoint(calibrated)[1]["threshold"]
-    assert threshold < 0.5
+    move = load_checkpoint(calibrated)[1]["edge_move"]
+    assert move < 0 and "moved out by" in (tmp_path / "cal" / "README.md").read_text()
+    onnx_file = tmp_path / "cal.onnx"
+    assert run("export.py", "--checkpoint", calibrated, "-o", onnx_file).returncode == 0
+    assert json.loads(serve.model_json(onnx_file))["edge_move"] == pytest.approx(move)  # what the page reads
     areas = {}
-    for name, extra in (("stored", []), ("half", ["--threshold", "0.5"])):
-        predict.main([str(folder / "test" / "images"), "--checkpoint", str(calibrated), "--out", str(tmp_path / name),
-                      *extra])
-        areas[name] = sum(np.asarray(Image.open(p)).sum() for p in (tmp_path / name).glob("*.png"))
-    assert areas["stored"] > areas["half"]
-    evaluate.main(["--checkpoint", str(calibrated), "--data-dir", str(folder), "--out", str(tmp_path / "ev"),
-                   "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
-    assert runfiles.read_json(tmp_path / "ev" / "test_metrics.json")["threshold"] == threshold
+    for name, model in (("released", RELEASED), ("pt", calibrated), ("onnx", onnx_file)):
+        predict.main([str(folder / "test" / "images"), "--checkpoint", str(model), "--out", str(tmp_path / name)])
+        areas[name] = sum(np.asarray(Image.open(p)).sum() for p in sorted((tmp_path / name).glob("*.png")))
+    assert areas["pt"] > 1.1 * areas["released"] and areas["onnx"] == pytest.approx(areas["pt"], rel=0.01)
+    scores = {}
+    for name, model in (("released", RELEASED), ("pt", calibrated)):
+        evaluate.main(["--checkpoint", str(model), "--data-dir", str(folder), "--out", str(tmp_path / f"ev-{name}"),
+                       "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--full-res"])
+        scores[name] = runfiles.read_json(tmp_path / f"ev-{name}" / "test_metrics.json")
+    assert scores["pt"]["edge_move"] == move
+    assert scores["pt"]["iou"] == pytest.approx(scores["released"]["iou"], abs=1e-3)  # at 128x128: no move
+    assert scores["pt"]["fullres_lcc_iou"] > scores["released"]["fullres_lcc_iou"] + 0.01  # at the masks' own size
 
 
 def test_bad_labelled_data_gets_one_sentence(synthetic, tmp_path, capsys):

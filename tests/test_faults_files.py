@@ -53,7 +53,9 @@ def test_a_flipped_byte_in_a_checkpoints_weights_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("changes, phrase", [({"skips": None}, "KeyError"), ({"image_size": 100}, "multiple of 32"),
-                                             ({"threshold": float("nan")}, "strictly between 0 and 1")])
+                                             ({"threshold": float("nan")}, "strictly between 0 and 1"),
+                                             ({"edge_move": 0.9}, "share of the mask's radius from -0.5 to 0.5"),
+                                             ({"edge_move": "in"}, "share of the mask's radius from -0.5 to 0.5")])
 def test_a_checkpoint_with_a_config_that_cannot_work_is_one_sentence(tmp_path, changes, phrase):
     path = saved_checkpoint(tmp_path / "odd.pt", **changes)
     if changes.get("skips", 0) is None:  # a config without the key at all

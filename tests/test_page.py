@@ -31,16 +31,22 @@ pytestmark = pytest.mark.skipif(not all((serve.RUNTIME / f).is_file() for f in s
                                 reason="ONNX Runtime Web is not installed: make site (npm ci in web/)")
 
 
+def start_server(log, *flags):
+    """(process, address) of `python serve.py --port 0 [flags]`, its request log in log."""
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "serve.py", "--port", "0", *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("serving on http://127.0.0.1:"), line + log.read_text()
+    return proc, line.split()[2]
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(address, its request log) of `python serve.py --port 0` with the released model."""
     log = tmp_path_factory.mktemp("server") / "requests.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "serve.py", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=stderr, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("serving on http://127.0.0.1:"), line + log.read_text()
-    yield line.split()[2], log
+    proc, address = start_server(log)
+    yield address, log
     proc.terminate()
     proc.wait()
 
@@ -174,7 +180,7 @@ def get(address, path="/", host=None, method="GET"):
 def test_the_server_serves_its_files_and_nothing_else(server):
     address = server[0]
     assert get(address)[0] == 200 and get(address, "/model.onnx")[1] == serve.released.ONNX.read_bytes()
-    assert json.loads(get(address, "/model.json")[1]) == {"image_size": 128, "threshold": 0.5}
+    assert json.loads(get(address, "/model.json")[1]) == {"image_size": 128, "threshold": 0.5, "edge_move": 0.0}
     assert get(address, "/../serve.py")[0] == 404 and get(address, "/serve.py")[0] == 404
     assert get(address, host="attacker.example:80")[0] == 403  # a DNS-rebinding page's requests
     assert get(address, method="POST")[0] == 501  # nothing is ever uploaded
@@ -220,6 +226,52 @@ def test_only_localhost_unless_host_is_given_then_a_warning():
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout.readline().startswith("warning: listening on 127.0.0.2: anyone who can reach")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_the_pages_edge_move_is_make_predicts_to_the_pixel(server, browser, synthetic):
+    from masks import move_edge
+    folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
+    masks = [np.asarray(Image.open(m)) > 0 for _, _, m in layouts.find_pairs(folder, "test")[:4]]
+    cut = np.zeros((30, 40), bool)
+    cut[5:25, 0:12] = True  # a lesion cut by the image's edge
+    masks += [cut, np.zeros((30, 40), bool), np.ones((30, 40), bool)]  # the last two: no edge to move
+    open_page(browser, server[0])
+    script = ("const [rows, w, h, share, done] = arguments; import('./segment.js').then(m => "
+              "done(Array.from(m.moveEdge(Uint8Array.from(rows), w, h, share))))")
+    for mask in masks:
+        for share in (0.07, -0.07, 0.16):
+            h, w = mask.shape
+            page = browser.execute_async_script(script, mask.ravel().astype(int).tolist(), w, h, share)
+            assert np.array_equal(np.array(page, bool).reshape(h, w), move_edge(mask, share)), (mask.shape, share)
+
+
+def test_a_calibrated_models_edge_move_is_applied_on_the_page_as_by_predict(browser, synthetic, tmp_path):
+    import torch
+    from model import read_checkpoint
+    from released import PT
+    checkpoint = read_checkpoint(PT)
+    checkpoint["config"]["edge_move"] = 0.07  # as make calibrate stores it for a tighter annotator
+    torch.save(checkpoint, tmp_path / "calibrated.pt")
+    assert subprocess.run([sys.executable, "export.py", "--checkpoint", str(tmp_path / "calibrated.pt"), "-o",
+                           str(tmp_path / "calibrated.onnx")], cwd=ROOT, capture_output=True).returncode == 0
+    folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
+    photos = [image for _, image, _ in layouts.find_pairs(folder, "test")[:3]]
+    proc, address = start_server(tmp_path / "requests.log", "--model", str(tmp_path / "calibrated.onnx"))
+    try:
+        assert "edge moves in by 7%" in open_page(browser, address)
+        upload(browser, *photos)
+        cards = finished(browser, len(photos))
+        for model, out in ((tmp_path / "calibrated.onnx", "moved"), (PT, "own")):
+            subprocess.run([sys.executable, "predict.py", *map(str, photos), "--checkpoint", str(model), "-o",
+                            str(tmp_path / out), "--tta", "--largest-component"], cwd=ROOT, check=True)
+        for card, photo in zip(cards, photos):
+            page = offered_mask(browser, card)
+            moved, own = (np.asarray(Image.open(tmp_path / out / f"{photo.stem}_segmentation.png")) > 0
+                          for out in ("moved", "own"))
+            assert iou(page, moved) >= 0.99 and page.sum() < 0.95 * own.sum()  # moved in, as predict.py moves it
     finally:
         proc.terminate()
         proc.wait()

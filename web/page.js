@@ -87,7 +87,7 @@ async function maskPng(mask, w, h) {  // 0/255 at the image's own size, as predi
 async function segment(file, card, body) {
   const start = performance.now(), o = options(), photo = await decode(file);
   const prob = await probabilities(model, rgbOf(photo.rgba), photo.w, photo.h, o.tta);
-  const mask = maskAtSize(prob, model.size, photo.w, photo.h, o.threshold, o.largest);
+  const mask = maskAtSize(prob, model.size, photo.w, photo.h, o.threshold, o.largest, model.edgeMove);
   const figures = pictures(photo, prob, mask, o), png = await maskPng(mask, photo.w, photo.h);
   const area = mask.reduce((a, b) => a + b, 0), seconds = (performance.now() - start) / 1000;
   const name = `${safeName(file.name)}_segmentation.png`;
@@ -146,8 +146,10 @@ async function start() {
   ort.env.wasm.numThreads = crossOriginIsolated ? navigator.hardwareConcurrency || 1 : 1;
   try { model = await loadModel(ort, "./"); } catch (e) { $("status").textContent = `The model did not load: ${e.message}`; return; }
   $("threshold").value = model.threshold;
+  const moved = model.edgeMove ? ` Its edge moves ${model.edgeMove > 0 ? "in" : "out"} by ` +
+    `${Math.abs(model.edgeMove * 100).toFixed(0)}% of each lesion's radius (calibrated).` : "";
   $("status").textContent = `The model runs in this browser; images never leave this computer. Model loaded in ` +
-    `${((performance.now() - begin) / 1000).toFixed(1)} s; WebAssembly, ${ort.env.wasm.numThreads} thread(s).`;
+    `${((performance.now() - begin) / 1000).toFixed(1)} s; WebAssembly, ${ort.env.wasm.numThreads} thread(s).${moved}`;
   document.body.dataset.ready = "1";
   const drop = $("drop");
   drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });

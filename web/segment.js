@@ -1,14 +1,15 @@
 // The released model's pipeline in the browser, step for step as predict.py runs it: the photo (EXIF orientation
 // applied) resized to the model's input as PIL resizes it (bilinear, antialiased), flip TTA, the probabilities
-// resized back to the photo's own size, the threshold, the largest region; then the mask's PNG and a zip of them.
+// resized back to the photo's own size, the threshold, the largest region, the edge moved as calibrated; then the
+// mask's PNG and a zip of them.
 // No step sends anything anywhere: the model runs in ONNX Runtime Web, here.
 
 export const MAX_PIXELS = 100_000_000;  // as the command line's reader: larger images are refused before decoding
 
 export async function loadModel(ort, base) {
-  const meta = await (await fetch(base + "model.json")).json();  // image_size and threshold, read from the .onnx
+  const meta = await (await fetch(base + "model.json")).json();  // image_size, threshold, edge_move: the .onnx's
   const session = await ort.InferenceSession.create(base + "model.onnx", {executionProviders: ["wasm"]});
-  return {session, size: meta.image_size, threshold: meta.threshold, ort};
+  return {session, size: meta.image_size, threshold: meta.threshold, edgeMove: meta.edge_move ?? 0, ort};
 }
 
 // The width and height a PNG, JPEG, GIF or BMP header declares (null for other formats): read before decoding.
@@ -126,11 +127,56 @@ export function keepLargestRegion(mask, w, h) {
   return mask;
 }
 
-// The 0/1 mask [h, w] of probabilities [S*S]: resized back (bilinear), thresholded, its largest region if asked.
-export function maskAtSize(prob, s, w, h, threshold, largest) {
+// The 0/1 mask [h, w] of probabilities [S*S]: resized back (bilinear), thresholded, its largest region if asked,
+// its edge moved by edgeMove x its equivalent radius (masks.py's mask_at_size).
+export function maskAtSize(prob, s, w, h, threshold, largest, edgeMove = 0) {
   const up = resize(prob, s, s, 1, w, h, false), mask = new Uint8Array(w * h);
   for (let p = 0; p < w * h; p++) mask[p] = up[p] > threshold ? 1 : 0;
-  return largest ? keepLargestRegion(mask, w, h) : mask;
+  return moveEdge(largest ? keepLargestRegion(mask, w, h) : mask, w, h, edgeMove);
+}
+
+// Squared distances [h, w] from each pixel to the nearest pixel where isFeature(mask[p]) (exact: Felzenszwalb and
+// Huttenlocher's lower envelope, columns then rows), as scipy's distance_transform_edt finds them.
+function squaredDistances(mask, w, h, isFeature) {
+  const far = 1e20, d = new Float64Array(w * h), n = Math.max(w, h);
+  const f = new Float64Array(n), out = new Float64Array(n), v = new Int32Array(n), z = new Float64Array(n + 1);
+  const line = (len) => {
+    let k = 0;
+    v[0] = 0; z[0] = -Infinity; z[1] = Infinity;
+    for (let q = 1; q < len; q++) {
+      let s;
+      while ((s = (f[q] + q * q - f[v[k]] - v[k] * v[k]) / (2 * q - 2 * v[k])) <= z[k]) k--;
+      k++; v[k] = q; z[k] = s; z[k + 1] = Infinity;
+    }
+    for (let q = 0, j = 0; q < len; q++) {
+      while (z[j + 1] < q) j++;
+      out[q] = (q - v[j]) ** 2 + f[v[j]];
+    }
+  };
+  for (let x = 0; x < w; x++) {
+    for (let y = 0; y < h; y++) f[y] = isFeature(mask[y * w + x]) ? 0 : far;
+    line(h);
+    for (let y = 0; y < h; y++) d[y * w + x] = out[y];
+  }
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) f[x] = d[y * w + x];
+    line(w);
+    for (let x = 0; x < w; x++) d[y * w + x] = out[x];
+  }
+  return d;
+}
+
+// The 0/1 mask [h, w] with its edge moved by share x its equivalent radius: inward for share > 0, outward for < 0
+// (masks.py's move_edge: unchanged for share 0, an empty mask, or one that fills the image).
+export function moveEdge(mask, w, h, share) {
+  let area = 0;
+  for (let p = 0; p < w * h; p++) area += mask[p];
+  if (!share || area === 0 || area === w * h) return mask;
+  const reach = Math.abs(share) * Math.sqrt(area / Math.PI), inward = share > 0;
+  const d = squaredDistances(mask, w, h, m => (inward ? !m : m));  // to the outside (inward) or the lesion
+  const moved = new Uint8Array(w * h);
+  for (let p = 0; p < w * h; p++) moved[p] = inward ? (Math.sqrt(d[p]) > reach ? 1 : 0) : (Math.sqrt(d[p]) <= reach ? 1 : 0);
+  return moved;
 }
 
 // Pixels of a mask's boundary (inside it, next to a pixel outside), grown to `width` pixels.
