@@ -59,7 +59,8 @@ def moved_edges(mask, shares):
     area): inward where share >= 0 (as a tighter annotator draws), outward where share < 0 (as a looser one)."""
     from scipy import ndimage  # here: only this step needs scipy
     radius = np.sqrt(mask.sum() / np.pi)
-    inside, outside = ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask)
+    inside = ndimage.distance_transform_edt(mask) if max(shares) >= 0 else None
+    outside = ndimage.distance_transform_edt(~mask) if min(shares) < 0 else None  # each only where a share needs it
     return [inside > share * radius if share >= 0 else outside <= -share * radius for share in shares]
 
 
