@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from masks import keep_largest_component, mask_at_size, moved_edges, resize_probabilities
+from masks import has_edge, keep_largest_component, mask_at_size, moved_edges, resize_probabilities
 from metrics import per_image_metrics
 
 # The candidates, 0.5 among them; finer near 0 and 1, where a sharp model's probabilities still move the edge
@@ -38,7 +38,7 @@ def edge_curves(probs, masks, moves=EDGE_MOVES, threshold=0.5):
     for i, mask in enumerate(masks):
         pred = mask_at_size(probs[i, 0].float().numpy(), mask.shape[1], mask.shape[0], threshold, True)
         target = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None]
-        for j, moved in enumerate(moved_edges(pred, moves) if pred.any() else [pred] * len(moves)):
+        for j, moved in enumerate(moved_edges(pred, moves) if has_edge(pred) else [pred] * len(moves)):
             curves[i, j] = per_image_metrics(torch.from_numpy(moved)[None, None], target)["iou"].item()
     return curves
 

@@ -64,10 +64,14 @@ def moved_edges(mask, shares):
     return [inside > share * radius if share >= 0 else outside <= -share * radius for share in shares]
 
 
+def has_edge(mask):
+    """Whether the mask has an edge in the image to move: it is not empty and does not fill the image."""
+    return bool(mask.any() and not mask.all())
+
+
 def move_edge(mask, share):
-    """moved_edges for one share; the mask itself when there is nothing to move (share 0, an empty mask, or one
-    that fills the image: its edge is outside it)."""
-    return moved_edges(mask, [share])[0] if share and mask.any() and not mask.all() else mask
+    """moved_edges for one share; the mask itself when there is nothing to move (share 0, or not has_edge)."""
+    return moved_edges(mask, [share])[0] if share and has_edge(mask) else mask
 
 
 def keep_largest_component(mask):

@@ -245,3 +245,11 @@ def test_the_calibration_experiment_scores_every_rule_from_one_unshifted_baselin
     assert all(r["best_possible"] >= max(r["before"], r["calibrated"]) for r in rows)
     table = adapt_experiment.calibration_table(rows, clean=1.0)
     assert table.count("| tighter |") == len(adapt_experiment.CALIBRATIONS) and "edge one-se" in table
+
+
+def test_edge_curves_leave_a_mask_that_fills_the_image_as_predict_leaves_it():
+    full = torch.ones(1, 1, 64, 64)  # the model calls the whole image lesion: no edge in it to move
+    target = np.zeros((64, 64), bool)
+    target[8:56, 8:56] = True
+    curve = calibration.edge_curves(full, [target])[0]
+    assert np.all(curve == curve[list(calibration.EDGE_MOVES).index(0.0)])
