@@ -92,12 +92,16 @@ def edge_words(move):
 
 
 def calibration_sentence(c, adapted):
-    """What calibration (calibration.calibrate: the one-standard-error rule) found, and the edge move it uses."""
-    low, high = c["band"]
-    return (f"calibration on those {c['images']} images found a move of {c['best_edge_move']:+g} x the radius "
-            f"best; the moves whose IoU is within one paired standard error of it reach from {low:+g} to {high:+g}, "
-            f"and of those the closest to 0, {c['edge_move']:+g}, {'would be' if adapted else 'is'} used "
-            "(+ inward, - outward).")
+    """What calibration (calibration.calibrate: the best move if its gain clears its standard error) found, and the
+    edge move it uses."""
+    if c["best_edge_move"] == 0:
+        return f"calibration on those {c['images']} images found the model's own edge best, so it is kept."
+    found = (f"calibration on those {c['images']} images found a move of {c['best_edge_move']:+g} x the radius "
+             f"best (+ inward, - outward), {c['gain']:+.4f} IoU over the model's own edge on them (paired SE "
+             f"{c['standard_error']:.4f}); ")
+    if c["edge_move"] == 0:
+        return found + "that is within its standard error, so the model's own edge is kept."
+    return found + f"that clears its standard error, so it {'would be' if adapted else 'is'} used."
 
 
 def card(report, rows):

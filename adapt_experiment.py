@@ -28,7 +28,7 @@ import images
 import layouts
 import runfiles
 from annotators import ANNOTATORS
-from calibration import EDGE_MOVES, RULES, THRESHOLDS, calibrate, edge_curves, iou_curves
+from calibration import EDGE_MOVES, RULES, THRESHOLDS, calibrate, calibrate_one_se, edge_curves, iou_curves
 import released
 from device import pick_device
 from errors import UsageError
@@ -42,10 +42,12 @@ VAL_IMAGES = 150  # training images kept out of every draw: the scored images of
 CAMERA = "jpeg 20"  # the camera shift: the photometric shift of the robustness suite that costs the most
 SHIFTS = ("none", "tighter", "looser", "coarse", "camera", "tighter-varying", "looser-varying", "clinic")
 # --calibration-only's rules: {name: (curves it reads, candidates, the neutral one, its choice of them)}: the
-# threshold rules, and make calibrate's, which moves the model's edge by one share of each mask's radius
+# threshold rules, and two that move the model's edge by one share of each mask's radius: make calibrate's and the
+# one-standard-error rule it replaced
 CALIBRATIONS = {**{rule: ("threshold", THRESHOLDS, 0.5, lambda c, pick=pick: pick(c)["threshold"])
                    for rule, pick in RULES.items()},
-                "edge one-se": ("edge", EDGE_MOVES, 0.0, lambda c: calibrate(c)["edge_move"])}
+                "edge one-se": ("edge", EDGE_MOVES, 0.0, lambda c: calibrate_one_se(c, EDGE_MOVES, 0.0)["threshold"]),
+                "edge clear-gain": ("edge", EDGE_MOVES, 0.0, lambda c: calibrate(c)["edge_move"])}
 
 
 def shifted_pair(image_path, mask_path, shift, n):

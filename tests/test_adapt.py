@@ -81,6 +81,31 @@ def test_calibration_keeps_the_models_edge_without_a_shift_and_moves_it_with_one
     assert calibration.calibrate(curves(0.07))["edge_move"] == pytest.approx(0.07, abs=0.03)
 
 
+def test_the_edge_rule_takes_a_real_shifts_best_move_and_is_not_led_by_a_few_steep_images():
+    rng, m = np.random.default_rng(0), calibration.EDGE_MOVES
+
+    def curves(peak, spread):  # each image's IoU over the moves: a parabola around its own best move
+        return 0.85 + rng.normal(0, 0.03, (20, 1)) - 5 * (m - peak - rng.normal(0, spread, (20, 1))) ** 2
+    shifted = curves(0.07, 0.02)
+    assert calibration.calibrate(shifted)["edge_move"] == calibration.EDGE_MOVES[shifted.mean(0).argmax()]
+    draws = []
+    for _ in range(9):
+        steep = curves(0.0, 0.01)
+        steep[:3] += np.clip(m, 0, None)  # three faint lesions whose IoU climbs steeply as the edge moves in
+        draws.append(calibration.calibrate(steep))
+    assert all(d["best_edge_move"] > 0 for d in draws)  # the mean alone would move it
+    assert sum(d["edge_move"] == 0 for d in draws) >= 8 and all(d["gain"] > 0 for d in draws)
+
+
+def test_the_card_says_whether_the_calibrated_move_cleared_its_standard_error():
+    found = {"images": 16, "best_edge_move": 0.07, "gain": 0.031, "standard_error": 0.006}
+    used = adapt_script.calibration_sentence({**found, "edge_move": 0.07}, adapted=False)
+    assert "+0.07" in used and "clears its standard error, so it is used" in used
+    kept = adapt_script.calibration_sentence({**found, "gain": 0.004, "edge_move": 0.0}, adapted=False)
+    assert "within its standard error" in kept and "own edge is kept" in kept
+    assert "would be used" in adapt_script.calibration_sentence({**found, "edge_move": 0.07}, adapted=True)
+
+
 def test_a_seeded_adaptation_repeats_exactly(synthetic, tmp_path):
     folder = labelled_folder(synthetic, tmp_path / "mine", n_train=6, n_test=0)
     for name in ("a", "b"):
