@@ -94,11 +94,11 @@ def edge_words(move):
 def calibration_sentence(c, adapted):
     """What calibration (calibration.calibrate: the best move if its gain clears its standard error) found, and the
     edge move it uses."""
+    found = f"Calibration {'of the model before ' if adapted else ''}on those {c['images']} images found"
     if c["best_edge_move"] == 0:
-        return f"calibration on those {c['images']} images found the model's own edge best, so it is kept."
-    found = (f"calibration on those {c['images']} images found a move of {c['best_edge_move']:+g} x the radius "
-             f"best (+ inward, - outward), {c['gain']:+.4f} IoU over the model's own edge on them (paired SE "
-             f"{c['standard_error']:.4f}); ")
+        return f"{found} the model's own edge best, so it {'would be' if adapted else 'is'} kept."
+    found += (f" a move of {c['best_edge_move']:+g} x the radius best (+ inward, - outward), {c['gain']:+.4f} IoU "
+              f"over the model's own edge on them (paired SE {c['standard_error']:.4f}); ")
     if c["edge_move"] == 0:
         return found + "that is within its standard error, so the model's own edge is kept."
     return found + f"that clears its standard error, so it {'would be' if adapted else 'is'} used."
@@ -113,8 +113,7 @@ def card(report, rows):
              + (f", fine-tuned from `{report['checkpoint']}`" if report['adapted'] else "")
              + f" on {c['images']} labelled images of `{report['data_dir']}`.", "",
              f"**Masks: {edge_words(report['edge_move'])}.** "
-             + ("The adapted model learnt these masks' edge itself, so it keeps its own. For the model before, "
-                if report["adapted"] else "")
+             + ("The adapted model learnt these masks' edge itself, so it keeps its own. " if report["adapted"] else "")
              + calibration_sentence(c, report["adapted"]), ""]
     if rows:
         lines += [f"IoU on {report['held_out']} held-out images (each mask's own size, flip TTA, largest region):", "",

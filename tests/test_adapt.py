@@ -103,7 +103,10 @@ def test_the_card_says_whether_the_calibrated_move_cleared_its_standard_error():
     assert "+0.07" in used and "clears its standard error, so it is used" in used
     kept = adapt_script.calibration_sentence({**found, "gain": 0.004, "edge_move": 0.0}, adapted=False)
     assert "within its standard error" in kept and "own edge is kept" in kept
-    assert "would be used" in adapt_script.calibration_sentence({**found, "edge_move": 0.07}, adapted=True)
+    adapted = adapt_script.calibration_sentence({**found, "edge_move": 0.07}, adapted=True)
+    assert adapted.startswith("Calibration of the model before") and "would be used" in adapted
+    none = adapt_script.calibration_sentence({**found, "best_edge_move": 0.0, "edge_move": 0.0}, adapted=False)
+    assert "own edge best, so it is kept" in none and "standard error" not in none
 
 
 def test_a_seeded_adaptation_repeats_exactly(synthetic, tmp_path):
