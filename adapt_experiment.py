@@ -137,7 +137,7 @@ def run_calibration(shift, pools, base, args, device):
         for rule, (kind, candidates, neutral, calibrate_with) in CALIBRATIONS.items():
             choice = calibrate_with(curves["draw"][kind][[row_of[int(k)] for k in draw]])
             scored = curves["scored"][kind].mean(0)
-            yield {"shift": shift, "images": n, "seed": seed, "rule": rule, "threshold": choice,
+            yield {"shift": shift, "images": n, "seed": seed, "rule": rule, "choice": choice,
                    "adopted": choice != neutral, "before": scored[np.argmin(np.abs(candidates - neutral))],
                    "calibrated": scored[np.argmin(np.abs(candidates - choice))], "best_possible": scored.max()}
 
@@ -156,9 +156,9 @@ def calibration_table(rows, clean):
             best = mine[0]["best_possible"]
             share = f"{(after - before) / cost:.0%} ({(best - before) / cost:.0%})" if cost > 0.005 else "-"
             adopted = sum(r["adopted"] for r in mine)
-            thresholds = ", ".join(f"{r['threshold']:g}" for r in mine)
+            choices = ", ".join(f"{r['choice']:g}" for r in mine)
             lines.append(f"| {shift} | {cost:+.4f} | {rule} | {before:.4f} | {after:.4f} | {after - before:+.4f} | "
-                         f"{share} | {adopted} of {len(mine)} | {thresholds} |")
+                         f"{share} | {adopted} of {len(mine)} | {choices} |")
     return "\n".join(lines)
 
 
