@@ -53,7 +53,7 @@ CALIBRATIONS = {**{rule: ("threshold", THRESHOLDS, 0.5, lambda c, pick=pick: pic
 def shifted_pair(image_path, mask_path, shift, n):
     """(RGB uint8 [H,W,3], boolean mask [H,W]) of image n of a set under one shift, at its own size."""
     image, mask = shift_image(image_path, mask_path, CAMERA if shift == "camera" else "clean", 0, n)
-    rng = np.random.default_rng([n, *Path(image_path).stem.encode()])  # each image's own strength, every run alike
+    rng = np.random.default_rng(list(Path(image_path).stem.encode()))  # from its name: the same in every set it is in
     return image, ANNOTATORS[shift](mask, rng) if shift in ANNOTATORS else mask
 
 

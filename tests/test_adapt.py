@@ -231,6 +231,16 @@ def test_the_experiments_shifted_sets_hold_the_model_inputs_and_the_shifted_mask
                                                                       plain))
 
 
+def test_a_varying_annotator_draws_each_images_mask_from_its_name_not_its_place_in_a_set(synthetic):
+    pairs = layouts.find_pairs(synthetic[0], "train")[:6]
+    for shift in ("tighter-varying", "clinic"):
+        forward = adapt_experiment.shifted(pairs, shift, 64)[1]
+        backward = adapt_experiment.shifted(pairs[::-1], shift, 64)[1][::-1]
+        assert all(np.array_equal(a, b) for a, b in zip(forward, backward))
+    plain = adapt_experiment.shifted(pairs, "none", 64)[1]
+    assert not all(np.array_equal(a, b) for a, b in zip(forward, plain))  # it did shift some
+
+
 def smooth_curves(rng, peak, n=20, spread=0.03, width=0.3):
     """IoU curves over calibration.THRESHOLDS of n images, each a parabola around its own peak (peak + noise)."""
     t = calibration.THRESHOLDS
