@@ -113,19 +113,18 @@ $(ABLATIONS): dataset
 ablations: $(ABLATIONS)
 .PHONY: ablations $(ABLATIONS)
 
-# Your own annotators (docs/adapt.md): ADAPT_FROM (the released model) fine-tuned on DATA_DIR, your labelled images
-# in any layout, with few epochs, a low learning rate, the encoder frozen and the shift augmentation; adapt.py then
-# scores it before and after on DATA_DIR's held-out images (train.py leaves them to it, --no-test: one test IoU
-# per model, one protocol) and writes $(RUNS)/adapt/model.pt and its card.
+# Your own annotators (docs/adapt.md): adapt.py calibrates ADAPT_FROM's (the released model's) edge move on
+# DATA_DIR, your labelled images in any layout, then fine-tunes it (train.py) on them with their masks moved back by
+# that move, with few epochs, a low learning rate, the encoder frozen and the shift augmentation; it scores the
+# model before and after on DATA_DIR's held-out images (one test IoU per model, one protocol: train.py --no-test)
+# and writes $(RUNS)/adapt/model.pt and its card.
 # make calibrate: how far CHECKPOINT's masks' edge moves in or out, calibrated on DATA_DIR (no training).
 ADAPT_FROM ?= $(RELEASED)
 ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 1e-4 --epochs 10 \
 	--batch-size 8 --val-fraction 0 --ema 0.9 --no-test
 adapt: labelled
-	$(PY) train.py --data-dir "$(DATA_DIR)" --init-from "$(ADAPT_FROM)" $(ADAPT) --seed $(SEED) --device $(DEVICE) \
-		--out "$(RUNS)/adapt" $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
-	$(PY) adapt.py --checkpoint "$(ADAPT_FROM)" --adapted "$(RUNS)/adapt/best.pt" --data-dir "$(DATA_DIR)" \
-		--device $(DEVICE) --out "$(RUNS)/adapt"
+	$(PY) adapt.py --checkpoint "$(ADAPT_FROM)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/adapt" \
+		--train-flags "$(ADAPT) --seed $(SEED) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)"
 calibrate: labelled
 	$(PY) adapt.py --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/calibrate"
 labelled: setup

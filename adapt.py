@@ -1,17 +1,23 @@
 """Adapt a trained model to your own annotators: calibrate how far its masks' edge moves in or out on your labelled
-images, compare it before and after fine-tuning on held-out ones, and write the model you use from then on with
-its card.
+images, with --train-flags also fine-tune it on them (train.py), compare it before and after on held-out ones, and
+write the model you use from then on with its card.
 
-    make adapt DATA_DIR=my_labelled/        # fine-tune the released model (train.py --init-from), then this script
+    make adapt DATA_DIR=my_labelled/        # the edge move, then fine-tuning on what the move leaves
     make calibrate DATA_DIR=my_labelled/    # the edge move alone: no training
-    python adapt.py --data-dir my_labelled/ --adapted runs/adapt/best.pt --out runs/adapt
+    python adapt.py --data-dir my_labelled/ --train-flags "--freeze-encoder --epochs 10 ..." --out runs/adapt
 
 DATA_DIR may be in any layout that --data-dir reads (README: Data). Its training images (a plain images/ + masks/
-folder: all but the 20% held out) calibrate the edge move (calibration.py); its test images (test/, or that 20%)
-are held out and scored before and after. --out receives model.pt (float16, the edge move stored inside:
-predict.py, evaluate.py, serve.py and export.py use it), README.md (its card) and adapt.json.
+folder: all but the 20% held out) calibrate the edge move (calibration.py); fine-tuning then trains on them with
+their masks' edge moved back by that move (OUT/targets), so that it learns what the move does not, and the move is
+applied to the fine-tuned model's masks too. Its test images (test/, or that 20%) are held out and scored before
+and after. --out receives model.pt (float16, the edge move stored inside: predict.py, evaluate.py, serve.py and
+export.py use it), README.md (its card), adapt.json and, with --train-flags, train.py's run.
 """
 import datetime
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cli
@@ -20,8 +26,9 @@ import runfiles
 from calibration import calibrate, edge_curves
 from device import pick_device
 import released
-from errors import DataError, UsageError
+from errors import DataError, TrainingError
 from inference import tta_probabilities
+from masks import mask_png, move_edge
 from metrics import largest_region_iou, paired_difference
 from model import half_precision, load_checkpoint
 from splits import load_splits
@@ -44,16 +51,38 @@ def load_user_data(data_dir, size, split_seed, cache_dir):
     return splits["train"], held_out if held_out and len(held_out["ids"]) else None
 
 
-def compare(base, adapted, calibration, held_out, device):
-    """{row name: paired_difference() against the model before} on the held-out images."""
-    move, masks = calibration["edge_move"], held_out["mask_paths"]
+def write_targets(split, move, folder):
+    """The calibration images as FOLDER/train, each mask's edge moved back by the calibrated move (out for a move
+    in): what make adapt fine-tunes on, so that training learns what the move, applied after it, does not."""
+    shutil.rmtree(folder, ignore_errors=True)  # ours: written anew from the user's masks on every run
+    for sub in ("images", "masks"):
+        (folder / "train" / sub).mkdir(parents=True)
+    for i, image_path, mask_path in zip(split["ids"], split["image_paths"], split["mask_paths"]):
+        shutil.copy(image_path, folder / "train" / "images" / f"{i}{Path(image_path).suffix}")
+        mask_png(move_edge(images.read_binary_mask(mask_path), -move)).save(folder / "train" / "masks" / f"{i}.png")
+
+
+def fine_tune(checkpoint, targets, args):
+    """train.py from checkpoint on the targets folder with --train-flags, its run in --out; returns its best.pt."""
+    command = [sys.executable, str(Path(__file__).with_name("train.py")), "--data-dir", str(targets), "--init-from",
+               checkpoint, *shlex.split(args.train_flags), "--out", args.out, "--cache-dir", args.cache_dir,
+               "--device", args.device]
+    if subprocess.run(command).returncode:
+        raise TrainingError("train.py stopped (its message is above); nothing was adapted")
+    return Path(args.out) / "best.pt"
+
+
+def compare(base, adapted, move, held_out, device):
+    """{row name: paired_difference() against the model before} on the held-out images, the edge moved by move
+    for the calibrated and the adapted model."""
+    masks = held_out["mask_paths"]
     probs = tta_probabilities(*base, held_out["images"], device)  # once: scored as it is and with the edge moved
     before = largest_region_iou(probs, masks)
     rows = {"before": paired_difference(before, before),
             f"calibrated (edge {move:+g})": paired_difference(before, largest_region_iou(probs, masks, 0.5, move))}
     if adapted:
-        rows["adapted (its own edge)"] = paired_difference(
-            before, largest_region_iou(tta_probabilities(*adapted, held_out["images"], device), masks))
+        rows[f"adapted (edge {move:+g})"] = paired_difference(
+            before, largest_region_iou(tta_probabilities(*adapted, held_out["images"], device), masks, 0.5, move))
     return rows
 
 
@@ -96,12 +125,12 @@ def calibration_sentence(c, adapted):
     edge move it uses."""
     found = f"Calibration {'of the model before ' if adapted else ''}on those {c['images']} images found"
     if c["best_edge_move"] == 0:
-        return f"{found} the model's own edge best, so it {'would be' if adapted else 'is'} kept."
+        return f"{found} the model's own edge best, so it is kept."
     found += (f" a move of {c['best_edge_move']:+g} x the radius best (+ inward, - outward), {c['gain']:+.4f} IoU "
               f"over the model's own edge on them (paired SE {c['standard_error']:.4f}); ")
     if c["edge_move"] == 0:
         return found + "that is within its standard error, so the model's own edge is kept."
-    return found + f"that clears its standard error, so it {'would be' if adapted else 'is'} used."
+    return found + "that clears its standard error, so it is used."
 
 
 def card(report, rows):
@@ -113,8 +142,9 @@ def card(report, rows):
              + (f", fine-tuned from `{report['checkpoint']}`" if report['adapted'] else "")
              + f" on {c['images']} labelled images of `{report['data_dir']}`.", "",
              f"**Masks: {edge_words(report['edge_move'])}.** "
-             + ("The adapted model learnt these masks' edge itself, so it keeps its own. " if report["adapted"] else "")
-             + calibration_sentence(c, report["adapted"]), ""]
+             + calibration_sentence(c, report["adapted"])
+             + (" The model was then fine-tuned on these images with their masks' edge moved back by that move, so"
+                " that it learns what the move does not." if report["adapted"] and report["edge_move"] else ""), ""]
     if rows:
         lines += [f"IoU on {report['held_out']} held-out images (each mask's own size, flip TTA, largest region):", "",
                   "| model | mean IoU | change | paired SE | better / worse images |", "|---|---|---|---|---|"]
@@ -138,9 +168,9 @@ def parse_args(argv=None):
     parser = cli.parser(__doc__)
     cli.add_data_dir_flag(parser, "your labelled images", required=True)
     cli.add_checkpoint_flag(parser, "the model before adaptation", default=released.PT)
-    parser.add_argument("--adapted", metavar="CHECKPOINT",
-                        help="the fine-tuned model (train.py --init-from CHECKPOINT's best.pt); without it, the "
-                        "edge move is calibrated alone")
+    parser.add_argument("--train-flags", metavar="FLAGS",
+                        help="fine-tune after calibrating: train.py's flags in one string (make adapt passes its "
+                        "recipe); without it, the edge move is calibrated alone")
     parser.add_argument("--out", default="runs/adapt", help="folder for model.pt, README.md, adapt.json "
                         "(default: runs/adapt)")
     cli.add_cache_dir_flag(parser)
@@ -152,23 +182,23 @@ def main(argv=None):
     args = parse_args(argv)
     device, out = pick_device(args.device), Path(args.out)
     base = load_checkpoint(args.checkpoint, device)
-    adapted = load_checkpoint(args.adapted, device) if args.adapted else None
-    size = base[1]["image_size"]
-    if adapted and adapted[1]["image_size"] != size:
-        raise UsageError(f"--adapted {args.adapted} works at {adapted[1]['image_size']} px but --checkpoint "
-                         f"{args.checkpoint} at {size} px: give the checkpoint it was fine-tuned from")
-    calibration_images, held_out = load_user_data(args.data_dir, size, (adapted or base)[1]["split_seed"],
+    calibration_images, held_out = load_user_data(args.data_dir, base[1]["image_size"], base[1]["split_seed"],
                                                   args.cache_dir)
     calib = calibrate(edge_curves(tta_probabilities(*base, calibration_images["images"], device), [
         images.read_binary_mask(p) for p in calibration_images["mask_paths"]]))
-    rows = compare(base, adapted, calib, held_out, device) if held_out else {}
-    move = 0.0 if adapted else calib["edge_move"]
-    model_file = half_precision(args.adapted or args.checkpoint)
+    move, adapted_file, adapted = calib["edge_move"], None, None
+    if args.train_flags:
+        write_targets(calibration_images, move, out / "targets")
+        adapted_file = fine_tune(args.checkpoint, out / "targets", args)
+        adapted = load_checkpoint(adapted_file, device)
+    rows = compare(base, adapted, move, held_out, device) if held_out else {}
+    model_file = half_precision(adapted_file or args.checkpoint)
     model_file["config"].update(threshold=0.5, edge_move=move)  # the edge was calibrated at 0.5
     out.mkdir(parents=True, exist_ok=True)
     runfiles.atomic_save(model_file, out / "model.pt")
-    report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "adapted": args.adapted,
-              "model": str(out / "model.pt"), "threshold": 0.5, "edge_move": move, "calibration": calib,
+    report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint,
+              "adapted": str(adapted_file) if adapted_file else None, "model": str(out / "model.pt"),
+              "threshold": 0.5, "edge_move": move, "calibration": calib,
               "held_out": len(held_out["ids"]) if held_out else 0, "comparisons": rows,
               "recipe": {k: adapted[1][k] for k in RECIPE} if adapted else None,
               "date": datetime.date.today().isoformat(), "commit": runfiles.commit()}

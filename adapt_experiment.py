@@ -12,7 +12,6 @@ none) is applied alike to the adaptation images, drawn from the training split, 
 Writes results.csv (one row per shift, images and seed; an interrupted run continues where it stopped), table.md
 and adapt_experiment.png to --out.
 """
-import shlex
 import shutil
 import subprocess
 import sys
@@ -84,13 +83,13 @@ def write_adaptation_set(pairs, shift, folder):
 
 
 def adapt(folder, run, seed, args):
-    """Fine-tune --checkpoint on a folder with train.py and make adapt's flags; returns (best.pt, seconds)."""
-    command = [sys.executable, str(Path(__file__).with_name("train.py")), "--data-dir", str(folder), "--init-from",
-               args.checkpoint, *shlex.split(args.train_flags), "--seed", str(seed), "--out", str(run),
-               "--cache-dir", str(args.out / "cache"), "--device", args.device, "--overwrite"]
+    """make adapt on a folder: adapt.py with its train.py flags; returns (the model.pt it writes, seconds)."""
+    command = [sys.executable, str(Path(__file__).with_name("adapt.py")), "--data-dir", str(folder), "--checkpoint",
+               args.checkpoint, "--train-flags", f"{args.train_flags} --seed {seed} --overwrite", "--out", str(run),
+               "--cache-dir", str(args.out / "cache"), "--device", args.device]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return run / "best.pt", time.perf_counter() - started
+    return run / "model.pt", time.perf_counter() - started
 
 
 def run_shift(shift, pools, base, done, args, device):
@@ -111,13 +110,16 @@ def run_shift(shift, pools, base, done, args, device):
             calib = calibrate(edge_curves(tta_probabilities(model, config, adapt_images, device), adapt_masks))
             folder = args.out / "data" / f"{shift}-seed{seed}-n{n}"
             write_adaptation_set(pairs, shift, folder)
-            best, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
-            adapted = tta_probabilities(*load_checkpoint(best, device), inputs, device)
+            adapted_file, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
+            adapted_model, adapted_config = load_checkpoint(adapted_file, device)
+            adapted = tta_probabilities(adapted_model, adapted_config, inputs, device)
             yield {"shift": shift, "images": n, "seed": seed, "before": before,
                    "calibrated": largest_region_iou(base_probs, masks, 0.5, calib["edge_move"]).mean(),
-                   "edge_move": calib["edge_move"], "adapted": largest_region_iou(adapted, masks, 0.5).mean(),
-                   # the adapted model's edge moved by the one share best for the scored images themselves: what
-                   # calibrating it too (on images it did not train on) could add at most
+                   "edge_move": calib["edge_move"],
+                   "adapted": largest_region_iou(adapted, masks, 0.5, adapted_config["edge_move"]).mean(),
+                   "adapted_edge_move": adapted_config["edge_move"],  # make adapt's own calibration: edge_move
+                   # the adapted network's edge moved by the one share best for the scored images themselves: the
+                   # most that any one edge move on top of it could give
                    "adapted_best_edge": edge_curves(adapted, masks).mean(0).max(), "adapt_seconds": seconds}
 
 

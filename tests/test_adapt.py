@@ -51,9 +51,10 @@ def labelled_folder(synthetic, folder, shift=None, n_train=16, n_test=8):
     return folder
 
 
-def adapt(data_dir, out, *extra):
-    return run("train.py", "--data-dir", data_dir, "--cache-dir", out.parent / "cache", "--out", out,
-               "--init-from", RELEASED, *ADAPT, *extra)
+def adapt(data_dir, out, *train_flags):
+    """make adapt with ADAPT and train_flags: adapt.py calibrating, then fine-tuning with train.py."""
+    return run("adapt.py", "--data-dir", data_dir, "--cache-dir", out.parent / "cache", "--out", out, "--device",
+               "cpu", "--train-flags", " ".join(ADAPT + list(train_flags)))
 
 
 def much_looser(mask):
@@ -104,7 +105,7 @@ def test_the_card_says_whether_the_calibrated_move_cleared_its_standard_error():
     kept = adapt_script.calibration_sentence({**found, "gain": 0.004, "edge_move": 0.0}, adapted=False)
     assert "within its standard error" in kept and "own edge is kept" in kept
     adapted = adapt_script.calibration_sentence({**found, "edge_move": 0.07}, adapted=True)
-    assert adapted.startswith("Calibration of the model before") and "would be used" in adapted
+    assert adapted.startswith("Calibration of the model before") and adapted.endswith("so it is used.")
     none = adapt_script.calibration_sentence({**found, "best_edge_move": 0.0, "edge_move": 0.0}, adapted=False)
     assert "own edge best, so it is kept" in none and "standard error" not in none
 
@@ -123,22 +124,26 @@ def test_a_seeded_adaptation_repeats_exactly(synthetic, tmp_path):
     assert torch.equal(a["encoder.0.0.weight"], released["encoder.0.0.weight"].float())  # frozen encoder
 
 
-def test_adapt_recovers_looser_annotators_and_calibration_moves_the_edge_out(synthetic, tmp_path):
+def test_adapt_moves_the_edge_then_fine_tunes_on_what_the_move_leaves(synthetic, tmp_path):
     folder = labelled_folder(synthetic, tmp_path / "mine", much_looser)
-    trained = adapt(folder, tmp_path / "run", "--epochs", "6")
-    assert trained.returncode == 0, trained.stderr
-    # one test IoU per model: train.py leaves the held-out images to adapt.py (--no-test)
-    assert "test (best epoch" not in trained.stdout and not (tmp_path / "run" / "test_metrics.json").exists()
-    result = run("adapt.py", "--data-dir", folder, "--adapted", tmp_path / "run" / "best.pt",
-                 "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--device", "cpu")
+    result = adapt(folder, tmp_path / "run", "--epochs", "6")
     assert result.returncode == 0, result.stderr
+    # one test IoU per model: train.py leaves the held-out images to adapt.py (--no-test)
+    assert "test (best epoch" not in result.stdout and not (tmp_path / "run" / "test_metrics.json").exists()
     report = runfiles.read_json(tmp_path / "run" / "adapt.json")
-    rows = list(report["comparisons"].values())
-    assert report["calibration"]["edge_move"] < 0  # looser masks: the edge moves out
+    move, rows = report["calibration"]["edge_move"], list(report["comparisons"].values())
+    assert move < 0  # looser masks: the edge moves out
     assert rows[1]["difference"] > 0.01 and rows[2]["difference"] > 0.05  # calibrated, adapted against before
     assert "helped" in (tmp_path / "run" / "README.md").read_text()
     config = load_checkpoint(tmp_path / "run" / "model.pt")[1]
-    assert config["threshold"] == 0.5 and config["edge_move"] == 0  # the adapted model draws its own edge
+    assert config["threshold"] == 0.5 and config["edge_move"] == move  # the move is applied to the adapted masks
+    # it trained on the user's masks with the move undone: each target is the user's mask shrunk back, no larger
+    targets = tmp_path / "run" / "targets"
+    assert load_checkpoint(tmp_path / "run" / "best.pt")[1]["data_dir"] == [str(targets)]
+    for target in sorted((targets / "train" / "masks").glob("*.png"))[:4]:
+        mine = images.read_binary_mask(folder / "train" / "masks" / target.name)
+        moved_back = images.read_binary_mask(target)
+        assert (moved_back <= mine).all() and moved_back.sum() < mine.sum()
 
 
 def test_a_calibrated_edge_move_reaches_predict_evaluate_the_onnx_file_and_the_page(synthetic, tmp_path):
@@ -186,8 +191,12 @@ def test_bad_labelled_data_gets_one_sentence(synthetic, tmp_path, capsys):
             train.main([str(f) for f in flags])
         message = capsys.readouterr().err.strip() if e.type is SystemExit else str(e.value)
         assert words in message.splitlines()[-1], message
-    result = run("adapt.py", "--data-dir", one, "--adapted", small, "--out", tmp_path / "x")
-    assert result.returncode == 1 and "64 px" in result.stderr and "Traceback" not in result.stderr
+    result = run("adapt.py", "--data-dir", one, "--out", tmp_path / "x")
+    assert result.returncode == 1 and "at least 2" in result.stderr and "Traceback" not in result.stderr
+    result = adapt(labelled_folder(synthetic, tmp_path / "ok2", n_train=4, n_test=0), tmp_path / "y", "--epochs",
+                   "1", "--image-size", "64")  # train.py refuses: the released model works at 128 px
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "was trained with --image-size 128" in result.stderr and "nothing was adapted" in result.stderr
 
 
 def comparison(n, difference, error):
