@@ -93,7 +93,8 @@ def adapt(folder, run, seed, args):
 
 
 def run_shift(shift, pools, base, done, args, device):
-    """The rows of one shift: the model before, calibrated and adapted, for every --images and --seeds."""
+    """The rows of one shift: the model before, calibrated and adapted (make adapt's model.pt, whose edge move is
+    also the calibrated model's), for every --images and --seeds."""
     (model, config), size = base, base[1]["image_size"]
     if all((shift, n, seed) in done for seed in args.seeds for n in args.images):
         return
@@ -105,19 +106,15 @@ def run_shift(shift, pools, base, done, args, device):
         for n in args.images:
             if (shift, n, seed) in done:
                 continue
-            pairs = [pools["draw"][k] for k in order[:n]]
-            adapt_images, adapt_masks = shifted(pairs, shift, size)
-            calib = calibrate(edge_curves(tta_probabilities(model, config, adapt_images, device), adapt_masks))
             folder = args.out / "data" / f"{shift}-seed{seed}-n{n}"
-            write_adaptation_set(pairs, shift, folder)
+            write_adaptation_set([pools["draw"][k] for k in order[:n]], shift, folder)
             adapted_file, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
             adapted_model, adapted_config = load_checkpoint(adapted_file, device)
             adapted = tta_probabilities(adapted_model, adapted_config, inputs, device)
-            yield {"shift": shift, "images": n, "seed": seed, "before": before,
-                   "calibrated": largest_region_iou(base_probs, masks, 0.5, calib["edge_move"]).mean(),
-                   "edge_move": calib["edge_move"],
-                   "adapted": largest_region_iou(adapted, masks, 0.5, adapted_config["edge_move"]).mean(),
-                   "adapted_edge_move": adapted_config["edge_move"],  # make adapt's own calibration: edge_move
+            move = adapted_config["edge_move"]
+            yield {"shift": shift, "images": n, "seed": seed, "before": before,  # move: make adapt's calibration
+                   "calibrated": largest_region_iou(base_probs, masks, 0.5, move).mean(), "edge_move": move,
+                   "adapted": largest_region_iou(adapted, masks, 0.5, move).mean(),
                    # the adapted network's edge moved by the one share best for the scored images themselves: the
                    # most that any one edge move on top of it could give
                    "adapted_best_edge": edge_curves(adapted, masks).mean(0).max(), "adapt_seconds": seconds}
