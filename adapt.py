@@ -28,7 +28,7 @@ from device import pick_device
 import released
 from errors import DataError, TrainingError
 from inference import tta_probabilities
-from masks import mask_png, move_edge
+from masks import encoded, mask_png, move_edge
 from metrics import largest_region_iou, paired_difference
 from model import half_precision, load_checkpoint
 from splits import load_splits
@@ -53,13 +53,16 @@ def load_user_data(data_dir, size, split_seed, cache_dir):
 
 def write_targets(split, move, folder):
     """The calibration images as FOLDER/train, each mask's edge moved back by the calibrated move (out for a move
-    in): what make adapt fine-tunes on, so that training learns what the move, applied after it, does not."""
+    in): what make adapt fine-tunes on, so that training learns what the move, applied after it, does not. Written
+    through runfiles: a full disk is one sentence (StorageError), not a traceback."""
     shutil.rmtree(folder, ignore_errors=True)  # ours: written anew from the user's masks on every run
     for sub in ("images", "masks"):
         (folder / "train" / sub).mkdir(parents=True)
     for i, image_path, mask_path in zip(split["ids"], split["image_paths"], split["mask_paths"]):
-        shutil.copy(image_path, folder / "train" / "images" / f"{i}{Path(image_path).suffix}")
-        mask_png(move_edge(images.read_binary_mask(mask_path), -move)).save(folder / "train" / "masks" / f"{i}.png")
+        image = Path(image_path)
+        runfiles.write_bytes(folder / "train" / "images" / f"{i}{image.suffix}", image.read_bytes())
+        mask = move_edge(images.read_binary_mask(mask_path), -move)
+        runfiles.write_bytes(folder / "train" / "masks" / f"{i}.png", encoded(mask_png(mask), "PNG"))
 
 
 def fine_tune(checkpoint, targets, args):

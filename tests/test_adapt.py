@@ -302,3 +302,18 @@ def test_edge_curves_leave_a_mask_that_fills_the_image_as_predict_leaves_it():
     target[8:56, 8:56] = True
     curve = calibration.edge_curves(full, [target])[0]
     assert np.all(curve == curve[list(calibration.EDGE_MOVES).index(0.0)])
+
+
+def test_a_full_disk_while_writing_the_fine_tuning_targets_is_one_sentence(tmp_path, small_disk):
+    disk, _ = small_disk  # 1 MB: fewer than four of these 300x300 noise images fit
+    folder, rng = tmp_path / "noisy", np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    yy, xx = np.mgrid[:300, :300]
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(folder / "images" / f"p{i}.png")
+        Image.fromarray(((yy - 150) ** 2 + (xx - 150) ** 2 < (60 + 5 * i) ** 2).astype(np.uint8) * 255).save(
+            folder / "masks" / f"p{i}.png")
+    result = adapt(folder, disk / "adapt", "--epochs", "1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no space left to write")
