@@ -69,7 +69,7 @@ def calibrate_one_se(curves, thresholds=THRESHOLDS, neutral=0.5):
     """The threshold to use, from iou_curves() of the calibration images: of the thresholds whose mean IoU is within one
     paired standard error of the best one's, the closest to neutral (0.5; for edge_curves(), 0). A real shift
     moves the threshold toward the best one; noise, or a few images whose IoU falls steeply, widens the band and
-    keeps it near 0.5. Returns {'threshold', 'best_threshold', 'band' (the lowest and highest threshold in it),
+    keeps it near neutral. Returns {'threshold', 'best_threshold', 'band' (the lowest and highest threshold in it),
     'images', 'rule'}."""
     n, mean = len(curves), curves.mean(0)
     best = int(mean.argmax())
