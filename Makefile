@@ -53,13 +53,13 @@ setup: .venv/installed
 
 # Downloads DATASET (isic2016, isic2017, isic2018) into DATA_DIR unless DATA_DIR already holds data
 data: setup
-	$(PY) download.py --dataset $(DATASET) --data-dir "$(DATA_DIR)"
+	$(PY) tools/download.py --dataset $(DATASET) --data-dir "$(DATA_DIR)"
 
 # What the experiments train on: the default DATA_DIR is downloaded when empty; any other DATA_DIR must exist
 # (a mistyped path is never filled with a download: `make data DATA_DIR=...` downloads there on purpose)
 dataset: setup
 ifeq ($(DATA_DIR),data)
-	$(PY) download.py --dataset $(DATASET) --data-dir "$(DATA_DIR)"
+	$(PY) tools/download.py --dataset $(DATASET) --data-dir "$(DATA_DIR)"
 else
 	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; check the path, or run" \
 		"make data DATA_DIR=$(DATA_DIR) to download $(DATASET) there" >&2; exit 2; }
@@ -94,7 +94,7 @@ best: dataset
 # (RESUME=1 continues it), stored in float16, scored once on the test split and under the robustness suite
 release: dataset .venv/export-installed
 	test -f "$(RUNS)/best/seed0/test_metrics.json" || $(TRAIN) --seed 0 --out "$(RUNS)/best/seed0" $(BEST)
-	$(PY) release.py --checkpoint "$(RUNS)/best/seed0/best.pt" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
+	$(PY) tools/release.py --checkpoint "$(RUNS)/best/seed0/best.pt" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
 
 # The first ablation table of docs/experiments.md, one run per row (seed 0; hours on a CPU): make ablations
 ABL_B = --skips --loss bce+dice --encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1
@@ -123,10 +123,10 @@ ADAPT_FROM ?= $(RELEASED)
 ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 1e-4 --epochs 10 \
 	--batch-size 8 --val-fraction 0 --ema 0.9 --no-test
 adapt: labelled
-	$(PY) adapt.py --checkpoint "$(ADAPT_FROM)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/adapt" \
+	$(PY) tools/adapt.py --checkpoint "$(ADAPT_FROM)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/adapt" \
 		--train-flags "$(ADAPT) --seed $(SEED) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)"
 calibrate: labelled
-	$(PY) adapt.py --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/calibrate"
+	$(PY) tools/adapt.py --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/calibrate"
 labelled: setup
 	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; name your labelled images:" \
 		"make $(MAKECMDGOALS) DATA_DIR=my_labelled/ (images/ + masks/, or any layout of README: Data)" >&2; exit 2; }
@@ -134,49 +134,49 @@ labelled: setup
 # docs/adapt.md's table: make adapt's recipe under annotator and camera shifts of ISIC 2016 (SPLIT=val: choices;
 # SHIFTS and IMAGES: fewer shifts or adaptation set sizes than all of them)
 adapt-experiment: setup
-	$(PY) adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
+	$(PY) tools/adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
 		$(if $(SHIFTS),--shifts $(SHIFTS)) $(if $(IMAGES),--images $(IMAGES)) --out "$(RUNS)/adapt-experiment"
 
 # The calibration rules (thresholds, edge moves) compared on the annotator shifts, 20 images per draw, 9 draws
 calibration-experiment: setup
-	$(PY) adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --calibration-only --images 20 \
+	$(PY) tools/adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --calibration-only --images 20 \
 		--seeds 0 1 2 3 4 5 6 7 8 --shifts none tighter-varying looser-varying clinic tighter looser \
 		--device $(DEVICE) --out "$(RUNS)/adapt-experiment"
 
 # Kept apart from runs/ so that `make report` compares real experiments only.
 demo: setup
 	rm -rf demo
-	$(PY) data.py --synthetic demo/data
+	$(PY) tools/data_folder.py --synthetic demo/data
 	$(PY) train.py --data-dir demo/data --cache-dir demo/cache --encoder-weights none \
 		--image-size 64 --epochs 2 --batch-size 8 --lr 2e-3 --device $(DEVICE) --out demo/run --overwrite
 
 bench: setup
-	$(PY) bench.py --device $(DEVICE)
+	$(PY) tools/bench.py --device $(DEVICE)
 
 # make predict on 100 synthetic 1024x768 photos, the released model on ONNX Runtime against PyTorch, start-up
 # included, and their forward passes; the page (serve.py) in headless Chromium: loading, then such photos
 bench-predict: .venv/dev-installed web/node_modules/.package-lock.json
-	$(PY) bench.py --predict --device $(DEVICE) $(if $(BEFORE),--before $(BEFORE))
-	$(PY) bench.py --page
+	$(PY) tools/bench.py --predict --device $(DEVICE) $(if $(BEFORE),--before $(BEFORE))
+	$(PY) tools/bench.py --page
 
 # One process against two (torchrun, gloo) on this machine: make predict on 20 photos, training on synthetic data
 bench-scale: setup
-	$(PY) bench.py --scale --predict-images 20
+	$(PY) tools/bench.py --scale --predict-images 20
 
 # On a CUDA machine: bench, make best's seed 0 (AMP, --no-amp, --compile), exp1-bce, exp2-finetune -> $(RUNS)/gpu-check
 gpu-check: setup
-	PY=$(PY) bash gpu_check.sh "$(DATA_DIR)" "$(ENCODER_WEIGHTS)" "$(RUNS)/gpu-check"
+	PY=$(PY) bash tools/gpu_check.sh "$(DATA_DIR)" "$(ENCODER_WEIGHTS)" "$(RUNS)/gpu-check"
 
 # Refactors must not change a digit: one epoch of exp1-bce and of make best's recipe at BASE and in this tree
 BASE ?= HEAD
 check-same: setup
-	PY=$(PY) bash check_same.sh "$(DATA_DIR)" "$(ENCODER_WEIGHTS)" $(BASE)
+	PY=$(PY) bash tools/check_same.sh "$(DATA_DIR)" "$(ENCODER_WEIGHTS)" $(BASE)
 
 # CHECKPOINT scored on DATA_DIR's test split and on OTHER's (default: a plain-folder copy of DATA_DIR, which must
 # score the same), each to $(RUNS)/cross-dataset/<folder name>; OTHER may be any layout (README: Data)
 OTHER ?= $(RUNS)/plain-copy
 cross-dataset: setup
-	test -d "$(OTHER)" || $(PY) data.py --data-dir "$(DATA_DIR)" --to-plain "$(OTHER)"
+	test -d "$(OTHER)" || $(PY) tools/data_folder.py --data-dir "$(DATA_DIR)" --to-plain "$(OTHER)"
 	for d in "$(DATA_DIR)" "$(OTHER)"; do \
 		$(PY) evaluate.py --checkpoint "$(CHECKPOINT)" --data-dir "$$d" --device $(DEVICE) --tta --full-res \
 			--out "$(RUNS)/cross-dataset/$$(basename "$$d")" || exit 1; \
@@ -186,7 +186,7 @@ cross-dataset: setup
 SPLIT ?= test
 NAME ?= $(if $(filter $(RELEASED),$(CHECKPOINT)),released,best)
 robustness: setup
-	$(PY) robustness.py --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" --split $(SPLIT) --device $(DEVICE) \
+	$(PY) tools/robustness.py --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" --split $(SPLIT) --device $(DEVICE) \
 		--tta --largest-component --out "$(RUNS)/robustness/$(NAME)"
 
 # Suite results side by side (NAMES: folders under $(RUNS)/robustness): a Markdown table and compare.png
@@ -220,13 +220,13 @@ page-model: .venv/predict-installed web/node_modules/.package-lock.json
 ifneq ($(and $(MODEL_FLAG),$(filter-out %.onnx,$(CHECKPOINT))),)
 	$(MAKE) -s .venv/export-installed
 	mkdir -p "$(RUNS)/page"
-	$(PY) export.py --checkpoint "$(CHECKPOINT)" --out "$(RUNS)/page/model.onnx"
+	$(PY) tools/export.py --checkpoint "$(CHECKPOINT)" --out "$(RUNS)/page/model.onnx"
 endif
 serve: page-model
-	$(PY) serve.py $(PAGE_MODEL) --port $(PORT) $(if $(HOST),--host $(HOST))
+	$(PY) tools/serve.py $(PAGE_MODEL) --port $(PORT) $(if $(HOST),--host $(HOST))
 site: page-model
 	rm -rf "$(SITE)"
-	$(PY) serve.py $(PAGE_MODEL) --write "$(SITE)"
+	$(PY) tools/serve.py $(PAGE_MODEL) --write "$(SITE)"
 
 # The README's picture of the page: tests/test_page.py's browser saves its screenshot
 page-screenshot: .venv/dev-installed web/node_modules/.package-lock.json
@@ -238,11 +238,11 @@ predict: .venv/predict-installed
 	$(PY) predict.py "$(INPUT)" $(MODEL_FLAG) --out "$(OUT)" --device $(DEVICE) --tta --largest-component --overlay
 
 export: .venv/export-installed
-	$(PY) export.py --checkpoint "$(CHECKPOINT)" --out "$(ONNX)"
+	$(PY) tools/export.py --checkpoint "$(CHECKPOINT)" --out "$(ONNX)"
 
 # The released model's ONNX file and its card's numbers, from models/'s .pt (make release writes both)
 release-onnx: .venv/export-installed dataset
-	$(PY) release.py --onnx-only --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
+	$(PY) tools/release.py --onnx-only --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
 
 .venv/dev-installed: requirements-dev.txt .venv/installed
 	$(PY) -m pip install -r requirements-dev.txt

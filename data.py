@@ -1,32 +1,111 @@
-"""What a data folder holds, from the command line: its layout (layouts.LAYOUTS: ISIC 2016, 2017, 2018, PH2,
-plain folders) and its pairs per split; a small synthetic set; any layout re-laid as plain folders. Finding and
-pairing files: layouts.py; decoding and the cache: decoding.py; splits: splits.py; downloads: download.py.
+"""Training, validation and test splits of one data folder in any layout: the official splits where the layout has
+them, else seeded ones made before any augmentation; and which split a trained model is scored on."""
+from pathlib import Path
 
-    python data.py --data-dir ../shared/isic2016          # which layout, and how many pairs in each split
-    python data.py --synthetic demo/data                  # write a small fake data set in the ISIC 2016 layout
-    python data.py --data-dir ../shared/isic2016 --to-plain runs/isic2016-plain   # re-lay as plain folders
-"""
+import torch
 
-import cli
-from layouts import copy_as_plain_folders, detect_layout, find_pairs, present_groups
-from synthetic import write_synthetic
+from lib.decoding import load_split
+from lib.errors import DataError, ModelFileError, UsageError
+from lib.layouts import detect_layout, expected_layout, present_groups
+from lib.mapped import load_mapped_split
 
-
-def main(argv=None):
-    parser = cli.parser(__doc__)
-    cli.add_data_dir_flag(parser)
-    parser.add_argument("--synthetic", metavar="DIR", help="write a small synthetic data set to DIR first")
-    parser.add_argument("--to-plain", metavar="DIR", help="copy --data-dir into plain folders in DIR")
-    args = parser.parse_args(argv)
-    if args.synthetic:
-        write_synthetic(args.synthetic, n_train=160, n_test=32)
-        args.data_dir = args.synthetic
-    if args.to_plain:
-        copy_as_plain_folders(args.data_dir, args.to_plain)
-        args.data_dir = args.to_plain
-    counts = ", ".join(f"{group} {len(find_pairs(args.data_dir, group))}" for group in present_groups(args.data_dir))
-    print(f"{detect_layout(args.data_dir)} in {args.data_dir}: image/mask pairs: {counts}")
+TEST_FRACTION = 0.2  # share of a folder without an official split (PH2) held out as its test split
 
 
-if __name__ == "__main__":
-    cli.run(main)
+def split_indices(n, val_fraction, seed):
+    """(train, val) index tensors: a seeded random split, made before any augmentation."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = round(n * val_fraction)
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def subset(split, idx):
+    """The rows idx of a load_split() result."""
+    return {"images": split["images"][idx], "masks": split["masks"][idx],
+            **{key: [split[key][i] for i in idx] for key in ("ids", "image_paths", "mask_paths")}}
+
+
+def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", workers=0, memory_map=False):
+    """{'train', 'val', 'test': load_split() results (test None where the folder holds no test images), 'note': a
+    line that says where each came from} of one data folder in any layout. Validation is the layout's official
+    split when it has one (and val_fraction > 0), else a seeded val_fraction of the training images; a folder
+    without any split (PH2, plain images/ + masks/) first holds TEST_FRACTION of its images out as test. With
+    memory_map the images and masks stay on disk (mapped.py), read as batches need them."""
+    groups = present_groups(data_dir)
+
+    def load(group):
+        return (load_mapped_split if memory_map else load_split)(data_dir, group, size, cache_dir, workers)
+    if "train" in groups:
+        train, test, held_out = load("train"), load("test") if "test" in groups else None, ""
+    elif "all" in groups:
+        everything = load("all")
+        rest, test_idx = split_indices(len(everything["ids"]), TEST_FRACTION, split_seed)
+        train, test = subset(everything, rest), subset(everything, test_idx)
+        held_out = f" (no official split: {TEST_FRACTION:.0%} held out by --split-seed {split_seed})"
+    else:
+        raise DataError(f"{data_dir} holds no training images: {detect_layout(data_dir)} folders "
+                        f"{', '.join(groups)} only\n{expected_layout(data_dir)}")
+    official = "val" in groups and val_fraction > 0
+    if official:
+        val = load("val")
+    else:
+        train_idx, val_idx = split_indices(len(train["ids"]), val_fraction, split_seed)
+        train, val = subset(train, train_idx), subset(train, val_idx)
+    note = (f"{detect_layout(data_dir)} in {data_dir}: {len(train['ids'])} training images, {len(val['ids'])} "
+            f"validation{' (official split)' if official else ''}, "
+            f"{len(test['ids']) if test else 'no'} test{held_out}")
+    return {"train": train, "val": val, "test": test, "note": note}
+
+
+def load_test(data_dir, size, split_seed, trained_on=True, cache_dir="cache", workers=0):
+    """(load_split() result, a line saying what it is) of data_dir's test split. A folder without one (PH2, plain
+    images/ + masks/) gives, for a model trained on it, the TEST_FRACTION it held out by split_seed; for a model
+    that never saw it (trained_on=False), every image of every split."""
+    groups = present_groups(data_dir)
+    if "test" in groups:
+        return load_split(data_dir, "test", size, cache_dir, workers), "test split"
+    if trained_on and "all" in groups:
+        return load_splits(data_dir, size, 0, split_seed, cache_dir, workers)["test"], (
+            f"no official test split: the {TEST_FRACTION:.0%} held out from training by --split-seed {split_seed}")
+    if trained_on:
+        raise DataError(f"{data_dir} ({detect_layout(data_dir)}) has no test images, and the model trained on the "
+                        f"others ({', '.join(groups)})")
+    return join([load_split(data_dir, g, size, cache_dir, workers) for g in groups]), (
+        f"no test split: every image ({', '.join(groups)})")
+
+
+def join(splits):
+    """One load_split()-like result of several, in order (one: itself)."""
+    if len(splits) == 1:
+        return splits[0]
+    return {"images": torch.cat([s["images"] for s in splits]), "masks": torch.cat([s["masks"] for s in splits]),
+            **{key: [x for s in splits for x in s[key]] for key in ("ids", "image_paths", "mask_paths")}}
+
+
+def validation_seed(configs):
+    """The --split-seed that all these runs held their validation images out with (one run, or an ensemble's)."""
+    if any(c["val_fraction"] == 0 for c in configs):
+        raise UsageError("--split val: trained with --val-fraction 0, on every training image; none was held out")
+    held_out = {(c["val_fraction"], c["split_seed"]) for c in configs}
+    if len(held_out) > 1:
+        raise UsageError("--split val: these runs held out different validation images (--val-fraction, --split-seed "
+                         f"{sorted(held_out)}), so some were trained on the others' validation images")
+    return held_out.pop()[1]
+
+
+def split_to_score(data_dir, split, configs, cache_dir="cache", workers=2):
+    """The split ("train", "val" or "test") of data_dir that these models are scored on, at their image size: the
+    training images they held out for validation (the same seeded or official split as training), all training
+    images, or the test split (load_test). Returns (load_split() result, a line that says what it is)."""
+    size = configs[0]["image_size"]
+    missing = sorted({key for c in configs for key in ("val_fraction", "split_seed", "data_dir") if key not in c})
+    if missing and split != "train":
+        raise ModelFileError(f"the model's config lacks {', '.join(missing)}, so the images it held out are unknown: "
+                             "it was not written by train.py; score it with --split train")
+    if split == "train":
+        return load_split(data_dir, "train", size, cache_dir, workers), "training split"
+    if split == "val":
+        return load_splits(data_dir, size, configs[0]["val_fraction"], validation_seed(configs), cache_dir,
+                           workers)["val"], "validation images held out by training"
+    trained_on = any(Path(d).resolve() == Path(data_dir).resolve() for c in configs for d in c["data_dir"])
+    return load_test(data_dir, size, configs[0]["split_seed"], trained_on, cache_dir, workers)

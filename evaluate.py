@@ -7,20 +7,18 @@ full resolution, with flip TTA and the largest region (metrics.py), written besi
 import os
 from pathlib import Path
 
-import cli
-import layouts
-import runfiles
-from device import pick_device
-from inference import score_model
-from splits import split_to_score
-from model import decision_edge_move, decision_threshold, load_models
+from data import split_to_score
+from lib import cli, files, layouts
+from lib.checkpoints import decision_edge_move, decision_threshold, load_models
+from lib.device import pick_device
+from lib.scoring import score_model
 
 
 def results_name(out, split):
     """The name evaluate.py writes its results under: <split>, unless that would replace what train.py wrote
     for its own run (train.py's test_metrics.json has no 'checkpoints' key); then <split>_eval."""
     existing = Path(out) / f"{split}_metrics.json"
-    if existing.exists() and "checkpoints" not in runfiles.read_json(existing):
+    if existing.exists() and "checkpoints" not in files.read_json(existing):
         return f"{split}_eval"
     return split
 
@@ -57,7 +55,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     summary["threshold"], summary["edge_move"] = threshold, edge_move
     summary["checkpoints"] = [os.path.relpath(c, out) for c in args.checkpoint]  # from `out`: the folder can move
-    path = runfiles.write_results(out, results_name(out, args.split), summary, per_image, split["ids"])
+    path = files.write_results(out, results_name(out, args.split), summary, per_image, split["ids"])
     print(f"{args.split} ({summary['n_images']} images): " + ", ".join(
         f"{k} {summary[k]:.4f}" for k in ("loss", "iou", "dice", "tta_iou", "fullres_iou", "fullres_tta_iou")
         if k in summary) + f" -> {path}")

@@ -13,6 +13,6 @@ def lesion_segmenter(checkpoint=None, device="cpu"):
     (segmenter.Segmenter); checkpoint: a train.py checkpoint, or a list of them for an ensemble, instead. Its
     segment(image, tta=True, largest_component=True) takes a path, a PIL image or a numpy array and returns the
     mask as make predict makes it."""
-    import released  # here: torch.hub puts this repository on the path first
-    from segmenter import Segmenter
-    return Segmenter.load([checkpoint] if isinstance(checkpoint, str) else checkpoint or [released.PT], device)
+    from lib import model_files  # here: torch.hub puts this repository on the path first
+    from lib.segmenter import Segmenter
+    return Segmenter.load([checkpoint] if isinstance(checkpoint, str) else checkpoint or [model_files.PT], device)

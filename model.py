@@ -1,18 +1,16 @@
-"""MobileNetV2 encoder (torchvision, ImageNet weights) + a decoder of upsample and refinement blocks.
+"""MobileNetV2 encoder (torchvision, ImageNet weights) + a decoder of upsample and refinement blocks, and the
+average of its weights (EMA). Reading and writing checkpoints: lib/checkpoints.py.
 
 The model takes RGB images with values 0..255 (uint8 or float) and returns one logit per pixel;
 ImageNet normalisation happens inside, so a checkpoint is all that prediction needs.
 """
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
-import released
-from errors import ModelFileError
-from masks import checked_edge_move, checked_threshold
+from lib.errors import ModelFileError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -135,94 +133,3 @@ def update_ema(ema, model, decay, updates):
     for averaged, current in pairs:
         if not averaged.is_floating_point():  # counters, such as BatchNorm's num_batches_tracked
             averaged.copy_(current)
-
-
-def weights_checksum(state):
-    """sha256 of a state_dict's names and values: train.py writes it into every checkpoint, and every load checks it,
-    so a flipped bit or an edited weight is refused instead of used."""
-    h = hashlib.sha256()
-    for name, tensor in state.items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def read_checkpoint(path):
-    """A train.py checkpoint's contents (dict with 'config' and 'model'); a clear error for a wrong, broken or
-    damaged file (one whose weights no longer match the checksum written with them)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (train one with train.py or a make target)")
-    released.verify(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or not {"config", "model"} <= ckpt.keys():
-            raise KeyError("config")
-    except Exception as e:  # not PyTorch's message: it suggests weights_only=False, which runs the file's code
-        raise ModelFileError(f"checkpoint {path} is not a checkpoint written by train.py: it is damaged, or not "
-                             f"PyTorch weights at all ({type(e).__name__})") from None
-    if "checksum" in ckpt and ckpt["checksum"] != weights_checksum(ckpt["model"]):
-        raise ModelFileError(f"checkpoint {path} is damaged: its weights do not match the checksum train.py wrote "
-                             "with them; use another copy (last.pt or best.pt) or train it again")
-    return ckpt
-
-
-def load_checkpoint(path, device="cpu"):
-    """(model in eval mode, config) from a train.py checkpoint; raises a clear error for a wrong or broken file."""
-    ckpt = read_checkpoint(path)
-    config = ckpt["config"]
-    try:
-        if config["image_size"] % 32:
-            raise ValueError(f"image_size {config['image_size']} is not a multiple of 32")
-        model = build_model(config)
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, ValueError) as e:  # a config edited by hand, or written by another program
-        raise ModelFileError(f"checkpoint {path} has a config this model cannot be built from "
-                             f"({type(e).__name__}: {e}); use a checkpoint written by train.py") from None
-    except RuntimeError as e:
-        raise ModelFileError(f"checkpoint {path} does not match the model its config describes: "
-                             f"{str(e).splitlines()[0][:300]}") from None
-    return model.to(device).eval(), ckpt["config"]
-
-
-def half_precision(checkpoint_path):
-    """The {'config', 'model', 'checksum'} of a train.py checkpoint, floating-point weights in float16: no
-    optimizer state, no history. Loading casts them back to float32."""
-    ckpt = read_checkpoint(checkpoint_path)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    return {"config": ckpt["config"], "model": state, "checksum": weights_checksum(state)}
-
-
-def decision_threshold(configs):
-    """The probability above which a pixel is lesion for these models: the threshold adapt.py calibrated and stored
-    in a checkpoint's config (an ensemble: the mean of its members'), else 0.5. UsageError for a stored threshold
-    outside (0, 1)."""
-    return sum(checked_threshold(c.get("threshold", 0.5), "the threshold stored in the checkpoint")
-               for c in configs) / len(configs)
-
-
-def decision_edge_move(configs):
-    """How far these models' masks move their edge (masks.move_edge): the edge move adapt.py calibrated and stored
-    in a checkpoint's config (an ensemble: the mean of its members'), else 0. UsageError for one out of range."""
-    return sum(checked_edge_move(c.get("edge_move", 0.0), "the edge move stored in the checkpoint")
-               for c in configs) / len(configs)
-
-
-class Ensemble(nn.Module):
-    """Several trained models as one: the logit of their mean lesion probability."""
-    def __init__(self, models):
-        super().__init__()
-        self.members = nn.ModuleList(models)
-
-    def forward(self, images):
-        probs = torch.stack([m(images).float().sigmoid() for m in self.members]).mean(0)
-        return torch.logit(probs, eps=1e-6)  # keeps the sign: logit > 0 exactly where the mean probability > 0.5
-
-
-def load_models(paths, device="cpu"):
-    """(model, [config]) of one checkpoint, or (their Ensemble, [config of each]) of several of one input size."""
-    models, configs = zip(*[load_checkpoint(path, device) for path in paths])
-    sizes = sorted({config["image_size"] for config in configs})
-    if len(sizes) > 1:
-        raise ModelFileError(f"the checkpoints were trained at different --image-size {sizes}; "
-                             "an ensemble needs one input size")
-    return (models[0] if len(models) == 1 else Ensemble(models).eval()), list(configs)

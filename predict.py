@@ -16,16 +16,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import cli
-import distributed
-import images
-import layouts
-import released
-import runfiles
-from errors import Interrupted, StorageError, UsageError
-from masks import encoded, mask_png, overlay
-from segmenter import Segmenter
-
+from lib import cli, distributed, files, images, layouts, model_files
+from lib.errors import Interrupted, StorageError, UsageError
+from lib.masks import encoded, mask_png, overlay
+from lib.segmenter import Segmenter
 
 PHOTO_EXTS = layouts.IMAGE_EXTS + (".gif", ".webp")  # what folders and patterns yield: named, any file is tried
 
@@ -121,9 +115,9 @@ def predicted_masks(segmenter, paths, batch_size, pool, tta=False, largest_compo
 def write_outputs(photo, mask, name, with_overlay):
     """<name>_segmentation.png and, with_overlay, <name>_overlay.jpg, each written whole or not at all."""
     Path(name).parent.mkdir(parents=True, exist_ok=True)
-    runfiles.write_bytes(Path(f"{name}_segmentation.png"), encoded(mask_png(mask), "PNG"))
+    files.write_bytes(Path(f"{name}_segmentation.png"), encoded(mask_png(mask), "PNG"))
     if with_overlay:
-        runfiles.write_bytes(Path(f"{name}_overlay.jpg"), encoded(overlay(photo, mask), "JPEG"))
+        files.write_bytes(Path(f"{name}_overlay.jpg"), encoded(overlay(photo, mask), "JPEG"))
 
 
 def parse_args(argv=None):
@@ -131,7 +125,7 @@ def parse_args(argv=None):
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("-i", "--input", nargs="+", action="extend", default=[], dest="more_inputs",
                         metavar="INPUT", help="more inputs, e.g. after --checkpoint's files")
-    cli.add_checkpoint_flag(parser, "the model", default=released.ONNX, several=True, onnx=True)
+    cli.add_checkpoint_flag(parser, "the model", default=model_files.ONNX, several=True, onnx=True)
     parser.add_argument("-o", "--out", default="predictions", help="output folder")
     cli.add_threshold_flag(parser)
     parser.add_argument("--tta", action="store_true", help="average with horizontal and vertical flips")

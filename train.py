@@ -20,17 +20,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import augment
-import cli
-import distributed
-import run_folder
-import runfiles
-from device import autocast, pick_device
-from errors import DataError, Interrupted, TrainingError, UsageError
-from inference import evaluate, predict_logits, score_model
+from data import join, load_splits
+from lib import cli, distributed, files, run_folder
+from lib.checkpoints import read_checkpoint, weights_checksum
+from lib.device import autocast, pick_device
+from lib.errors import DataError, Interrupted, TrainingError, UsageError
+from lib.plots import plot_curves, save_panel
+from lib.scoring import evaluate, predict_logits, score_model
 from losses import LOSSES
-from model import DECODER_WIDTHS, build_model, read_checkpoint, update_ema, weights_checksum
-from plots import plot_curves, save_panel
-from splits import join, load_splits
+# Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
+from model import DECODER_WIDTHS, build_model, update_ema
 
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
@@ -190,7 +189,7 @@ def parse_args(argv=None):
 def saved_flags(path):
     """The flags of a run's config.json (--config); UsageError for a missing file, broken JSON or other JSON."""
     try:
-        saved = runfiles.read_json(path)
+        saved = files.read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"--config {path} cannot be read as JSON ({e}); give a run's config.json") from None
     if not isinstance(saved, dict):
@@ -393,14 +392,14 @@ def save_checkpoints(out, trainer, history, best_iou, config, is_best):
     if t.ema is not None:
         state["trained_model"] = t.model.state_dict()  # what --resume trains on from
     if is_best:
-        runfiles.atomic_save(state, out / "best.pt")
-    runfiles.atomic_save(state, out / "last.pt")
+        files.atomic_save(state, out / "best.pt")
+    files.atomic_save(state, out / "last.pt")
 
 
 def report_epoch(out, args, history, is_best, panel, device, amp):
     """history.csv, curves.png, prediction panels every few epochs, and one line on the console."""
     record, epoch = history[-1], history[-1]["epoch"]
-    runfiles.write_csv(out / "history.csv", history)
+    files.write_csv(out / "history.csv", history)
     plot_curves(history, out / "curves.png", out.name)
     if epoch % (args.viz_every or max(1, args.epochs // 4)) == 0 or epoch == args.epochs:
         forward, inputs, images, masks, kind = panel
@@ -425,7 +424,7 @@ def test_best_checkpoint(model, out, tests, args, device, amp):
     summaries = []
     for name, test in tests.items():
         summary, per_image = score_model(model, test, args.loss, 2 * args.batch_size, device, amp)
-        path = runfiles.write_results(out, name, summary, per_image, test["ids"])
+        path = files.write_results(out, name, summary, per_image, test["ids"])
         print(f"{name} (best epoch {best['epoch']}, {summary['n_images']} images): loss {summary['loss']:.4f}  "
               f"IoU {summary['iou']:.4f}  Dice {summary['dice']:.4f}  with flip TTA: IoU {summary['tta_iou']:.4f}  "
               f"at full resolution: IoU {summary['fullres_iou']:.4f} -> {path}")
@@ -547,7 +546,7 @@ def main(argv=None):
         # only now: bad flags, data or weights leave nothing behind
         with main_only(run_folder.run_log(out, args.resume, args.overwrite)):
             if distributed.is_main():
-                runfiles.write_json(out / "config.json", config)
+                files.write_json(out / "config.json", config)
             print(f"run {out}: {args.epochs} epochs, batch size {args.batch_size}, --lr {args.lr}, --seed {args.seed}, "
                   f"data {' '.join(args.data_dir)}, device {device}")  # a mistyped make variable shows here
             print(splits["sizes"])

@@ -18,21 +18,21 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import cli  # noqa: E402
-import images  # noqa: E402
-import layouts  # noqa: E402
-import runfiles  # noqa: E402
-from errors import UsageError  # noqa: E402
-from inference import predict_logits  # noqa: E402
-from splits import split_to_score  # noqa: E402
-import metrics  # noqa: E402
-from model import load_models  # noqa: E402
-from plots import plot_curves, save_figure, save_panel  # noqa: E402
+from data import split_to_score  # noqa: E402
+from lib import cli  # noqa: E402
+from lib import files  # noqa: E402
+from lib import images  # noqa: E402
+from lib import layouts  # noqa: E402
+from lib import metrics  # noqa: E402
+from lib.checkpoints import load_models  # noqa: E402
+from lib.errors import UsageError  # noqa: E402
+from lib.plots import plot_curves, save_figure, save_panel  # noqa: E402
+from lib.scoring import predict_logits  # noqa: E402
 
 # Test IoU / Dice of the reference report, by experiment.
 REFERENCE = {"exp1-bce": (0.7585, 0.8025), "exp1-iou": (0.7724, 0.8154), "exp2-finetune": (0.7659, 0.8094)}
@@ -41,7 +41,7 @@ REFERENCE = {"exp1-bce": (0.7585, 0.8025), "exp1-iou": (0.7724, 0.8154), "exp2-f
 def compare_robustness(folders, out):
     """Suite results (robustness.py's --out folders) side by side: a grouped bar plot of IoU per shift to `out`,
     and a Markdown table, 'IoU (drop)' per folder and shift, returned."""
-    results = {Path(f).name: runfiles.read_json(Path(f) / "robustness.json") for f in folders}
+    results = {Path(f).name: files.read_json(Path(f) / "robustness.json") for f in folders}
     names = [r["perturbation"] for r in next(iter(results.values()))["rows"]]
     if any([r["perturbation"] for r in res["rows"]] != names for res in results.values()):
         raise UsageError("these suite results score different shifts; run robustness.py with the same --perturbations")
@@ -73,7 +73,7 @@ def compare_per_image_files(base_files, new_files, metric):
         raise UsageError(f"{len(base_files)} base files but {len(new_files)} --vs files: give them in pairs")
     base, new = [], []
     for b, n in zip(base_files, new_files):
-        rows_b, rows_n = ({r["id"]: r for r in runfiles.read_csv(f)} for f in (b, n))
+        rows_b, rows_n = ({r["id"]: r for r in files.read_csv(f)} for f in (b, n))
         if rows_b.keys() != rows_n.keys():
             raise UsageError(f"{b} and {n} score different images; score both models on the same split")
         if metric not in next(iter(rows_b.values())):
@@ -90,11 +90,11 @@ def read_run(run_dir):
     run_dir = Path(run_dir)
     if not (run_dir / "test_metrics.json").exists():
         return None
-    test = runfiles.read_json(run_dir / "test_metrics.json")
+    test = files.read_json(run_dir / "test_metrics.json")
     checkpoints = [run_dir / c for c in test.get("checkpoints", ["best.pt"])]
     return {"name": run_dir.name, "dir": run_dir, "test": test, "checkpoints": checkpoints,
-            "config": runfiles.read_json(checkpoints[0].parent / "config.json"),
-            "histories": [runfiles.read_csv(c.parent / "history.csv") for c in checkpoints]}
+            "config": files.read_json(checkpoints[0].parent / "config.json"),
+            "histories": [files.read_csv(c.parent / "history.csv") for c in checkpoints]}
 
 
 def report_table(runs):
@@ -153,7 +153,7 @@ def find_data_dir(data_dir, runs_dir):
     if Path(data_dir).is_dir():
         return data_dir
     for config in sorted(Path(runs_dir).glob("**/config.json")):
-        trained_on = (runfiles.read_json(config).get("data_dir") or [None])[0]  # the first of several
+        trained_on = (files.read_json(config).get("data_dir") or [None])[0]  # the first of several
         if trained_on and Path(trained_on).is_dir():
             print(f"data folder {data_dir} does not exist; using {trained_on}, from {config}")
             return trained_on
@@ -168,7 +168,7 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
     if not runs:
         raise UsageError(f"no finished runs (with test_metrics.json) in {runs_dir}; run an experiment first")
     table = report_table(runs)
-    runfiles.write_text(runs_dir / "report.md", "# Experiments\n\nTest metrics of each run's best checkpoint "
+    files.write_text(runs_dir / "report.md", "# Experiments\n\nTest metrics of each run's best checkpoint "
                         "(by validation IoU; the last epoch for runs trained on every training image, "
                         "--val-fraction 0); per-image means, threshold 0.5.\n\n" + table
                         + "\n![comparison](comparison.png)\n\n![test panel](test_panel.png)\n\n"
@@ -236,7 +236,7 @@ def eda(data_dir, out):
     out.mkdir(parents=True, exist_ok=True)
     stats = {split: lesion_stats(data_dir, split) for split in layouts.present_groups(data_dir)}
     summary = {split: summarize_stats(s) for split, s in stats.items()}
-    runfiles.write_json(out / "eda.json", summary)
+    files.write_json(out / "eda.json", summary)
     distinct = {(w, h) for st in stats.values() for w, h in zip(st["width"], st["height"])}
     fig, axes = plt.subplots(1, 3 if len(distinct) > 1 else 2, figsize=(15 if len(distinct) > 1 else 10, 4))
     sizes, balance = axes[:2]
@@ -314,7 +314,7 @@ def main():
         print(compare_robustness(args.folders, Path(args.out)))
         print(f"wrote {args.out}")
     else:
-        plot_curves(runfiles.read_csv(Path(args.run_dir) / "history.csv"), Path(args.run_dir) / "curves.png",
+        plot_curves(files.read_csv(Path(args.run_dir) / "history.csv"), Path(args.run_dir) / "curves.png",
                     Path(args.run_dir).name)
 
 

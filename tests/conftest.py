@@ -7,10 +7,10 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # tests call the tools' functions too
 
+from lib.synthetic import write_synthetic  # noqa: E402
 from model import DECODER_WIDTHS, MobileNetSegmenter  # noqa: E402
-from synthetic import write_synthetic  # noqa: E402
 
 REAL_DATA = ROOT.parent / "shared" / "isic2016"
 REAL_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth"

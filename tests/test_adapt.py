@@ -6,26 +6,23 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
-
 import adapt as adapt_script
 import adapt_experiment
-import annotators
-import calibration
-import images
-import evaluate
-import layouts
-import predict
-import runfiles
+import numpy as np
+import pytest
 import serve
-import train
+import torch
+
 from conftest import ROOT
-from errors import DataError
-from released import PT as RELEASED
-from model import load_checkpoint, read_checkpoint
+from PIL import Image
+
+import evaluate
+import predict
+import train
+from lib import annotators, calibration, files, images, layouts
+from lib.errors import DataError
+from lib.model_files import PT as RELEASED
+from lib.checkpoints import load_checkpoint, read_checkpoint
 
 # make adapt's recipe with fewer epochs, so that a test takes seconds
 ADAPT = ["--freeze-encoder", "--random-aug", "--shift-aug", "0.25", "--loss", "bce+dice", "--lr", "1e-3",
@@ -53,7 +50,7 @@ def labelled_folder(synthetic, folder, shift=None, n_train=16, n_test=8):
 
 def adapt(data_dir, out, *train_flags):
     """make adapt with ADAPT and train_flags: adapt.py calibrating, then fine-tuning with train.py."""
-    return run("adapt.py", "--data-dir", data_dir, "--cache-dir", out.parent / "cache", "--out", out, "--device",
+    return run("tools/adapt.py", "--data-dir", data_dir, "--cache-dir", out.parent / "cache", "--out", out, "--device",
                "cpu", "--train-flags", " ".join(ADAPT + list(train_flags)))
 
 
@@ -132,7 +129,7 @@ def test_adapt_moves_the_edge_then_fine_tunes_on_what_the_move_leaves(synthetic,
     assert result.returncode == 0, result.stderr
     # one test IoU per model: train.py leaves the held-out images to adapt.py (--no-test)
     assert "test (best epoch" not in result.stdout and not (tmp_path / "run" / "test_metrics.json").exists()
-    report = runfiles.read_json(tmp_path / "run" / "adapt.json")
+    report = files.read_json(tmp_path / "run" / "adapt.json")
     move, rows = report["calibration"]["edge_move"], list(report["comparisons"].values())
     assert move < 0  # looser masks: the edge moves out
     assert rows[1]["difference"] > 0.01 and rows[2]["difference"] > 0.05  # calibrated, adapted against before
@@ -150,14 +147,14 @@ def test_adapt_moves_the_edge_then_fine_tunes_on_what_the_move_leaves(synthetic,
 
 def test_a_calibrated_edge_move_reaches_predict_evaluate_the_onnx_file_and_the_page(synthetic, tmp_path):
     folder = labelled_folder(synthetic, tmp_path / "mine", much_looser)
-    result = run("adapt.py", "--data-dir", folder, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache",
+    result = run("tools/adapt.py", "--data-dir", folder, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache",
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
     calibrated = tmp_path / "cal" / "model.pt"
     move = load_checkpoint(calibrated)[1]["edge_move"]
     assert move < 0 and "moved out by" in (tmp_path / "cal" / "README.md").read_text()
     onnx_file = tmp_path / "cal.onnx"
-    assert run("export.py", "--checkpoint", calibrated, "-o", onnx_file).returncode == 0
+    assert run("tools/export.py", "--checkpoint", calibrated, "-o", onnx_file).returncode == 0
     assert json.loads(serve.model_json(onnx_file))["edge_move"] == pytest.approx(move)  # what the page reads
     areas = {}
     for name, model in (("released", RELEASED), ("pt", calibrated), ("onnx", onnx_file)):
@@ -168,7 +165,7 @@ def test_a_calibrated_edge_move_reaches_predict_evaluate_the_onnx_file_and_the_p
     for name, model in (("released", RELEASED), ("pt", calibrated)):
         evaluate.main(["--checkpoint", str(model), "--data-dir", str(folder), "--out", str(tmp_path / f"ev-{name}"),
                        "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--full-res"])
-        scores[name] = runfiles.read_json(tmp_path / f"ev-{name}" / "test_metrics.json")
+        scores[name] = files.read_json(tmp_path / f"ev-{name}" / "test_metrics.json")
     assert scores["pt"]["edge_move"] == move
     assert scores["pt"]["iou"] == pytest.approx(scores["released"]["iou"], abs=1e-3)  # at 128x128: no move
     assert scores["pt"]["fullres_lcc_iou"] > scores["released"]["fullres_lcc_iou"] + 0.01  # at the masks' own size
@@ -193,7 +190,7 @@ def test_bad_labelled_data_gets_one_sentence(synthetic, tmp_path, capsys):
             train.main([str(f) for f in flags])
         message = capsys.readouterr().err.strip() if e.type is SystemExit else str(e.value)
         assert words in message.splitlines()[-1], message
-    result = run("adapt.py", "--data-dir", one, "--out", tmp_path / "x")
+    result = run("tools/adapt.py", "--data-dir", one, "--out", tmp_path / "x")
     assert result.returncode == 1 and "at least 2" in result.stderr and "Traceback" not in result.stderr
     result = adapt(labelled_folder(synthetic, tmp_path / "ok2", n_train=4, n_test=0), tmp_path / "y", "--epochs",
                    "1", "--image-size", "64")  # train.py refuses: the released model works at 128 px
@@ -226,7 +223,7 @@ def test_calibrating_on_two_images_holds_none_out_and_the_card_says_so(synthetic
     for i, image, mask in layouts.find_pairs(synthetic[0], "train")[:2]:
         shutil.copy(image, folder / "images" / image.name)
         shutil.copy(mask, folder / "masks" / f"{i}.png")
-    result = run("adapt.py", "--data-dir", folder, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache",
+    result = run("tools/adapt.py", "--data-dir", folder, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache",
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "No held-out images" in (tmp_path / "cal" / "README.md").read_text()

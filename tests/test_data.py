@@ -4,15 +4,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
+from conftest import REAL_DATA
 from PIL import Image
 
-import decoding
-import images
-import errors
-import layouts
-import runfiles
-import splits
-from conftest import REAL_DATA
+import data
+from lib import decoding, errors, files, images, layouts
 
 TRAIN_IMAGES, TRAIN_MASKS = layouts.SPLITS["train"]
 
@@ -150,11 +147,11 @@ def test_cache_is_reused_and_rebuilt_when_files_or_size_change(copy, tmp_path, m
 
 
 def test_split_is_disjoint_and_reproducible():
-    train, val = splits.split_indices(100, 0.1, seed=3)
+    train, val = data.split_indices(100, 0.1, seed=3)
     assert len(val) == 10 and len(train) == 90
     assert set(train.tolist()).isdisjoint(val.tolist()) and set(train.tolist()) | set(val.tolist()) == set(range(100))
-    assert torch.equal(val, splits.split_indices(100, 0.1, seed=3)[1])
-    assert not torch.equal(val, splits.split_indices(100, 0.1, seed=4)[1])
+    assert torch.equal(val, data.split_indices(100, 0.1, seed=3)[1])
+    assert not torch.equal(val, data.split_indices(100, 0.1, seed=4)[1])
 
 
 def test_real_images_load(tmp_path):
@@ -169,8 +166,9 @@ def test_real_images_load(tmp_path):
 
 
 def test_plain_folders_train_and_score_exactly_like_the_isic_layout(synthetic, tmp_path, capsys):
-    import train
     from conftest import train_args
+
+    import train
     plain = tmp_path / "plain"
     for split, (image_folder, mask_folder) in layouts.SPLITS.items():
         shutil.copytree(synthetic[0] / image_folder, plain / split / "images")
@@ -183,7 +181,7 @@ def test_plain_folders_train_and_score_exactly_like_the_isic_layout(synthetic, t
     train.main(train_args(synthetic[0], tmp_path / "isic"))
     train.main(train_args(plain, tmp_path / "plain-run"))
     assert "plain folders in" in capsys.readouterr().out
-    assert runfiles.read_json(tmp_path / "plain-run" / "test_metrics.json") == runfiles.read_json(
+    assert files.read_json(tmp_path / "plain-run" / "test_metrics.json") == files.read_json(
         tmp_path / "isic" / "test_metrics.json")
 
 

@@ -9,24 +9,22 @@ import time
 import numpy as np
 import pytest
 import torch
+
+from conftest import ROOT, train_args
 from PIL import Image
 
-import decoding
-import images
-import layouts
 import predict
-import runfiles
 import train
-from conftest import ROOT, train_args
-from errors import DataError, ModelFileError, StorageError, UsageError
-from model import load_checkpoint
+from lib import decoding, files, images, layouts
+from lib.errors import DataError, ModelFileError, StorageError, UsageError
+from lib.checkpoints import load_checkpoint
 
 LEARNED = ("epoch", "train_loss", "val_loss", "val_iou", "val_dice", "lr")
 
 
 def learned(run):
     """history.csv's columns that training determines (not timings), NaN (no validation) as None."""
-    rows = runfiles.read_csv(run / "history.csv")
+    rows = files.read_csv(run / "history.csv")
     return [{k: None if row[k] != row[k] else row[k] for k in LEARNED} for row in rows]
 
 
@@ -51,12 +49,12 @@ def test_kill_9_mid_write_and_mid_epoch_then_resume_gives_the_uninterrupted_resu
     writing = lambda: any(out.glob(".*.pt.*.tmp"))  # noqa: E731  a checkpoint half written
     kill_when(start(train_args(synthetic[0], out, *flags)), writing)
     kill_when(start(train_args(synthetic[0], out, *flags, "--resume")),
-              lambda: (out / "history.csv").exists() and len(runfiles.read_csv(out / "history.csv")) >= 2)
+              lambda: (out / "history.csv").exists() and len(files.read_csv(out / "history.csv")) >= 2)
     result = subprocess.run([sys.executable, "train.py", *train_args(synthetic[0], out, *flags, "--resume")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert learned(out) == learned(tmp_path / "whole")
-    assert runfiles.read_json(out / "test_metrics.json") == runfiles.read_json(tmp_path / "whole" / "test_metrics.json")
+    assert files.read_json(out / "test_metrics.json") == files.read_json(tmp_path / "whole" / "test_metrics.json")
     assert not list(out.glob(".*.tmp"))
 
 
@@ -81,9 +79,9 @@ def test_full_disk_stops_with_a_sentence_keeps_last_pt_and_resume_finishes(synth
 
 def test_atomic_write_on_a_full_disk_raises_storage_error_and_leaves_the_old_file(small_disk):
     disk, resize = small_disk
-    runfiles.write_text(disk / "notes.txt", "old")
+    files.write_text(disk / "notes.txt", "old")
     with pytest.raises(StorageError, match=r"notes.txt \(2.0 MB needed"):
-        runfiles.write_text(disk / "notes.txt", "x" * 2_000_000)
+        files.write_text(disk / "notes.txt", "x" * 2_000_000)
     assert (disk / "notes.txt").read_text() == "old" and not list(disk.glob(".*.tmp"))
 
 
@@ -95,7 +93,7 @@ def test_overwrite_removes_only_what_a_run_wrote(synthetic, tmp_path):
     train.main(train_args(synthetic[0], out, "--overwrite"))
     assert (out / "my_notes.txt").read_text() == "keep me" and (out / "photos").is_dir()
     assert not (out / "panel_epoch004.png").exists()  # the old run's files are gone
-    assert len(runfiles.read_csv(out / "history.csv")) == 1
+    assert len(files.read_csv(out / "history.csv")) == 1
 
 
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(synthetic, tmp_path):

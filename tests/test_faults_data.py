@@ -12,15 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from conftest import ROOT, train_args
 from PIL import Image
 
-import decoding
-import images
-import layouts
-import runfiles
 import train
-from conftest import ROOT, train_args
-from errors import DataError, TrainingError, UsageError
+from lib import decoding, files, images, layouts
+from lib.errors import DataError, TrainingError, UsageError
 
 TRAIN_IMAGES, TRAIN_MASKS = layouts.SPLITS["train"]
 
@@ -141,7 +139,7 @@ def test_a_damaged_last_pt_is_one_sentence_that_offers_best_pt(synthetic, tmp_pa
                                      f"{out}/best.pt {out}/last.pt) and run again with --resume")
     shutil.copy(out / "best.pt", out / "last.pt")  # as the message says
     assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
-    assert len(runfiles.read_csv(out / "history.csv")) == 2
+    assert len(files.read_csv(out / "history.csv")) == 2
 
 
 def test_a_second_run_is_refused_before_loading_any_data(synthetic, tmp_path):
@@ -179,7 +177,7 @@ def test_a_moved_run_resumes_with_its_new_folder_in_config(synthetic, tmp_path):
     train.main(train_args(synthetic[0], tmp_path / "old", "--epochs", "1"))
     shutil.move(tmp_path / "old", tmp_path / "new")
     train.main(train_args(synthetic[0], tmp_path / "new", "--epochs", "2", "--resume"))
-    assert runfiles.read_json(tmp_path / "new" / "config.json")["out"] == str(tmp_path / "new")
+    assert files.read_json(tmp_path / "new" / "config.json")["out"] == str(tmp_path / "new")
 
 
 def test_a_diverging_but_finite_loss_stops_with_a_sentence(synthetic, tmp_path):

@@ -10,14 +10,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+
+from conftest import ROOT
 from PIL import Image
 
-import decoding
-import layouts
 import predict
-from conftest import ROOT
-from errors import DataError, ModelFileError
-from model import DECODER_WIDTHS, MobileNetSegmenter, load_checkpoint, weights_checksum
+from lib import decoding, layouts
+from lib.errors import DataError, ModelFileError
+from lib.checkpoints import load_checkpoint, weights_checksum
+
+from model import DECODER_WIDTHS, MobileNetSegmenter
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n"
 
@@ -146,8 +148,8 @@ def test_serve_on_a_port_in_use_or_out_of_range_says_so(tmp_path):
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        assert one_line_error(run("serve.py", "--port", port), f"cannot listen on 127.0.0.1:{port}", "PORT=")
-    result = run("serve.py", "--port", "99999")
+        assert one_line_error(run("tools/serve.py", "--port", port), f"cannot listen on 127.0.0.1:{port}", "PORT=")
+    result = run("tools/serve.py", "--port", "99999")
     assert result.returncode == 2 and "a port is a whole number from 0 to 65535" in result.stderr
 
 

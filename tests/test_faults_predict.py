@@ -7,11 +7,12 @@ import time
 
 import numpy as np
 import pytest
+
+from conftest import ROOT
 from PIL import Image
 
 import predict
-from conftest import ROOT
-from errors import StorageError, UsageError
+from lib.errors import StorageError, UsageError
 
 
 def noise_photos(folder, n, size=(300, 300), seed=0):

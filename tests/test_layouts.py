@@ -7,18 +7,16 @@ import threading
 import zipfile
 from pathlib import Path
 
+import download
 import pytest
+
+from conftest import REAL_DATA, train_args
 from PIL import Image
 
-import download
-import errors
 import evaluate
-import layouts
-import released
-import runfiles
 import train
-from conftest import REAL_DATA, train_args
-from synthetic import write_synthetic
+from lib import errors, files, layouts, model_files
+from lib.synthetic import write_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +90,11 @@ def test_each_layout_is_detected_trained_on_and_scored(layout, pairs, checkpoint
     tested = (tmp_path / "run" / "test_metrics.json").exists()
     assert tested == (layout != "plain folders")  # plain folders without test/ have nothing to test
     if tested:  # the test split of its own, or the part held out from training (PH2)
-        assert runfiles.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == (3 if layout == "PH2" else 4)
+        assert files.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == (3 if layout == "PH2" else 4)
     # a model that never saw the folder is scored on its test split, or on every image where it has none
     evaluate.main(["--checkpoint", str(checkpoint), "--data-dir", str(root), "--device", "cpu",
                    "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "scores")])
-    scored = runfiles.read_json(tmp_path / "scores" / "test_metrics.json")["n_images"]
+    scored = files.read_json(tmp_path / "scores" / "test_metrics.json")["n_images"]
     assert scored == {"PH2": 15, "plain folders": 14}.get(layout, 4)
 
 
@@ -114,16 +112,16 @@ def test_several_data_dirs_train_on_the_union_and_test_each_apart(synthetic, pai
     printed = capsys.readouterr().out
     # 36 of the synthetic 40 (a tenth validates) + 8
     assert "training on 88 images: 44 originals and 1 flipped/rotated copy" in printed
-    assert runfiles.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == 12
-    assert runfiles.read_json(tmp_path / "run" / "test_isic2017_metrics.json")["n_images"] == 4
-    history = runfiles.read_csv(tmp_path / "run" / "history.csv")
+    assert files.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == 12
+    assert files.read_json(tmp_path / "run" / "test_isic2017_metrics.json")["n_images"] == 4
+    history = files.read_csv(tmp_path / "run" / "history.csv")
     assert len(history) == 1 and history[0]["val_iou"] >= 0  # validated on 4 + 4 images
 
 
 def test_a_plain_folder_copy_of_the_real_test_split_scores_exactly_the_same(tmp_path):
     if not REAL_DATA.is_dir():
         pytest.skip(f"{REAL_DATA} not present: the real ISIC 2016 subset is only on development and CI machines")
-    checkpoint = released.PT  # a model that finds lesions
+    checkpoint = model_files.PT  # a model that finds lesions
     isic = tmp_path / "isic"
     image_folder, mask_folder = (isic / folder for folder in layouts.SPLITS["test"])
     image_folder.mkdir(parents=True)
@@ -137,9 +135,9 @@ def test_a_plain_folder_copy_of_the_real_test_split_scores_exactly_the_same(tmp_
         evaluate.main(["--checkpoint", str(checkpoint), "--data-dir", str(tmp_path / name), "--device", "cpu",
                        "--cache-dir", str(tmp_path / f"cache-{name}"), "--out", str(tmp_path / f"scores-{name}"),
                        "--full-res"])
-        scores[name] = runfiles.read_json(tmp_path / f"scores-{name}" / "test_metrics.json")
+        scores[name] = files.read_json(tmp_path / f"scores-{name}" / "test_metrics.json")
         scores[name].pop("checkpoints")
-        scores[name]["per_image"] = runfiles.read_csv(tmp_path / f"scores-{name}" / "test_per_image.csv")
+        scores[name]["per_image"] = files.read_csv(tmp_path / f"scores-{name}" / "test_per_image.csv")
     assert scores["isic"] == scores["plain"] and scores["isic"]["n_images"] == 40
     assert 0.2 < scores["isic"]["fullres_iou"] < 1
 

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from metrics import per_image_metrics, score
+from lib.metrics import per_image_metrics, score
 from losses import bce_loss, lovasz_hinge_loss, soft_iou_loss
 
 BIG = 50.0  # a logit whose sigmoid is 1 to float precision

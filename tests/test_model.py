@@ -2,7 +2,10 @@ import pytest
 import torch
 
 from losses import bce_loss
-from model import DECODER_WIDTHS, MobileNetSegmenter, load_checkpoint
+from lib.checkpoints import load_checkpoint
+
+
+from model import DECODER_WIDTHS, MobileNetSegmenter
 
 
 @pytest.mark.parametrize("skips", [False, True])
@@ -59,8 +62,8 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
 
 
 def test_a_config_without_its_held_out_split_is_refused_before_scoring(tmp_path):
-    from errors import ModelFileError
-    from splits import split_to_score
+    from data import split_to_score
+    from lib.errors import ModelFileError
     config = {"image_size": 64, "data_dir": [str(tmp_path)], "val_fraction": 0.1}  # no split_seed: not train.py's
     for split in ("val", "test"):
         with pytest.raises(ModelFileError, match="lacks split_seed.*--split train"):

@@ -16,11 +16,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
-
-import layouts
 import serve
 from conftest import REAL_DATA, ROOT
+from PIL import Image
+
+from lib import layouts
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip install -r requirements-dev.txt")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(not all((serve.RUNTIME / f).is_file() for f in s
 def start_server(log, *flags):
     """(process, address) of `python serve.py --port 0 [flags]`, its request log in log."""
     with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "serve.py", "--port", "0", *flags], cwd=ROOT, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "tools/serve.py", "--port", "0", *flags], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=stderr, text=True)
     line = proc.stdout.readline()
     assert line.startswith("serving on http://127.0.0.1:"), line + log.read_text()
@@ -181,7 +181,7 @@ def test_the_server_serves_its_files_and_nothing_else(server):
     address = server[0]
     assert get(address)[0] == 200 and get(address, "/model.onnx")[1] == serve.released.ONNX.read_bytes()
     assert json.loads(get(address, "/model.json")[1]) == {"image_size": 128, "threshold": 0.5, "edge_move": 0.0}
-    assert get(address, "/../serve.py")[0] == 404 and get(address, "/serve.py")[0] == 404
+    assert get(address, "/../tools/serve.py")[0] == 404 and get(address, "/tools/serve.py")[0] == 404
     assert get(address, host="attacker.example:80")[0] == 403  # a DNS-rebinding page's requests
     assert get(address, method="POST")[0] == 501  # nothing is ever uploaded
 
@@ -211,7 +211,7 @@ def test_stalled_clients_do_not_stop_the_page_from_being_served(server):
 
 
 def test_the_site_folder_holds_everything_the_page_needs(tmp_path):
-    result = subprocess.run([sys.executable, "serve.py", "--write", str(tmp_path / "site")], cwd=ROOT,
+    result = subprocess.run([sys.executable, "tools/serve.py", "--write", str(tmp_path / "site")], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     written = sorted(str(p.relative_to(tmp_path / "site")) for p in (tmp_path / "site").rglob("*") if p.is_file())
@@ -220,9 +220,9 @@ def test_the_site_folder_holds_everything_the_page_needs(tmp_path):
 
 
 def test_only_localhost_unless_host_is_given_then_a_warning():
-    proc = subprocess.run([sys.executable, "serve.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "tools/serve.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert "default: 127.0.0.1" in proc.stdout
-    proc = subprocess.Popen([sys.executable, "serve.py", "--host", "127.0.0.2", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "tools/serve.py", "--host", "127.0.0.2", "--port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout.readline().startswith("warning: listening on 127.0.0.2: anyone who can reach")
@@ -232,7 +232,7 @@ def test_only_localhost_unless_host_is_given_then_a_warning():
 
 
 def test_the_pages_edge_move_is_make_predicts_to_the_pixel(server, browser, synthetic):
-    from masks import move_edge
+    from lib.masks import move_edge
     folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
     masks = [np.asarray(Image.open(m)) > 0 for _, _, m in layouts.find_pairs(folder, "test")[:4]]
     cut = np.zeros((30, 40), bool)
@@ -250,12 +250,13 @@ def test_the_pages_edge_move_is_make_predicts_to_the_pixel(server, browser, synt
 
 def test_a_calibrated_models_edge_move_is_applied_on_the_page_as_by_predict(browser, synthetic, tmp_path):
     import torch
-    from model import read_checkpoint
-    from released import PT
+
+    from lib.model_files import PT
+    from lib.checkpoints import read_checkpoint
     checkpoint = read_checkpoint(PT)
     checkpoint["config"]["edge_move"] = 0.07  # as make calibrate stores it for a tighter annotator
     torch.save(checkpoint, tmp_path / "calibrated.pt")
-    assert subprocess.run([sys.executable, "export.py", "--checkpoint", str(tmp_path / "calibrated.pt"), "-o",
+    assert subprocess.run([sys.executable, "tools/export.py", "--checkpoint", str(tmp_path / "calibrated.pt"), "-o",
                            str(tmp_path / "calibrated.onnx")], cwd=ROOT, capture_output=True).returncode == 0
     folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
     photos = [image for _, image, _ in layouts.find_pairs(folder, "test")[:3]]

@@ -7,16 +7,16 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-import decoding
-import layouts
 import model as model_module
-import onnx_model
 import predict
-from inference import predict_probs, score_model
-from masks import keep_largest_component, outline
-from metrics import full_resolution_metrics
-from errors import ModelFileError, UsageError
-from model import Ensemble, MobileNetSegmenter, load_checkpoint, load_models
+from lib import decoding, layouts, onnx_model
+from lib.errors import ModelFileError, UsageError
+from lib.masks import keep_largest_component, outline
+from lib.metrics import full_resolution_metrics
+from lib.scoring import predict_probs, score_model
+from lib.checkpoints import Ensemble, load_checkpoint, load_models
+
+from model import MobileNetSegmenter
 
 BIG = 50.0
 

@@ -6,27 +6,26 @@ import sys
 
 import numpy as np
 import pytest
+import release
 import torch
+
+from conftest import REAL_DATA, ROOT
 from PIL import Image
 
-import images
-import layouts
 import predict
-import release
-import runfiles
-from conftest import REAL_DATA, ROOT
-from errors import ModelFileError
-from inference import score_model
-from splits import split_to_score
-from released import PT as RELEASED
-from metrics import per_image_metrics
-from model import load_checkpoint
+from data import split_to_score
+from lib import files, images, layouts
+from lib.errors import ModelFileError
+from lib.metrics import per_image_metrics
+from lib.model_files import PT as RELEASED
+from lib.scoring import score_model
+from lib.checkpoints import load_checkpoint
 
 CARD = ROOT / "models" / "card.json"
 
 
 def test_the_released_file_is_what_its_card_says():
-    card = runfiles.read_json(CARD)
+    card = files.read_json(CARD)
     digest = hashlib.sha256(RELEASED.read_bytes()).hexdigest()
     assert card["sha256"] == digest and f"`{digest}`" in (ROOT / "models" / "README.md").read_text()
     assert RELEASED.stat().st_size == card["bytes"]
@@ -97,7 +96,7 @@ def test_torch_hub_gives_the_released_model_and_its_masks_are_predicts(synthetic
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/isic2016")
 def test_the_released_model_scores_what_its_card_says(tmp_path):
-    card = runfiles.read_json(CARD)
+    card = files.read_json(CARD)
     model, config = load_checkpoint(RELEASED)
     split = split_to_score(REAL_DATA, "test", [config], tmp_path / "cache")[0]
     summary, _ = score_model(model, split, config["loss"], 64, torch.device("cpu"), not config["no_amp"])
@@ -113,7 +112,7 @@ def test_release_writes_half_precision_weights_and_fills_the_cards_numbers(synth
     (out / "README.md").write_text(prose)
     release.main(["--checkpoint", str(checkpoint), "--data-dir", str(synthetic[0]), "--out", str(out),
                   "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
-    card, text = runfiles.read_json(out / "card.json"), (out / "README.md").read_text()
+    card, text = files.read_json(out / "card.json"), (out / "README.md").read_text()
     assert card["sha256"] == hashlib.sha256((out / "lesion_segmenter.pt").read_bytes()).hexdigest()
     assert text.startswith("# A card\n\nWords a person wrote.\n\n") and text.endswith("\n\nEnd.")
     assert "old" not in text and card["sha256"] in text and card["robustness"]["shifts"] == 18

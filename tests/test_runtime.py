@@ -6,15 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+
+from conftest import REAL_DATA, ROOT
 from PIL import Image
 
-import layouts
-import masks
-import released
-import runfiles
-from conftest import REAL_DATA, ROOT
-from errors import ModelFileError, UsageError
-from segmenter import Segmenter
+from lib import files, layouts, masks, model_files
+from lib.errors import ModelFileError, UsageError
+from lib.segmenter import Segmenter
 
 # Runs a script as `python SCRIPT ARGS...` would, with torch and torchvision made unimportable
 WITHOUT_TORCH = ("import runpy, sys; sys.modules.update(torch=None, torchvision=None); script = sys.argv[1]; "
@@ -27,11 +25,11 @@ def run_without_torch(*args):
 
 
 def test_the_released_onnx_file_is_what_its_card_says():
-    card = runfiles.read_json(released.FOLDER / "card.json")
-    assert card["onnx"]["sha256"] == released.sha256(released.ONNX) and card["onnx"]["bytes"] == \
-        released.ONNX.stat().st_size
-    assert f"`{card['onnx']['sha256']}`" in (released.FOLDER / "README.md").read_text()
-    assert sum(f.stat().st_size for f in released.FOLDER.iterdir()) <= 16 * 2 ** 20
+    card = files.read_json(model_files.FOLDER / "card.json")
+    assert card["onnx"]["sha256"] == model_files.sha256(model_files.ONNX) and card["onnx"]["bytes"] == \
+        model_files.ONNX.stat().st_size
+    assert f"`{card['onnx']['sha256']}`" in (model_files.FOLDER / "README.md").read_text()
+    assert sum(f.stat().st_size for f in model_files.FOLDER.iterdir()) <= 16 * 2 ** 20
 
 
 def read_masks(folder, names):
@@ -49,7 +47,7 @@ def test_predict_without_torch_writes_the_masks_of_the_torch_path(synthetic, tmp
                               "--overlay")
     assert light.returncode == 0 and f"wrote {len(photos)} masks" in light.stdout, light.stderr
     heavy = subprocess.run([sys.executable, "predict.py", inputs, "-o", tmp_path / "torch", "--tta",
-                            "--largest-component", "--checkpoint", released.PT, "--device", "cpu"], cwd=ROOT,
+                            "--largest-component", "--checkpoint", model_files.PT, "--device", "cpu"], cwd=ROOT,
                            capture_output=True, text=True)
     assert heavy.returncode == 0, heavy.stderr
     names = [p.stem for p in photos]
@@ -61,7 +59,7 @@ def test_predict_without_torch_writes_the_masks_of_the_torch_path(synthetic, tmp
 
 def test_a_pt_file_without_torch_is_one_sentence_on_what_to_install(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
-    result = run_without_torch("predict.py", tmp_path / "a.jpg", "--checkpoint", released.PT)
+    result = run_without_torch("predict.py", tmp_path / "a.jpg", "--checkpoint", model_files.PT)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "PyTorch is not installed here" in result.stderr and "requirements.txt" in result.stderr
 
@@ -84,7 +82,7 @@ def test_segment_takes_paths_pil_images_and_arrays_alike_and_leaves_them_as_they
 
 def test_a_flipped_byte_in_a_released_file_is_refused(tmp_path):
     copy = tmp_path / "models"
-    shutil.copytree(released.FOLDER, copy)
+    shutil.copytree(model_files.FOLDER, copy)
     Segmenter.load([copy / "lesion_segmenter.onnx"])  # an intact copy loads
     for name in ("lesion_segmenter.onnx", "lesion_segmenter.pt"):
         data = bytearray((copy / name).read_bytes())
@@ -105,11 +103,11 @@ def test_a_threshold_outside_zero_to_one_is_refused(value, tmp_path):
 def test_the_onnx_runtime_reproduces_the_cards_test_iou(tmp_path):
     import torch
 
-    from splits import split_to_score
-    from metrics import largest_region_iou
-    from model import read_checkpoint
-    card = runfiles.read_json(released.FOLDER / "card.json")
-    split = split_to_score(REAL_DATA, "test", [read_checkpoint(released.PT)["config"]], tmp_path / "cache")[0]
+    from data import split_to_score
+    from lib.metrics import largest_region_iou
+    from lib.checkpoints import read_checkpoint
+    card = files.read_json(model_files.FOLDER / "card.json")
+    split = split_to_score(REAL_DATA, "test", [read_checkpoint(model_files.PT)["config"]], tmp_path / "cache")[0]
     segmenter = Segmenter.load()
     inputs = split["images"].permute(0, 2, 3, 1).numpy()
     probs = segmenter.probabilities(inputs, tta=True)
@@ -119,4 +117,4 @@ def test_the_onnx_runtime_reproduces_the_cards_test_iou(tmp_path):
 
 def test_an_ensemble_of_onnx_files_is_refused_with_what_to_do():
     with pytest.raises(UsageError, match="export it as one ONNX file"):
-        Segmenter.load([released.ONNX, released.ONNX])
+        Segmenter.load([model_files.ONNX, model_files.ONNX])

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import predict
-import runfiles
-import distributed
-import train
 from conftest import ROOT, train_args
-from errors import StorageError
-from mapped import load_mapped_split
+
+import predict
+import train
+from lib import distributed, files
+from lib.errors import StorageError
+from lib.mapped import load_mapped_split
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun gives each of its processes
@@ -28,7 +28,7 @@ def torchrun(script, *args, **kwargs):
 
 
 def losses(run):
-    return [(row["train_loss"], row["val_loss"]) for row in runfiles.read_csv(run / "history.csv")]
+    return [(row["train_loss"], row["val_loss"]) for row in files.read_csv(run / "history.csv")]
 
 
 def test_two_processes_train_with_the_losses_of_one(synthetic, tmp_path):
@@ -55,11 +55,11 @@ def test_a_rank_killed_stops_the_job_and_resume_finishes_it(synthetic, tmp_path)
     os.kill(workers[-1], signal.SIGKILL)  # one of the two ranks dies at once
     _, err = job.communicate(timeout=300)
     assert job.returncode != 0 and "train.py FAILED" in err
-    done = len(runfiles.read_csv(out / "history.csv"))
+    done = len(files.read_csv(out / "history.csv"))
     assert 1 <= done < 4
     resumed = torchrun("train.py", *flags, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert [row["epoch"] for row in runfiles.read_csv(out / "history.csv")] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in files.read_csv(out / "history.csv")] == [1, 2, 3, 4]
     assert f"resuming {out} after epoch {done}" in resumed.stdout
 
 

@@ -4,9 +4,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from errors import ModelFileError
+from lib.errors import ModelFileError
 
-FOLDER = Path(__file__).resolve().parent / "models"
+FOLDER = Path(__file__).resolve().parents[1] / "models"
 PT = FOLDER / "lesion_segmenter.pt"  # PyTorch: training from it (make adapt), torch.hub
 ONNX = FOLDER / "lesion_segmenter.onnx"  # ONNX Runtime: make predict, the page
 

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import torch
 
-import images
+from lib import images
+from lib.masks import keep_largest_component, move_edge, resize_probabilities
 from losses import LOSSES
-from masks import keep_largest_component, move_edge, resize_probabilities
 
 
 def per_image_metrics(pred, masks):

@@ -3,7 +3,7 @@ holds, which image goes with which mask, every problem found on the way, and re-
 import shutil
 from pathlib import Path
 
-from errors import DataError
+from lib.errors import DataError
 
 SPLITS = {
     "train": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),

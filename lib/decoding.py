@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import runfiles
-from errors import DataError
-from images import read_image, read_mask
-from layouts import pair_files, raise_problems
+from lib import files
+from lib.errors import DataError
+from lib.images import read_image, read_mask
+from lib.layouts import pair_files, raise_problems
 
 CACHE_VERSION = 3  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, EXIF orientation;
 #                   3: a checksum inside, palette masks read by index)
@@ -60,7 +60,7 @@ def load_split(data_dir, split, size, cache_dir="cache", workers=0):
     if cached is None:
         cached = decode_split(data_dir, split, pairs, problems, size, workers)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        runfiles.atomic_save({**cached, "checksum": checksum(cached["images"], cached["masks"], cached["ids"])},
+        files.atomic_save({**cached, "checksum": checksum(cached["images"], cached["masks"], cached["ids"])},
                              cache_file)
     refuse_all_empty(cached["masks"], data_dir, split)
     return {"images": cached["images"], "masks": cached["masks"], **files_of(pairs)}

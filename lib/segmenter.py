@@ -3,7 +3,7 @@ imported), or train.py checkpoints (`.pt`; several: their ensemble) on PyTorch. 
 decision threshold and turns photos into probabilities and masks at each photo's own size; everything after the
 probabilities is masks.py's (numpy, PIL, scipy), the same for both runtimes.
 
-    from segmenter import Segmenter
+    from lib.segmenter import Segmenter
     segmenter = Segmenter.load()                    # the released model (models/lesion_segmenter.onnx)
     mask = segmenter.segment("photo.jpg")           # boolean [H,W] at the photo's own size
 """
@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
-import images
-import released
-from errors import ModelFileError, UsageError
-from masks import checked_edge_move, checked_threshold, mask_at_size
+from lib import images, model_files
+from lib.errors import ModelFileError, UsageError
+from lib.masks import checked_edge_move, checked_threshold, mask_at_size
 
 TORCH_MISSING = ("{path} is a PyTorch checkpoint, and PyTorch is not installed here (make predict installs only "
                  "ONNX Runtime). Install it with `.venv/bin/pip install -r requirements.txt` (or `make setup`), or "
@@ -28,7 +27,7 @@ class OnnxRuntime:
 
     def __init__(self, path, device="auto"):
         import onnxruntime  # here: only this runtime needs it
-        released.verify(path)
+        model_files.verify(path)
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -56,8 +55,8 @@ class TorchRuntime:
             import torch
         except ImportError:
             raise UsageError(TORCH_MISSING.format(path=paths[0])) from None
-        from device import pick_device
-        from model import decision_edge_move, decision_threshold, load_models
+        from lib.checkpoints import decision_edge_move, decision_threshold, load_models
+        from lib.device import pick_device
         self.torch, self.device = torch, pick_device(device)
         self.model, configs = load_models([str(p) for p in paths], self.device)
         self.image_size, self.amp = configs[0]["image_size"], not configs[0]["no_amp"]
@@ -65,7 +64,7 @@ class TorchRuntime:
         self.name = "PyTorch"
 
     def __call__(self, batch):
-        from device import autocast
+        from lib.device import autocast
         with self.torch.no_grad(), autocast(self.device, self.amp):
             return self.model(self.torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
@@ -80,10 +79,10 @@ class Segmenter:
     @classmethod
     def load(cls, checkpoints=None, device="auto"):
         """From one `.onnx` file, or from train.py checkpoints (several: their ensemble); none: the released model."""
-        paths = [Path(c) for c in checkpoints or [released.ONNX]]
+        paths = [Path(c) for c in checkpoints or [model_files.ONNX]]
         for path in paths:
             if not path.is_file():
-                raise FileNotFoundError(f"model file {path} does not exist (the released one is {released.ONNX})")
+                raise FileNotFoundError(f"model file {path} does not exist (the released one is {model_files.ONNX})")
         if any(p.suffix.lower() == ".onnx" for p in paths):
             if len(paths) > 1:
                 raise UsageError("an ensemble is made of train.py checkpoints (.pt); export it as one ONNX file with "

@@ -5,7 +5,8 @@ import os
 
 import torch
 
-from errors import UsageError
+from lib.errors import UsageError
+
 
 def pick_device(name):
     """torch.device for a --device value; raises UsageError for a device that is not there."""

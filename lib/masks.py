@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from errors import UsageError
+from lib.errors import UsageError
 
 OVERLAY_QUALITY = 90  # JPEG quality of the overlays: a picture to look at, 10x cheaper to write than a PNG of it
 MAX_EDGE_MOVE = 0.5  # an edge move is a share of the mask's equivalent radius: beyond a half it is another lesion

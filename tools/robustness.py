@@ -9,15 +9,18 @@ table repeats exactly.
 Writes robustness.csv and robustness.json (IoU and Dice per shift, per-image means at each mask's own size, and
 the drop from the clean score), robustness.png and examples.png (every shift on one image) to --out.
 """
+import sys
 from pathlib import Path
 
-import cli
-import runfiles
-from device import pick_device
-from splits import split_to_score
-from model import load_models
-from perturbations import PERTURBATIONS, score_perturbations, shift, summarize
-from plots import plot_examples, plot_robustness
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+
+from data import split_to_score
+from lib import cli, files
+from lib.checkpoints import load_models
+from lib.device import pick_device
+from lib.perturbations import PERTURBATIONS, score_perturbations, shift, summarize
+from lib.plots import plot_examples, plot_robustness
 
 
 def main(argv=None):
@@ -51,8 +54,8 @@ def main(argv=None):
     summary = {**summarize(rows), "split": args.split, "n_images": len(split["ids"]), "tta": args.tta,
                "largest_component": args.largest_component, "seed": args.seed,
                "checkpoints": [str(c) for c in args.checkpoint], "rows": rows}
-    runfiles.write_json(out / "robustness.json", summary)
-    runfiles.write_csv(out / "robustness.csv", rows)
+    files.write_json(out / "robustness.json", summary)
+    files.write_csv(out / "robustness.csv", rows)
     models = args.checkpoint[0] + (f" and {len(args.checkpoint) - 1} more" if len(args.checkpoint) > 1 else "")
     plot_robustness(rows, out / "robustness.png", f"{models}: {args.split} split, {len(split['ids'])} images")
     examples = [shift(split["image_paths"][0], split["mask_paths"][0], name, args.seed, 0)

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from errors import StorageError
+from lib.errors import StorageError
 
 TMP_PATTERN = ".*.tmp"  # the temporary files atomic_write() leaves when a process is killed mid-write
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import filelock
 import torch
 
-import runfiles
-from errors import TrainingError, UsageError
+from lib import files
+from lib.errors import TrainingError, UsageError
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 # Everything a run writes in its folder: what --overwrite removes (anything else there stays).
 RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "test_*_metrics.json", "test_*_per_image.csv",
                            "val_metrics.json", "val_per_image.csv",
-                           "curves.png", "panel_epoch*.png", "train.log", runfiles.TMP_PATTERN)
+                           "curves.png", "panel_epoch*.png", "train.log", files.TMP_PATTERN)
 
 
 def check_run_dir(out, resume=False, overwrite=False, announce=True):
@@ -71,7 +71,7 @@ def run_log(out, resume=False, overwrite=False):
             for path in out.glob(pattern):
                 path.unlink()
     with open(out / "train.log", "a", buffering=1) as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
-        stale = runfiles.remove_stale_temporaries(out)
+        stale = files.remove_stale_temporaries(out)
         if stale:
             print(f"removed temporary files of an interrupted write: {', '.join(stale)}")
         yield

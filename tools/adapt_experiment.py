@@ -22,20 +22,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-import cli
-import images
-import layouts
-import runfiles
-from annotators import ANNOTATORS
-from calibration import EDGE_MOVES, RULES, THRESHOLDS, calibrate, calibrate_one_se, edge_curves, iou_curves
-import released
-from device import pick_device
-from errors import UsageError
-from inference import tta_probabilities
-from metrics import largest_region_iou
-from model import load_checkpoint
-from perturbations import shift as shift_image
-from plots import plot_adaptation
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+
+from lib import cli, files, images, layouts, model_files
+from lib.annotators import ANNOTATORS
+from lib.calibration import EDGE_MOVES, RULES, THRESHOLDS, calibrate, calibrate_one_se, edge_curves, iou_curves
+from lib.checkpoints import load_checkpoint
+from lib.device import pick_device
+from lib.errors import UsageError
+from lib.metrics import largest_region_iou
+from lib.perturbations import shift as shift_image
+from lib.plots import plot_adaptation
+from lib.scoring import tta_probabilities
 
 VAL_IMAGES = 150  # training images kept out of every draw: the scored images of --split val
 CAMERA = "jpeg 20"  # the camera shift: the photometric shift of the robustness suite that costs the most
@@ -187,9 +186,9 @@ def table(rows, clean):
 def compare_calibration(pools, base, args, device, out):
     """--calibration-only: every shift's rows, then calibration.csv and calibration.md in out."""
     rows = [row for shift in args.shifts for row in run_calibration(shift, pools, base, args, device)]
-    runfiles.write_csv(out / "calibration.csv", rows)
+    files.write_csv(out / "calibration.csv", rows)
     clean = next(r["before"] for r in rows if r["shift"] == "none")
-    runfiles.write_text(out / "calibration.md", calibration_table(rows, clean) + "\n")
+    files.write_text(out / "calibration.md", calibration_table(rows, clean) + "\n")
     print(calibration_table(rows, clean))
     print(f"wrote {out}/calibration.csv and {out}/calibration.md")
 
@@ -197,7 +196,7 @@ def compare_calibration(pools, base, args, device, out):
 def parse_args(argv=None):
     parser = cli.parser(__doc__)
     cli.add_data_dir_flag(parser, "ISIC 2016")
-    cli.add_checkpoint_flag(parser, "the model to adapt", default=released.PT)
+    cli.add_checkpoint_flag(parser, "the model to adapt", default=model_files.PT)
     parser.add_argument("--split", default="test", choices=["val", "test"],
                         help="the scored images: the test split, or VAL_IMAGES training images outside every draw "
                         "(default: test)")
@@ -231,19 +230,19 @@ def main(argv=None):
         raise UsageError("--train-flags: make adapt's train.py flags are needed to adapt (make adapt-experiment "
                          "passes them), or give --calibration-only")
     results = out / "results.csv"
-    rows = runfiles.read_csv(results) if results.exists() else []
+    rows = files.read_csv(results) if results.exists() else []
     done = {(r["shift"], r["images"], r["seed"]) for r in rows}
     args.out = out
     for shift in args.shifts:
         for row in run_shift(shift, pools, base, done, args, device):
             rows.append(row)
-            runfiles.write_csv(results, rows)
+            files.write_csv(results, rows)
             print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     clean = next((r["before"] for r in rows if r["shift"] == "none"), None)
     if clean is None:
         inputs, masks = shifted(pools["scored"], "none", base[1]["image_size"])
         clean = largest_region_iou(tta_probabilities(*base, inputs, device), masks, 0.5).mean()
-    runfiles.write_text(out / "table.md", table(rows, clean) + "\n")
+    files.write_text(out / "table.md", table(rows, clean) + "\n")
     plot_adaptation(rows, clean, out / "adapt_experiment.png")
     print(table(rows, clean))
     print(f"wrote {results}, {out}/table.md, {out}/adapt_experiment.png")

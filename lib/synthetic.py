@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from layouts import MASK_SUFFIX, SPLITS
+from lib.layouts import MASK_SUFFIX, SPLITS
 
 
 def write_synthetic(data_dir, n_train=48, n_test=16, seed=0):

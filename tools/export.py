@@ -12,18 +12,22 @@ and computed in float32. The export needs onnx and its check onnxruntime (pip in
 requirements-export.txt).
 """
 
-import cli
-import onnx_model
-import released
-from model import decision_edge_move, decision_threshold, load_models
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+
+from lib import cli, model_files, onnx_model
+from lib.checkpoints import decision_edge_move, decision_threshold, load_models
 
 
 def main(argv=None):
     parser = cli.parser(__doc__)
-    cli.add_checkpoint_flag(parser, "the model exported", default=released.PT, several=True)
+    cli.add_checkpoint_flag(parser, "the model exported", default=model_files.PT, several=True)
     parser.add_argument("-o", "--out", default="model.onnx", help="the ONNX file to write")
     args = parser.parse_args(argv)
-    model, configs = load_models(args.checkpoint or [str(released.PT)])
+    model, configs = load_models(args.checkpoint or [str(model_files.PT)])
     size = configs[0]["image_size"]
     onnx_model.export(model, size, args.out, decision_threshold(configs), decision_edge_move(configs))
     worst = onnx_model.check(model, size, args.out)

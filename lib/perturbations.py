@@ -10,9 +10,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-import images
-from inference import predict_probs
-from metrics import full_resolution_metrics
+from lib import images
+from lib.metrics import full_resolution_metrics
+from lib.scoring import predict_probs
 
 HUE_SHIFT = 0.05  # of the colour circle (18 degrees)
 BLUR = 0.01  # Gaussian radius, of the shorter side (2.6 px at 256 px)

@@ -9,23 +9,25 @@ test scores, robustness suite, sizes, sha256) and its worst test images.
 Refuses to release when half precision moves the test IoU by MAX_HALF_PRECISION_LOSS or more, or when ONNX
 Runtime's masks score more than MAX_ONNX_DIFFERENCE away from PyTorch's.
 """
+import sys
 from pathlib import Path
 
 import torch
 
-import cli
-import onnx_model
-import runfiles
-from device import pick_device
-from errors import ModelFileError
-from inference import predict_probs, score_model
-from metrics import largest_region_iou
-from model import decision_threshold, half_precision, load_checkpoint
-from perturbations import PERTURBATIONS, score_perturbations, summarize
-from plots import save_panel
-from released import sha256
-from segmenter import Segmenter
-from splits import split_to_score
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+
+from data import split_to_score
+from lib import cli, files, onnx_model
+from lib.checkpoints import decision_threshold, half_precision, load_checkpoint
+from lib.device import pick_device
+from lib.errors import ModelFileError
+from lib.metrics import largest_region_iou
+from lib.model_files import sha256
+from lib.perturbations import PERTURBATIONS, score_perturbations, summarize
+from lib.plots import save_panel
+from lib.scoring import predict_probs, score_model
+from lib.segmenter import Segmenter
 
 MAX_HALF_PRECISION_LOSS = 0.001  # test IoU (full resolution, flip TTA, largest region) that float16 may cost
 MAX_ONNX_DIFFERENCE = 1e-4  # test IoU between ONNX Runtime and PyTorch on the same weights
@@ -76,26 +78,26 @@ def card_numbers(card):
 
 def write_card(card, readme):
     """card.json beside the model, and the numbers block of the card's README replaced (the prose is kept)."""
-    runfiles.write_json(Path(readme).with_name("card.json"), card)
+    files.write_json(Path(readme).with_name("card.json"), card)
     text = Path(readme).read_text()
     if NUMBERS_START not in text or NUMBERS_END not in text:
         raise ModelFileError(f"{readme} has no numbers block ({NUMBERS_START} ... {NUMBERS_END}) to fill in")
     before, rest = text.split(NUMBERS_START, 1)
-    runfiles.write_text(readme, before + card_numbers(card) + rest.split(NUMBERS_END, 1)[1])
+    files.write_text(readme, before + card_numbers(card) + rest.split(NUMBERS_END, 1)[1])
 
 
 def stamp(out, **entries):
     """Merge entries into out/card.json at once: a file just written is then the one its card records, and loads
     (which check the sha256 of models/'s files) accept it."""
     path = Path(out) / "card.json"
-    runfiles.write_json(path, {**(runfiles.read_json(path) if path.is_file() else {}), **entries})
+    files.write_json(path, {**(files.read_json(path) if path.is_file() else {}), **entries})
 
 
 def release_pt(checkpoint, split, out, device):
     """models/lesion_segmenter.pt (float16) of a train.py checkpoint, scored; returns its card's entries."""
     released = out / "lesion_segmenter.pt"
     _, config = load_checkpoint(checkpoint)
-    runfiles.atomic_save(half_precision(checkpoint), released)
+    files.atomic_save(half_precision(checkpoint), released)
     stamp(out, file=released.name, sha256=sha256(released))
     reference, _ = test_scores(checkpoint, split, device)
     summary, per_image = test_scores(released, split, device)
@@ -110,7 +112,7 @@ def release_pt(checkpoint, split, out, device):
     worst_images(released, split, per_image, device, out / "worst_test_images.png")
     return {"file": released.name, "bytes": released.stat().st_size, "sha256": sha256(released),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "image_size": config["image_size"], "source": str(checkpoint), "commit": runfiles.commit(),
+            "image_size": config["image_size"], "source": str(checkpoint), "commit": files.commit(),
             "test_images": summary["n_images"],
             "test": {"iou": summary[KEY + "iou"], "dice": summary[KEY + "dice"],
                      "sensitivity": summary[KEY + "sensitivity"], "specificity": summary[KEY + "specificity"],
@@ -153,7 +155,7 @@ def main(argv=None):
     _, config = load_checkpoint(out / "lesion_segmenter.pt" if args.onnx_only else args.checkpoint)
     split = split_to_score(args.data_dir, "test", [config], args.cache_dir)[0]
     out.mkdir(parents=True, exist_ok=True)
-    card = runfiles.read_json(out / "card.json") if args.onnx_only else release_pt(args.checkpoint, split, out, device)
+    card = files.read_json(out / "card.json") if args.onnx_only else release_pt(args.checkpoint, split, out, device)
     card["onnx"] = release_onnx(out / card["file"], split, out, card)
     write_card(card, out / "README.md")
     print(card_numbers(card).split("\n", 1)[1].rsplit("\n", 1)[0])

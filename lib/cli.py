@@ -4,8 +4,8 @@ import argparse
 import os
 import sys
 
-from errors import USER_ERRORS, Interrupted
-from masks import checked_threshold
+from lib.errors import USER_ERRORS, Interrupted
+from lib.masks import checked_threshold
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

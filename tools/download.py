@@ -7,15 +7,19 @@ An interrupted download resumes where it stopped; every archive's size is checke
 CRC checksums before it is unpacked. PH2 cannot be fetched by script (see --dataset ph2).
 """
 import shutil
+import sys
 import urllib.request
 import zipfile
 from pathlib import Path
 
 from tqdm import tqdm
 
-import cli
-from errors import DataError
-from layouts import LAYOUTS, detect_layout, present_groups
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+
+from lib import cli
+from lib.errors import DataError
+from lib.layouts import LAYOUTS, detect_layout, present_groups
 
 SERVER = "https://isic-challenge-data.s3.amazonaws.com/"
 # dataset: (server folder, layout name); each folder of the layout comes as <folder>.zip, holding that folder

@@ -44,15 +44,15 @@ best="--skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.3 
 step env bash -c "nvidia-smi; $py -c 'import torch, torchvision; print(\"torch\", torch.__version__, \"cuda\",
   torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"torchvision\", torchvision.__version__)'"
 train best-seed0-amp $best
-step profile-best-step "$py" bench.py --device "$device" --profile --profile-rows 25 $bench
-step profile-best-step-cudnn-benchmark "$py" bench.py --device "$device" --profile --profile-rows 5 \
+step profile-best-step "$py" tools/bench.py --device "$device" --profile --profile-rows 25 $bench
+step profile-best-step-cudnn-benchmark "$py" tools/bench.py --device "$device" --profile --profile-rows 5 \
   --cudnn-benchmark $bench
 train exp1-bce --freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3 --seed 0
 train exp2-finetune --loss bce --optimizer adam --lr 1e-4 --seed 0
 train best-seed0-noamp $best --no-amp
-step bench-amp-b256 "$py" bench.py --device "$device" --seconds 1.5 --workers 8 $bench --batch-size 256
-step bench-amp-b32 "$py" bench.py --device "$device" --seconds 1.5 --workers 8 $bench
-step bench-noamp-b32 "$py" bench.py --device "$device" --seconds 1.5 --workers 8 $bench --no-amp
+step bench-amp-b256 "$py" tools/bench.py --device "$device" --seconds 1.5 --workers 8 $bench --batch-size 256
+step bench-amp-b32 "$py" tools/bench.py --device "$device" --seconds 1.5 --workers 8 $bench
+step bench-noamp-b32 "$py" tools/bench.py --device "$device" --seconds 1.5 --workers 8 $bench --no-amp
 LIMIT=${COMPILE_LIMIT:-600} train best-seed0-compile $best --compile
 for run in "$out"/runs/*/; do  # one line per run: epochs, seconds per epoch, images per second, test scores
   [ -f "$run/test_metrics.json" ] && "$py" - "$run" <<'EOF' | tee -a "$summary"

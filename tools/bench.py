@@ -22,17 +22,15 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+
 import augment
-import cli
-import decoding
-import images
-import layouts
-import released
-import runfiles
-from device import autocast, pick_device, sync
+from lib import cli, decoding, files, images, layouts, model_files
+from lib.device import autocast, pick_device, sync
+from lib.synthetic import write_synthetic
 from losses import LOSSES, bce_loss
 from model import MobileNetSegmenter, update_ema
-from synthetic import write_synthetic
 
 
 def rate(step, n_images, device, seconds=4.0):
@@ -157,7 +155,7 @@ def write_photo(path, rng):
     return noise
 
 
-def predict_seconds(photos, out, flags, repo=Path(__file__).parent):
+def predict_seconds(photos, out, flags, repo=ROOT):
     """Wall seconds of `python predict.py photos --out out --tta --largest-component FLAGS` in repo as a user runs
     it: Python's start-up, the runtime's import, loading the model, decoding and writing every file included."""
     command = [sys.executable, "predict.py", str(photos), "--out", str(out), "--tta", "--largest-component", *flags]
@@ -179,7 +177,7 @@ def bench_predict(args):
             write_photo(photos / f"photo{i:03d}.jpg", rng)
         first = photos / "photo000.jpg"
         runtimes = {"ONNX Runtime": ["--device", args.device], "PyTorch": ["--device", args.device, "--checkpoint",
-                                                                           str(released.PT)]}
+                                                                           str(model_files.PT)]}
         for kind, extra, files in (("start-up to the first mask, 1 photo", [], first),
                                    (f"{n} photos, --overlay", ["--overlay"], photos), (f"{n} photos", [], photos)):
             (onnx, torch_), k = (predict_seconds(files, Path(tmp) / f"out{i}", flags + extra)
@@ -190,7 +188,7 @@ def bench_predict(args):
                   f"({torch_ / onnx:.1f}x){before}", flush=True)
         stage_shares(sorted(photos.glob("*.jpg")), Path(tmp) / "stages")
     if args.before:
-        subprocess.run(["git", "worktree", "prune"], cwd=Path(__file__).parent)  # its folder went with tmp
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT)  # its folder went with tmp
     forward_rates(args)
 
 
@@ -198,7 +196,7 @@ def before_seconds(rev, files, tmp, extra, onnx):
     """'S s (Rx)': the same command with predict.py as it was at git revision rev (a worktree of it in tmp)."""
     tree = tmp / "before"
     if not tree.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=Path(__file__).parent,
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT,
                        check=True, capture_output=True)
     seconds = predict_seconds(files, tmp / f"before-out{len(list(tmp.iterdir()))}", [*extra, "--device", "cpu"], tree)
     return f"{seconds:.2f} s ({seconds / onnx:.1f}x)"
@@ -208,8 +206,8 @@ def stage_shares(paths, out, batch_size=16):
     """Where make predict's time goes on ONNX Runtime (--tta --largest-component --overlay), each stage run alone
     over all photos in this process: decoding, the model, post-processing (resize back, threshold, largest
     region, contour), writing (PNG and JPEG encoding, atomic write)."""
-    from masks import encoded, mask_at_size, mask_png, overlay
-    from segmenter import Segmenter
+    from lib.masks import encoded, mask_at_size, mask_png, overlay
+    from lib.segmenter import Segmenter
     segmenter, seconds = Segmenter.load(), {}
 
     def timed(name, fn):
@@ -224,8 +222,8 @@ def stage_shares(paths, out, batch_size=16):
         (p, mask_at_size(prob, p.shape[1], p.shape[0], segmenter.threshold, True, segmenter.edge_move))
         for p, prob in zip(photos, probs))])
     out.mkdir()
-    timed("writing", lambda: [(runfiles.write_bytes(out / f"{i}_segmentation.png", encoded(mask_png(m), "PNG")),
-                               runfiles.write_bytes(out / f"{i}_overlay.jpg", encoded(o, "JPEG")))
+    timed("writing", lambda: [(files.write_bytes(out / f"{i}_segmentation.png", encoded(mask_png(m), "PNG")),
+                               files.write_bytes(out / f"{i}_overlay.jpg", encoded(o, "JPEG")))
                               for i, (m, o) in enumerate(pictures)])
     total = sum(seconds.values())
     print(f"{'  where the time goes (ONNX Runtime, each stage alone)':<52} " + ", ".join(
@@ -235,10 +233,10 @@ def stage_shares(paths, out, batch_size=16):
 def forward_rates(args, n=32):
     """The released model's forward pass at batch n: ONNX Runtime against PyTorch on the same float32 images,
     and ONNX Runtime's FLOP rate against this CPU's on a large matrix product."""
-    from model import load_models
-    from segmenter import OnnxRuntime
-    model, _ = load_models([released.PT])
-    onnx = OnnxRuntime(released.ONNX, "cpu")
+    from lib.checkpoints import load_models
+    from lib.segmenter import OnnxRuntime
+    model, _ = load_models([model_files.PT])
+    onnx = OnnxRuntime(model_files.ONNX, "cpu")
     x = np.random.default_rng(0).random((n, 3, onnx.image_size, onnx.image_size), dtype=np.float32) * 255
     tx = torch.from_numpy(x)
     with torch.no_grad():
@@ -260,7 +258,7 @@ def bench_page(args, photos=5):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     server = subprocess.Popen([sys.executable, "serve.py", "--port", "0", *(["--model", args.model] if args.model
-                              else [])], cwd=Path(__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              else [])], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or ""
@@ -295,7 +293,7 @@ def bench_scale(args, epochs=2):
     """One process against two (torchrun, gloo, one thread each) on this machine: make predict's command on
     --predict-images photos of 1024x768 (images per second, start-up included), and training on a synthetic set
     (seconds per step of the last epoch, and its training loss)."""
-    here, launch = Path(__file__).parent, [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    here, launch = ROOT, [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     with tempfile.TemporaryDirectory() as tmp:
         photos, rng = Path(tmp) / "photos", np.random.default_rng(0)
         photos.mkdir()
@@ -314,7 +312,7 @@ def bench_scale(args, epochs=2):
                   f"({args.predict_images / seconds:.1f} img/s)")
             subprocess.run([*launch, f"--nproc_per_node={n}", "train.py", *train, "--out", str(Path(tmp) / f"run{n}")],
                            cwd=here, check=True, capture_output=True)
-            last = runfiles.read_csv(Path(tmp) / f"run{n}" / "history.csv")[-1]
+            last = files.read_csv(Path(tmp) / f"run{n}" / "history.csv")[-1]
             steps = -(-144 * 4 // args.batch_size)  # 144 training images (a tenth validates), 3 copies each
             print(f"{f'training, {n} process(es), global batch {args.batch_size}':<52} "
                   f"{last['seconds'] / steps:8.3f} s per step (train loss {last['train_loss']:.4f})")

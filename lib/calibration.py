@@ -8,8 +8,8 @@ import math
 import numpy as np
 import torch
 
-from masks import has_edge, keep_largest_component, mask_at_size, moved_edges, resize_probabilities
-from metrics import per_image_metrics
+from lib.masks import has_edge, keep_largest_component, mask_at_size, moved_edges, resize_probabilities
+from lib.metrics import per_image_metrics
 
 # The candidates, 0.5 among them; finer near 0 and 1, where a sharp model's probabilities still move the edge
 THRESHOLDS = np.round(np.concatenate([[0.01, 0.02, 0.03], np.arange(0.05, 0.951, 0.025), [0.97, 0.98, 0.99]]), 3)

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.spatial import ConvexHull, QhullError
 
-from masks import moved_edges
+from lib.masks import moved_edges
 
 SHARE = 0.08  # tighter and looser move the edge by this share of the lesion's equivalent radius
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from decoding import cache_key, checksum, decode_pair, exit_with_parent, files_of, refuse_all_empty
-from errors import StorageError
-from layouts import pair_files, raise_problems
+from lib.decoding import cache_key, checksum, decode_pair, exit_with_parent, files_of, refuse_all_empty
+from lib.errors import StorageError
+from lib.layouts import pair_files, raise_problems
 
 CHUNK = 256  # images decoded and written at a time: about what this module holds in memory
 

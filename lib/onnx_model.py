@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from errors import ModelFileError, UsageError
+from lib.errors import ModelFileError, UsageError
 
 
 def import_onnx():

@@ -20,19 +20,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cli
-import images
-import runfiles
-from calibration import calibrate, edge_curves
-from device import pick_device
-import released
-from errors import DataError, TrainingError
-from inference import tta_probabilities
-from masks import encoded, mask_png, move_edge
-from metrics import largest_region_iou, paired_difference
-from model import half_precision, load_checkpoint
-from splits import load_splits
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
 
+from data import load_splits
+from lib import cli, files, images, model_files
+from lib.calibration import calibrate, edge_curves
+from lib.checkpoints import half_precision, load_checkpoint
+from lib.device import pick_device
+from lib.errors import DataError, TrainingError
+from lib.masks import encoded, mask_png, move_edge
+from lib.metrics import largest_region_iou, paired_difference
+from lib.scoring import tta_probabilities
 
 RECIPE = ("epochs", "lr", "batch_size", "freeze_encoder", "shift_aug", "ema", "seed")  # the card names these flags
 MARGIN = 2  # standard errors a paired change must clear before the card calls it better or worse
@@ -60,14 +59,14 @@ def write_targets(split, move, folder):
         (folder / "train" / sub).mkdir(parents=True)
     for i, image_path, mask_path in zip(split["ids"], split["image_paths"], split["mask_paths"]):
         image = Path(image_path)
-        runfiles.write_bytes(folder / "train" / "images" / f"{i}{image.suffix}", image.read_bytes())
+        files.write_bytes(folder / "train" / "images" / f"{i}{image.suffix}", image.read_bytes())
         mask = move_edge(images.read_binary_mask(mask_path), -move)
-        runfiles.write_bytes(folder / "train" / "masks" / f"{i}.png", encoded(mask_png(mask), "PNG"))
+        files.write_bytes(folder / "train" / "masks" / f"{i}.png", encoded(mask_png(mask), "PNG"))
 
 
 def fine_tune(checkpoint, targets, args):
     """train.py from checkpoint on the targets folder with --train-flags, its run in --out; returns its best.pt."""
-    command = [sys.executable, str(Path(__file__).with_name("train.py")), "--data-dir", str(targets), "--init-from",
+    command = [sys.executable, str(ROOT / "train.py"), "--data-dir", str(targets), "--init-from",
                checkpoint, *shlex.split(args.train_flags), "--out", args.out, "--cache-dir", args.cache_dir,
                "--device", args.device]
     if subprocess.run(command).returncode:
@@ -170,7 +169,7 @@ def card(report, rows):
 def parse_args(argv=None):
     parser = cli.parser(__doc__)
     cli.add_data_dir_flag(parser, "your labelled images", required=True)
-    cli.add_checkpoint_flag(parser, "the model before adaptation", default=released.PT)
+    cli.add_checkpoint_flag(parser, "the model before adaptation", default=model_files.PT)
     parser.add_argument("--train-flags", metavar="FLAGS",
                         help="fine-tune after calibrating: train.py's flags in one string (make adapt passes its "
                         "recipe); without it, the edge move is calibrated alone")
@@ -198,15 +197,15 @@ def main(argv=None):
     model_file = half_precision(adapted_file or args.checkpoint)
     model_file["config"].update(threshold=0.5, edge_move=move)  # the edge was calibrated at 0.5
     out.mkdir(parents=True, exist_ok=True)
-    runfiles.atomic_save(model_file, out / "model.pt")
+    files.atomic_save(model_file, out / "model.pt")
     report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint,
               "adapted": str(adapted_file) if adapted_file else None, "model": str(out / "model.pt"),
               "threshold": 0.5, "edge_move": move, "calibration": calib,
               "held_out": len(held_out["ids"]) if held_out else 0, "comparisons": rows,
               "recipe": {k: adapted[1][k] for k in RECIPE} if adapted else None,
-              "date": datetime.date.today().isoformat(), "commit": runfiles.commit()}
-    runfiles.write_json(out / "adapt.json", report)
-    runfiles.write_text(out / "README.md", card(report, rows))
+              "date": datetime.date.today().isoformat(), "commit": files.commit()}
+    files.write_json(out / "adapt.json", report)
+    files.write_text(out / "README.md", card(report, rows))
     print(card(report, rows).split("\n", 2)[2].rstrip())
     print(f"wrote {out}/model.pt, {out}/README.md, {out}/adapt.json")
 

@@ -4,7 +4,7 @@ applied, any bit depth brought to 8-bit RGB."""
 import numpy as np
 from PIL import Image, ImageOps
 
-from errors import DataError
+from lib.errors import DataError
 
 # Decoders PIL may use, by PIL's format names: a file whose bytes are of any other format is refused, whatever
 # its name says (an animated GIF: its first frame).

@@ -2,8 +2,8 @@
 logits and probabilities batch by batch, every test number of a model. Prediction for users is segmenter.py's."""
 import torch
 
-from device import autocast
-from metrics import add_metrics, full_resolution_metrics, per_image_metrics, pooled_iou, score
+from lib.device import autocast
+from lib.metrics import add_metrics, full_resolution_metrics, per_image_metrics, pooled_iou, score
 
 
 @torch.no_grad()

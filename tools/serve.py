@@ -13,15 +13,18 @@ rebinds another name to 127.0.0.1), with the headers that let WebAssembly use se
 import argparse
 import json
 import shutil
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
-import cli
-import released
-from errors import UsageError
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
 
-WEB = Path(__file__).resolve().parent / "web"
+from lib import cli, model_files
+from lib.errors import UsageError
+
+WEB = ROOT / "web"
 RUNTIME = WEB / "node_modules" / "onnxruntime-web" / "dist"
 PAGE_FILES = ("index.html", "page.css", "page.js", "segment.js")
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
@@ -39,7 +42,7 @@ HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-P
 
 def model_json(model):
     """The page's model.json of an .onnx file: its input size, decision threshold and edge move (its metadata)."""
-    from segmenter import OnnxRuntime  # here: onnxruntime reads the metadata
+    from lib.segmenter import OnnxRuntime  # here: onnxruntime reads the metadata
     runtime = OnnxRuntime(model, "cpu")
     return json.dumps({"image_size": runtime.image_size, "threshold": runtime.threshold,
                        "edge_move": runtime.edge_move}).encode()
@@ -107,7 +110,7 @@ def port_number(text):
 
 def main(argv=None):
     parser = cli.parser(__doc__)
-    parser.add_argument("--model", default=str(released.ONNX),
+    parser.add_argument("--model", default=str(model_files.ONNX),
                         help="the .onnx file the page runs (export.py writes one from train.py checkpoints)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=port_number, default=8000, help="port (0: any free port)")

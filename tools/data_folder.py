@@ -1,0 +1,38 @@
+"""What a data folder holds, from the command line: its layout (layouts.LAYOUTS: ISIC 2016, 2017, 2018, PH2,
+plain folders) and its pairs per split; a small synthetic set; any layout re-laid as plain folders. Finding and
+pairing files: layouts.py; decoding and the cache: decoding.py; splits: splits.py; downloads: download.py.
+
+    python data.py --data-dir ../shared/isic2016          # which layout, and how many pairs in each split
+    python data.py --synthetic demo/data                  # write a small fake data set in the ISIC 2016 layout
+    python data.py --data-dir ../shared/isic2016 --to-plain runs/isic2016-plain   # re-lay as plain folders
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+
+from lib import cli
+from lib.layouts import copy_as_plain_folders, detect_layout, find_pairs, present_groups
+from lib.synthetic import write_synthetic
+
+
+def main(argv=None):
+    parser = cli.parser(__doc__)
+    cli.add_data_dir_flag(parser)
+    parser.add_argument("--synthetic", metavar="DIR", help="write a small synthetic data set to DIR first")
+    parser.add_argument("--to-plain", metavar="DIR", help="copy --data-dir into plain folders in DIR")
+    args = parser.parse_args(argv)
+    if args.synthetic:
+        write_synthetic(args.synthetic, n_train=160, n_test=32)
+        args.data_dir = args.synthetic
+    if args.to_plain:
+        copy_as_plain_folders(args.data_dir, args.to_plain)
+        args.data_dir = args.to_plain
+    counts = ", ".join(f"{group} {len(find_pairs(args.data_dir, group))}" for group in present_groups(args.data_dir))
+    print(f"{detect_layout(args.data_dir)} in {args.data_dir}: image/mask pairs: {counts}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
