@@ -13,10 +13,17 @@ SEEDS ?= 0 1 2
 RUNS ?= runs
 BEST_CHECKPOINTS = $(foreach seed,$(SEEDS),"$(RUNS)/best/seed$(seed)/best.pt")
 RELEASED = models/lesion_segmenter.pt
-CHECKPOINT ?= $(RELEASED)
+# CHECKPOINT: a model of yours; unset, every target uses the released model (predict and serve its .onnx on ONNX
+# Runtime, the targets that need PyTorch its .pt)
+CHECKPOINT ?=
+PT = $(or $(CHECKPOINT),$(RELEASED))
+MODEL_FLAG = $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
 INPUT ?=
 OUT ?= predictions
 ONNX ?= model.onnx
+SPLIT ?= test
+# FLAGS: more train.py flags for any training target, after the recipe's (the last of a flag given twice wins)
+FLAGS ?=
 TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEIGHTS)" --epochs $(EPOCHS) \
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
 COMMON = --seed $(SEED) --out "$(RUNS)/$@"
@@ -66,13 +73,13 @@ else
 endif
 
 exp1-bce: dataset
-	$(TRAIN) $(COMMON) --freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3
+	$(TRAIN) $(COMMON) --freeze-encoder --loss bce --optimizer rmsprop --lr 1e-3 $(FLAGS)
 
 exp1-iou: dataset
-	$(TRAIN) $(COMMON) --freeze-encoder --loss iou --optimizer adam --lr 1e-3
+	$(TRAIN) $(COMMON) --freeze-encoder --loss iou --optimizer adam --lr 1e-3 $(FLAGS)
 
 exp2-finetune: dataset
-	$(TRAIN) $(COMMON) --loss bce --optimizer adam --lr 1e-4
+	$(TRAIN) $(COMMON) --loss bce --optimizer adam --lr 1e-4 $(FLAGS)
 
 # Beyond the report (docs/experiments.md): skip connections, BCE + Dice, a lower encoder learning rate,
 # warm-up and cosine decay, random rotation/zoom/colour augmentation with SHIFT_SHARE of the images under the
@@ -85,7 +92,7 @@ BEST = --skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.3
 	--random-aug --shift-aug $(SHIFT_SHARE) --ema 0.99 --val-fraction 0
 best: dataset
 	for seed in $(SEEDS); do \
-		$(TRAIN) --seed $$seed --out "$(RUNS)/best/seed$$seed" $(BEST) || exit 1; \
+		$(TRAIN) --seed $$seed --out "$(RUNS)/best/seed$$seed" $(BEST) $(FLAGS) || exit 1; \
 	done
 	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir "$(DATA_DIR)" --device $(DEVICE) \
 		--tta --full-res --out "$(RUNS)/best"
@@ -93,23 +100,23 @@ best: dataset
 # The released model (models/, its card models/README.md): make best's seed 0, trained unless that run has finished
 # (RESUME=1 continues it), stored in float16, scored once on the test split and under the robustness suite
 release: dataset .venv/export-installed
-	test -f "$(RUNS)/best/seed0/test_metrics.json" || $(TRAIN) --seed 0 --out "$(RUNS)/best/seed0" $(BEST)
+	test -f "$(RUNS)/best/seed0/test_metrics.json" || $(TRAIN) --seed 0 --out "$(RUNS)/best/seed0" $(BEST) $(FLAGS)
 	$(PY) tools/release.py --checkpoint "$(RUNS)/best/seed0/best.pt" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
 
 # The first ablation table of docs/experiments.md, one run per row (seed 0; hours on a CPU): make ablations
 ABL_B = --skips --loss bce+dice --encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1
 ABLATIONS = abl-frozen-skips abl-finetune-skips abl-size192 abl-aug abl-aug-e30 abl-aug-wide abl-aug-lovasz \
 	abl-aug-size192
-abl-frozen-skips: FLAGS = --skips --freeze-encoder
-abl-finetune-skips: FLAGS = $(ABL_B)
-abl-size192: FLAGS = $(ABL_B) --image-size 192
-abl-aug: FLAGS = $(ABL_B) --random-aug
-abl-aug-e30: FLAGS = $(ABL_B) --random-aug --epochs 30
-abl-aug-wide: FLAGS = $(ABL_B) --random-aug --decoder-widths 256 128 64 32 16
-abl-aug-lovasz: FLAGS = $(subst bce+dice,bce+lovasz,$(ABL_B)) --random-aug
-abl-aug-size192: FLAGS = $(ABL_B) --random-aug --image-size 192
+abl-frozen-skips: ABL = --skips --freeze-encoder
+abl-finetune-skips: ABL = $(ABL_B)
+abl-size192: ABL = $(ABL_B) --image-size 192
+abl-aug: ABL = $(ABL_B) --random-aug
+abl-aug-e30: ABL = $(ABL_B) --random-aug --epochs 30
+abl-aug-wide: ABL = $(ABL_B) --random-aug --decoder-widths 256 128 64 32 16
+abl-aug-lovasz: ABL = $(subst bce+dice,bce+lovasz,$(ABL_B)) --random-aug
+abl-aug-size192: ABL = $(ABL_B) --random-aug --image-size 192
 $(ABLATIONS): dataset
-	$(TRAIN) $(COMMON) $(FLAGS)
+	$(TRAIN) $(COMMON) $(ABL) $(FLAGS)
 ablations: $(ABLATIONS)
 .PHONY: ablations $(ABLATIONS)
 
@@ -124,9 +131,9 @@ ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimiz
 	--batch-size 8 --val-fraction 0 --ema 0.9 --no-test
 adapt: labelled
 	$(PY) tools/adapt.py --checkpoint "$(ADAPT_FROM)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/adapt" \
-		--train-flags "$(ADAPT) --seed $(SEED) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)"
+		--train-flags "$(ADAPT) --seed $(SEED) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite) $(FLAGS)"
 calibrate: labelled
-	$(PY) tools/adapt.py --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/calibrate"
+	$(PY) tools/adapt.py --checkpoint "$(PT)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/calibrate"
 labelled: setup
 	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; name your labelled images:" \
 		"make $(MAKECMDGOALS) DATA_DIR=my_labelled/ (images/ + masks/, or any layout of README: Data)" >&2; exit 2; }
@@ -156,12 +163,12 @@ bench: setup
 # make predict on 100 synthetic 1024x768 photos, the released model on ONNX Runtime against PyTorch, start-up
 # included, and their forward passes; the page (serve.py) in headless Chromium: loading, then such photos
 bench-predict: .venv/dev-installed web/node_modules/.package-lock.json
-	$(PY) tools/bench.py --predict --device $(DEVICE) $(if $(BEFORE),--before $(BEFORE))
-	$(PY) tools/bench.py --page
+	$(PY) tools/bench_predict.py --device $(DEVICE) $(if $(BEFORE),--before $(BEFORE))
+	$(PY) tools/bench_page.py
 
 # One process against two (torchrun, gloo) on this machine: make predict on 20 photos, training on synthetic data
 bench-scale: setup
-	$(PY) tools/bench.py --scale --predict-images 20
+	$(PY) tools/bench_scale.py --images 20
 
 # On a CUDA machine: bench, make best's seed 0 (AMP, --no-amp, --compile), exp1-bce, exp2-finetune -> $(RUNS)/gpu-check
 gpu-check: setup
@@ -178,15 +185,14 @@ OTHER ?= $(RUNS)/plain-copy
 cross-dataset: setup
 	test -d "$(OTHER)" || $(PY) tools/data_folder.py --data-dir "$(DATA_DIR)" --to-plain "$(OTHER)"
 	for d in "$(DATA_DIR)" "$(OTHER)"; do \
-		$(PY) evaluate.py --checkpoint "$(CHECKPOINT)" --data-dir "$$d" --device $(DEVICE) --tta --full-res \
+		$(PY) evaluate.py --checkpoint "$(PT)" --data-dir "$$d" --device $(DEVICE) --tta --full-res \
 			--out "$(RUNS)/cross-dataset/$$(basename "$$d")" || exit 1; \
 	done
 
 # The robustness suite (robustness.py) of CHECKPOINT on SPLIT (test, or val for choices) -> $(RUNS)/robustness/$(NAME)
-SPLIT ?= test
-NAME ?= $(if $(filter $(RELEASED),$(CHECKPOINT)),released,best)
+NAME ?= $(if $(CHECKPOINT),best,released)
 robustness: setup
-	$(PY) tools/robustness.py --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" --split $(SPLIT) --device $(DEVICE) \
+	$(PY) tools/robustness.py --checkpoint "$(PT)" --data-dir "$(DATA_DIR)" --split $(SPLIT) --device $(DEVICE) \
 		--tta --largest-component --out "$(RUNS)/robustness/$(NAME)"
 
 # Suite results side by side (NAMES: folders under $(RUNS)/robustness): a Markdown table and compare.png
@@ -196,7 +202,7 @@ robustness-compare: setup
 
 # CHECKPOINT's (default: the released model's) six worst and six best test images: docs/worst_best_panel.png
 worst-best: setup
-	$(PY) visualize.py worst-best --checkpoint "$(CHECKPOINT)" --data-dir "$(DATA_DIR)" \
+	$(PY) visualize.py worst-best --checkpoint "$(PT)" --data-dir "$(DATA_DIR)" \
 		--out "$(RUNS)/worst_best_panel.png"
 
 report: setup
@@ -204,9 +210,6 @@ report: setup
 
 eda: setup
 	$(PY) visualize.py eda --data-dir "$(DATA_DIR)" --runs "$(RUNS)" --out "$(RUNS)/eda"
-
-# make predict and make serve run the released ONNX model unless CHECKPOINT is given (a .pt then needs make setup)
-MODEL_FLAG = $(if $(filter command line environment,$(origin CHECKPOINT)),--checkpoint "$(CHECKPOINT)")
 
 # The page (serve.py, web/): the model runs in the browser on ONNX Runtime Web, installed from web/'s lock file.
 # make serve: on http://127.0.0.1:PORT; make site: its static files in SITE, for any static host. CHECKPOINT: an
@@ -238,7 +241,7 @@ predict: .venv/predict-installed
 	$(PY) predict.py "$(INPUT)" $(MODEL_FLAG) --out "$(OUT)" --device $(DEVICE) --tta --largest-component --overlay
 
 export: .venv/export-installed
-	$(PY) tools/export.py --checkpoint "$(CHECKPOINT)" --out "$(ONNX)"
+	$(PY) tools/export.py --checkpoint "$(PT)" --out "$(ONNX)"
 
 # The released model's ONNX file and its card's numbers, from models/'s .pt (make release writes both)
 release-onnx: .venv/export-installed dataset

@@ -1,8 +1,15 @@
-"""Training-set augmentation on uint8 tensors: fixed flipped and rotated copies made once (augment); and, drawn
-anew every epoch behind one call per batch (for_epoch), random rotation, zoom and colour jitter (random_distort)
-and, wider, the kinds of shift the robustness suite measures (random_shift: zoom out, stretch, colour casts, gamma,
-blur, noise, hair). The random ones are torch only, so they run on the training device. A new augmentation goes
-here: train.py calls augment() once and for_epoch() each epoch, nothing else."""
+"""Training-set augmentation on uint8 tensors, two paths; a new augmentation goes into the one its runs take.
+
+- fixed_copies(): every run, the report's experiments included. `--aug-copies` flipped and rotated copies of each
+  training image, made once before training (data.load_data calls it).
+- for_epoch(): only with `--random-aug` (make best, make adapt). Every batch drawn anew each epoch: random rotation,
+  zoom and colour jitter (random_distort) and, for a `--shift-aug` share of the images, the kinds of shift the
+  robustness suite measures (random_shift: zoom out, stretch, colour casts, gamma, blur, noise, hair). Torch only,
+  so it runs on the training device.
+
+applied() says in words which of these a run's flags apply: train.py prints it and writes it into config.json, so
+an edit to a function the run never calls shows as such.
+"""
 import math
 
 import numpy as np
@@ -27,7 +34,7 @@ SHIFT_ROWS = 17
 HAIR_OVERLAYS = 64  # random_shift: hair pictures drawn anew each epoch, one picked per image
 
 
-def augment(images, masks, copies, seed):
+def fixed_copies(images, masks, copies, seed):
     """The originals plus `copies` copies of each, every copy with a seeded random horizontal
     flip and rotation by a multiple of 90 degrees (exact on pixels, so masks stay binary)."""
     if copies == 0:  # the originals as they are (memory-mapped ones stay on disk)
@@ -51,6 +58,17 @@ def augment(images, masks, copies, seed):
         out_images.append(new_images)
         out_masks.append(new_masks)
     return torch.cat(out_images), torch.cat(out_masks)
+
+
+def applied(copies, random, shift_share):
+    """The augmentations a run with these flags (--aug-copies, --random-aug, --shift-aug) applies, one line each."""
+    lines = [f"fixed_copies: {copies} flipped/rotated cop{'y' if copies == 1 else 'ies'} of each training image, "
+             "made once" if copies else "fixed_copies: none (--aug-copies 0)"]
+    if not random:
+        return lines + ["for_epoch: off (no --random-aug): random_distort and random_shift are not called"]
+    drawn = (f"random_shift on {shift_share:.0%} of the images, random_distort on the others" if shift_share
+             else "random_distort")
+    return lines + [f"for_epoch: every batch augmented anew each epoch: {drawn}"]
 
 
 def for_epoch(batch_sizes, generator, seed, image_size, device, random=True, shift_share=0.0):

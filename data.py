@@ -1,9 +1,16 @@
-"""Training, validation and test splits of one data folder in any layout: the official splits where the layout has
-them, else seeded ones made before any augmentation; and which split a trained model is scored on."""
+"""The data set a run trains and is scored on. load_data() is what train.py sees: each --data-dir's image/mask
+pairs found in any layout (lib/layouts.py: ISIC 2016-2018, PH2, plain images/ + masks/), decoded once at the model's
+size into uint8 tensors and cached (lib/decoding.py; on disk with --memory-map: lib/mapped.py), split into training,
+validation and test images before any augmentation (here), and the training images joined by the fixed
+flipped/rotated copies the report describes (augment.fixed_copies). split_to_score() is the split evaluate.py and
+the tools score a trained model on. Downloads: tools/download.py; a folder's layout and counts: tools/data_folder.py.
+"""
 from pathlib import Path
 
 import torch
 
+import augment
+from lib import distributed
 from lib.decoding import load_split
 from lib.errors import DataError, ModelFileError, UsageError
 from lib.layouts import detect_layout, expected_layout, present_groups
@@ -109,3 +116,33 @@ def split_to_score(data_dir, split, configs, cache_dir="cache", workers=2):
                            workers)["val"], "validation images held out by training"
     trained_on = any(Path(d).resolve() == Path(data_dir).resolve() for c in configs for d in c["data_dir"])
     return load_test(data_dir, size, configs[0]["split_seed"], trained_on, cache_dir, workers)
+
+
+def load_data(args, device):
+    """{'train': (images, masks) augmented, 'val': (images, masks), 'tests': {results name: load_split() result},
+    'panel_idx', 'sizes': lines that count them}. Decoded once into uint8 tensors, split before augmentation, each
+    --data-dir's splits joined (load_splits); on a GPU the training set lives on the device."""
+    with distributed.main_first():  # under torchrun one process fills the cache, the others then read it
+        parts = [load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir, args.workers,
+                             args.memory_map) for d in args.data_dir]
+
+    (train_images, train_masks), val = ((s["images"], s["masks"]) for s in (
+        join([p[split] for p in parts]) for split in ("train", "val")))
+    if len(train_images) < 2:
+        raise DataError(f"{len(train_images)} training image(s) in {', '.join(args.data_dir)}: training needs at least "
+                        "2 (fine-tuning with make adapt: 10 or more labelled images)")
+    train = augment.fixed_copies(train_images, train_masks, args.aug_copies, args.seed)
+    # the first folder's test split is the run's test_metrics.json; each further one's test_<folder>_metrics.json
+    tests = {"test" if n == 0 else f"test_{Path(d).name}": p["test"]
+             for n, (d, p) in enumerate(zip(args.data_dir, parts)) if p["test"] is not None}
+    # Panels show validation images, or without them training images (fixed_copies() puts the originals first).
+    panel_idx = torch.randperm(len(val[0]) or len(train_images),
+                               generator=torch.Generator().manual_seed(args.split_seed))[:6]
+    sizes = "\n".join([p["note"] for p in parts] + [
+        f"training on {len(train[0])} images ({len(train_images)} originals); device {device}"])
+    if device.type != "cpu" and not args.memory_map:  # the (small) training set on the GPU; test batches copy
+                                                      # from pinned memory
+        train, val = tuple(t.to(device) for t in train), tuple(t.to(device) for t in val)
+        for test in tests.values():
+            test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
+    return {"train": train, "val": val, "tests": tests, "panel_idx": panel_idx, "sizes": sizes}

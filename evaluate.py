@@ -1,16 +1,19 @@
 """Score trained checkpoints (one, or several as an ensemble) on a split: per-image metrics at model and at
-full resolution, with flip TTA and the largest region (metrics.py), written beside the checkpoints.
+full resolution, with flip TTA and the largest region (lib/metrics.py), written beside the checkpoints. With
+--paired, compare two models scored on the same images: their mean difference and its paired standard error.
 
     python evaluate.py --checkpoint runs/exp1-bce/best.pt --data-dir ../shared/isic2016
     python evaluate.py --checkpoint runs/best/seed*/best.pt --data-dir ../shared/isic2016 --tta --full-res
+    python evaluate.py --paired runs/val/a/val_per_image.csv --vs runs/val/b/val_per_image.csv
 """
 import os
 from pathlib import Path
 
 from data import split_to_score
-from lib import cli, files, layouts
+from lib import cli, files, layouts, metrics
 from lib.checkpoints import decision_edge_move, decision_threshold, load_models
 from lib.device import pick_device
+from lib.errors import UsageError
 from lib.scoring import score_model
 
 
@@ -23,9 +26,34 @@ def results_name(out, split):
     return split
 
 
+def paired_comparison(base_files, new_files, metric):
+    """metrics.paired_difference() of two models scored per image on the same images (evaluate.py's
+    *_per_image.csv, file k of `new_files` against file k of `base_files`, matched by id; several pairs pool, e.g.
+    validation splits of several --split-seeds)."""
+    if len(base_files) != len(new_files):
+        raise UsageError(f"{len(base_files)} base files but {len(new_files)} --vs files: give them in pairs")
+    base, new = [], []
+    for b, n in zip(base_files, new_files):
+        rows_b, rows_n = ({r["id"]: r for r in files.read_csv(f)} for f in (b, n))
+        if rows_b.keys() != rows_n.keys():
+            raise UsageError(f"{b} and {n} score different images; score both models on the same split")
+        if metric not in next(iter(rows_b.values())):
+            raise UsageError(f"{b} has no column {metric!r} (evaluate.py --tta --full-res writes fullres_lcc_tta_iou)")
+        base += [rows_b[i][metric] for i in rows_b]
+        new += [rows_n[i][metric] for i in rows_b]
+    return metrics.paired_difference(base, new)
+
+
+def print_paired(args):
+    d = paired_comparison(args.paired, args.vs, args.metric)
+    print(f"{args.metric} over {d['n']} images: {d['base']:.4f} -> {d['new']:.4f}, difference "
+          f"{d['difference']:+.4f} ± {d['standard_error']:.4f} (paired standard error); second model better on "
+          f"{d['new_better']}, worse on {d['new_worse']}")
+
+
 def main(argv=None):
     parser = cli.parser(__doc__)
-    cli.add_checkpoint_flag(parser, "the model scored", several=True)
+    cli.add_checkpoint_flag(parser, "the model scored", several=True, required=False)
     cli.add_data_dir_flag(parser, "also one the models never saw; without a test split, all of its images are scored")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="which split to score; val: the training images the run held out (default: test)")
@@ -40,7 +68,17 @@ def main(argv=None):
     parser.add_argument("--full-res", action="store_true",
                         help="also score at each mask's original size, as the ISIC challenge does (fullres_* keys)")
     parser.add_argument("--tta", action="store_true", help="also score flip test-time augmentation (tta_* keys)")
+    parser.add_argument("--paired", nargs="+", metavar="CSV",
+                        help="instead of scoring: the *_per_image.csv of a first model (several: pooled)")
+    parser.add_argument("--vs", nargs="+", metavar="CSV", help="with --paired: the same files of the second model")
+    parser.add_argument("--metric", default="fullres_lcc_tta_iou", help="with --paired: a column of those files")
     args = parser.parse_args(argv)
+    if args.paired:
+        if not args.vs:
+            parser.error("--paired compares two models: give the second one's files with --vs")
+        return print_paired(args)
+    if not args.checkpoint:
+        parser.error("give --checkpoint FILE (the model to score), or --paired CSV --vs CSV")
 
     device = pick_device(args.device)
     model, configs = load_models(args.checkpoint, device)

@@ -45,4 +45,5 @@ def bce_lovasz_loss(logits, masks):
     return bce_loss(logits, masks) + lovasz_hinge_loss(logits, masks)
 
 
+# train.py --loss NAME: a new loss is one more entry here
 LOSSES = {"bce": bce_loss, "iou": soft_iou_loss, "bce+dice": bce_dice_loss, "bce+lovasz": bce_lovasz_loss}

@@ -1,4 +1,5 @@
-"""Train the MobileNetV2 segmentation model on ISIC 2016 Part 1; evaluate the best checkpoint on the test split.
+"""Train the MobileNetV2 segmentation model on one or more data folders (ISIC 2016 Part 1 by default; any layout of
+README: Data); score the best checkpoint on the test split.
 
 Every run writes one folder (--out): config.json, history.csv, last.pt, best.pt, test_metrics.json,
 test_per_image.csv, curves.png and prediction panels. Ctrl-C keeps last.pt; --resume continues.
@@ -20,19 +21,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import augment
-from data import join, load_splits
+from data import load_data
 from lib import cli, distributed, files, run_folder
 from lib.checkpoints import read_checkpoint, weights_checksum
 from lib.device import autocast, pick_device
-from lib.errors import DataError, Interrupted, TrainingError, UsageError
+from lib.errors import Interrupted, TrainingError, UsageError
 from lib.plots import plot_curves, save_panel
 from lib.scoring import evaluate, predict_logits, score_model
 from losses import LOSSES
-# Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 from model import DECODER_WIDTHS, build_model, update_ema
 
 # Flags that may be given anew when a run is resumed; every other flag is taken from the run's config.json.
 RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", "cudnn_benchmark")
+# config.json's keys that are no flags to take from another run (--config): where it ran and what it recorded
+RECORDS = ("out", "resume", "overwrite", "config", "augmentations", "code")
 SYNC_EVERY = 10  # training steps between reads of the loss from the device (each read waits for the GPU)
 DIVERGED = 100  # a training loss this many times the run's first stops the run
 
@@ -85,8 +87,7 @@ def model_flags(a):
 
 def optimisation_flags(a):
     """train.py's optimisation flags, each added with a(*names, **argparse options)."""
-    a("--loss", default="bce", choices=sorted(LOSSES),
-      help="bce: BCEWithLogitsLoss; iou: soft Jaccard; bce+dice: BCE plus soft Dice; bce+lovasz: BCE plus Lovasz hinge")
+    a("--loss", default="bce", choices=sorted(LOSSES), help="the training loss: one of losses.py's LOSSES")
     a("--optimizer", default="adam", choices=["adam", "rmsprop"], help="Adam or RMSprop (PyTorch defaults otherwise)")
     a("--lr", type=float, default=1e-3, help="learning rate (of the decoder when --encoder-lr-scale is set)")
     a("--encoder-lr-scale", type=float, default=1.0, help="encoder learning rate = lr x this, when fine-tuning")
@@ -148,7 +149,7 @@ def parse_args(argv=None):
     given = vars(build_parser(defaults=False).parse_known_args(argv)[0])  # --help: the parser with defaults
     if "config" in given:  # a saved run's flags become the defaults; flags on the command line still win
         saved = saved_flags(given["config"])
-        parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("out", "resume", "overwrite", "config")})
+        parser.set_defaults(**{k: v for k, v in saved.items() if k not in RECORDS})
     init_from = given.get("init_from", parser.get_default("init_from"))
     architecture = architecture_of(init_from) if init_from else {}
     parser.set_defaults(**architecture, **({"encoder_weights": "none"} if init_from else {}))
@@ -229,41 +230,6 @@ class Rows:
 
     def to(self, device, non_blocking=False):
         return Rows([t.to(device, non_blocking=non_blocking) for t in self.tensors])
-
-
-def copies_note(copies):
-    return f" and {copies} flipped/rotated cop{'y' if copies == 1 else 'ies'} of each (--aug-copies)" if copies else ""
-
-
-def load_data(args, device):
-    """{'train': (images, masks) augmented, 'val': (images, masks), 'tests': {results name: load_split() result},
-    'panel_idx', 'sizes': lines that count them}. Decoded once into uint8 tensors, split before augmentation, each
-    --data-dir's splits joined (load_splits); on a GPU the training set lives on the device."""
-    with distributed.main_first():  # under torchrun one process fills the cache, the others then read it
-        parts = [load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir, args.workers,
-                             args.memory_map) for d in args.data_dir]
-
-    (train_images, train_masks), val = ((s["images"], s["masks"]) for s in (
-        join([p[split] for p in parts]) for split in ("train", "val")))
-    if len(train_images) < 2:
-        raise DataError(f"{len(train_images)} training image(s) in {', '.join(args.data_dir)}: training needs at least "
-                        "2 (fine-tuning with make adapt: 10 or more labelled images)")
-    train = augment.augment(train_images, train_masks, args.aug_copies, args.seed)
-    # the first folder's test split is the run's test_metrics.json; each further one's test_<folder>_metrics.json
-    tests = {"test" if n == 0 else f"test_{Path(d).name}": p["test"]
-             for n, (d, p) in enumerate(zip(args.data_dir, parts)) if p["test"] is not None}
-    # Panels show validation images, or without them training images (augment() puts the originals first).
-    panel_idx = torch.randperm(len(val[0]) or len(train_images),
-                               generator=torch.Generator().manual_seed(args.split_seed))[:6]
-    sizes = "\n".join([p["note"] for p in parts] + [
-        f"training on {len(train[0])} images: {len(train_images)} originals" + copies_note(args.aug_copies)
-        + (", each batch randomly augmented (--random-aug)" if args.random_aug else "") + f"; device {device}"])
-    if device.type != "cpu" and not args.memory_map:  # the (small) training set on the GPU; test batches copy
-                                                      # from pinned memory
-        train, val = tuple(t.to(device) for t in train), tuple(t.to(device) for t in val)
-        for test in tests.values():
-            test["images"] = test["images"].pin_memory() if device.type == "cuda" else test["images"]
-    return {"train": train, "val": val, "tests": tests, "panel_idx": panel_idx, "sizes": sizes}
 
 
 def make_optimizer(model, args, device):
@@ -545,11 +511,15 @@ def main(argv=None):
         ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
         # only now: bad flags, data or weights leave nothing behind
         with main_only(run_folder.run_log(out, args.resume, args.overwrite)):
+            config["augmentations"] = augment.applied(args.aug_copies, args.random_aug, args.shift_aug)
             if distributed.is_main():
+                config["code"] = run_folder.record_code(out)
                 files.write_json(out / "config.json", config)
             print(f"run {out}: {args.epochs} epochs, batch size {args.batch_size}, --lr {args.lr}, --seed {args.seed}, "
                   f"data {' '.join(args.data_dir)}, device {device}")  # a mistyped make variable shows here
-            print(splits["sizes"])
+            print(splits["sizes"] + "".join(f"\naugmentation, {line}" for line in config["augmentations"]))
+            if config.get("code", {}).get("dirty"):
+                print(f"the code differs from commit {config['code']['commit'][:7]}: the difference is in {out}/code.diff")
             trainer = make_trainer(model, ema, args, len(splits["train"][0]), device, amp)
             history, best_iou = restore(last, out, trainer)
             with stop_cleanly(out, history, device, args):

@@ -6,7 +6,6 @@
     python visualize.py worst-best --checkpoint models/lesion_segmenter.pt --data-dir data   # where it fails
     python visualize.py robustness runs/robustness/before runs/robustness/best --out runs/robustness/compare.png
                                                                # robustness suites side by side: plot + table
-    python visualize.py paired runs/val/a/val_per_image.csv --vs runs/val/b/val_per_image.csv
                                                                # two models on the same images: mean difference
 
 The plots that training and the robustness suite draw as they run are in plots.py.
@@ -24,11 +23,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data import split_to_score  # noqa: E402
-from lib import cli  # noqa: E402
-from lib import files  # noqa: E402
-from lib import images  # noqa: E402
-from lib import layouts  # noqa: E402
-from lib import metrics  # noqa: E402
+from lib import cli, files, images, layouts, metrics  # noqa: E402
 from lib.checkpoints import load_models  # noqa: E402
 from lib.errors import UsageError  # noqa: E402
 from lib.plots import plot_curves, save_figure, save_panel  # noqa: E402
@@ -63,24 +58,6 @@ def compare_robustness(folders, out):
     lines.append(f"| mean drop over the {len(names) - 1} shifts | "
                  + " | ".join(f"{res['mean_iou_drop']:.4f}" for res in results.values()) + " |")
     return "\n".join(lines)
-
-
-def compare_per_image_files(base_files, new_files, metric):
-    """metrics.paired_difference() of two models scored per image on the same images (evaluate.py's
-    *_per_image.csv, file k of `new_files` against file k of `base_files`, matched by id; several pairs pool, e.g.
-    validation splits of several --split-seeds)."""
-    if len(base_files) != len(new_files):
-        raise UsageError(f"{len(base_files)} base files but {len(new_files)} --vs files: give them in pairs")
-    base, new = [], []
-    for b, n in zip(base_files, new_files):
-        rows_b, rows_n = ({r["id"]: r for r in files.read_csv(f)} for f in (b, n))
-        if rows_b.keys() != rows_n.keys():
-            raise UsageError(f"{b} and {n} score different images; score both models on the same split")
-        if metric not in next(iter(rows_b.values())):
-            raise UsageError(f"{b} has no column {metric!r} (evaluate.py --tta --full-res writes fullres_lcc_tta_iou)")
-        base += [rows_b[i][metric] for i in rows_b]
-        new += [rows_n[i][metric] for i in rows_b]
-    return metrics.paired_difference(base, new)
 
 
 def read_run(run_dir):
@@ -293,17 +270,8 @@ def main():
     b = command("robustness", "robustness.py results side by side: a bar plot and a Markdown table")
     b.add_argument("folders", nargs="+", help="robustness.py --out folders (each holds robustness.json)")
     b.add_argument("--out", default="runs/robustness/compare.png", help="where the plot goes")
-    p = command("paired", "two models on the same images: mean difference and its standard error")
-    p.add_argument("base", nargs="+", help="evaluate.py's *_per_image.csv of the first model (several: pooled)")
-    p.add_argument("--vs", nargs="+", required=True, help="the same files of the second model, in the same order")
-    p.add_argument("--metric", default="fullres_lcc_tta_iou", help="a column of those files")
     args = parser.parse_args()
-    if args.command == "paired":
-        d = compare_per_image_files(args.base, args.vs, args.metric)
-        print(f"{args.metric} over {d['n']} images: {d['base']:.4f} -> {d['new']:.4f}, difference "
-              f"{d['difference']:+.4f} ± {d['standard_error']:.4f} (paired standard error); second model better on "
-              f"{d['new_better']}, worse on {d['new_worse']}")
-    elif args.command == "report":
+    if args.command == "report":
         report(args.runs, args.data_dir, args.cache_dir)
     elif args.command == "eda":
         eda(find_data_dir(args.data_dir, args.runs), args.out)

@@ -48,7 +48,7 @@ def calibrate_cv(curves, thresholds=THRESHOLDS, folds=FOLDS, seed=0):
     """The threshold to use, from iou_curves() of the calibration images. Each fold's images are scored at the
     threshold that the other folds' images pick; the best threshold over all images is adopted only if that
     out-of-fold gain over 0.5 is above zero by more than its paired standard error, else 0.5 is kept.
-    Returns {'threshold', 'best_threshold', 'cv_gain', 'cv_standard_error', 'images', 'folds', 'rule'}."""
+    Returns {'choice' (the threshold), 'best', 'cv_gain', 'cv_standard_error', 'images', 'folds', 'rule'}."""
     n, base = len(curves), int(np.argmin(np.abs(thresholds - 0.5)))
     k = min(folds, n)
     fold_of = np.empty(n, dtype=int)
@@ -61,23 +61,23 @@ def calibrate_cv(curves, thresholds=THRESHOLDS, folds=FOLDS, seed=0):
     gain = float(gains.mean())
     error = float(gains.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
     best = float(thresholds[curves.mean(0).argmax()])
-    return {"threshold": best if gain > error else 0.5, "best_threshold": best, "cv_gain": gain,
+    return {"choice": best if gain > error else 0.5, "best": best, "cv_gain": gain,
             "cv_standard_error": error, "images": n, "folds": k, "rule": "cv"}
 
 
 def calibrate_one_se(curves, thresholds=THRESHOLDS, neutral=0.5):
-    """The threshold to use, from iou_curves() of the calibration images: of the thresholds whose mean IoU is within one
-    paired standard error of the best one's, the closest to neutral (0.5; for edge_curves(), 0). A real shift
-    moves the threshold toward the best one; noise, or a few images whose IoU falls steeply, widens the band and
-    keeps it near neutral. Returns {'threshold', 'best_threshold', 'band' (the lowest and highest threshold in it),
-    'images', 'rule'}."""
+    """The threshold (or edge move) to use, from iou_curves() (or edge_curves(), with EDGE_MOVES and neutral 0) of
+    the calibration images: of the candidates whose mean IoU is within one paired standard error of the best one's,
+    the closest to neutral. A real shift moves the choice toward the best one; noise, or a few images whose IoU
+    falls steeply, widens the band and keeps it near neutral. Returns {'choice', 'best', 'band' (the lowest and
+    highest candidate in it), 'images', 'rule'}."""
     n, mean = len(curves), curves.mean(0)
     best = int(mean.argmax())
     behind = curves[:, [best]] - curves  # each image's IoU at the best threshold minus at each other
     error = behind.std(0, ddof=1) / math.sqrt(n) if n > 1 else np.full(len(thresholds), np.inf)
     band = np.flatnonzero(mean[best] - mean <= error)
     pick = band[np.argmin(np.abs(thresholds[band] - neutral))]
-    return {"threshold": float(thresholds[pick]), "best_threshold": float(thresholds[best]),
+    return {"choice": float(thresholds[pick]), "best": float(thresholds[best]),
             "band": [float(thresholds[band].min()), float(thresholds[band].max())], "images": n, "rule": "one-se"}
 
 

@@ -69,16 +69,17 @@ def half_precision(checkpoint_path):
 
 
 def decision_threshold(configs):
-    """The probability above which a pixel is lesion for these models: the threshold adapt.py calibrated and stored
-    in a checkpoint's config (an ensemble: the mean of its members'), else 0.5. UsageError for a stored threshold
-    outside (0, 1)."""
+    """The probability above which a pixel is lesion for these models: the threshold stored in a checkpoint's
+    config (tools/adapt.py stores 0.5 beside its edge move; an ensemble: the mean of its members'), else 0.5.
+    UsageError for a stored threshold outside (0, 1)."""
     return sum(checked_threshold(c.get("threshold", 0.5), "the threshold stored in the checkpoint")
                for c in configs) / len(configs)
 
 
 def decision_edge_move(configs):
-    """How far these models' masks move their edge (masks.move_edge): the edge move adapt.py calibrated and stored
-    in a checkpoint's config (an ensemble: the mean of its members'), else 0. UsageError for one out of range."""
+    """How far these models' masks move their edge (masks.move_edge): the edge move tools/adapt.py calibrated and
+    stored in a checkpoint's config (an ensemble: the mean of its members'), else 0. UsageError for one out of
+    range."""
     return sum(checked_edge_move(c.get("edge_move", 0.0), "the edge move stored in the checkpoint")
                for c in configs) / len(configs)
 

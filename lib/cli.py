@@ -51,7 +51,7 @@ def add_data_dir_flag(target, note="", several=False, required=False):
                   help=text + (f"; {note}" if note else ""))
 
 
-def add_checkpoint_flag(target, role, default=None, several=False, onnx=False):
+def add_checkpoint_flag(target, role, default=None, several=False, onnx=False, required=None):
     """--checkpoint FILE (several=True: FILE [FILE ...], an ensemble), required without a default. With several,
     argparse's default stays None (its "extend" would add to a default list) and the script falls back to
     `default` itself."""
@@ -62,7 +62,8 @@ def add_checkpoint_flag(target, role, default=None, several=False, onnx=False):
     if default is not None:
         text += f" (default: {os.path.relpath(default)})"
     options = dict(nargs="+", action="extend") if several else dict(default=default and str(default))
-    adder(target)("--checkpoint", metavar="FILE", required=default is None, help=text, **options)
+    required = default is None if required is None else required
+    adder(target)("--checkpoint", metavar="FILE", required=required, help=text, **options)
 
 
 def parser(description):

@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 from pathlib import Path
 
 from lib.errors import StorageError
@@ -87,14 +86,6 @@ def read_csv(path):
             return v
     with open(path, newline="") as f:
         return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def commit():
-    """The repository's commit, marked '+changes' when the tree differs from it."""
-    def git(*words):
-        return subprocess.run(["git", *words], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
-    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
 
 
 def write_results(run_dir, name, summary, per_image, ids):

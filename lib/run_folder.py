@@ -1,8 +1,10 @@
 """A training run's folder (--out): refused when it holds a run unless --resume or --overwrite says what to do,
-locked while the run lasts, its train.log beside the console, and its last.pt read back for --resume."""
+locked while the run lasts, its train.log beside the console, the code it ran recorded, and its last.pt read back
+for --resume."""
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,9 +16,37 @@ from lib.errors import TrainingError, UsageError
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 # Everything a run writes in its folder: what --overwrite removes (anything else there stays).
-RUN_OUTPUTS = RUN_FILES + ("test_metrics.json", "test_per_image.csv", "test_*_metrics.json", "test_*_per_image.csv",
+RUN_OUTPUTS = RUN_FILES + ("code.diff", "test_metrics.json", "test_per_image.csv", "test_*_metrics.json", "test_*_per_image.csv",
                            "val_metrics.json", "val_per_image.csv",
                            "curves.png", "panel_epoch*.png", "train.log", files.TMP_PATTERN)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(*words):
+    """What git prints for these words in this repository ('' outside a git checkout, or without git)."""
+    try:
+        return subprocess.run(["git", *words], capture_output=True, text=True, cwd=ROOT).stdout
+    except OSError:
+        return ""
+
+
+def code_revision():
+    """The commit the running code comes from, with '+changes' when tracked files differ from it."""
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return head + ("+changes" if git("diff", "HEAD", "--stat").strip() else "")
+
+
+def record_code(out):
+    """config.json's 'code': the commit this run's code comes from, and whether tracked files differed from it.
+    Their diff is written to code.diff beside it, so that a run made after an edit shows the edit."""
+    diff = git("diff", "HEAD")
+    if diff:
+        files.write_text(out / "code.diff", diff)
+    else:
+        (out / "code.diff").unlink(missing_ok=True)  # a resumed run whose edits were committed meanwhile
+    return {"commit": git("rev-parse", "HEAD").strip() or "unknown (not a git checkout)", "dirty": bool(diff)}
 
 
 def check_run_dir(out, resume=False, overwrite=False, announce=True):

@@ -258,12 +258,12 @@ def smooth_curves(rng, peak, n=20, spread=0.03, width=0.3):
 
 def test_the_one_se_rule_adopts_a_real_shift_keeps_0_5_without_one_and_is_not_led_by_a_few_steep_images():
     rng, t = np.random.default_rng(0), calibration.THRESHOLDS
-    assert calibration.calibrate_one_se(smooth_curves(rng, 0.75, width=0.5))["threshold"] > 0.6
-    assert all(calibration.calibrate_one_se(smooth_curves(rng, 0.5))["threshold"] == 0.5 for _ in range(9))
+    assert calibration.calibrate_one_se(smooth_curves(rng, 0.75, width=0.5))["choice"] > 0.6
+    assert all(calibration.calibrate_one_se(smooth_curves(rng, 0.5))["choice"] == 0.5 for _ in range(9))
     steep = smooth_curves(rng, 0.5, spread=0.01)
     steep[:3] += np.clip(t - 0.5, 0, None) * 0.6  # three faint lesions whose IoU climbs steeply above 0.5
     result = calibration.calibrate_one_se(steep)
-    assert result["best_threshold"] > 0.5 and result["threshold"] == 0.5  # the mean alone would move it
+    assert result["best"] > 0.5 and result["choice"] == 0.5  # the mean alone would move it
 
 
 def test_edge_curves_find_the_move_that_undoes_a_tighter_annotator_and_none_without_one():
@@ -277,7 +277,7 @@ def test_edge_curves_find_the_move_that_undoes_a_tighter_annotator_and_none_with
     plain = calibration.iou_curves(probs[:1], [annotators.tighter(disc)])[0, list(calibration.THRESHOLDS).index(0.5)]
     assert curves[1, list(moves).index(0.0)] == pytest.approx(plain) and curves[1].max() > plain + 0.1
     tighter_draw = calibration.calibrate_one_se(curves[[1] * 5], moves, neutral=0.0)
-    assert tighter_draw["threshold"] == pytest.approx(0.08, abs=0.011)
+    assert tighter_draw["choice"] == pytest.approx(0.08, abs=0.011)
 
 
 def test_the_calibration_experiment_scores_every_rule_from_one_unshifted_baseline(synthetic):

@@ -10,13 +10,13 @@ def test_augment_keeps_image_and_mask_aligned_and_binary():
     masks = (torch.rand(20, 1, 16, 16) > 0.6).to(torch.uint8)
     # channel 0 of each image encodes its mask; the other channels are noise
     images = torch.cat([masks * 200, torch.randint(0, 255, (20, 2, 16, 16), dtype=torch.uint8)], 1)
-    aug_images, aug_masks = augment.augment(images, masks, copies=3, seed=0)
+    aug_images, aug_masks = augment.fixed_copies(images, masks, copies=3, seed=0)
     assert aug_images.shape == (80, 3, 16, 16) and aug_masks.shape == (80, 1, 16, 16)
     assert torch.equal(aug_images[:20], images)  # originals first
     assert torch.equal((aug_images[:, :1] == 200).to(torch.uint8), aug_masks)
     assert set(aug_masks.unique().tolist()) <= {0, 1}
     assert not torch.equal(aug_masks[20:40], masks)  # copies are transformed
-    again = augment.augment(images, masks, copies=3, seed=0)
+    again = augment.fixed_copies(images, masks, copies=3, seed=0)
     assert torch.equal(again[0], aug_images)  # seeded
 
 

@@ -8,8 +8,8 @@ from conftest import ROOT
 
 
 def test_bench_prints_every_measurement_beside_its_slower_variant():
-    result = subprocess.run([sys.executable, "tools/bench.py", "--device", "cpu", "--seconds", "0.05", "--batch-size", "2",
-                             "--image-size", "64", "--cache-images", "2", "--workers", "0"],
+    result = subprocess.run([sys.executable, "tools/bench.py", "--device", "cpu", "--seconds", "0.05", "--batch-size",
+                             "2", "--image-size", "64", "--cache-images", "2", "--workers", "0"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -29,8 +29,8 @@ def test_bench_prints_every_measurement_beside_its_slower_variant():
 
 
 def test_bench_predict_prints_both_runtimes_side_by_side():
-    result = subprocess.run([sys.executable, "tools/bench.py", "--predict", "--predict-images", "2", "--seconds", "0.05",
-                             "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "tools/bench_predict.py", "--images", "2", "--seconds", "0.05", "--device",
+                             "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for name in ("start-up to the first mask", "2 photos, --overlay", "where the time goes", "decoding", "model",

@@ -68,7 +68,7 @@ def test_kill_9_while_the_cache_is_built_ends_the_decoding_workers(tmp_path):
             folder / TRAIN_IMAGES / f"ISIC_{i:07d}.png")
         Image.fromarray(np.full((400, 400), 255, np.uint8)).save(
             folder / TRAIN_MASKS / f"ISIC_{i:07d}_Segmentation.png")
-    code = f"import decoding; decoding.load_split({str(folder)!r}, 'train', 64, {str(tmp_path / 'cache')!r}, workers=2)"
+    code = f"from lib import decoding; decoding.load_split({str(folder)!r}, 'train', 64, {str(tmp_path / 'cache')!r}, workers=2)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     deadline = time.time() + 60

@@ -7,15 +7,13 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-import model as model_module
 import predict
-from lib import decoding, layouts, onnx_model
+from lib import checkpoints, decoding, layouts, onnx_model
+from lib.checkpoints import Ensemble, load_checkpoint, load_models
 from lib.errors import ModelFileError, UsageError
 from lib.masks import keep_largest_component, outline
 from lib.metrics import full_resolution_metrics
 from lib.scoring import predict_probs, score_model
-from lib.checkpoints import Ensemble, load_checkpoint, load_models
-
 from model import MobileNetSegmenter
 
 BIG = 50.0
@@ -140,7 +138,7 @@ class TwoSquares(torch.nn.Module):
 
 def test_predict_largest_component_keeps_one_region_per_mask(synthetic, checkpoint, tmp_path, monkeypatch):
     _, configs = load_models([checkpoint])
-    monkeypatch.setattr(model_module, "load_models", lambda paths, device: (TwoSquares(), configs))
+    monkeypatch.setattr(checkpoints, "load_models", lambda paths, device: (TwoSquares(), configs))
     image = next((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))
     for flags, regions in (([], 2), (["--largest-component"], 1)):
         out = tmp_path / str(regions)

@@ -1,5 +1,7 @@
-"""The shape of the code: a file run as a script is imported by no other file, and every script's --help prints
-and gives every default."""
+"""The shape of the code. The top level is the report's house: its scripts and the modules a student edits. lib/
+holds what is only imported, tools/ the scripts of the other make targets. A script is imported by no other file,
+the library imports no script, no import runs in a circle, and every script's --help prints and gives every
+default."""
 import argparse
 import ast
 import importlib
@@ -8,24 +10,68 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if 'if __name__ == "__main__":' in p.read_text())
+TOP_MODULES = {"augment", "data", "losses", "model"}  # imported by the scripts, edited by students
+TOP_SCRIPTS = {"evaluate", "predict", "train", "visualize"}
+HUB = {"hubconf"}  # torch.hub looks for it at the root
+LIB = sorted(p.stem for p in (ROOT / "lib").glob("*.py") if p.stem != "__init__")
+TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py"))
+SCRIPTS = sorted(TOP_SCRIPTS) + TOOLS
+PROJECT_FILES = sorted([*ROOT.glob("*.py"), *(ROOT / "lib").glob("*.py"), *(ROOT / "tools").glob("*.py")])
+
+
+def module_name(path):
+    return f"lib.{path.stem}" if path.parent.name == "lib" else path.stem
 
 
 def imported_modules(path):
-    """The top-level names of every module a file imports."""
+    """Every project module a file imports (lib.x for the library's, the name for the top level's), lazy imports
+    inside functions included."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names |= {f"lib.{alias.name}" for alias in node.names} if node.module == "lib" else {node.module}
     return names
 
 
+def test_the_top_level_holds_the_report_scripts_and_no_library_module():
+    assert {p.stem for p in ROOT.glob("*.py")} == TOP_MODULES | TOP_SCRIPTS | HUB
+    runs_as_script = {p.stem for p in ROOT.glob("*.py") if 'if __name__ == "__main__":' in p.read_text()}
+    assert runs_as_script == TOP_SCRIPTS
+    assert [name for name in LIB if 'if __name__ == "__main__":' in (ROOT / "lib" / f"{name}.py").read_text()] == []
+    assert all('if __name__ == "__main__":' in (ROOT / "tools" / f"{name}.py").read_text() for name in TOOLS)
+
+
 def test_no_script_is_imported_by_another_file():
-    assert {"train", "predict", "evaluate", "data", "visualize"} <= set(SCRIPTS)
-    offending = {p.name: sorted(imported_modules(p) & set(SCRIPTS)) for p in ROOT.glob("*.py")}
+    offending = {str(p.relative_to(ROOT)): sorted(imported_modules(p) & set(SCRIPTS)) for p in PROJECT_FILES}
     assert {name: scripts for name, scripts in offending.items() if scripts} == {}
+
+
+def test_the_library_imports_only_the_library():
+    """lib/ and the top-level modules import each other (model.py's architecture is what checkpoints load) but
+    never a script, and never a name that is not a module of the project or a package."""
+    library = {f"lib.{name}" for name in LIB} | TOP_MODULES
+    for path in PROJECT_FILES:
+        if module_name(path) in library:
+            ours = {m for m in imported_modules(path) if m.split(".")[0] == "lib" or m in TOP_MODULES | set(SCRIPTS)}
+            assert ours <= library, path
+
+
+def test_no_import_runs_in_a_circle():
+    library = {f"lib.{name}" for name in LIB} | TOP_MODULES
+    graph = {module_name(p): imported_modules(p) & library for p in PROJECT_FILES}
+
+    def cycle_from(start, path):
+        for nxt in sorted(graph.get(path[-1], ())):
+            if nxt == start:
+                return path + [nxt]
+            if nxt not in path:
+                found = cycle_from(start, path + [nxt])
+                if found:
+                    return found
+        return None
+    assert [cycle for m in sorted(library) if (cycle := cycle_from(m, [m]))] == []
 
 
 class Captured(Exception):
@@ -65,28 +111,37 @@ def top_level_functions(path):
     return [node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef)]
 
 
+def script_path(name):
+    return ROOT / f"{name}.py" if name in TOP_SCRIPTS else ROOT / "tools" / f"{name}.py"
+
+
 def test_every_script_defines_main_last():
     """One order in every script, as in torchvision's references: helpers first, main() last."""
-    assert {name: top_level_functions(ROOT / f"{name}.py")[-1] for name in SCRIPTS} == dict.fromkeys(SCRIPTS, "main")
+    assert {name: top_level_functions(script_path(name))[-1] for name in SCRIPTS} == dict.fromkeys(SCRIPTS, "main")
 
 
-def test_train_py_calls_augment_py_only_through_its_two_entry_points():
-    """An augmentation is a change to augment.py alone: train.py makes the copies once and asks for one epoch's
-    augmentation, every other choice is augment.py's."""
-    used = {node.attr for node in ast.walk(ast.parse((ROOT / "train.py").read_text()))
+def augment_calls(name):
+    tree = ast.parse((ROOT / f"{name}.py").read_text())
+    return {node.attr for node in ast.walk(tree)
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "augment"}
-    assert used == {"augment", "for_epoch"}
+
+
+def test_augmentation_has_one_place_per_path():
+    """An augmentation is a change to augment.py alone: data.py makes the fixed copies, train.py asks for each
+    epoch's random draws and records which of the two its flags apply; every other choice is augment.py's."""
+    assert augment_calls("data") == {"fixed_copies"}
+    assert augment_calls("train") == {"for_epoch", "applied"}
 
 
 SHARED_FLAGS = ("--checkpoint", "--data-dir", "--cache-dir", "--device", "--threshold")
 
 
 def test_shared_flags_are_declared_once_in_cli_py():
-    """The flags every script repeats come from cli.py's helpers, so each has one help text."""
+    """The flags every script repeats come from lib/cli.py's helpers, so each has one help text."""
     declared = []
-    for path in ROOT.glob("*.py"):
+    for path in PROJECT_FILES:
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
                     and node.args[0].value in SHARED_FLAGS):
-                declared.append((path.name, node.args[0].value))
-    assert sorted(name for name, _ in declared) == ["cli.py"] * len(SHARED_FLAGS)
+                declared.append((str(path.relative_to(ROOT)), node.args[0].value))
+    assert sorted(name for name, _ in declared) == ["lib/cli.py"] * len(SHARED_FLAGS)

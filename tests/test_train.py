@@ -79,7 +79,9 @@ def test_val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch(synthe
     train.main(train_args(synthetic[0], out, "--val-fraction", "0", "--epochs", "2", *frozen))
     printed = capsys.readouterr().out
     assert "40 training images, 0 validation" in printed
-    assert "training on 80 images: 40 originals and 1 flipped/rotated copy" in printed
+    assert "training on 80 images (40 originals)" in printed
+    assert "augmentation, fixed_copies: 1 flipped/rotated copy of each training image" in printed
+    assert "augmentation, for_epoch: off (no --random-aug)" in printed
     history = files.read_csv(out / "history.csv")
     assert len(history) == 2 and all(math.isnan(row["val_iou"]) for row in history)
     best, last = (torch.load(out / f, weights_only=True) for f in ("best.pt", "last.pt"))

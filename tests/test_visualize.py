@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+import evaluate
 import visualize
 from lib import files, plots
 
@@ -98,15 +99,15 @@ def test_paired_difference_matches_ids_pools_files_and_refuses_mismatches(tmp_pa
         return tmp_path / name
     base = [per_image("a1.csv", {"x": 0.8, "y": 0.6, "z": 0.7}), per_image("a2.csv", {"x": 0.5, "w": 0.9})]
     new = [per_image("b1.csv", {"z": 0.75, "x": 0.9, "y": 0.6}), per_image("b2.csv", {"x": 0.45, "w": 0.95})]
-    d = visualize.compare_per_image_files(base, new, "fullres_lcc_tta_iou")
+    d = evaluate.paired_comparison(base, new, "fullres_lcc_tta_iou")
     diffs = np.array([0.1, 0.0, 0.05, -0.05, 0.05])
     assert d["n"] == 5 and (d["new_better"], d["new_worse"]) == (3, 1)
     assert d["base"] == pytest.approx(3.5 / 5) and d["new"] == pytest.approx(3.65 / 5)
     assert d["difference"] == pytest.approx(diffs.mean())
     assert d["standard_error"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(5))
     with pytest.raises(visualize.UsageError, match="different images"):
-        visualize.compare_per_image_files(base[:1], new[1:], "fullres_lcc_tta_iou")
+        evaluate.paired_comparison(base[:1], new[1:], "fullres_lcc_tta_iou")
     with pytest.raises(visualize.UsageError, match="in pairs"):
-        visualize.compare_per_image_files(base, new[:1], "fullres_lcc_tta_iou")
+        evaluate.paired_comparison(base, new[:1], "fullres_lcc_tta_iou")
     with pytest.raises(visualize.UsageError, match="no column"):
-        visualize.compare_per_image_files(base, new, "dice")
+        evaluate.paired_comparison(base, new, "dice")

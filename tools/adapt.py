@@ -4,7 +4,7 @@ write the model you use from then on with its card.
 
     make adapt DATA_DIR=my_labelled/        # the edge move, then fine-tuning on what the move leaves
     make calibrate DATA_DIR=my_labelled/    # the edge move alone: no training
-    python adapt.py --data-dir my_labelled/ --train-flags "--freeze-encoder --epochs 10 ..." --out runs/adapt
+    python tools/adapt.py --data-dir my_labelled/ --train-flags "--freeze-encoder --epochs 10 ..." --out runs/adapt
 
 DATA_DIR may be in any layout that --data-dir reads (README: Data). Its training images (a plain images/ + masks/
 folder: all but the 20% held out) calibrate the edge move (calibration.py); fine-tuning then trains on them with
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
 
 from data import load_splits
-from lib import cli, files, images, model_files
+from lib import cli, files, images, model_files, run_folder
 from lib.calibration import calibrate, edge_curves
 from lib.checkpoints import half_precision, load_checkpoint
 from lib.device import pick_device
@@ -203,7 +203,7 @@ def main(argv=None):
               "threshold": 0.5, "edge_move": move, "calibration": calib,
               "held_out": len(held_out["ids"]) if held_out else 0, "comparisons": rows,
               "recipe": {k: adapted[1][k] for k in RECIPE} if adapted else None,
-              "date": datetime.date.today().isoformat(), "commit": files.commit()}
+              "date": datetime.date.today().isoformat(), "commit": run_folder.code_revision()}
     files.write_json(out / "adapt.json", report)
     files.write_text(out / "README.md", card(report, rows))
     print(card(report, rows).split("\n", 2)[2].rstrip())

@@ -42,9 +42,9 @@ SHIFTS = ("none", "tighter", "looser", "coarse", "camera", "tighter-varying", "l
 # --calibration-only's rules: {name: (curves it reads, candidates, the neutral one, its choice of them)}: the
 # threshold rules, and two that move the model's edge by one share of each mask's radius: make calibrate's and the
 # one-standard-error rule it replaced
-CALIBRATIONS = {**{rule: ("threshold", THRESHOLDS, 0.5, lambda c, pick=pick: pick(c)["threshold"])
+CALIBRATIONS = {**{rule: ("threshold", THRESHOLDS, 0.5, lambda c, pick=pick: pick(c)["choice"])
                    for rule, pick in RULES.items()},
-                "edge one-se": ("edge", EDGE_MOVES, 0.0, lambda c: calibrate_one_se(c, EDGE_MOVES, 0.0)["threshold"]),
+                "edge one-se": ("edge", EDGE_MOVES, 0.0, lambda c: calibrate_one_se(c, EDGE_MOVES, 0.0)["choice"]),
                 "edge clear-gain": ("edge", EDGE_MOVES, 0.0, lambda c: calibrate(c)["edge_move"])}
 
 

@@ -1,17 +1,15 @@
 """Measure speed on this machine's device: training (frozen encoder with and without the feature cache, the
 cached step's FLOP rate against a large matrix product's, full fine-tuning in channels_last and NCHW),
-inference, the decoder's cost against the encoder's, and building the image cache from JPEGs.
-Each number is printed beside the slower variant measured in the same run.
+inference, the decoder's cost against the encoder's, and building the image cache from JPEGs; or, with --profile,
+make best's training step under torch.profiler. Each number is printed beside the slower variant measured in the
+same run. make predict's speed: tools/bench_predict.py; the page's: tools/bench_page.py; torchrun's:
+tools/bench_scale.py.
 
-    python bench.py                    # CPU or the best GPU present
-    python bench.py --device cuda --batch-size 64
-    python bench.py --predict          # make predict on 100 photos of 1024x768: ONNX Runtime against PyTorch
-    python bench.py --page             # the page's server on one photo of 1024x768
-    python bench.py --scale            # one process against two under torchrun (make bench-scale)
+    python tools/bench.py                    # CPU or the best GPU present (make bench)
+    python tools/bench.py --device cuda --batch-size 64
+    python tools/bench.py --profile          # make best's training step: device busy time and top operators
 """
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,53 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
 
 import augment
-from lib import cli, decoding, files, images, layouts, model_files
+from lib import cli, decoding, images, layouts
 from lib.device import autocast, pick_device, sync
-from lib.synthetic import write_synthetic
+from lib.timing import flops, line, matmul_gflops, rate, write_photo
 from losses import LOSSES, bce_loss
 from model import MobileNetSegmenter, update_ema
-
-
-def rate(step, n_images, device, seconds=4.0):
-    """Images per second of step(), after one warm-up call, over at least `seconds`."""
-    step()
-    sync(device)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        step()
-        calls += 1
-    sync(device)
-    return calls * n_images / (time.perf_counter() - start)
-
-
-def flops(fn):
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def matmul_gflops(device, amp, seconds, n=2048):
-    """This device's rate on a large matrix product (in the training step's precision): near its peak."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-
-    def matmul():
-        with autocast(device, amp):
-            a @ b
-    return rate(matmul, 1, device, seconds) * 2 * n ** 3 / 1e9
-
-
-def line(name, fast, slow=None, slow_name="", unit="img/s"):
-    text = f"{name:<52} {fast:8.1f} {unit}"
-    if slow is not None:
-        text += f"   vs {slow_name}: {slow:.1f} {unit} ({fast / slow:.1f}x)"
-    print(text, flush=True)
 
 
 def bench_training(args, device):
@@ -146,176 +107,6 @@ def bench_inference(args, device):
                 model(images[i:i + 1])
     line(f"inference, batch {args.batch_size}", rate(batched, len(images), device, args.seconds),
          rate(one_by_one, len(images), device, args.seconds), "one image at a time")
-
-
-def write_photo(path, rng):
-    """A 1024x768 JPEG of smooth random blobs (noise drawn at 1/8 scale, upsampled); returns that noise."""
-    noise = rng.integers(0, 255, (768 // 8, 1024 // 8, 3), dtype=np.uint8)
-    Image.fromarray(noise).resize((1024, 768), Image.BICUBIC).save(path, quality=90)
-    return noise
-
-
-def predict_seconds(photos, out, flags, repo=ROOT):
-    """Wall seconds of `python predict.py photos --out out --tta --largest-component FLAGS` in repo as a user runs
-    it: Python's start-up, the runtime's import, loading the model, decoding and writing every file included."""
-    command = [sys.executable, "predict.py", str(photos), "--out", str(out), "--tta", "--largest-component", *flags]
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"predict.py failed: {result.stderr.strip()}")
-    return time.perf_counter() - start
-
-
-def bench_predict(args):
-    """make predict on --predict-images photos of 1024x768 with the released model on ONNX Runtime (the default)
-    and on PyTorch (its .pt), side by side: start-up to the first mask, with and without overlays, where the
-    time goes, and the forward pass alone."""
-    with tempfile.TemporaryDirectory() as tmp:
-        photos, rng, n = Path(tmp) / "photos", np.random.default_rng(0), args.predict_images
-        photos.mkdir()
-        for i in range(n):
-            write_photo(photos / f"photo{i:03d}.jpg", rng)
-        first = photos / "photo000.jpg"
-        runtimes = {"ONNX Runtime": ["--device", args.device], "PyTorch": ["--device", args.device, "--checkpoint",
-                                                                           str(model_files.PT)]}
-        for kind, extra, files in (("start-up to the first mask, 1 photo", [], first),
-                                   (f"{n} photos, --overlay", ["--overlay"], photos), (f"{n} photos", [], photos)):
-            (onnx, torch_), k = (predict_seconds(files, Path(tmp) / f"out{i}", flags + extra)
-                                 for i, flags in enumerate(runtimes.values())), 1 if files == first else n
-            before = f"; predict.py of {args.before}: {before_seconds(args.before, files, Path(tmp), extra, onnx)}" \
-                if args.before else ""
-            print(f"{'make predict, ' + kind:<52} {onnx:8.2f} s ({k / onnx:.1f} img/s)   vs PyTorch: {torch_:.2f} s "
-                  f"({torch_ / onnx:.1f}x){before}", flush=True)
-        stage_shares(sorted(photos.glob("*.jpg")), Path(tmp) / "stages")
-    if args.before:
-        subprocess.run(["git", "worktree", "prune"], cwd=ROOT)  # its folder went with tmp
-    forward_rates(args)
-
-
-def before_seconds(rev, files, tmp, extra, onnx):
-    """'S s (Rx)': the same command with predict.py as it was at git revision rev (a worktree of it in tmp)."""
-    tree = tmp / "before"
-    if not tree.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT,
-                       check=True, capture_output=True)
-    seconds = predict_seconds(files, tmp / f"before-out{len(list(tmp.iterdir()))}", [*extra, "--device", "cpu"], tree)
-    return f"{seconds:.2f} s ({seconds / onnx:.1f}x)"
-
-
-def stage_shares(paths, out, batch_size=16):
-    """Where make predict's time goes on ONNX Runtime (--tta --largest-component --overlay), each stage run alone
-    over all photos in this process: decoding, the model, post-processing (resize back, threshold, largest
-    region, contour), writing (PNG and JPEG encoding, atomic write)."""
-    from lib.masks import encoded, mask_at_size, mask_png, overlay
-    from lib.segmenter import Segmenter
-    segmenter, seconds = Segmenter.load(), {}
-
-    def timed(name, fn):
-        start = time.perf_counter()
-        result = fn()
-        seconds[name] = time.perf_counter() - start
-        return result
-    photos = timed("decoding", lambda: [images.read_full_image(p) for p in paths])
-    probs = timed("model", lambda: segmenter.probabilities(np.stack(
-        [images.model_input(p, segmenter.image_size) for p in photos]), tta=True, batch_size=batch_size))
-    pictures = timed("post-processing", lambda: [(m, overlay(p, m)) for p, m in (
-        (p, mask_at_size(prob, p.shape[1], p.shape[0], segmenter.threshold, True, segmenter.edge_move))
-        for p, prob in zip(photos, probs))])
-    out.mkdir()
-    timed("writing", lambda: [(files.write_bytes(out / f"{i}_segmentation.png", encoded(mask_png(m), "PNG")),
-                               files.write_bytes(out / f"{i}_overlay.jpg", encoded(o, "JPEG")))
-                              for i, (m, o) in enumerate(pictures)])
-    total = sum(seconds.values())
-    print(f"{'  where the time goes (ONNX Runtime, each stage alone)':<52} " + ", ".join(
-        f"{k} {100 * v / total:.0f}% ({1e3 * v / len(paths):.0f} ms/img)" for k, v in seconds.items()))
-
-
-def forward_rates(args, n=32):
-    """The released model's forward pass at batch n: ONNX Runtime against PyTorch on the same float32 images,
-    and ONNX Runtime's FLOP rate against this CPU's on a large matrix product."""
-    from lib.checkpoints import load_models
-    from lib.segmenter import OnnxRuntime
-    model, _ = load_models([model_files.PT])
-    onnx = OnnxRuntime(model_files.ONNX, "cpu")
-    x = np.random.default_rng(0).random((n, 3, onnx.image_size, onnx.image_size), dtype=np.float32) * 255
-    tx = torch.from_numpy(x)
-    with torch.no_grad():
-        cpu = torch.device("cpu")
-        fast = rate(lambda: onnx(x), n, cpu, args.seconds)
-        slow = rate(lambda: model(tx), n, cpu, args.seconds)
-        per_image = flops(lambda: model(tx[:1]))
-    line(f"forward pass, batch {n}, ONNX Runtime", fast, slow, "PyTorch")
-    print(f"{'  its FLOP rate':<52} {fast * per_image / 1e9:8.1f} GFLOP/s   vs 2048x2048 matmul: "
-          f"{matmul_gflops(cpu, False, args.seconds):.1f} GFLOP/s ({per_image / 1e6:.0f} MFLOPs per image)")
-
-
-def bench_page(args, photos=5):
-    """The page (serve.py) in Debian's headless Chromium, the model running in the browser (WebAssembly): seconds
-    from opening the page to the model loaded, and per 1024x768 photo with flip TTA and the pictures drawn (the
-    page's own timing of each photo; median of `photos`, after one that warms up). Needs selenium
-    (requirements-dev.txt), chromium and chromium-driver."""
-    from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-    server = subprocess.Popen([sys.executable, "serve.py", "--port", "0", *(["--model", args.model] if args.model
-                              else [])], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or ""
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
-    try:
-        address = server.stdout.readline().split()[2]  # "serving on http://127.0.0.1:PORT/ ..."
-        start = time.perf_counter()
-        driver.get(address)
-        WebDriverWait(driver, 120).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
-        loaded = time.perf_counter() - start
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = [Path(tmp) / f"photo{i}.jpg" for i in range(photos + 1)]
-            for i, path in enumerate(paths):
-                write_photo(path, np.random.default_rng(i))
-            driver.find_element(By.ID, "files").send_keys("\n".join(map(str, paths)))
-            WebDriverWait(driver, 600).until(
-                lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result.done")) == len(paths))
-        seconds = [float(c.get_attribute("data-seconds")) for c in driver.find_elements(By.CSS_SELECTOR, ".result")]
-    finally:
-        driver.quit()
-        server.terminate()
-        server.wait()
-    print(f"{'the page in Chromium: open to model loaded':<52} {loaded:8.2f} s")
-    print(f"{'the page: one photo of 1024x768, TTA, pictures drawn':<52} {float(np.median(seconds[1:])):8.2f} s per "
-          "image")
-
-
-def bench_scale(args, epochs=2):
-    """One process against two (torchrun, gloo, one thread each) on this machine: make predict's command on
-    --predict-images photos of 1024x768 (images per second, start-up included), and training on a synthetic set
-    (seconds per step of the last epoch, and its training loss)."""
-    here, launch = ROOT, [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    with tempfile.TemporaryDirectory() as tmp:
-        photos, rng = Path(tmp) / "photos", np.random.default_rng(0)
-        photos.mkdir()
-        for i in range(args.predict_images):
-            write_photo(photos / f"photo{i:03d}.jpg", rng)
-        write_synthetic(Path(tmp) / "data", n_train=160, n_test=8)
-        train = ["--data-dir", str(Path(tmp) / "data"), "--cache-dir", str(Path(tmp) / "cache"), "--workers", "0",
-                 "--encoder-weights", "none", "--epochs", str(epochs), "--batch-size", str(args.batch_size),
-                 "--device", "cpu"]
-        for n in (1, 2):
-            start = time.perf_counter()
-            subprocess.run([*launch, f"--nproc_per_node={n}", "predict.py", str(photos), "--out",
-                            str(Path(tmp) / f"masks{n}"), "--device", "cpu"], cwd=here, check=True, capture_output=True)
-            seconds = time.perf_counter() - start
-            print(f"{f'make predict, {n} process(es), {args.predict_images} photos':<52} {seconds:8.2f} s "
-                  f"({args.predict_images / seconds:.1f} img/s)")
-            subprocess.run([*launch, f"--nproc_per_node={n}", "train.py", *train, "--out", str(Path(tmp) / f"run{n}")],
-                           cwd=here, check=True, capture_output=True)
-            last = files.read_csv(Path(tmp) / f"run{n}" / "history.csv")[-1]
-            steps = -(-144 * 4 // args.batch_size)  # 144 training images (a tenth validates), 3 copies each
-            print(f"{f'training, {n} process(es), global batch {args.batch_size}':<52} "
-                  f"{last['seconds'] / steps:8.3f} s per step (train loss {last['train_loss']:.4f})")
 
 
 def bench_data_cache(args):
@@ -418,19 +209,6 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="only profile make best's training step (torch.profiler): device busy time and top ops")
     parser.add_argument("--profile-rows", type=int, default=15, help="operators listed by --profile")
-    parser.add_argument("--predict", action="store_true",
-                        help="only time make predict end to end on --predict-images photos of 1024x768, the released "
-                        "model on ONNX Runtime against PyTorch, and their forward passes (make bench-predict)")
-    parser.add_argument("--predict-images", type=int, default=100, help="photos for --predict")
-    parser.add_argument("--before", metavar="REV",
-                        help="--predict also times predict.py as it was at this git revision (e.g. 104d63e, the "
-                        "PyTorch-only pipeline before the light runtime)")
-    parser.add_argument("--page", action="store_true",
-                        help="only time the page (serve.py) in headless Chromium: loading the model, and photos of "
-                        "1024x768 (make bench-predict)")
-    parser.add_argument("--scale", action="store_true",
-                        help="only one process against two under torchrun: prediction and training (make bench-scale)")
-    parser.add_argument("--model", help="--page's .onnx model (default: the released model)")
     args = parser.parse_args()
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -440,12 +218,6 @@ def main():
           f"mixed precision {'off' if args.no_amp or device.type == 'cpu' else 'on'}")
     if args.profile:
         return profile_best_step(args, device)
-    if args.predict:
-        return bench_predict(args)
-    if args.page:
-        return bench_page(args)
-    if args.scale:
-        return bench_scale(args)
     bench_training(args, device)
     bench_inference(args, device)
     bench_data_cache(args)

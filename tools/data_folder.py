@@ -1,10 +1,10 @@
-"""What a data folder holds, from the command line: its layout (layouts.LAYOUTS: ISIC 2016, 2017, 2018, PH2,
-plain folders) and its pairs per split; a small synthetic set; any layout re-laid as plain folders. Finding and
-pairing files: layouts.py; decoding and the cache: decoding.py; splits: splits.py; downloads: download.py.
+"""What a data folder holds, from the command line: its layout (lib/layouts.py's LAYOUTS: ISIC 2016, 2017, 2018,
+PH2, plain folders) and its pairs per split; a small synthetic set; any layout re-laid as plain folders. What a
+training run makes of a folder (decoding, the cache, the splits): data.py; downloads: tools/download.py.
 
-    python data.py --data-dir ../shared/isic2016          # which layout, and how many pairs in each split
-    python data.py --synthetic demo/data                  # write a small fake data set in the ISIC 2016 layout
-    python data.py --data-dir ../shared/isic2016 --to-plain runs/isic2016-plain   # re-lay as plain folders
+    python tools/data_folder.py --data-dir ../shared/isic2016         # which layout, and its pairs per split
+    python tools/data_folder.py --synthetic demo/data                 # a small fake data set, ISIC 2016 layout
+    python tools/data_folder.py --data-dir ../shared/isic2016 --to-plain runs/isic2016-plain   # as plain folders
 """
 
 import sys

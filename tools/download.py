@@ -1,7 +1,7 @@
 """Download and unpack the official ISIC archives into the layout that --data-dir reads (layouts.LAYOUTS).
 
-    python download.py --dataset isic2016 --data-dir data
-    python download.py --dataset isic2018 --data-dir data/isic2018    # about 11 GB
+    python tools/download.py --dataset isic2016 --data-dir data
+    python tools/download.py --dataset isic2018 --data-dir data/isic2018    # about 11 GB
 
 An interrupted download resumes where it stopped; every archive's size is checked against the server's and its
 CRC checksums before it is unpacked. PH2 cannot be fetched by script (see --dataset ph2).

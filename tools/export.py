@@ -1,7 +1,7 @@
 """Export trained checkpoints to ONNX (dynamic batch size; several: their ensemble as one model) and check the
 file against PyTorch, so that make predict and the page run them on ONNX Runtime without PyTorch.
 
-    python export.py --checkpoint runs/adapt/model.pt --out model.onnx
+    python tools/export.py --checkpoint runs/adapt/model.pt --out model.onnx
     python predict.py my_images/ --checkpoint model.onnx -o masks
 
 The ONNX model takes float32 RGB images [N,3,S,S] with values 0..255 (S: the checkpoint's image size) and

@@ -3,8 +3,8 @@
 page run), each scored once on the test split, and the numbers of their card (models/README.md, models/card.json:
 test scores, robustness suite, sizes, sha256) and its worst test images.
 
-    python release.py --checkpoint runs/best/seed0/best.pt --data-dir ../shared/isic2016     # make release
-    python release.py --onnx-only --data-dir ../shared/isic2016     # make release-onnx: the .onnx of models/'s .pt
+    python tools/release.py --checkpoint runs/best/seed0/best.pt --data-dir ../shared/isic2016     # make release
+    python tools/release.py --onnx-only --data-dir ../shared/isic2016     # make release-onnx: the .onnx of models/'s .pt
 
 Refuses to release when half precision moves the test IoU by MAX_HALF_PRECISION_LOSS or more, or when ONNX
 Runtime's masks score more than MAX_ONNX_DIFFERENCE away from PyTorch's.
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
 
 from data import split_to_score
-from lib import cli, files, onnx_model
+from lib import cli, files, onnx_model, run_folder
 from lib.checkpoints import decision_threshold, half_precision, load_checkpoint
 from lib.device import pick_device
 from lib.errors import ModelFileError
@@ -32,7 +32,7 @@ from lib.segmenter import Segmenter
 MAX_HALF_PRECISION_LOSS = 0.001  # test IoU (full resolution, flip TTA, largest region) that float16 may cost
 MAX_ONNX_DIFFERENCE = 1e-4  # test IoU between ONNX Runtime and PyTorch on the same weights
 KEY = "fullres_lcc_tta_"  # the card's protocol: each mask's own size, flip TTA, largest region
-NUMBERS_START, NUMBERS_END = "<!-- numbers: written by release.py -->", "<!-- end of numbers -->"
+NUMBERS_START, NUMBERS_END = "<!-- numbers: written by tools/release.py -->", "<!-- end of numbers -->"
 
 
 def test_scores(path, split, device):
@@ -86,7 +86,7 @@ def write_card(card, readme):
     files.write_text(readme, before + card_numbers(card) + rest.split(NUMBERS_END, 1)[1])
 
 
-def stamp(out, **entries):
+def record_in_card(out, **entries):
     """Merge entries into out/card.json at once: a file just written is then the one its card records, and loads
     (which check the sha256 of models/'s files) accept it."""
     path = Path(out) / "card.json"
@@ -98,7 +98,7 @@ def release_pt(checkpoint, split, out, device):
     released = out / "lesion_segmenter.pt"
     _, config = load_checkpoint(checkpoint)
     files.atomic_save(half_precision(checkpoint), released)
-    stamp(out, file=released.name, sha256=sha256(released))
+    record_in_card(out, file=released.name, sha256=sha256(released))
     reference, _ = test_scores(checkpoint, split, device)
     summary, per_image = test_scores(released, split, device)
     loss = reference[KEY + "iou"] - summary[KEY + "iou"]
@@ -112,7 +112,7 @@ def release_pt(checkpoint, split, out, device):
     worst_images(released, split, per_image, device, out / "worst_test_images.png")
     return {"file": released.name, "bytes": released.stat().st_size, "sha256": sha256(released),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "image_size": config["image_size"], "source": str(checkpoint), "commit": files.commit(),
+            "image_size": config["image_size"], "source": str(checkpoint), "commit": run_folder.code_revision(),
             "test_images": summary["n_images"],
             "test": {"iou": summary[KEY + "iou"], "dice": summary[KEY + "dice"],
                      "sensitivity": summary[KEY + "sensitivity"], "specificity": summary[KEY + "specificity"],
@@ -127,7 +127,7 @@ def release_onnx(released_pt, split, out, card):
     path = out / "lesion_segmenter.onnx"
     model, config = load_checkpoint(released_pt)
     onnx_model.export(model, config["image_size"], path, decision_threshold([config]))
-    stamp(out, onnx={"file": path.name, "sha256": sha256(path)})
+    record_in_card(out, onnx={"file": path.name, "sha256": sha256(path)})
     worst = onnx_model.check(model, config["image_size"], path)
     segmenter = Segmenter.load([path], "cpu")
     inputs = split["images"].permute(0, 2, 3, 1).numpy()

@@ -3,8 +3,8 @@ shift it (perturbations.py: aspect, zoom, rotation, colour, blur, noise, JPEG, h
 image's own size before it is resized for the model, the mask moved alike; one seeded strength per shift, so the
 table repeats exactly.
 
-    python robustness.py --checkpoint runs/best/seed*/best.pt --data-dir ../shared/isic2016 --tta --largest-component
-    python robustness.py --checkpoint runs/exp2-finetune/best.pt --split val --out runs/robustness/exp2-val
+    python tools/robustness.py --checkpoint runs/best/seed*/best.pt --data-dir ../shared/isic2016 --tta --largest-component
+    python tools/robustness.py --checkpoint runs/exp2-finetune/best.pt --split val --out runs/robustness/exp2-val
 
 Writes robustness.csv and robustness.json (IoU and Dice per shift, per-image means at each mask's own size, and
 the drop from the clean score), robustness.png and examples.png (every shift on one image) to --out.

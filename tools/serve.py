@@ -2,9 +2,9 @@
 Web), so no image is ever sent anywhere. This script only serves the page's static files, or writes them to a
 folder that any static host serves (make site).
 
-    python serve.py                                   # the released model on http://127.0.0.1:8000
-    python serve.py --model model.onnx --port 8080    # a model of yours (export.py writes .onnx from .pt)
-    python serve.py --write site/                     # the static files, for any web host
+    python tools/serve.py                                   # the released model on http://127.0.0.1:8000
+    python tools/serve.py --model model.onnx --port 8080    # a model of yours (export.py writes .onnx from .pt)
+    python tools/serve.py --write site/                     # the static files, for any web host
 
 The page's runtime comes from the npm registry (web/package.json and its lock file: `make site` installs it).
 The server answers GET and HEAD for those files alone, only under this machine's own name (never a page that
@@ -56,7 +56,7 @@ def site_files(model):
                          "(npm ci in web/, from its lock file)")
     if Path(model).suffix.lower() != ".onnx":
         raise UsageError(f"--model {model}: the page runs .onnx files; export a checkpoint first: make serve "
-                         f"CHECKPOINT={model} (or python export.py --checkpoint {model} --out model.onnx)")
+                         f"CHECKPOINT={model} (or python tools/export.py --checkpoint {model} --out model.onnx)")
     files = {f"/{f}": WEB / f for f in PAGE_FILES} | {f"/ort/{f}": RUNTIME / f for f in RUNTIME_FILES}
     return files | {"/": WEB / "index.html", "/model.onnx": Path(model), "/model.json": model_json(model)}
 

@@ -1,0 +1,131 @@
+"""Measure make predict on this machine: its command on --images photos of 1024x768 with the released model on
+ONNX Runtime (the default) against the same model on PyTorch, start-up included, with and without overlays; where
+the time goes, stage by stage; and the forward pass alone (make bench-predict).
+
+    python tools/bench_predict.py                       # 100 photos
+    python tools/bench_predict.py --before 104d63e      # and predict.py as it was at that revision
+"""
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+
+from lib import cli, files, images, model_files
+from lib.timing import flops, line, matmul_gflops, rate, write_photo
+
+
+def predict_seconds(photos, out, flags, repo=ROOT):
+    """Wall seconds of `python predict.py photos --out out --tta --largest-component FLAGS` in repo as a user runs
+    it: Python's start-up, the runtime's import, loading the model, decoding and writing every file included."""
+    command = [sys.executable, "predict.py", str(photos), "--out", str(out), "--tta", "--largest-component", *flags]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"predict.py failed: {result.stderr.strip()}")
+    return time.perf_counter() - start
+
+
+def bench_predict(args):
+    """make predict on --images photos of 1024x768 with the released model on ONNX Runtime (the default)
+    and on PyTorch (its .pt), side by side: start-up to the first mask, with and without overlays, where the
+    time goes, and the forward pass alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        photos, rng, n = Path(tmp) / "photos", np.random.default_rng(0), args.images
+        photos.mkdir()
+        for i in range(n):
+            write_photo(photos / f"photo{i:03d}.jpg", rng)
+        first = photos / "photo000.jpg"
+        runtimes = {"ONNX Runtime": ["--device", args.device], "PyTorch": ["--device", args.device, "--checkpoint",
+                                                                           str(model_files.PT)]}
+        for kind, extra, inputs in (("start-up to the first mask, 1 photo", [], first),
+                                   (f"{n} photos, --overlay", ["--overlay"], photos), (f"{n} photos", [], photos)):
+            (onnx, torch_), k = (predict_seconds(inputs, Path(tmp) / f"out{i}", flags + extra)
+                                 for i, flags in enumerate(runtimes.values())), 1 if inputs == first else n
+            before = f"; predict.py of {args.before}: {before_seconds(args.before, inputs, Path(tmp), extra, onnx)}" \
+                if args.before else ""
+            print(f"{'make predict, ' + kind:<52} {onnx:8.2f} s ({k / onnx:.1f} img/s)   vs PyTorch: {torch_:.2f} s "
+                  f"({torch_ / onnx:.1f}x){before}", flush=True)
+        stage_shares(sorted(photos.glob("*.jpg")), Path(tmp) / "stages")
+    if args.before:
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT)  # its folder went with tmp
+    forward_rates(args)
+
+
+def before_seconds(rev, inputs, tmp, extra, onnx):
+    """'S s (Rx)': the same command with predict.py as it was at git revision rev (a worktree of it in tmp)."""
+    tree = tmp / "before"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT,
+                       check=True, capture_output=True)
+    seconds = predict_seconds(inputs, tmp / f"before-out{len(list(tmp.iterdir()))}", [*extra, "--device", "cpu"], tree)
+    return f"{seconds:.2f} s ({seconds / onnx:.1f}x)"
+
+
+def stage_shares(paths, out, batch_size=16):
+    """Where make predict's time goes on ONNX Runtime (--tta --largest-component --overlay), each stage run alone
+    over all photos in this process: decoding, the model, post-processing (resize back, threshold, largest
+    region, contour), writing (PNG and JPEG encoding, atomic write)."""
+    from lib.masks import encoded, mask_at_size, mask_png, overlay
+    from lib.segmenter import Segmenter
+    segmenter, seconds = Segmenter.load(), {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        result = fn()
+        seconds[name] = time.perf_counter() - start
+        return result
+    photos = timed("decoding", lambda: [images.read_full_image(p) for p in paths])
+    probs = timed("model", lambda: segmenter.probabilities(np.stack(
+        [images.model_input(p, segmenter.image_size) for p in photos]), tta=True, batch_size=batch_size))
+    pictures = timed("post-processing", lambda: [(m, overlay(p, m)) for p, m in (
+        (p, mask_at_size(prob, p.shape[1], p.shape[0], segmenter.threshold, True, segmenter.edge_move))
+        for p, prob in zip(photos, probs))])
+    out.mkdir()
+    timed("writing", lambda: [(files.write_bytes(out / f"{i}_segmentation.png", encoded(mask_png(m), "PNG")),
+                               files.write_bytes(out / f"{i}_overlay.jpg", encoded(o, "JPEG")))
+                              for i, (m, o) in enumerate(pictures)])
+    total = sum(seconds.values())
+    print(f"{'  where the time goes (ONNX Runtime, each stage alone)':<52} " + ", ".join(
+        f"{k} {100 * v / total:.0f}% ({1e3 * v / len(paths):.0f} ms/img)" for k, v in seconds.items()))
+
+
+def forward_rates(args, n=32):
+    """The released model's forward pass at batch n: ONNX Runtime against PyTorch on the same float32 images,
+    and ONNX Runtime's FLOP rate against this CPU's on a large matrix product."""
+    from lib.checkpoints import load_models
+    from lib.segmenter import OnnxRuntime
+    model, _ = load_models([model_files.PT])
+    onnx = OnnxRuntime(model_files.ONNX, "cpu")
+    x = np.random.default_rng(0).random((n, 3, onnx.image_size, onnx.image_size), dtype=np.float32) * 255
+    tx = torch.from_numpy(x)
+    with torch.no_grad():
+        cpu = torch.device("cpu")
+        fast = rate(lambda: onnx(x), n, cpu, args.seconds)
+        slow = rate(lambda: model(tx), n, cpu, args.seconds)
+        per_image = flops(lambda: model(tx[:1]))
+    line(f"forward pass, batch {n}, ONNX Runtime", fast, slow, "PyTorch")
+    print(f"{'  its FLOP rate':<52} {fast * per_image / 1e9:8.1f} GFLOP/s   vs 2048x2048 matmul: "
+          f"{matmul_gflops(cpu, False, args.seconds):.1f} GFLOP/s ({per_image / 1e6:.0f} MFLOPs per image)")
+
+
+def main():
+    parser = cli.parser(__doc__)
+    cli.add_device_flag(parser)
+    parser.add_argument("--images", type=int, default=100, help="photos of 1024x768 to segment")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time of each forward-pass rate")
+    parser.add_argument("--before", metavar="REV",
+                        help="also time predict.py as it was at this git revision (e.g. 104d63e, the PyTorch-only "
+                        "pipeline before the light runtime)")
+    args = parser.parse_args()
+    bench_predict(args)
+
+
+if __name__ == "__main__":
+    cli.run(main)
