@@ -276,3 +276,64 @@ def test_a_calibrated_models_edge_move_is_applied_on_the_page_as_by_predict(brow
     finally:
         proc.terminate()
         proc.wait()
+
+
+def started(*flags):
+    """(process, port) of `python tools/serve.py *flags` once it listens."""
+    proc = subprocess.Popen([sys.executable, "tools/serve.py", *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    while line.startswith("warning:"):
+        line = proc.stdout.readline()
+    assert line.startswith("serving on http://"), line
+    return proc, int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
+
+
+def test_a_server_on_every_address_answers_each_of_them_and_no_other_name():
+    """--host 0.0.0.0 lets other machines load the page: a real request to another of this machine's addresses
+    (127.0.0.2) is answered, a DNS-rebinding page's name is still refused."""
+    proc, port = started("--host", "0.0.0.0", "--port", "0")
+    try:
+        assert get(f"http://127.0.0.2:{port}/")[0] == 200
+        assert get(f"http://127.0.0.1:{port}/", host=f"{socket.gethostname()}:{port}")[0] == 200
+        assert get(f"http://127.0.0.2:{port}/", host=f"attacker.example:{port}")[0] == 403
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_on_port_80_a_host_without_its_port_is_answered():
+    """Browsers leave HTTP's default port out of Host: `Host: 127.0.0.1` for a server on port 80."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 80)) == 0 or os.geteuid() != 0:
+            pytest.skip("port 80 is in use here, or needs root")
+    proc, port = started("--port", "80")
+    try:
+        assert get("http://127.0.0.1:80/", host="127.0.0.1")[0] == 200
+        assert get("http://127.0.0.1:80/", host="127.0.0.1:8000")[0] == 403
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_a_client_that_trickles_its_request_is_dropped_at_the_deadline():
+    """One header byte every 0.2 s never lets a read time out; the whole request has --timeout seconds."""
+    proc, port = started("--port", "0", "--timeout", "2")
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            start, request = time.time(), b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Slow: " % port + b"a" * 100
+            try:
+                for byte in request:
+                    slow.sendall(bytes([byte]))
+                    time.sleep(0.2)
+                    if time.time() - start > 10:
+                        break
+                slow.settimeout(5)
+                dropped = slow.recv(1) == b""
+            except OSError:  # reset by the server
+                dropped = True
+        assert dropped and time.time() - start < 6
+        assert get(f"http://127.0.0.1:{port}/")[0] == 200  # and the server goes on
+    finally:
+        proc.terminate()
+        proc.wait()

@@ -12,8 +12,11 @@ rebinds another name to 127.0.0.1), with the headers that let WebAssembly use se
 """
 import argparse
 import json
+import re
 import shutil
+import socket
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,12 +31,12 @@ WEB = ROOT / "web"
 RUNTIME = WEB / "node_modules" / "onnxruntime-web" / "dist"
 PAGE_FILES = ("index.html", "page.css", "page.js", "segment.js")
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]", socket.gethostname(), socket.getfqdn())
+WILDCARDS = ("0.0.0.0", "::", "")  # --host values that listen on every address of this machine
 TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
          ".js": "text/javascript; charset=utf-8",
          ".mjs": "text/javascript; charset=utf-8", ".wasm": "application/wasm", ".json": "application/json",
          ".onnx": "application/octet-stream"}
-TIMEOUT = 20  # seconds a client may take to send its request: a stalled one never holds a thread for long
 HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache",
            "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
@@ -73,12 +76,46 @@ def write_site(files, folder):
     return len(files) - 1
 
 
-def make_handler(files, hosts):
-    """The request handler class that serves `files` (site_files()) to requests for one of `hosts` (host:port),
-    and nothing else."""
+def split_host(header):
+    """(host, port or None) of a Host header ('a:8000', 'a', '[::1]:8000'); (None, None) for anything else."""
+    match = re.fullmatch(r"(\[[0-9a-fA-F:.]*\]|[^:\[\]]+)(?::(\d{1,5}))?", header or "")
+    return (match[1], int(match[2]) if match[2] else None) if match else (None, None)
+
+
+def allowed_host(header, names, port, local_address):
+    """Whether a request's Host header names this server: one of `names`, or the address the request arrived at
+    (what a browser sends for any address of a server listening on all of them), with the server's port, or
+    without one when the port is HTTP's default (80). Any other name is a DNS-rebinding page's."""
+    host, given_port = split_host(header)
+    return host is not None and (given_port or 80) == port and (host in names or host.strip("[]") == local_address)
+
+
+def make_handler(files, names, port, seconds):
+    """The request handler class that serves `files` (site_files()) to requests whose Host names this server
+    (allowed_host), each sent whole within `seconds`, and nothing else."""
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = TIMEOUT
+        timeout = seconds
+
+        def handle_one_request(self):
+            # the whole request within `seconds`, not only each read: a client trickling a byte a second is dropped
+            self.deadline = threading.Timer(seconds, self.drop)
+            self.deadline.start()
+            try:
+                super().handle_one_request()
+            finally:
+                self.deadline.cancel()
+
+        def parse_request(self):
+            parsed = super().parse_request()  # reads the headers: the request has arrived
+            self.deadline.cancel()
+            return parsed
+
+        def drop(self):
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
         def answer(self, status, body, content_type="text/plain; charset=utf-8", head=False):
             self.send_response(status)
@@ -89,7 +126,7 @@ def make_handler(files, hosts):
                 self.wfile.write(body)
 
         def do_GET(self, head=False):
-            if self.headers.get("Host") not in hosts:  # DNS rebinding: another name for this address
+            if not allowed_host(self.headers.get("Host"), names, port, self.connection.getsockname()[0]):
                 return self.answer(403, b"this server answers only to the address it listens on\n", head=head)
             path = urlparse(self.path).path
             if path not in files:
@@ -114,6 +151,9 @@ def main(argv=None):
                         help="the .onnx file the page runs (export.py writes one from train.py checkpoints)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=port_number, default=8000, help="port (0: any free port)")
+    parser.add_argument("--timeout", type=float, default=20, metavar="SECONDS",
+                        help="a client that has not sent its whole request by then is dropped, so stalled or "
+                        "trickling clients never hold the server")
     parser.add_argument("--write", metavar="FOLDER", help="write the page's static files to FOLDER and stop")
     args = parser.parse_args(argv)
     files = site_files(args.model)  # model_json() loads, and so verifies, the model
@@ -126,9 +166,9 @@ def main(argv=None):
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); another server may hold it: "
                          "choose another port, e.g. make serve PORT=8080 (serve.py --port 8080)") from None
     port = server.server_address[1]
-    server.RequestHandlerClass = make_handler(files, {f"{name}:{port}" for name in (*LOCAL_NAMES, args.host)})
+    server.RequestHandlerClass = make_handler(files, {*LOCAL_NAMES, args.host}, port, args.timeout)
     server.daemon_threads = True
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0: every address of this machine
         print(f"warning: listening on {args.host}: anyone who can reach this machine can load the page", flush=True)
     print(f"serving on http://{args.host}:{port}/ (Ctrl-C stops it)", flush=True)
     try:
