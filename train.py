@@ -384,7 +384,11 @@ def report_epoch(out, args, history, is_best, panel, device, amp):
 def test_best_checkpoint(model, out, tests, args, device, amp):
     """Score best.pt (by validation IoU; the last epoch without validation) on each test split, through the whole
     model; writes <name>_metrics.json and <name>_per_image.csv per split. Returns the first split's summary."""
-    best = torch.load(out / "best.pt", map_location=device, weights_only=True)
+    best_file = out / "best.pt"
+    if not best_file.exists():  # removed by hand after it was written: its weights are gone, last.pt's are not
+        print(f"{best_file} is missing: scoring last.pt instead (the weights of the last epoch)")
+        best_file = out / "last.pt"
+    best = torch.load(best_file, map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     model.eval()
     summaries = []

@@ -77,6 +77,17 @@ def test_full_disk_stops_with_a_sentence_keeps_last_pt_and_resume_finishes(synth
     assert learned(out) == learned(tmp_path / "whole")
 
 
+def test_resume_of_a_run_whose_best_pt_was_removed_finishes_on_last_pt(synthetic, tmp_path):
+    out = tmp_path / "run"
+    train.main(train_args(synthetic[0], out))
+    (out / "best.pt").unlink()  # the user removed it; last.pt holds epoch 1
+    result = subprocess.run([sys.executable, "train.py", *train_args(synthetic[0], out, "--epochs", "2", "--resume")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "best.pt is missing: scoring last.pt instead" in result.stdout
+    assert files.read_json(out / "test_metrics.json")["n_images"] == 12
+
+
 def test_atomic_write_on_a_full_disk_raises_storage_error_and_leaves_the_old_file(small_disk):
     disk, resize = small_disk
     files.write_text(disk / "notes.txt", "old")
