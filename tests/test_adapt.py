@@ -34,6 +34,12 @@ def run(script, *args):
                           cwd=ROOT)
 
 
+def one_line_error(result, *phrases):
+    lines = result.stderr.strip().splitlines()
+    return result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1 and all(
+        p in lines[0] for p in phrases)
+
+
 def labelled_folder(synthetic, folder, shift=None, n_train=16, n_test=8):
     """Plain folders train/ and test/ of synthetic images, masks moved by an annotator shift (annotators.py)."""
     pairs = layouts.find_pairs(synthetic[0], "train")[:n_train] + layouts.find_pairs(synthetic[0], "test")[:n_test]
@@ -192,6 +198,10 @@ def test_bad_labelled_data_gets_one_sentence(synthetic, tmp_path, capsys):
         assert words in message.splitlines()[-1], message
     result = run("tools/adapt.py", "--data-dir", one, "--out", tmp_path / "x")
     assert result.returncode == 1 and "at least 2" in result.stderr and "Traceback" not in result.stderr
+    full = labelled_folder(synthetic, tmp_path / "full", lambda m: np.ones_like(m), n_train=12, n_test=0)
+    result = run("tools/adapt.py", "--data-dir", full, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache")
+    assert one_line_error(result, "12 of the 12 masks", "all lesion or all background", "ISIC_0000000.png")
+    assert not (tmp_path / "cal" / "model.pt").exists()
     result = adapt(labelled_folder(synthetic, tmp_path / "ok2", n_train=4, n_test=0), tmp_path / "y", "--epochs",
                    "1", "--image-size", "64")  # train.py refuses: the released model works at 128 px
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -46,8 +46,21 @@ def load_user_data(data_dir, size, split_seed, cache_dir):
     if len(splits["train"]["ids"]) < 2:
         raise DataError(f"{len(splits['train']['ids'])} labelled training image(s) in {data_dir}: adaptation needs "
                         "at least 2, and 10 or more to be worth it")
-    held_out = splits["test"]
-    return splits["train"], held_out if held_out and len(held_out["ids"]) else None
+    held_out = splits["test"] if splits["test"] and len(splits["test"]["ids"]) else None
+    refuse_one_value_masks([s for s in (splits["train"], held_out) if s], data_dir)
+    return splits["train"], held_out
+
+
+def refuse_one_value_masks(splits, data_dir):
+    """DataError when most masks are all lesion or all background: no edge to calibrate or learn from, and a
+    change of the edge would be scored on masks that say nothing about it."""
+    flat = [path for s in splits for path, m in zip(s["mask_paths"], s["masks"]) if m.min() == m.max()]
+    total = sum(len(s["ids"]) for s in splits)
+    if 2 * len(flat) > total:
+        names = ", ".join(Path(f).name for f in flat[:5]) + (f" and {len(flat) - 5} more" if len(flat) > 5 else "")
+        raise DataError(f"{len(flat)} of the {total} masks in {data_dir} are all lesion or all background ({names}): "
+                        "calibration needs masks that outline each lesion, white on black (or a palette index above "
+                        "0 for the lesion)")
 
 
 def write_targets(split, move, folder):
