@@ -112,6 +112,22 @@ def predicted_masks(segmenter, paths, batch_size, pool, tta=False, largest_compo
             yield from ((path, photo, mask) for (path, photo), mask in zip(readable, masks))
 
 
+def outputs_done(path, name, kinds):
+    """--skip-existing: whether every output of this image exists and decodes whole at the image's size. One that
+    exists but does not (cut short, emptied, another image's) is said, and redone."""
+    found = [Path(f"{name}{kind}") for kind in kinds if Path(f"{name}{kind}").exists()]
+    if not found:
+        return False
+    try:
+        size = images.displayed_size(path)
+    except Exception:  # an unreadable image: predicting it says why
+        return False
+    broken = [f.name for f in found if not images.decodes_whole(f, size)]
+    if broken:
+        print(f"{', '.join(broken)}: does not decode whole at {size[0]}x{size[1]}; writing it again")
+    return not broken and len(found) == len(kinds)
+
+
 def write_outputs(photo, mask, name, with_overlay):
     """<name>_segmentation.png and, with_overlay, <name>_overlay.jpg, each written whole or not at all."""
     Path(name).parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +208,11 @@ def main(argv=None):
     names = {path: out / name for path, name in zip(paths, output_names(paths))}
     kinds = ("_segmentation.png", "_overlay.jpg") if args.overlay else ("_segmentation.png",)
     mine = paths[distributed.rank()::distributed.world_size()]  # every image in exactly one process
-    todo = [p for p in mine if not (args.skip_existing and all(Path(f"{names[p]}{k}").exists() for k in kinds))]
+    stale = files.remove_dead_temporaries(out)
+    if stale:
+        print(f"removed {len(stale)} temporary files of a run that was killed: {', '.join(stale[:3])}"
+              + (" ..." if len(stale) > 3 else ""))
+    todo = [p for p in mine if not (args.skip_existing and outputs_done(p, names[p], kinds))]
     written, failures = write_masks(segmenter, todo, names, out, args)
     counts = distributed.total_counts([written, len(mine) - len(todo), len(failures)])
     distributed.stop()

@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -50,6 +51,28 @@ def remove_stale_temporaries(folder):
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return [t.name for t in stale]
+
+
+def remove_dead_temporaries(folder):
+    """Delete, below `folder`, the temporary files whose writer has died (kill -9, a power cut), and none of a
+    writer that still runs (two predict.py may share a folder); returns their names."""
+    dead = []
+    for tmp in sorted(Path(folder).rglob(TMP_PATTERN)):
+        match = re.search(r"\.(\d+)-[0-9a-f]{8}\.tmp$", tmp.name)
+        if match and not process_alive(int(match[1])):
+            tmp.unlink(missing_ok=True)
+            dead.append(tmp.name)
+    return dead
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_bytes(path, data):

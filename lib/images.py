@@ -31,6 +31,23 @@ def to_8bit_rgb(im):
     return im.convert("RGB")
 
 
+def displayed_size(source):
+    """(width, height) of an image as every viewer shows it (EXIF orientation applied), from its header alone."""
+    with open_image(source) as im:
+        return im.size[::-1] if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8) else im.size
+
+
+def decodes_whole(path, size):
+    """Whether the image file at path decodes completely at `size` (width, height): a mask or overlay written
+    whole, not one cut short, emptied or of another image."""
+    try:
+        with open_image(path, ("PNG", "JPEG")) as im:
+            im.load()  # raises for a file cut short
+            return im.size == tuple(size)
+    except Exception:  # PIL raises many types for broken files
+        return False
+
+
 def read_image(path, size):
     """RGB uint8 array (size, size, 3) and the original (width, height) as displayed, from any image mode; a
     camera's EXIF orientation is applied, so masks line up with the image every viewer shows. JPEGs are decoded

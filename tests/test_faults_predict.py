@@ -82,3 +82,39 @@ def test_an_output_folder_inside_the_inputs_is_refused_and_nothing_is_written(ch
             predict.main([*inputs, "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"])
     assert truth.read_bytes() == before and sorted(p.name for p in photos.iterdir()) == [
         "p000.png", "p000_segmentation.png", "p001.png"]
+
+
+def test_skip_existing_redoes_outputs_that_do_not_decode_whole(checkpoint, tmp_path):
+    photos, out = noise_photos(tmp_path / "photos", 5, size=(64, 48)), tmp_path / "out"
+    command = [str(photos), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"]
+    predict.main(command)
+    (out / "p001_segmentation.png").write_bytes(b"")  # emptied
+    cut = out / "p002_segmentation.png"
+    cut.write_bytes(cut.read_bytes()[:60])  # cut short
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(out / "p003_segmentation.png")  # another image's size
+    result = subprocess.run([sys.executable, "predict.py", *command, "--skip-existing"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "p001_segmentation.png: does not decode whole at 64x48; writing it again" in result.stdout
+    assert f"wrote 3 masks to {out}/ (2 skipped: already in {out}/)" in result.stdout
+    assert all_outputs_whole(out) and all(Image.open(p).size == (64, 48) for p in out.glob("*.png"))
+
+
+def test_a_run_killed_mid_write_leaves_temporaries_that_the_next_run_removes(checkpoint, tmp_path):
+    photos, out = noise_photos(tmp_path / "photos", 30, size=(1024, 768)), tmp_path / "out"
+    command = [sys.executable, "predict.py", str(photos), "--checkpoint", str(checkpoint), "--out", str(out),
+               "--overlay", "--device", "cpu"]
+    for _ in range(10):  # kill -9 the moment a temporary file exists: it then stays behind
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not list(out.glob(".*.tmp")):
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if list(out.glob(".*.tmp")):
+            break
+    left = list(out.glob(".*.tmp"))
+    assert left, "no kill landed mid-write in 10 tries"
+    result = subprocess.run(command + ["--skip-existing"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"removed {len(left)} temporary files of a run that was killed" in result.stdout
+    assert all_outputs_whole(out) and len(list(out.glob("*_overlay.jpg"))) == 30
