@@ -1,5 +1,7 @@
-"""The model shipped in models/: its files, its card (models/card.json) and the check, on every load, that a file
-is byte for byte the one the card describes, so a damaged or edited copy is refused rather than used."""
+"""Model files and the checks every load makes, so that a damaged or edited copy is refused rather than used:
+- wherever a file lies and whatever its name, its own checksum: a .pt's 'checksum' of its weights
+  (lib/checkpoints.py), an .onnx file's seal, a last metadata entry holding the sha256 of every byte before it;
+- for the model shipped in models/ (and a copy of that folder), also the sha256 its card (card.json) records."""
 import hashlib
 import json
 from pathlib import Path
@@ -31,8 +33,100 @@ def recorded_sha256(path):
 
 
 def verify(path):
-    """Raise ModelFileError when path is a released file whose bytes are not those its card records."""
+    """Raise ModelFileError when path is a released file whose bytes are not those its card records, or an .onnx
+    file whose seal does not match its bytes."""
     expected = recorded_sha256(path)
     if expected is not None and sha256(path) != expected:
         raise ModelFileError(f"{path} is damaged or was changed: its sha256 is not the one the card.json beside it "
                              "records. Restore it with `git checkout models/` (or clone the repository again)")
+    if Path(path).suffix.lower() == ".onnx":
+        check_seal(path)
+
+
+SEAL = "sealed_sha256"  # the metadata key of an .onnx file's seal
+
+
+def varint(data, pos):
+    """(value, position after it) of the protobuf varint at data[pos]."""
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("a number runs past the end")
+        byte = data[pos]
+        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def top_level_fields(data):
+    """[(field number, start of the field, start of its payload, end)] of a serialized protobuf message, such as
+    an ONNX file (ModelProto: 7 the graph with its weights, 14 a metadata entry). ValueError when it is not one."""
+    fields, pos = [], 0
+    while pos < len(data):
+        tag, payload = varint(data, pos)
+        number, kind = tag >> 3, tag & 7
+        if kind == 0:
+            end = varint(data, payload)[1]
+        elif kind == 2:
+            size, payload = varint(data, payload)
+            end = payload + size
+        elif kind in (1, 5):
+            end = payload + (8 if kind == 1 else 4)
+        else:
+            raise ValueError(f"field {number} has wire type {kind}")
+        if number == 0 or end > len(data):
+            raise ValueError("a field runs past the end")
+        fields.append((number, pos, payload, end))
+        pos = end
+    return fields
+
+
+def metadata_entry(key, value):
+    """The bytes of one ONNX metadata entry (ModelProto field 14, a StringStringEntryProto)."""
+    def string(number, text):
+        raw = text.encode()
+        return bytes([number << 3 | 2]) + encode_varint(len(raw)) + raw
+    entry = string(1, key) + string(2, value)
+    return bytes([14 << 3 | 2]) + encode_varint(len(entry)) + entry
+
+
+def encode_varint(value):
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + bytes([value]))
+
+
+def seal(path):
+    """Append the seal to an .onnx file: a metadata entry holding the sha256 of every byte before it. Needs no
+    onnx package; ONNX Runtime reads the entry as one more metadata key."""
+    data = Path(path).read_bytes()
+    if seal_of(data) is not None:
+        data = data[:top_level_fields(data)[-1][1]]  # sealed before: seal the file as it was then
+    Path(path).write_bytes(data + metadata_entry(SEAL, hashlib.sha256(data).hexdigest()))
+
+
+def seal_of(data):
+    """(sha256 recorded, sha256 of the bytes before the seal) of sealed ONNX bytes; None when unsealed."""
+    fields = top_level_fields(data)
+    if not fields or fields[-1][0] != 14:
+        return None
+    number, start, payload, end = fields[-1]
+    entry = data[payload:end]
+    entry = {n: entry[p:e].decode() for n, _, p, e in top_level_fields(entry)}
+    if entry.get(1) != SEAL:
+        return None
+    return entry.get(2), hashlib.sha256(data[:start]).hexdigest()
+
+
+def check_seal(path):
+    """ModelFileError when an .onnx file is not a protobuf message, or its seal does not match its bytes."""
+    try:
+        sealed = seal_of(Path(path).read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        raise ModelFileError(f"{path} is damaged: it cannot be read as an ONNX file (a protobuf message); use "
+                             "another copy or export it again") from None
+    if sealed is not None and sealed[0] != sealed[1]:
+        raise ModelFileError(f"{path} is damaged or was changed after it was written: its bytes do not match the "
+                             "sha256 sealed inside it. Use another copy, or export it again (make export)")

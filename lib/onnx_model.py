@@ -4,14 +4,16 @@ Runtime's logits against PyTorch's. Needs torch and onnx (requirements-export.tx
 onnxruntime (segmenter.py).
 
 The file takes float32 RGB images [N,3,S,S] with values 0..255 and returns logits [N,1,S,S]; its metadata holds
-"image_size" (S), "threshold" (a pixel is lesion where sigmoid(logit) > threshold) and "edge_move" (the mask's edge
-then moved by that share of its equivalent radius, masks.move_edge; absent in files older than it: 0).
+"image_size" (S), "threshold" (a pixel is lesion where sigmoid(logit) > threshold), "edge_move" (the mask's edge
+then moved by that share of its equivalent radius, masks.move_edge; absent in files older than it: 0) and, last,
+the seal that every load checks (lib/model_files.py).
 """
 import warnings
 
 import numpy as np
 import torch
 
+from lib import model_files
 from lib.errors import ModelFileError, UsageError
 
 
@@ -41,6 +43,7 @@ def export(model, size, path, threshold=0.5, edge_move=0.0, half_weights=True):
     onnx.helper.set_model_props(exported, {"image_size": str(size), "threshold": f"{threshold:g}",
                                            "edge_move": f"{edge_move:g}"})
     onnx.save(exported, str(path))
+    model_files.seal(path)  # every load checks the file against it, wherever it is copied
 
 
 def store_weights_in_half(graph, onnx):

@@ -8,7 +8,7 @@ from PIL import Image
 from scipy import ndimage
 
 import predict
-from lib import checkpoints, decoding, layouts, onnx_model
+from lib import checkpoints, decoding, layouts, model_files, onnx_model
 from lib.checkpoints import Ensemble, load_checkpoint, load_models
 from lib.errors import ModelFileError, UsageError
 from lib.masks import keep_largest_component, outline
@@ -164,6 +164,8 @@ def test_onnx_export_round_trips(checkpoint, tmp_path):
     model, config = load_checkpoint(checkpoint)
     onnx_model.export(model, 64, tmp_path / "m.onnx")
     assert onnx_model.check(model, 64, tmp_path / "m.onnx") < 1e-3
+    recorded, actual = model_files.seal_of((tmp_path / "m.onnx").read_bytes())  # every exported file is sealed
+    assert recorded == actual
     ensemble, _ = load_models([checkpoint, checkpoint])
     onnx_model.export(ensemble, 64, tmp_path / "ensemble.onnx")
     assert onnx_model.check(ensemble, 64, tmp_path / "ensemble.onnx") < 1e-3

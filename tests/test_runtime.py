@@ -92,6 +92,38 @@ def test_a_flipped_byte_in_a_released_file_is_refused(tmp_path):
             Segmenter.load([copy / name])
 
 
+def test_a_damaged_copy_of_a_model_elsewhere_under_any_name_is_refused(synthetic, tmp_path):
+    """The file checks itself: a flipped byte in a copy outside models/, renamed, with no card beside it, is one
+    sentence from predict.py (on ONNX Runtime without torch, and on PyTorch), not masks from damaged weights."""
+    photo = sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))[0]
+    for source, name in ((model_files.ONNX, "mine.onnx"), (model_files.PT, "mine.pt")):
+        data = bytearray(source.read_bytes())
+        intact = tmp_path / f"intact-{name}"
+        intact.write_bytes(data)
+        Segmenter.load([intact], "cpu")  # an intact copy loads
+        data[int(len(data) * 0.6)] ^= 0x10  # inside the weights
+        damaged = tmp_path / name
+        damaged.write_bytes(data)
+        result = subprocess.run([sys.executable, "predict.py", str(photo), "--checkpoint", str(damaged), "-o",
+                                 str(tmp_path / "out"), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and "is damaged" in lines[0], result.stderr
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_the_released_files_carry_their_own_checks():
+    """The released .pt holds the checksum of its weights and the .onnx file its seal, so copies check themselves."""
+    assert "checksum" in pt_keys(model_files.PT)
+    sealed = model_files.seal_of(model_files.ONNX.read_bytes())
+    assert sealed is not None and sealed[0] == sealed[1]
+
+
+def pt_keys(path):
+    """The keys of a .pt file's top-level dict."""
+    import torch
+    return set(torch.load(path, map_location="cpu", weights_only=True))
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "2", "-1", "0", "1"])
 def test_a_threshold_outside_zero_to_one_is_refused(value, tmp_path):
     result = run_without_torch("predict.py", tmp_path, "--threshold", value)

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
 
 from data import split_to_score
-from lib import cli, files, onnx_model, run_folder
-from lib.checkpoints import decision_threshold, half_precision, load_checkpoint
+from lib import cli, files, model_files, onnx_model, run_folder
+from lib.checkpoints import decision_threshold, half_precision, load_checkpoint, read_checkpoint, weights_checksum
 from lib.device import pick_device
 from lib.errors import ModelFileError
 from lib.metrics import largest_region_iou
@@ -140,6 +140,21 @@ def release_onnx(released_pt, split, out, card):
             "largest_logit_difference": worst}
 
 
+def seal_released(out):
+    """Bring --out's released files up to the checks every load makes, their weights untouched: the .pt gets the
+    checksum of its weights, the .onnx file its seal; the card records their new sizes and sha256."""
+    card = files.read_json(out / "card.json")
+    pt, onnx = out / card["file"], out / card["onnx"]["file"]
+    checkpoint = read_checkpoint(pt)  # checked against the card first: never seal a damaged file
+    model_files.verify(onnx)
+    if "checksum" not in checkpoint:
+        files.atomic_save({**checkpoint, "checksum": weights_checksum(checkpoint["model"])}, pt)
+    model_files.seal(onnx)
+    card.update(bytes=pt.stat().st_size, sha256=sha256(pt))
+    card["onnx"].update(bytes=onnx.stat().st_size, sha256=sha256(onnx))
+    return card
+
+
 def main(argv=None):
     parser = cli.parser(__doc__)
     cli.add_checkpoint_flag(parser, "the model to release", default="runs/best/seed0/best.pt")
@@ -149,9 +164,17 @@ def main(argv=None):
     parser.add_argument("--out", default="models", help="folder of the released model and its card")
     cli.add_cache_dir_flag(parser)
     cli.add_device_flag(parser)
+    parser.add_argument("--seal", action="store_true",
+                        help="only add the checks every load makes to --out's released files (a .pt checksum, an "
+                        ".onnx seal), their weights and scores untouched, and record their new sha256")
     args = parser.parse_args(argv)
 
     device, out = pick_device(args.device), Path(args.out)
+    if args.seal:
+        card = seal_released(out)
+        write_card(card, out / "README.md")
+        return print(f"sealed {out}/{card['file']} ({card['sha256'][:12]}...) and {out}/{card['onnx']['file']} "
+                     f"({card['onnx']['sha256'][:12]}...); card.json and README.md record them")
     _, config = load_checkpoint(out / "lesion_segmenter.pt" if args.onnx_only else args.checkpoint)
     split = split_to_score(args.data_dir, "test", [config], args.cache_dir)[0]
     out.mkdir(parents=True, exist_ok=True)
