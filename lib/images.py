@@ -11,14 +11,26 @@ from lib.errors import DataError
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")  # JPEG includes the MPO files of some cameras
 MASK_FORMATS = ("PNG", "BMP", "GIF", "TIFF")
 ORIENTATION = 0x0112  # the EXIF tag
+MAX_PIXELS = 100_000_000  # larger images are refused before decoding, here and on the page (web/segment.js)
+Image.MAX_IMAGE_PIXELS = None  # PIL's own limit warns between 89 and 179 megapixels: open_image's replaces it
 
 
 def open_image(source, formats=IMAGE_FORMATS):
-    """Image.open() of a path or file object, limited to `formats`: an unsupported format raises DataError."""
+    """Image.open() of a path or file object, limited to `formats` and to MAX_PIXELS, both read from the header
+    before anything is decoded: DataError otherwise."""
     try:
-        return Image.open(source, formats=formats)
+        im = Image.open(source, formats=formats)
     except Image.UnidentifiedImageError:
         raise DataError(f"not an image of a format read here ({', '.join(formats)})") from None
+    if im.size[0] * im.size[1] > MAX_PIXELS:
+        im.close()
+        raise DataError(too_large(im.size))
+    return im
+
+
+def too_large(size):
+    """The refusal of an image over MAX_PIXELS, in the page's words too (web/segment.js's tooLarge)."""
+    return f"the image is {size[0]}x{size[1]}, over {MAX_PIXELS / 1e6:g} megapixels, the largest read here"
 
 
 def to_8bit_rgb(im):

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import serve
 from conftest import REAL_DATA, ROOT
 from PIL import Image
 
-from lib import layouts
+from lib import images, layouts
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip install -r requirements-dev.txt")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -337,3 +338,40 @@ def test_a_client_that_trickles_its_request_is_dropped_at_the_deadline():
     finally:
         proc.terminate()
         proc.wait()
+
+
+def oversized_files(folder):
+    """{file: the size its header declares} of small files whose headers declare over 100 megapixels, one per
+    format the page decodes: a real PNG, a JPEG whose frame header says 12000x10000, a 34-byte lossless WebP
+    (16383x16383) and an extended one (VP8X)."""
+    Image.new("1", (12_000, 9_000)).save(folder / "huge.png")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(jpeg, "JPEG")
+    data = bytearray(jpeg.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 10_000, 12_000)
+    (folder / "huge.jpg").write_bytes(data)
+    bits = 16382 | 16382 << 14
+    (folder / "huge.webp").write_bytes(b"RIFF" + struct.pack("<I", 26) + b"WEBPVP8L" + struct.pack("<I", 14) + b"\x2f"
+                                       + struct.pack("<I", bits) + bytes(9))
+    (folder / "huge-x.webp").write_bytes(b"RIFF" + struct.pack("<I", 22) + b"WEBPVP8X" + struct.pack("<I", 10)
+                                         + bytes(4) + (19_999).to_bytes(3, "little") + (9_999).to_bytes(3, "little"))
+    return {folder / "huge.png": (12_000, 9_000), folder / "huge.jpg": (12_000, 10_000),
+            folder / "huge.webp": (16_383, 16_383), folder / "huge-x.webp": (20_000, 10_000)}
+
+
+def test_one_pixel_limit_in_one_sentence_on_the_page_and_in_predict(server, browser, tmp_path):
+    files = oversized_files(tmp_path)
+    open_page(browser, server[0])
+    start = time.time()
+    upload(browser, *files)
+    texts = [card.text for card in finished(browser, len(files), timeout=60)]
+    assert time.time() - start < 30  # refused from the header, never decoded
+    for (path, size), text in zip(files.items(), texts):
+        assert f"{path.name}: {images.too_large(size)}" in text
+    result = subprocess.run([sys.executable, "predict.py", *map(str, files), "-o", str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Warning" not in result.stderr and "Traceback" not in result.stderr
+    for path, size in files.items():  # PIL reads no size from a VP8X header without frames: refused all the same
+        assert f"{path}: {images.too_large(size)}" in result.stderr or path.name == "huge-x.webp"
+    assert f"{tmp_path / 'huge-x.webp'}: " in result.stderr and not list((tmp_path / "out").glob("*.png"))

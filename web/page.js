@@ -2,7 +2,7 @@
 // contour, the mask, where the model is unsure and the lesion's area, and offers each mask as a PNG at the
 // image's own size (several: one zip). Everything happens in this browser tab.
 import * as ort from "./ort/ort.wasm.min.mjs";
-import {MAX_PIXELS, declaredSize, loadModel, maskAtSize, outline, probabilities, resize, rgbOf,
+import {MAX_PIXELS, declaredSize, loadModel, tooLarge, maskAtSize, outline, probabilities, resize, rgbOf,
         zip} from "./segment.js";
 
 const MAX_FILES = 50, DISPLAY = 768, SHOWN = 300;  // per drop; longest side of the pictures; their width on screen
@@ -33,8 +33,8 @@ async function decode(file) {  // {rgba, w, h} of the photo as displayed (EXIF o
   const bytes = new Uint8Array(await file.arrayBuffer());
   if (!bytes.length) throw new Error("the file is empty");
   const size = declaredSize(bytes);
-  if (size && size[0] * size[1] > MAX_PIXELS)
-    throw new Error(`the image is ${size[0]}x${size[1]}, over ${MAX_PIXELS / 1e6} megapixels`);
+  if (!size) throw new Error("not an image this page reads (JPEG, PNG, BMP, GIF or WebP), or a damaged one");
+  if (size[0] * size[1] > MAX_PIXELS) throw new Error(tooLarge(size));
   let bitmap;
   try {
     bitmap = await createImageBitmap(new Blob([bytes]),

@@ -4,7 +4,7 @@
 // mask's PNG and a zip of them.
 // No step sends anything anywhere: the model runs in ONNX Runtime Web, here.
 
-export const MAX_PIXELS = 100_000_000;  // as the command line's reader: larger images are refused before decoding
+export const MAX_PIXELS = 100_000_000;  // lib/images.py's MAX_PIXELS: larger images are refused before decoding
 
 export async function loadModel(ort, base) {
   const meta = await (await fetch(base + "model.json")).json();  // image_size, threshold, edge_move: the .onnx's
@@ -12,9 +12,26 @@ export async function loadModel(ort, base) {
   return {session, size: meta.image_size, threshold: meta.threshold, edgeMove: meta.edge_move ?? 0, ort};
 }
 
-// The width and height a PNG, JPEG, GIF or BMP header declares (null for other formats): read before decoding.
+// The refusal of an image over MAX_PIXELS, in lib/images.py's words (tests/test_page.py holds the two together)
+export function tooLarge([w, h]) {
+  return `the image is ${w}x${h}, over ${MAX_PIXELS / 1e6} megapixels, the largest read here`;
+}
+
+// The width and height a PNG, JPEG, GIF, BMP or WebP header declares, read before decoding; null for any other
+// format, which the page then refuses: no image reaches the decoder unmeasured.
 export function declaredSize(bytes) {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (bytes.length >= 30 && v.getUint32(0) === 0x52494646 && v.getUint32(8) === 0x57454250) {  // RIFF....WEBP
+    const chunk = v.getUint32(12);
+    const u24 = i => bytes[i] | bytes[i + 1] << 8 | bytes[i + 2] << 16;
+    if (chunk === 0x56503858) return [1 + u24(24), 1 + u24(27)];  // VP8X: the canvas, 24 bits each
+    if (chunk === 0x5650384c && bytes[20] === 0x2f) {  // VP8L: 14 bits each, after the signature byte
+      const bits = v.getUint32(21, true);
+      return [1 + (bits & 0x3fff), 1 + ((bits >>> 14) & 0x3fff)];
+    }
+    if (chunk === 0x56503820) return [v.getUint16(26, true) & 0x3fff, v.getUint16(28, true) & 0x3fff];  // VP8
+    return null;
+  }
   if (bytes.length >= 24 && v.getUint32(0) === 0x89504e47) return [v.getUint32(16), v.getUint32(20)];
   if (bytes.length >= 10 && v.getUint32(0) === 0x47494638) return [v.getUint16(6, true), v.getUint16(8, true)];
   if (bytes.length >= 26 && v.getUint16(0) === 0x424d)
