@@ -41,10 +41,29 @@ class OnnxRuntime:
             raise ModelFileError(f"{path} is not an ONNX file written by export.py or release.py ({e})"[:400]) from None
         self.threshold = checked_threshold(meta.get("threshold", 0.5), f"the threshold stored in {path}")
         self.edge_move = checked_edge_move(meta.get("edge_move", 0.0), f"the edge move stored in {path}")
-        self.name = "ONNX Runtime"
+        self.name, self.path = "ONNX Runtime", path
+        self.check_shapes()
+
+    def check_shapes(self):
+        """ModelFileError unless the file takes images [N,3,S,S] and gives logits [N,1,S,S], S its metadata's
+        image_size (dimensions the file leaves open are checked on each batch)."""
+        inputs, outputs, s = self.session.get_inputs(), self.session.get_outputs(), self.image_size
+        fits = [len(inputs) == 1 and inputs[0].name == "images" and len(inputs[0].shape) == 4, len(outputs) >= 1
+                and len(outputs[0].shape) == 4]
+        fits += [isinstance(d, str) or d == want for d, want in zip(
+            inputs[0].shape[1:] + outputs[0].shape[1:], (3, s, s, 1, s, s))] if all(fits) else []
+        if not all(fits):
+            raise ModelFileError(f"{self.path} does not fit its metadata (image_size {s}): it takes "
+                                 f"{[(i.name, i.shape) for i in inputs]} and gives {[o.shape for o in outputs][:1]}, "
+                                 f"where images [N,3,{s},{s}] -> logits [N,1,{s},{s}] are expected; export it again "
+                                 "with tools/export.py")
 
     def __call__(self, batch):
-        return self.session.run(None, {"images": batch})[0]
+        logits = self.session.run(None, {"images": batch})[0]
+        if logits.shape != (len(batch), 1, *batch.shape[2:]):
+            raise ModelFileError(f"{self.path} gave logits of shape {logits.shape} for images of shape "
+                                 f"{batch.shape}; a segmentation model gives [N,1,H,W]: export it again")
+        return logits
 
 
 class TorchRuntime:

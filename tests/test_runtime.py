@@ -150,3 +150,31 @@ def test_the_onnx_runtime_reproduces_the_cards_test_iou(tmp_path):
 def test_an_ensemble_of_onnx_files_is_refused_with_what_to_do():
     with pytest.raises(UsageError, match="export it as one ONNX file"):
         Segmenter.load([model_files.ONNX, model_files.ONNX])
+
+
+def onnx_file(path, module, input_size, metadata_size):
+    """A real ONNX file of `module` taking images [N,3,input_size,input_size], its metadata saying metadata_size."""
+    import onnx
+    import torch
+    torch.onnx.export(module.eval(), (torch.rand(1, 3, input_size, input_size),), str(path), input_names=["images"],
+                      dynamic_axes={"images": {0: "batch"}}, dynamo=False)
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {"image_size": str(metadata_size)})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_onnx_file_of_another_shape_is_one_sentence(synthetic, tmp_path):
+    import torch
+    photo = sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))[0]
+    two_channels = onnx_file(tmp_path / "two.onnx", torch.nn.Conv2d(3, 2, 1), 128, 128)
+    classifier = onnx_file(tmp_path / "classes.onnx", torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1),
+                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), 128, 128)
+    bigger = onnx_file(tmp_path / "bigger.onnx", torch.nn.Conv2d(3, 1, 1), 256, 128)
+    for model in (two_channels, classifier, bigger):
+        for tta in ([], ["--tta"]):
+            result = subprocess.run([sys.executable, "predict.py", str(photo), "--checkpoint", str(model), "-o",
+                                     str(tmp_path / "out"), *tta], cwd=ROOT, capture_output=True, text=True)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 1 and len(lines) == 1, result.stderr
+            assert f"{model} does not fit its metadata (image_size 128)" in lines[0]
