@@ -10,6 +10,7 @@ Every file is written under a temporary name and renamed, so an interrupted job 
 input folders are never written to. Under torchrun each process takes its share of the images.
 """
 import glob
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,37 +26,57 @@ PHOTO_EXTS = layouts.IMAGE_EXTS + (".gif", ".webp")  # what folders and patterns
 
 
 def expand_inputs(inputs):
-    """Image files from files, folders (searched recursively; an entry named x.jpg that is a folder is searched
-    too) and glob patterns, expanded here so that quoted patterns work on every OS; hidden files in folders
-    (macOS's ._name.jpg) are skipped. Raises UsageError naming any input that matched nothing."""
+    """{image file: the folder its outputs go to, relative to --out} of files, folders (searched recursively,
+    linked folders too; an entry named x.jpg that is a folder is searched) and glob patterns, expanded here so that
+    quoted patterns work on every OS; hidden files in folders (macOS's ._name.jpg) are skipped. An image keeps its
+    subfolder below the folder (or the pattern's fixed part) it was found in. UsageError naming any input that
+    matched nothing."""
     def photo(p):
         return p.suffix.lower() in PHOTO_EXTS and p.is_file()
-    found, unmatched = [], []
+    found, unmatched = {}, []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if photo(p) and not layouts.is_hidden(p))
+            base, matches = path, sorted(p for p in files_below(path) if photo(p) and not layouts.is_hidden(p))
         elif path.is_file():
-            matches = [path]
+            base, matches = path.parent, [path]
         else:  # glob skips dot files (._name.jpg) itself
+            base = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
             matches = sorted(p for p in map(Path, glob.glob(item, recursive=True)) if photo(p))
-        found += matches
+        for match in matches:
+            found.setdefault(match, match.parent.relative_to(base))
         if not matches:
             unmatched.append(item)
     if unmatched:
         raise UsageError("no images found for: " + ", ".join(unmatched))
-    return list(dict.fromkeys(found))  # drop duplicates, keep order
+    return found
 
 
-def output_names(paths):
-    """One output name per input path: its stem, or where stems clash (x.jpg, x.png, sub/x.jpg), its path below
-    the inputs' common folder with the extension kept (x_jpg, x_png, sub/x_jpg), so no mask overwrites another."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    resolved = [p.resolve() for p in paths]
-    root = Path(os.path.commonpath([p.parent for p in resolved]))
-    return [str(p.relative_to(root).with_suffix("")) + "_" + p.suffix[1:].lower() for p in resolved]
+def files_below(folder):
+    """Every file below folder, through linked folders too (each real folder once, so a link loop ends)."""
+    seen = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        yield from (Path(root) / name for name in names)
+
+
+def output_names(found, out):
+    """{image: out/<its subfolder>/<files.output_stem>}, the prefix of its outputs: the same whatever else the
+    folder holds. UsageError when two inputs would share one (x.jpg and x.JPG; a/x.jpg and b/x.jpg as files)."""
+    names = {path: out / folder / files.output_stem(path.name) for path, folder in found.items()}
+    taken = {}
+    for path, name in names.items():
+        taken.setdefault(name, []).append(path)
+    clash = next((paths for paths in taken.values() if len(paths) > 1), None)
+    if clash:
+        raise UsageError(f"{' and '.join(map(str, clash))} would write the same mask "
+                         f"({names[clash[0]].name}_segmentation.png): rename one, or segment them into separate "
+                         "--out folders")
+    return names
 
 
 def open_output_folder(out, inputs, paths):
@@ -203,9 +224,10 @@ def main(argv=None):
     args = parse_args(argv)
     distributed.start()  # under torchrun (which brings torch): one summary of the counts for the whole job
     segmenter = Segmenter.load(args.checkpoint, args.device)
-    paths = expand_inputs(args.inputs)
+    found = expand_inputs(args.inputs)
+    paths = list(found)
     out = open_output_folder(args.out, args.inputs, paths)
-    names = {path: out / name for path, name in zip(paths, output_names(paths))}
+    names = output_names(found, out)
     kinds = ("_segmentation.png", "_overlay.jpg") if args.overlay else ("_segmentation.png",)
     mine = paths[distributed.rank()::distributed.world_size()]  # every image in exactly one process
     stale = files.remove_dead_temporaries(out)

@@ -75,6 +75,14 @@ def process_alive(pid):
     return True
 
 
+def output_stem(name):
+    """What an image's outputs are named after (<stem>_segmentation.png): a JPEG's (.jpg) stem, any other file's
+    stem and format (x.png -> x_png), so that x.jpg and x.png beside it never share one and no name depends on the
+    other files. The page names its downloads by the same rule (web/segment.js outputStem; a test holds the two)."""
+    stem, suffix = os.path.splitext(os.path.basename(name))
+    return stem if suffix.lower() in ("", ".jpg") else f"{stem}_{suffix[1:].lower()}"
+
+
 def write_bytes(path, data):
     atomic_write(path, lambda f: f.write(data))
 

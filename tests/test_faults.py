@@ -174,7 +174,32 @@ def test_predict_keeps_masks_of_inputs_with_the_same_name_apart_and_skips_hidden
     predict.main([str(folder), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
                   "--device", "cpu"])
     masks = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*_segmentation.png"))
-    assert masks == ["sub/x_jpg_segmentation.png", "x_jpg_segmentation.png", "x_png_segmentation.png"]
+    assert masks == ["sub/x_segmentation.png", "x_png_segmentation.png", "x_segmentation.png"]
+
+
+def test_an_images_output_name_depends_on_no_other_file_and_linked_folders_are_searched(checkpoint, tmp_path):
+    folder, linked, out = tmp_path / "in", tmp_path / "elsewhere", tmp_path / "out"
+    folder.mkdir()
+    linked.mkdir()
+    picture = Image.fromarray(np.full((40, 30, 3), 128, np.uint8))
+    picture.save(folder / "photo2.bmp")
+    for i in range(3):
+        picture.save(linked / f"behind{i}.jpg")
+    (folder / "link").symlink_to(linked, target_is_directory=True)
+    (linked / "loop").symlink_to(folder, target_is_directory=True)  # a link loop ends
+    flags = ["--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu", "--skip-existing"]
+    predict.main([str(folder), *flags])
+    first = sorted(str(p.relative_to(out)) for p in out.rglob("*_segmentation.png"))
+    assert first == ["link/behind0_segmentation.png", "link/behind1_segmentation.png", "link/behind2_segmentation.png",
+                     "photo2_bmp_segmentation.png"]
+    picture.save(folder / "photo2.png")  # beside photo2.bmp: photo2.bmp's name stays
+    predict.main([str(folder), *flags])
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*_segmentation.png")) == sorted(
+        first + ["photo2_png_segmentation.png"])
+    picture.save(folder / "photo2.JPG")
+    picture.save(folder / "photo2.jpg")  # two files, one name: refused, nothing overwritten
+    with pytest.raises(UsageError, match="would write the same mask .photo2_segmentation.png.: rename one"):
+        predict.main([str(folder), *flags])
 
 
 def test_predict_writes_every_readable_image_and_lists_the_others(checkpoint, tmp_path, capsys):

@@ -21,7 +21,7 @@ import serve
 from conftest import REAL_DATA, ROOT
 from PIL import Image
 
-from lib import images, layouts
+from lib import files, images, layouts
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip install -r requirements-dev.txt")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -120,7 +120,7 @@ def test_the_page_segments_like_predict_in_the_browser_and_sends_no_image(server
     agreement, page_iou, cli_iou = [], [], []
     for card, (_, image, mask_path) in zip(cards, pairs):
         page = offered_mask(browser, card)
-        cli = np.asarray(Image.open(tmp_path / "cli" / f"{image.stem}_segmentation.png")) > 0
+        cli = np.asarray(Image.open(tmp_path / "cli" / f"{files.output_stem(image.name)}_segmentation.png")) > 0
         truth = np.asarray(Image.open(mask_path)) > 0
         assert page.shape == cli.shape == truth.shape
         agreement.append(iou(page, cli)), page_iou.append(iou(page, truth)), cli_iou.append(iou(cli, truth))
@@ -271,7 +271,7 @@ def test_a_calibrated_models_edge_move_is_applied_on_the_page_as_by_predict(brow
                             str(tmp_path / out), "--tta", "--largest-component"], cwd=ROOT, check=True)
         for card, photo in zip(cards, photos):
             page = offered_mask(browser, card)
-            moved, own = (np.asarray(Image.open(tmp_path / out / f"{photo.stem}_segmentation.png")) > 0
+            moved, own = (np.asarray(Image.open(tmp_path / out / f"{files.output_stem(photo.name)}_segmentation.png")) > 0
                           for out in ("moved", "own"))
             assert iou(page, moved) >= 0.99 and page.sum() < 0.95 * own.sum()  # moved in, as predict.py moves it
     finally:
@@ -375,3 +375,13 @@ def test_one_pixel_limit_in_one_sentence_on_the_page_and_in_predict(server, brow
     for path, size in files.items():  # PIL reads no size from a VP8X header without frames: refused all the same
         assert f"{path}: {images.too_large(size)}" in result.stderr or path.name == "huge-x.webp"
     assert f"{tmp_path / 'huge-x.webp'}: " in result.stderr and not list((tmp_path / "out").glob("*.png"))
+
+
+def test_the_page_names_masks_by_predicts_rule(server, browser):
+    names = ["ISIC_0000053 big.jpg", "photo2.bmp", "photo2.PNG", "x.JPG", "x.jpeg", "a.b.jpg", "a.", ".hidden",
+             "..x", "..x.png", "no_extension", "sub/dir/y.webp"]
+    open_page(browser, server[0])
+    stems = browser.execute_async_script(
+        "const done = arguments[1]; import('./segment.js').then(m => done(arguments[0].map(m.outputStem)))", names)
+    assert stems == [files.output_stem(n) for n in names]
+    assert stems[:4] == ["ISIC_0000053 big", "photo2_bmp", "photo2_png", "x"]

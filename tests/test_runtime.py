@@ -54,7 +54,7 @@ def test_predict_without_torch_writes_the_masks_of_the_torch_path(synthetic, tmp
     ious = [(a & b).sum() / max((a | b).sum(), 1)
             for a, b in zip(read_masks(tmp_path / "onnx", names), read_masks(tmp_path / "torch", names))]
     assert len(ious) == len(photos) and np.mean(ious) >= 0.999, np.mean(ious)
-    assert all((tmp_path / "onnx" / f"{p.stem}_overlay.jpg").stat().st_size > 0 for p in photos)
+    assert all((tmp_path / "onnx" / f"{files.output_stem(p.name)}_overlay.jpg").stat().st_size > 0 for p in photos)
 
 
 def test_a_pt_file_without_torch_is_one_sentence_on_what_to_install(tmp_path):

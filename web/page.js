@@ -2,16 +2,14 @@
 // contour, the mask, where the model is unsure and the lesion's area, and offers each mask as a PNG at the
 // image's own size (several: one zip). Everything happens in this browser tab.
 import * as ort from "./ort/ort.wasm.min.mjs";
-import {MAX_PIXELS, declaredSize, loadModel, tooLarge, maskAtSize, outline, probabilities, resize, rgbOf,
-        zip} from "./segment.js";
+import {MAX_PIXELS, declaredSize, loadModel, maskAtSize, outline, outputStem, probabilities, resize, rgbOf,
+        tooLarge, zip} from "./segment.js";
 
 const MAX_FILES = 50, DISPLAY = 768, SHOWN = 300;  // per drop; longest side of the pictures; their width on screen
 const $ = id => document.getElementById(id);
 const masks = [];  // {name, bytes} of every mask so far, for the zip
 let model;
 
-function stem(name) { return name.replace(/\.[^.]*$/, ""); }
-function safeName(name) { return stem(name.split(/[\\/]/).pop()).replace(/[^\w.-]/g, "_").replace(/^\.+/, "") || "image"; }
 
 function canvasOf(w, h, fill) {  // fill(ImageData.data) draws the pixels
   const c = document.createElement("canvas");
@@ -90,7 +88,7 @@ async function segment(file, card, body) {
   const mask = maskAtSize(prob, model.size, photo.w, photo.h, o.threshold, o.largest, model.edgeMove);
   const figures = pictures(photo, prob, mask, o), png = await maskPng(mask, photo.w, photo.h);
   const area = mask.reduce((a, b) => a + b, 0), seconds = (performance.now() - start) / 1000;
-  const name = `${safeName(file.name)}_segmentation.png`;
+  const name = `${outputStem(file.name)}_segmentation.png`;
   const link = document.createElement("a"), text = document.createElement("p");
   link.className = "download"; link.textContent = "Download mask"; link.download = name;
   link.href = URL.createObjectURL(new Blob([png], {type: "image/png"}));

@@ -12,6 +12,14 @@ export async function loadModel(ort, base) {
   return {session, size: meta.image_size, threshold: meta.threshold, edgeMove: meta.edge_move ?? 0, ort};
 }
 
+// What an image's mask is named after (<stem>_segmentation.png): lib/files.py's output_stem, the same rule
+export function outputStem(name) {
+  const base = name.split(/[\\/]/).pop(), dot = base.lastIndexOf(".");
+  if (dot < base.match(/^\.*/)[0].length) return base;  // no extension: leading dots belong to the name
+  const ext = base.slice(dot + 1).toLowerCase();
+  return ext === "jpg" ? base.slice(0, dot) : `${base.slice(0, dot)}_${ext}`;
+}
+
 // The refusal of an image over MAX_PIXELS, in lib/images.py's words (tests/test_page.py holds the two together)
 export function tooLarge([w, h]) {
   return `the image is ${w}x${h}, over ${MAX_PIXELS / 1e6} megapixels, the largest read here`;
