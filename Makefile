@@ -131,9 +131,11 @@ ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimiz
 	--batch-size 8 --val-fraction 0 --ema 0.9 --no-test
 adapt: labelled
 	$(PY) tools/adapt.py --checkpoint "$(ADAPT_FROM)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/adapt" \
+		$(if $(OVERWRITE),--overwrite) \
 		--train-flags "$(ADAPT) --seed $(SEED) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite) $(FLAGS)"
 calibrate: labelled
-	$(PY) tools/adapt.py --checkpoint "$(PT)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/calibrate"
+	$(PY) tools/adapt.py --checkpoint "$(PT)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/calibrate" \
+		$(if $(OVERWRITE),--overwrite)
 labelled: setup
 	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; name your labelled images:" \
 		"make $(MAKECMDGOALS) DATA_DIR=my_labelled/ (images/ + masks/, or any layout of README: Data)" >&2; exit 2; }
@@ -218,7 +220,7 @@ PORT ?= 8000
 SITE ?= site
 PAGE_MODEL = $(if $(MODEL_FLAG),--model "$(if $(filter %.onnx,$(CHECKPOINT)),$(CHECKPOINT),$(RUNS)/page/model.onnx)")
 web/node_modules/.package-lock.json: web/package.json web/package-lock.json
-	cd web && npm ci --no-audit --no-fund
+	cd web && npm ci --no-audit --no-fund --ignore-scripts  # its packages ship built: no install script needs to run
 page-model: .venv/predict-installed web/node_modules/.package-lock.json
 ifneq ($(and $(MODEL_FLAG),$(filter-out %.onnx,$(CHECKPOINT))),)
 	$(MAKE) -s .venv/export-installed

@@ -236,7 +236,11 @@ def test_calibrating_on_two_images_holds_none_out_and_the_card_says_so(synthetic
     result = run("tools/adapt.py", "--data-dir", folder, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache",
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert "No held-out images" in (tmp_path / "cal" / "README.md").read_text()
+    card = (tmp_path / "cal" / "README.md").read_text()
+    assert "No held-out images" in card and f"`make predict INPUT=photos/ CHECKPOINT={tmp_path / 'cal' / 'model.pt'}`" in card
+    again = ["tools/adapt.py", *result.args[2:]]  # make calibrate twice: the model is kept
+    assert one_line_error(run(*again), "already holds a model (model.pt)", "OVERWRITE=1")
+    assert run(*again, "--overwrite").returncode == 0
 
 
 def test_the_experiments_shifted_sets_hold_the_model_inputs_and_the_shifted_masks(synthetic):

@@ -3,6 +3,7 @@ stray files each archive holds): detected, trained on for one short epoch, and s
 small zips with the real archive names."""
 import http.server
 import shutil
+import socket
 import threading
 import zipfile
 from pathlib import Path
@@ -207,3 +208,13 @@ def test_a_damaged_archive_is_removed_with_a_sentence(pairs, tmp_path):
     assert not list((tmp_path / "data").glob("*.zip*"))
     with pytest.raises(errors.DataError, match="PH2 is not downloadable by script"):
         download.download("ph2", tmp_path / "empty")
+
+
+def test_no_network_names_data_dir_for_a_local_copy(tmp_path):
+    with socket.socket() as closed:  # a port nothing listens on: the download fails as without internet
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(errors.DataError) as e:
+        download.download("isic2016", tmp_path / "data", f"http://127.0.0.1:{port}/")
+    assert len(str(e.value).splitlines()) == 1 and "could not download http://127.0.0.1" in str(e.value)
+    assert "with a local copy, name it (make ... DATA_DIR=path/to/it)" in str(e.value)

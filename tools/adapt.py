@@ -28,7 +28,7 @@ from lib import cli, files, images, model_files, run_folder
 from lib.calibration import calibrate, edge_curves
 from lib.checkpoints import half_precision, load_checkpoint
 from lib.device import pick_device
-from lib.errors import DataError, TrainingError
+from lib.errors import DataError, TrainingError, UsageError
 from lib.masks import encoded, mask_png, move_edge
 from lib.metrics import largest_region_iou, paired_difference
 from lib.scoring import tta_probabilities
@@ -174,8 +174,8 @@ def card(report, rows):
         flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in report["recipe"].items()
                  if v is not False]
         lines += ["", f"Fine-tuned with train.py {' '.join(flags)} (all flags: its config.json)."]
-    lines += ["", "Use it: `python predict.py photos/ --checkpoint " + report["model"]
-              + " --tta --largest-component --out masks` (or `make predict CHECKPOINT=...`)."]
+    lines += ["", f"Use it: `make predict INPUT=photos/ CHECKPOINT={report['model']}` (masks in predictions/), or in "
+              f"the browser: `make serve CHECKPOINT={report['model']}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -188,6 +188,7 @@ def parse_args(argv=None):
                         "recipe); without it, the edge move is calibrated alone")
     parser.add_argument("--out", default="runs/adapt", help="folder for model.pt, README.md, adapt.json "
                         "(default: runs/adapt)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the model an earlier run left in --out")
     cli.add_cache_dir_flag(parser)
     cli.add_device_flag(parser)
     return parser.parse_args(argv)
@@ -196,6 +197,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device, out = pick_device(args.device), Path(args.out)
+    if (out / "model.pt").exists() and not args.overwrite:
+        raise UsageError(f"{out} already holds a model (model.pt) from an earlier run: add --overwrite (make ... "
+                         "OVERWRITE=1) to replace it, or choose another --out")
     base = load_checkpoint(args.checkpoint, device)
     calibration_images, held_out = load_user_data(args.data_dir, base[1]["image_size"], base[1]["split_seed"],
                                                   args.cache_dir)

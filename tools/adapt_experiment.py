@@ -85,7 +85,7 @@ def adapt(folder, run, seed, args):
     """make adapt on a folder: adapt.py with its train.py flags; returns (the model.pt it writes, seconds)."""
     command = [sys.executable, str(Path(__file__).with_name("adapt.py")), "--data-dir", str(folder), "--checkpoint",
                args.checkpoint, "--train-flags", f"{args.train_flags} --seed {seed} --overwrite", "--out", str(run),
-               "--cache-dir", str(args.out / "cache"), "--device", args.device]
+               "--cache-dir", str(args.out / "cache"), "--device", args.device, "--overwrite"]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return run / "model.pt", time.perf_counter() - started

@@ -48,8 +48,9 @@ def fetch(url, path):
                     f.write(chunk)
                     bar.update(len(chunk))
     except OSError as e:
-        raise DataError(f"could not download {url}: {e}\nRun the same command again to resume, or download and "
-                        f"unzip the archive into {path.parent} by hand.") from None
+        raise DataError(f"could not download {url} ({e}): with a local copy, name it (make ... DATA_DIR=path/to/it); "
+                        f"else run the same command again to resume, or unzip the archive into {path.parent} by "
+                        "hand") from None
     if expected >= 0 and part.stat().st_size != expected:
         raise DataError(f"{part} has {part.stat().st_size} bytes, the server announced {expected}; run the same "
                         "command again to resume")
