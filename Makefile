@@ -30,7 +30,7 @@ COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
 	adapt calibrate labelled adapt-experiment calibration-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
-	predict export release-onnx serve site page-model page-screenshot
+	predict export release-onnx release-rescore release-seal serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
 help:
@@ -248,6 +248,13 @@ export: .venv/export-installed
 # The released model's ONNX file and its card's numbers, from models/'s .pt (make release writes both)
 release-onnx: .venv/export-installed dataset
 	$(PY) tools/release.py --onnx-only --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
+
+# models/'s files, their bytes untouched: scored again on the test split after a change to how scoring reads images
+# (release-rescore), or given the checks every load makes, a .pt checksum and an .onnx seal (release-seal)
+release-rescore: dataset
+	$(PY) tools/release.py --rescore --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
+release-seal: setup
+	$(PY) tools/release.py --seal --out models
 
 .venv/dev-installed: requirements-dev.txt .venv/installed
 	$(PY) -m pip install -r requirements-dev.txt

@@ -32,22 +32,25 @@ def subset(split, idx):
             **{key: [split[key][i] for i in idx] for key in ("ids", "image_paths", "mask_paths")}}
 
 
-def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", workers=0, memory_map=False):
+def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", workers=0, memory_map=False,
+                draft=True):
     """{'train', 'val', 'test': load_split() results (test None where the folder holds no test images), 'note': a
     line that says where each came from} of one data folder in any layout. Validation is the layout's official
     split when it has one (and val_fraction > 0), else a seeded val_fraction of the training images; a folder
     without any split (PH2, plain images/ + masks/) first holds TEST_FRACTION of its images out as test. With
-    memory_map the images and masks stay on disk (mapped.py), read as batches need them."""
+    memory_map the images and masks stay on disk (mapped.py), read as batches need them. draft: the training and
+    validation images decoded training's way (images.read_image); the test images are always decoded as
+    prediction decodes them, so that a test score is the score of what make predict gives."""
     groups = present_groups(data_dir)
 
-    def load(group):
-        return (load_mapped_split if memory_map else load_split)(data_dir, group, size, cache_dir, workers)
+    def load(group, draft=draft):
+        return (load_mapped_split if memory_map else load_split)(data_dir, group, size, cache_dir, workers, draft)
     if "train" in groups:
-        train, test, held_out = load("train"), load("test") if "test" in groups else None, ""
+        train, test, held_out = load("train"), load("test", False) if "test" in groups else None, ""
     elif "all" in groups:
         everything = load("all")
         rest, test_idx = split_indices(len(everything["ids"]), TEST_FRACTION, split_seed)
-        train, test = subset(everything, rest), subset(everything, test_idx)
+        train, test = subset(everything, rest), subset(load("all", False) if draft else everything, test_idx)
         held_out = f" (no official split: {TEST_FRACTION:.0%} held out by --split-seed {split_seed})"
     else:
         raise DataError(f"{data_dir} holds no training images: {detect_layout(data_dir)} folders "
@@ -70,14 +73,14 @@ def load_test(data_dir, size, split_seed, trained_on=True, cache_dir="cache", wo
     that never saw it (trained_on=False), every image of every split."""
     groups = present_groups(data_dir)
     if "test" in groups:
-        return load_split(data_dir, "test", size, cache_dir, workers), "test split"
+        return load_split(data_dir, "test", size, cache_dir, workers, draft=False), "test split"
     if trained_on and "all" in groups:
-        return load_splits(data_dir, size, 0, split_seed, cache_dir, workers)["test"], (
+        return load_splits(data_dir, size, 0, split_seed, cache_dir, workers, draft=False)["test"], (
             f"no official test split: the {TEST_FRACTION:.0%} held out from training by --split-seed {split_seed}")
     if trained_on:
         raise DataError(f"{data_dir} ({detect_layout(data_dir)}) has no test images, and the model trained on the "
                         f"others ({', '.join(groups)})")
-    return join([load_split(data_dir, g, size, cache_dir, workers) for g in groups]), (
+    return join([load_split(data_dir, g, size, cache_dir, workers, draft=False) for g in groups]), (
         f"no test split: every image ({', '.join(groups)})")
 
 
@@ -103,17 +106,18 @@ def validation_seed(configs):
 def split_to_score(data_dir, split, configs, cache_dir="cache", workers=2):
     """The split ("train", "val" or "test") of data_dir that these models are scored on, at their image size: the
     training images they held out for validation (the same seeded or official split as training), all training
-    images, or the test split (load_test). Returns (load_split() result, a line that says what it is)."""
+    images, or the test split (load_test); decoded as prediction decodes them. Returns (load_split() result, a line
+    that says what it is)."""
     size = configs[0]["image_size"]
     missing = sorted({key for c in configs for key in ("val_fraction", "split_seed", "data_dir") if key not in c})
     if missing and split != "train":
         raise ModelFileError(f"the model's config lacks {', '.join(missing)}, so the images it held out are unknown: "
                              "it was not written by train.py; score it with --split train")
     if split == "train":
-        return load_split(data_dir, "train", size, cache_dir, workers), "training split"
+        return load_split(data_dir, "train", size, cache_dir, workers, draft=False), "training split"
     if split == "val":
         return load_splits(data_dir, size, configs[0]["val_fraction"], validation_seed(configs), cache_dir,
-                           workers)["val"], "validation images held out by training"
+                           workers, draft=False)["val"], "validation images held out by training"
     trained_on = any(Path(d).resolve() == Path(data_dir).resolve() for c in configs for d in c["data_dir"])
     return load_test(data_dir, size, configs[0]["split_seed"], trained_on, cache_dir, workers)
 

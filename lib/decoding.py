@@ -22,9 +22,9 @@ CACHE_VERSION = 3  # bump when decoding changes, so old caches are rebuilt (2: 1
 
 def decode_pair(args):
     """(image, mask, problem) for one pair; a problem is a sentence, never an exception across processes."""
-    image_path, mask_path, size = args
+    image_path, mask_path, size, draft = args
     try:
-        image, image_size = read_image(image_path, size)
+        image, image_size = read_image(image_path, size, draft)
     except Exception as e:  # PIL raises many types for corrupt or non-image files
         return None, None, f"cannot read image {image_path}: {e} (replace or remove the file)"
     try:
@@ -37,13 +37,13 @@ def decode_pair(args):
     return image, mask, None
 
 
-def cache_key(pairs, size):
+def cache_key(pairs, size, draft=True):
     """Changes when any file is added, removed, replaced or resized, or when the size changes. A file's status
     change time is in it: the system sets it on every write, and unlike the modification time no user or tool
     can set it back, so a file replaced in place by one of the same length is noticed too. (A hash of every
     file's content would notice the same at the cost of reading every byte: about 30 GB for 10,000 ISIC
     originals, against 10,000 stat calls.)"""
-    h = hashlib.sha1(f"v{CACHE_VERSION} {size}".encode())
+    h = hashlib.sha1(f"v{CACHE_VERSION} {size}{'' if draft else ' whole'}".encode())
     for _, image_path, mask_path in pairs:
         for p in (image_path, mask_path):
             st = os.stat(p)
@@ -51,14 +51,16 @@ def cache_key(pairs, size):
     return h.hexdigest()[:12]
 
 
-def load_split(data_dir, split, size, cache_dir="cache", workers=0):
+def load_split(data_dir, split, size, cache_dir="cache", workers=0, draft=True):
     """{'images': uint8 [N,3,S,S], 'masks': uint8 [N,1,S,S] of 0/1, 'ids', 'image_paths', 'mask_paths'}; decoded
-    images come from the cache when it is current and intact. A split whose masks are all empty raises DataError."""
+    images come from the cache when it is current and intact. draft: JPEGs decoded at a reduced scale (training's
+    way, images.read_image); else whole, as prediction decodes them. A split whose masks are all empty raises
+    DataError."""
     pairs, problems = pair_files(data_dir, split)
-    cache_file = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size)}.pt"
+    cache_file = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size, draft)}.pt"
     cached = read_cache(cache_file) if cache_file.exists() and not problems else None
     if cached is None:
-        cached = decode_split(data_dir, split, pairs, problems, size, workers)
+        cached = decode_split(data_dir, split, pairs, problems, size, workers, draft)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         files.atomic_save({**cached, "checksum": checksum(cached["images"], cached["masks"], cached["ids"])},
                              cache_file)
@@ -79,10 +81,10 @@ def refuse_all_empty(masks, data_dir, split):
                         "or score; check that the masks mark the lesion (white, or a palette index above 0)")
 
 
-def decode_split(data_dir, split, pairs, problems, size, workers):
+def decode_split(data_dir, split, pairs, problems, size, workers, draft=True):
     """{'images', 'masks', 'ids'} of a split's pairs, decoded in `workers` processes (0: in this one); raises
     DataError with every problem of the split at once, and names masks that are one value in one line."""
-    jobs = [(image_path, mask_path, size) for _, image_path, mask_path in pairs]
+    jobs = [(image_path, mask_path, size, draft) for _, image_path, mask_path in pairs]
     desc = f"decoding {split} images to {size}x{size}"
     if workers > 0:
         with ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:

@@ -60,14 +60,16 @@ def decodes_whole(path, size):
         return False
 
 
-def read_image(path, size):
+def read_image(path, size, draft=True):
     """RGB uint8 array (size, size, 3) and the original (width, height) as displayed, from any image mode; a
-    camera's EXIF orientation is applied, so masks line up with the image every viewer shows. JPEGs are decoded
-    at a reduced scale (draft): how the training and scoring cache reads images."""
+    camera's EXIF orientation is applied, so masks line up with the image every viewer shows. With draft, JPEGs
+    are decoded at a reduced scale: how training reads images. Without, the image is decoded whole and resized,
+    exactly as model_input() resizes a photo: how every model that is scored or used sees it."""
     with open_image(path) as im:
         turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # rotated by 90 degrees
         original_size = im.size[::-1] if turned else im.size
-        im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
+        if draft:
+            im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
         im = ImageOps.exif_transpose(im)
         return np.asarray(to_8bit_rgb(im).resize((size, size), Image.BILINEAR)), original_size
 
@@ -90,7 +92,8 @@ def as_photo(image):
 
 
 def model_input(photo, size):
-    """RGB uint8 array (size, size, 3) of a photo [H,W,3]: what prediction hands the model."""
+    """RGB uint8 array (size, size, 3) of a photo [H,W,3]: what prediction hands the model (read_image without
+    draft gives the same from a file)."""
     return np.asarray(Image.fromarray(photo).resize((size, size), Image.BILINEAR))
 
 

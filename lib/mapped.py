@@ -45,14 +45,14 @@ class MappedRows:
         return any(self.array[start:start + CHUNK].any() for start in range(0, len(self.array), CHUNK))
 
 
-def load_mapped_split(data_dir, split, size, cache_dir="cache", workers=0):
+def load_mapped_split(data_dir, split, size, cache_dir="cache", workers=0, draft=True):
     """decoding.load_split() with memory-mapped images and masks (MappedRows): decoded once into a folder of
     --cache-dir, rebuilt when any file changes or the folder is damaged."""
     pairs, problems = pair_files(data_dir, split)
-    folder = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size)}.mapped"
+    folder = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size, draft)}.mapped"
     arrays = read_mapped(folder) if folder.exists() and not problems else None
     if arrays is None:
-        build(folder, pairs, problems, data_dir, split, size, workers)
+        build(folder, pairs, problems, data_dir, split, size, workers, draft)
         arrays = read_mapped(folder)
     images, masks = (MappedRows(a) for a in arrays)
     refuse_all_empty(masks, data_dir, split)
@@ -73,7 +73,7 @@ def read_mapped(folder):
     return None
 
 
-def build(folder, pairs, problems, data_dir, split, size, workers):
+def build(folder, pairs, problems, data_dir, split, size, workers, draft=True):
     """Decode the pairs CHUNK at a time into .npy files in a temporary folder, renamed when complete. The disk
     space is reserved first, so a full disk is one sentence, never a crash halfway (a memory map that cannot grow
     kills its process). Raises DataError with every problem of the split at once."""
@@ -83,7 +83,8 @@ def build(folder, pairs, problems, data_dir, split, size, workers):
     try:
         images = reserved(temporary / "images.npy", (len(pairs), 3, size, size))
         masks = reserved(temporary / "masks.npy", (len(pairs), 1, size, size))
-        problems = problems + decode_into(images, masks, pairs, size, workers, f"decoding {split} images to {size}px")
+        problems = problems + decode_into(images, masks, pairs, size, workers, draft,
+                                          f"decoding {split} images to {size}px")
         raise_problems(data_dir, problems)
         images.flush()
         masks.flush()
@@ -110,9 +111,9 @@ def reserved(path, shape):
     return array
 
 
-def decode_into(images, masks, pairs, size, workers, desc):
+def decode_into(images, masks, pairs, size, workers, draft, desc):
     """Decode each pair into its row of images [N,3,S,S] and masks [N,1,S,S]; returns the problems found."""
-    jobs = [(image_path, mask_path, size) for _, image_path, mask_path in pairs]
+    jobs = [(image_path, mask_path, size, draft) for _, image_path, mask_path in pairs]
     problems = []
     pool = ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) if workers else None
     try:

@@ -41,7 +41,7 @@ FEW_HELD_OUT = 10  # below this many held-out images the card warns that its sco
 def load_user_data(data_dir, size, split_seed, cache_dir):
     """(calibration images, held-out images or None when there are none): the training and test splits train.py
     used with --val-fraction 0. DataError for fewer than 2 calibration images."""
-    splits = load_splits(data_dir, size, 0, split_seed, cache_dir)
+    splits = load_splits(data_dir, size, 0, split_seed, cache_dir, draft=False)  # as make predict decodes them
     print(splits["note"])
     if len(splits["train"]["ids"]) < 2:
         raise DataError(f"{len(splits['train']['ids'])} labelled training image(s) in {data_dir}: adaptation needs "

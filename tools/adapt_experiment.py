@@ -62,7 +62,7 @@ def shifted(pairs, shift, size):
     for n, (_, image_path, mask_path) in enumerate(pairs):
         image, mask = shifted_pair(image_path, mask_path, shift, n)
         inputs.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) if shift == "camera"
-                      else images.read_image(image_path, size)[0])
+                      else images.read_image(image_path, size, draft=False)[0])
         masks.append(mask)
     return torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2), masks
 

@@ -35,8 +35,10 @@ for run in ("exp1", "best"):
         history = [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
         return history, json.load(open(folder / "test_metrics.json")), (folder / "test_per_image.csv").read_text()
     base, new = results("base"), results("new")
-    print(f"{run}: {'identical' if base == new else 'DIFFERENT'}; test IoU {new[1]['iou']!r} (was {base[1]['iou']!r}), "
-          f"Dice {new[1]['dice']!r}, train loss {new[0][0]['train_loss']}, val IoU {new[0][0]['val_iou']}")
+    parts = [name for name, b, n in zip(("history.csv", "test_metrics.json", "test_per_image.csv"), base, new) if b != n]
+    print(f"{run}: {'identical' if base == new else 'DIFFERENT: ' + ', '.join(parts)}; test IoU {new[1]['iou']!r} "
+          f"(was {base[1]['iou']!r}), Dice {new[1]['dice']!r}, train loss {new[0][0]['train_loss']}, val IoU "
+          f"{new[0][0]['val_iou']}")
     same &= base == new
 sys.exit(0 if same else 1)
 PY
