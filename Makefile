@@ -240,7 +240,8 @@ page-screenshot: .venv/dev-installed web/node_modules/.package-lock.json
 predict: .venv/predict-installed
 	@test -n "$(INPUT)" || { echo "error: name your images: make predict INPUT=my_images/ OUT=masks" \
 		"(files, folders or quoted patterns; CHECKPOINT=... for your own models)" >&2; exit 2; }
-	$(PY) predict.py "$(INPUT)" $(MODEL_FLAG) --out "$(OUT)" --device $(DEVICE) --tta --largest-component --overlay
+	$(PY) predict.py "$(INPUT)" $(MODEL_FLAG) --out "$(OUT)" --device $(DEVICE) --tta --largest-component --overlay \
+		$(if $(WATCH),--watch)
 
 export: .venv/export-installed
 	$(PY) tools/export.py --checkpoint "$(PT)" --out "$(ONNX)"

@@ -1,5 +1,6 @@
 """predict.py under real faults: Ctrl-C (a real SIGINT), a full disk (a real small tmpfs), and an output folder
 inside the input folder. Every output is whole or absent, and a rerun with --skip-existing finishes the job."""
+import io
 import signal
 import subprocess
 import sys
@@ -118,3 +119,37 @@ def test_a_run_killed_mid_write_leaves_temporaries_that_the_next_run_removes(che
     assert result.returncode == 0, result.stderr
     assert f"removed {len(left)} temporary files of a run that was killed" in result.stdout
     assert all_outputs_whole(out) and len(list(out.glob("*_overlay.jpg"))) == 30
+
+
+def test_watch_segments_a_photo_copied_in_slowly_once_and_whole_and_stops_on_ctrl_c(checkpoint, tmp_path):
+    """--watch with --out the watched folder itself: a photo written in four chunks 0.3 s apart is segmented once,
+    whole, its own outputs are never taken for photos, and SIGINT stops it with nothing half-written."""
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    proc = subprocess.Popen([sys.executable, "predict.py", str(clinic), "-o", str(clinic), "--watch", "--overlay",
+                             "--checkpoint", str(checkpoint), "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        while "watching" not in (line := proc.stdout.readline()):
+            assert line, proc.stderr.read()
+        photo = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo, "JPEG")
+        data = photo.getvalue()
+        with open(clinic / "new.jpg", "wb") as f:
+            for k in range(4):  # a copy in progress: the first chunks alone do not decode whole
+                f.write(data[k * len(data) // 4:(k + 1) * len(data) // 4])
+                f.flush()
+                time.sleep(0.3)
+        assert proc.stdout.readline().strip() == f"{clinic / 'new.jpg'} -> {clinic / 'new'}_segmentation.png"
+        with Image.open(clinic / "new_segmentation.png") as mask:
+            assert mask.size == (400, 300)
+        time.sleep(1)  # the watcher sees its own outputs in the folder now, and must leave them alone
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.strip().splitlines() == [f"stopped watching: wrote 1 more masks to {clinic}/"]
+    assert sorted(p.name for p in clinic.iterdir()) == ["new.jpg", "new_overlay.jpg", "new_segmentation.png"]
+    assert all_outputs_whole(clinic)

@@ -1,0 +1,138 @@
+"""Your photos in, their masks out, without torch: the images that files, folders and glob patterns name, each
+one's output name (one rule, the page's too), the photo decoded once, its mask and overlay written whole, and what
+an earlier run wrote checked before it is skipped. predict.py runs them; lib/watching.py does it for a folder that
+keeps receiving photos."""
+import glob
+import itertools
+import os
+from pathlib import Path
+
+from lib import files, images, layouts
+from lib.errors import UsageError
+from lib.masks import encoded, mask_png, overlay
+
+PHOTO_EXTS = layouts.IMAGE_EXTS + (".gif", ".webp")  # what folders and patterns yield: named, any file is tried
+OUTPUTS = ("_segmentation.png", "_overlay.jpg")  # what predict.py writes after each image's name
+
+
+def expand_inputs(inputs):
+    """{image file: the folder its outputs go to, relative to --out} of files, folders (searched recursively,
+    linked folders too; an entry named x.jpg that is a folder is searched) and glob patterns, expanded here so that
+    quoted patterns work on every OS; hidden files in folders (macOS's ._name.jpg) are skipped. An image keeps its
+    subfolder below the folder (or the pattern's fixed part) it was found in. UsageError naming any input that
+    matched nothing."""
+    def photo(p):
+        return p.suffix.lower() in PHOTO_EXTS and p.is_file()
+    found, unmatched = {}, []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            base, matches = path, sorted(p for p in files_below(path) if photo(p) and not layouts.is_hidden(p))
+        elif path.is_file():
+            base, matches = path.parent, [path]
+        else:  # glob skips dot files (._name.jpg) itself
+            base = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
+            matches = sorted(p for p in map(Path, glob.glob(item, recursive=True)) if photo(p))
+        for match in matches:
+            found.setdefault(match, match.parent.relative_to(base))
+        if not matches:
+            unmatched.append(item)
+    if unmatched:
+        raise UsageError("no images found for: " + ", ".join(unmatched))
+    return found
+
+
+def files_below(folder):
+    """Every file below folder, through linked folders too (each real folder once, so a link loop ends)."""
+    seen = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        yield from (Path(root) / name for name in names)
+
+
+def output_names(found, out):
+    """{image: out/<its subfolder>/<files.output_stem>}, the prefix of its outputs: the same whatever else the
+    folder holds. UsageError when two inputs would share one (x.jpg and x.JPG; a/x.jpg and b/x.jpg as files)."""
+    names = {path: output_name(path, folder, out) for path, folder in found.items()}
+    taken = {}
+    for path, name in names.items():
+        taken.setdefault(name, []).append(path)
+    clash = next((paths for paths in taken.values() if len(paths) > 1), None)
+    if clash:
+        raise UsageError(f"{' and '.join(map(str, clash))} would write the same mask "
+                         f"({names[clash[0]].name}_segmentation.png): rename one, or segment them into separate "
+                         "--out folders")
+    return names
+
+
+def output_name(path, folder, out):
+    """The prefix of an image's outputs: out/<its subfolder>/<files.output_stem of its name>."""
+    return out / folder / files.output_stem(path.name)
+
+
+def is_output(path, out, inputs):
+    """Whether a file found among the inputs is one of predict.py's own outputs (--watch, with --out inside an
+    input folder): named as they are named, or anywhere below an --out that is not itself an input folder."""
+    own_folder = out.resolve() not in {Path(i).resolve() for i in inputs}
+    return path.name.endswith(OUTPUTS) or own_folder and path.resolve().is_relative_to(out.resolve())
+
+
+def open_output_folder(out, inputs, paths, inside_inputs=False):
+    """Create --out; a sentence instead of a traceback when it is a file, cannot be written, or lies in an input
+    folder (where its masks would be read as inputs by the next run, and could replace the user's own files;
+    inside_inputs allows that for --watch, which tells its outputs apart)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+    target = out.resolve()
+    searched = [Path(i).resolve() for i in inputs if Path(i).is_dir()]  # searched recursively
+    inside = next((f for f in searched if target.is_relative_to(f)), None) or (
+        target if target in {p.parent.resolve() for p in paths} else None)
+    if inside is not None and not inside_inputs:
+        raise UsageError(f"--out {out} is inside the input folder {inside}: the masks would be read as images by "
+                         "the next run and could replace your own files; choose an --out outside it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"  # one per process: under torchrun several probe at once
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {out} ({e.strerror}); choose a folder you can write to") from None
+    return out
+
+
+def decode(path):
+    """(the photo as RGB uint8 [H,W,3], None) or (None, why it cannot be read): decoded once, for the model and
+    for the overlay."""
+    try:
+        return images.read_full_image(path), None
+    except Exception as e:  # PIL raises many types for corrupt or non-image files
+        return None, str(e)
+
+
+def outputs_done(path, name, kinds):
+    """--skip-existing: whether every output of this image exists and decodes whole at the image's size. One that
+    exists but does not (cut short, emptied, another image's) is said, and redone."""
+    found = [Path(f"{name}{kind}") for kind in kinds if Path(f"{name}{kind}").exists()]
+    if not found:
+        return False
+    try:
+        size = images.displayed_size(path)
+    except Exception:  # an unreadable image: predicting it says why
+        return False
+    broken = [f.name for f in found if not images.decodes_whole(f, size)]
+    if broken:
+        print(f"{', '.join(broken)}: does not decode whole at {size[0]}x{size[1]}; writing it again")
+    return not broken and len(found) == len(kinds)
+
+
+def write_outputs(photo, mask, name, with_overlay):
+    """<name>_segmentation.png and, with_overlay, <name>_overlay.jpg, each written whole or not at all."""
+    Path(name).parent.mkdir(parents=True, exist_ok=True)
+    files.write_bytes(Path(f"{name}_segmentation.png"), encoded(mask_png(mask), "PNG"))
+    if with_overlay:
+        files.write_bytes(Path(f"{name}_overlay.jpg"), encoded(overlay(photo, mask), "JPEG"))
