@@ -1,6 +1,7 @@
 """Measure make predict on this machine: its command on --images photos of 1024x768 with the released model on
 ONNX Runtime (the default) against the same model on PyTorch, start-up included, with and without overlays; where
-the time goes, stage by stage; and the forward pass alone (make bench-predict).
+the time goes, stage by stage; --watch's delay from a photo landing to its mask; and the forward pass alone (make
+bench-predict).
 
     python tools/bench_predict.py                       # 100 photos
     python tools/bench_predict.py --before 104d63e      # and predict.py as it was at that revision
@@ -53,9 +54,37 @@ def bench_predict(args):
             print(f"{'make predict, ' + kind:<52} {onnx:8.2f} s ({k / onnx:.1f} img/s)   vs PyTorch: {torch_:.2f} s "
                   f"({torch_ / onnx:.1f}x){before}", flush=True)
         stage_shares(sorted(photos.glob("*.jpg")), Path(tmp) / "stages")
+        watch_latency(sorted(photos.glob("*.jpg")), Path(tmp))
     if args.before:
         subprocess.run(["git", "worktree", "prune"], cwd=ROOT)  # its folder went with tmp
     forward_rates(args)
+
+
+def watch_latency(photos, tmp, n=20):
+    """make predict WATCH=1's delay (median of n) from a photo landing in the watched folder (renamed into it
+    whole, as a capture program saves) to its mask written there, the machine otherwise idle."""
+    clinic = tmp / "clinic"
+    clinic.mkdir()
+    proc = subprocess.Popen([sys.executable, "predict.py", str(clinic), "-o", str(clinic), "--watch", "--tta",
+                             "--largest-component", "--overlay"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    delays = []
+    try:
+        while "watching" not in proc.stdout.readline():
+            pass
+        for photo in photos[:n]:
+            staged = tmp / photo.name
+            staged.write_bytes(photo.read_bytes())
+            mask, start = clinic / f"{photo.stem}_segmentation.png", time.perf_counter()
+            staged.rename(clinic / photo.name)
+            while not mask.exists():
+                time.sleep(0.002)
+            delays.append(time.perf_counter() - start)
+            time.sleep(0.3)  # the next photo comes to an idle watcher
+    finally:
+        proc.terminate()
+        proc.wait()
+    print(f"{f'make predict WATCH=1: photo landed to its mask written':<52} {float(np.median(delays)):8.2f} s "
+          f"(median of {len(delays)}, slowest {max(delays):.2f} s)", flush=True)
 
 
 def before_seconds(rev, inputs, tmp, extra, onnx):
