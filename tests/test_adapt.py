@@ -226,6 +226,25 @@ def test_the_card_claims_only_what_its_numbers_carry():
         "n/a (1 image)"
 
 
+def test_the_cards_first_sentence_names_the_model_to_use_and_its_command():
+    report = {"adapted": "runs/adapt/best.pt", "model": "runs/adapt/model.pt", "edge_move": 0.04,
+              "checkpoint": str(adapt_script.model_files.PT)}
+    before = {"before": comparison(40, 0.0, 0.0)}
+    won = adapt_script.recommendation(report, {**before, "adapted": comparison(40, 0.05, 0.01)})
+    assert won.startswith("**Use the adapted model, `runs/adapt/model.pt`:** `make predict INPUT=photos/ "
+                          "CHECKPOINT=runs/adapt/model.pt`")
+    worse, unclear = comparison(6, -0.0083, 0.0071), comparison(40, 0.01, 0.01)
+    for rows in ({**before, "adapted": worse}, {**before, "adapted": unclear}, {}):
+        kept = adapt_script.recommendation(report, rows)
+        assert kept.startswith(f"**Keep the model before, `{adapt_script.model_files.PT}`:** `make predict "
+                               "INPUT=photos/`.") and "python" not in kept
+    unmoved = adapt_script.recommendation({**report, "adapted": None, "edge_move": 0.0}, {
+        **before, "calibrated": comparison(40, 0.0, 0.0)})
+    assert unmoved.startswith("**Keep the model before") and "draws the same masks" in unmoved
+    few = adapt_script.verdict({**before, "adapted": comparison(6, 0.01, 0.01)}, True)
+    assert "label 4 more and put them in test/images + test/masks" in few and "label 20 more there" in few
+
+
 def test_calibrating_on_two_images_holds_none_out_and_the_card_says_so(synthetic, tmp_path):
     folder = tmp_path / "two"
     for sub in ("images", "masks"):
@@ -237,7 +256,9 @@ def test_calibrating_on_two_images_holds_none_out_and_the_card_says_so(synthetic
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
     card = (tmp_path / "cal" / "README.md").read_text()
-    assert "No held-out images" in card and f"`make predict INPUT=photos/ CHECKPOINT={tmp_path / 'cal' / 'model.pt'}`" in card
+    first = card.split("\n\n")[1]  # after the title: which model to use, and the command
+    assert "No held-out images" in card and first.startswith("**Keep the model before") and "`make predict " \
+        "INPUT=photos/`" in first
     again = ["tools/adapt.py", *result.args[2:]]  # make calibrate twice: the model is kept
     assert one_line_error(run(*again), "already holds a model (model.pt)", "OVERWRITE=1")
     assert run(*again, "--overwrite").returncode == 0

@@ -120,7 +120,9 @@ def verdict(rows, adapted):
                 f"{MARGIN} SE).")
     if n < FEW_HELD_OUT:
         text += (f" Only {n} held-out image{'s' if n > 1 else ''}: too few to tell a change of a few hundredths; hold "
-                 f"out {FEW_HELD_OUT} or more (test/images + test/masks).")
+                 f"out {FEW_HELD_OUT} or more: label {FEW_HELD_OUT - n} more and put them in test/images + "
+                 f"test/masks (a plain images/ + masks/ folder holds a fifth out: label {5 * (FEW_HELD_OUT - n)} "
+                 "more there).")
     return text
 
 
@@ -148,10 +150,36 @@ def calibration_sentence(c, adapted):
     return found + "that clears its standard error, so it is used."
 
 
+def predict_command(model):
+    """The make command that segments photos with this model (the released one needs no CHECKPOINT)."""
+    given = "" if Path(model).resolve() == model_files.PT.resolve() else f" CHECKPOINT={model}"
+    return f"`make predict INPUT=photos/{given}`"
+
+
+def recommendation(report, rows):
+    """The card's first sentence: which model to use next, the command for it, and why in plain words."""
+    what, new, before = ("adapted" if report["adapted"] else "calibrated"), report["model"], report["checkpoint"]
+    keep = f"**Keep the model before, `{before}`:** {predict_command(before)}."
+    if not report["adapted"] and report["edge_move"] == 0:
+        return f"{keep} Calibration kept the model's own edge, so `{new}` draws the same masks."
+    if not rows:
+        return (f"{keep} No labelled image was held out, so nothing here shows that the {what} model `{new}` is "
+                f"better; put {FEW_HELD_OUT} or more labelled images in test/images + test/masks and run again.")
+    last = rows[list(rows)[-1]]
+    if last["n"] >= 2 and last["difference"] > MARGIN * last["standard_error"]:
+        return (f"**Use the {what} model, `{new}`:** {predict_command(new)} (in the browser: `make serve "
+                f"CHECKPOINT={new}`). On {last['n']} held-out images its masks matched yours better than the "
+                f"model before's (IoU {last['difference']:+.4f}).")
+    return (f"{keep} On {last['n']} held-out image{'s' if last['n'] > 1 else ''} the {what} model `{new}` was not "
+            f"clearly better (IoU {last['difference']:+.4f}), so it is not worth the change.")
+
+
 def card(report, rows):
-    """The adapted model's card (Markdown): where it came from, its edge move, and how it scores."""
+    """The adapted model's card (Markdown): which model to use next, where it came from, its edge move, and how
+    it scores."""
     c = report["calibration"]
     lines = [f"# {'Adapted' if report['adapted'] else 'Calibrated'} lesion segmenter", "",
+             recommendation(report, rows), "",
              f"`model.pt`, written by adapt.py on {report['date']} (commit {report['commit']}) from "
              f"`{report['adapted'] or report['checkpoint']}`"
              + (f", fine-tuned from `{report['checkpoint']}`" if report['adapted'] else "")
@@ -165,7 +193,8 @@ def card(report, rows):
                   "| model | mean IoU | change | paired SE | better / worse images |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {r['new']:.4f} | {r['difference']:+.4f} | {standard_error(r)} | "
                   f"{r['new_better']} / {r['new_worse']} |" for name, r in rows.items()]
-        lines += ["", verdict(rows, report["adapted"])]
+        lines += ["", verdict(rows, report["adapted"]) + " (± is the standard error of the mean change over "
+                  "these images: a change smaller than about twice it may be chance.)"]
     else:
         lines += ["No held-out images (the folder has a training split only, or too few images to hold a fifth "
                   "out): put some in test/images + test/masks to see whether this model is better than the one "
@@ -174,8 +203,6 @@ def card(report, rows):
         flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in report["recipe"].items()
                  if v is not False]
         lines += ["", f"Fine-tuned with train.py {' '.join(flags)} (all flags: its config.json)."]
-    lines += ["", f"Use it: `make predict INPUT=photos/ CHECKPOINT={report['model']}` (masks in predictions/), or in "
-              f"the browser: `make serve CHECKPOINT={report['model']}`."]
     return "\n".join(lines) + "\n"
 
 
