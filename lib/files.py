@@ -45,14 +45,6 @@ def atomic_save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def remove_stale_temporaries(folder):
-    """Delete the temporary files a killed process left in `folder`; returns their names."""
-    stale = sorted(Path(folder).glob(TMP_PATTERN))
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return [t.name for t in stale]
-
-
 def remove_dead_temporaries(folder):
     """Delete, below `folder`, the temporary files whose writer has died (kill -9, a power cut), and none of a
     writer that still runs (two predict.py may share a folder); returns their names."""
@@ -73,14 +65,6 @@ def process_alive(pid):
     except PermissionError:  # another user's process
         return True
     return True
-
-
-def output_stem(name):
-    """What an image's outputs are named after (<stem>_segmentation.png): a JPEG's (.jpg) stem, any other file's
-    stem and format (x.png -> x_png), so that x.jpg and x.png beside it never share one and no name depends on the
-    other files. The page names its downloads by the same rule (web/segment.js outputStem; a test holds the two)."""
-    stem, suffix = os.path.splitext(os.path.basename(name))
-    return stem if suffix.lower() in ("", ".jpg") else f"{stem}_{suffix[1:].lower()}"
 
 
 def write_bytes(path, data):

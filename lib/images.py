@@ -46,7 +46,12 @@ def to_8bit_rgb(im):
 def displayed_size(source):
     """(width, height) of an image as every viewer shows it (EXIF orientation applied), from its header alone."""
     with open_image(source) as im:
-        return im.size[::-1] if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8) else im.size
+        return shown_size(im)
+
+
+def shown_size(im):
+    """(width, height) of an opened image once its EXIF orientation is applied (5-8: turned by 90 degrees)."""
+    return im.size[::-1] if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8) else im.size
 
 
 def decodes_whole(path, size):
@@ -66,8 +71,7 @@ def read_image(path, size, draft=True):
     are decoded at a reduced scale: how training reads images. Without, the image is decoded whole and resized,
     exactly as model_input() resizes a photo: how every model that is scored or used sees it."""
     with open_image(path) as im:
-        turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # rotated by 90 degrees
-        original_size = im.size[::-1] if turned else im.size
+        original_size = shown_size(im)
         if draft:
             im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
         im = ImageOps.exif_transpose(im)

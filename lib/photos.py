@@ -55,7 +55,7 @@ def files_below(folder):
 
 
 def output_names(found, out):
-    """{image: out/<its subfolder>/<files.output_stem>}, the prefix of its outputs: the same whatever else the
+    """{image: out/<its subfolder>/<output_stem>}, the prefix of its outputs: the same whatever else the
     folder holds. UsageError when two inputs would share one (x.jpg and x.JPG; a/x.jpg and b/x.jpg as files)."""
     names = {path: output_name(path, folder, out) for path, folder in found.items()}
     taken = {}
@@ -69,9 +69,17 @@ def output_names(found, out):
     return names
 
 
+def output_stem(name):
+    """What an image's outputs are named after (<stem>_segmentation.png): a JPEG's (.jpg) stem, any other file's
+    stem and format (x.png -> x_png), so that x.jpg and x.png beside it never share one and no name depends on the
+    other files. The page names its downloads by the same rule (web/segment.js outputStem; a test holds the two)."""
+    stem, suffix = os.path.splitext(os.path.basename(name))
+    return stem if suffix.lower() in ("", ".jpg") else f"{stem}_{suffix[1:].lower()}"
+
+
 def output_name(path, folder, out):
-    """The prefix of an image's outputs: out/<its subfolder>/<files.output_stem of its name>."""
-    return out / folder / files.output_stem(path.name)
+    """The prefix of an image's outputs: out/<its subfolder>/<output_stem of its name>."""
+    return out / folder / output_stem(path.name)
 
 
 def is_output(path, out, inputs):

@@ -101,7 +101,7 @@ def run_log(out, resume=False, overwrite=False):
             for path in out.glob(pattern):
                 path.unlink()
     with open(out / "train.log", "a", buffering=1) as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
-        stale = files.remove_stale_temporaries(out)
+        stale = files.remove_dead_temporaries(out)  # its lock: no other writer lives
         if stale:
             print(f"removed temporary files of an interrupted write: {', '.join(stale)}")
         yield

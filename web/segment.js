@@ -12,7 +12,7 @@ export async function loadModel(ort, base) {
   return {session, size: meta.image_size, threshold: meta.threshold, edgeMove: meta.edge_move ?? 0, ort};
 }
 
-// What an image's mask is named after (<stem>_segmentation.png): lib/files.py's output_stem, the same rule
+// What an image's mask is named after (<stem>_segmentation.png): lib/photos.py's output_stem, the same rule
 export function outputStem(name) {
   const base = name.split(/[\\/]/).pop(), dot = base.lastIndexOf(".");
   if (dot < base.match(/^\.*/)[0].length) return base;  // no extension: leading dots belong to the name
