@@ -21,7 +21,8 @@ import serve
 from conftest import REAL_DATA, ROOT
 from PIL import Image
 
-from lib import images, layouts, photos
+from lib import images, layouts
+from lib.photos import output_stem
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip install -r requirements-dev.txt")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -120,7 +121,7 @@ def test_the_page_segments_like_predict_in_the_browser_and_sends_no_image(server
     agreement, page_iou, cli_iou = [], [], []
     for card, (_, image, mask_path) in zip(cards, pairs):
         page = offered_mask(browser, card)
-        cli = np.asarray(Image.open(tmp_path / "cli" / f"{photos.output_stem(image.name)}_segmentation.png")) > 0
+        cli = np.asarray(Image.open(tmp_path / "cli" / f"{output_stem(image.name)}_segmentation.png")) > 0
         truth = np.asarray(Image.open(mask_path)) > 0
         assert page.shape == cli.shape == truth.shape
         agreement.append(iou(page, cli)), page_iou.append(iou(page, truth)), cli_iou.append(iou(cli, truth))
@@ -252,8 +253,8 @@ def test_the_pages_edge_move_is_make_predicts_to_the_pixel(server, browser, synt
 def test_a_calibrated_models_edge_move_is_applied_on_the_page_as_by_predict(browser, synthetic, tmp_path):
     import torch
 
-    from lib.model_files import PT
     from lib.checkpoints import read_checkpoint
+    from lib.model_files import PT
     checkpoint = read_checkpoint(PT)
     checkpoint["config"]["edge_move"] = 0.07  # as make calibrate stores it for a tighter annotator
     torch.save(checkpoint, tmp_path / "calibrated.pt")
@@ -271,7 +272,7 @@ def test_a_calibrated_models_edge_move_is_applied_on_the_page_as_by_predict(brow
                             str(tmp_path / out), "--tta", "--largest-component"], cwd=ROOT, check=True)
         for card, photo in zip(cards, photos):
             page = offered_mask(browser, card)
-            moved, own = (np.asarray(Image.open(tmp_path / out / f"{photos.output_stem(photo.name)}_segmentation.png")) > 0
+            moved, own = (np.asarray(Image.open(tmp_path / out / f"{output_stem(photo.name)}_segmentation.png")) > 0
                           for out in ("moved", "own"))
             assert iou(page, moved) >= 0.99 and page.sum() < 0.95 * own.sum()  # moved in, as predict.py moves it
     finally:
@@ -383,5 +384,5 @@ def test_the_page_names_masks_by_predicts_rule(server, browser):
     open_page(browser, server[0])
     stems = browser.execute_async_script(
         "const done = arguments[1]; import('./segment.js').then(m => done(arguments[0].map(m.outputStem)))", names)
-    assert stems == [photos.output_stem(n) for n in names]
+    assert stems == [output_stem(n) for n in names]
     assert stems[:4] == ["ISIC_0000053 big", "photo2_bmp", "photo2_png", "x"]

@@ -8,11 +8,12 @@ from PIL import Image
 from scipy import ndimage
 
 import predict
-from lib import checkpoints, decoding, layouts, model_files, onnx_model, photos
+from lib import checkpoints, decoding, layouts, model_files, onnx_model
 from lib.checkpoints import Ensemble, load_checkpoint, load_models
 from lib.errors import ModelFileError, UsageError
 from lib.masks import keep_largest_component, outline
 from lib.metrics import full_resolution_metrics
+from lib.photos import output_stem
 from lib.scoring import predict_probs, score_model
 from model import MobileNetSegmenter
 
@@ -120,10 +121,10 @@ def test_predict_writes_masks_at_each_images_own_size(synthetic, checkpoint, tmp
     images = sorted(folder.iterdir())
     assert len(list((tmp_path / "out").glob("*_segmentation.png"))) == len(images) == 13
     for image_path in images:
-        with Image.open(image_path) as im, Image.open(tmp_path / "out" / f"{photos.output_stem(image_path.name)}_segmentation.png") as m:
+        with Image.open(image_path) as im, Image.open(tmp_path / "out" / f"{output_stem(image_path.name)}_segmentation.png") as m:
             assert m.size == im.size and set(np.unique(np.asarray(m))) <= {0, 255}
             assert ndimage.label(np.asarray(m), structure=np.ones((3, 3)))[1] <= 1  # one region at most
-        assert (tmp_path / "out" / f"{photos.output_stem(image_path.name)}_overlay.jpg").exists()
+        assert (tmp_path / "out" / f"{output_stem(image_path.name)}_overlay.jpg").exists()
 
 
 class TwoSquares(torch.nn.Module):
@@ -143,7 +144,7 @@ def test_predict_largest_component_keeps_one_region_per_mask(synthetic, checkpoi
     for flags, regions in (([], 2), (["--largest-component"], 1)):
         out = tmp_path / str(regions)
         predict.main([str(image), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu", *flags])
-        with Image.open(out / f"{photos.output_stem(image.name)}_segmentation.png") as m:
+        with Image.open(out / f"{output_stem(image.name)}_segmentation.png") as m:
             assert ndimage.label(np.asarray(m), structure=np.ones((3, 3)))[1] == regions
 
 

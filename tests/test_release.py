@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import release
 import torch
-
 from conftest import REAL_DATA, ROOT
 from PIL import Image
 
 import predict
 from data import split_to_score
-from lib import files, images, layouts, photos
+from lib import files, images, layouts
+from lib.checkpoints import load_checkpoint
 from lib.errors import ModelFileError
 from lib.metrics import per_image_metrics
 from lib.model_files import PT as RELEASED
+from lib.photos import output_stem
 from lib.scoring import score_model
-from lib.checkpoints import load_checkpoint
 
 CARD = ROOT / "models" / "card.json"
 
@@ -58,7 +58,7 @@ def ious_of_predict_without_checkpoint(photos, folder, tmp_path):
     assert result.returncode == 0, result.stderr
     ious = []
     for path, truth in photos:
-        with Image.open(elsewhere / "masks" / f"{photos.output_stem(path.name)}_segmentation.png") as m:
+        with Image.open(elsewhere / "masks" / f"{output_stem(path.name)}_segmentation.png") as m:
             mask = np.asarray(m) > 0
         assert mask.shape == truth.shape
         ious.append(per_image_metrics(torch.from_numpy(mask)[None, None], torch.from_numpy(truth)[None, None])
@@ -85,7 +85,7 @@ def test_torch_hub_gives_the_released_model_and_its_masks_are_predicts(synthetic
     (path, _), = synthetic_photos(synthetic, tmp_path / "photos", n=1)
     predict.main([str(path), "--out", str(tmp_path / "masks"), "--tta", "--largest-component", "--device", "cpu",
                   "--checkpoint", str(RELEASED)])
-    with Image.open(tmp_path / "masks" / f"{photos.output_stem(path.name)}_segmentation.png") as m:
+    with Image.open(tmp_path / "masks" / f"{output_stem(path.name)}_segmentation.png") as m:
         expected = np.asarray(m) > 0
     assert model.runtime.name == "PyTorch" and np.array_equal(model.segment(path), expected)
     with Image.open(path) as im:

@@ -6,12 +6,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REAL_DATA, ROOT
 from PIL import Image
 
-from lib import files, layouts, masks, model_files, photos
+from lib import files, layouts, masks, model_files
 from lib.errors import ModelFileError, UsageError
+from lib.photos import output_stem
 from lib.segmenter import Segmenter
 
 # Runs a script as `python SCRIPT ARGS...` would, with torch and torchvision made unimportable
@@ -54,7 +54,7 @@ def test_predict_without_torch_writes_the_masks_of_the_torch_path(synthetic, tmp
     ious = [(a & b).sum() / max((a | b).sum(), 1)
             for a, b in zip(read_masks(tmp_path / "onnx", names), read_masks(tmp_path / "torch", names))]
     assert len(ious) == len(photos) and np.mean(ious) >= 0.999, np.mean(ious)
-    assert all((tmp_path / "onnx" / f"{photos.output_stem(p.name)}_overlay.jpg").stat().st_size > 0 for p in photos)
+    assert all((tmp_path / "onnx" / f"{output_stem(p.name)}_overlay.jpg").stat().st_size > 0 for p in photos)
 
 
 def test_a_pt_file_without_torch_is_one_sentence_on_what_to_install(tmp_path):
@@ -144,7 +144,7 @@ def test_make_predicts_masks_score_what_the_card_says(tmp_path):
     for truth_file in sorted(truths.glob("*.png")):
         truth = np.asarray(Image.open(truth_file)) > 127
         name = truth_file.name.replace(layouts.MASK_SUFFIX, "")
-        mask = np.asarray(Image.open(tmp_path / "masks" / f"{photos.output_stem(name + '.jpg')}_segmentation.png")) > 127
+        mask = np.asarray(Image.open(tmp_path / "masks" / f"{output_stem(name + '.jpg')}_segmentation.png")) > 127
         both, either = (mask & truth).sum(), (mask | truth).sum()
         jaccard.append(both / either)
         dice.append(2 * both / (mask.sum() + truth.sum()))
