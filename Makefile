@@ -13,6 +13,7 @@ SEEDS ?= 0 1 2
 RUNS ?= runs
 BEST_CHECKPOINTS = $(foreach seed,$(SEEDS),"$(RUNS)/best/seed$(seed)/best.pt")
 RELEASED = models/lesion_segmenter.pt
+RELEASED_ONNX = models/lesion_segmenter.onnx
 # CHECKPOINT: a model of yours; unset, every target uses the released model (predict and serve its .onnx on ONNX
 # Runtime, the targets that need PyTorch its .pt)
 CHECKPOINT ?=
@@ -124,19 +125,23 @@ ablations: $(ABLATIONS)
 # DATA_DIR, your labelled images in any layout, then fine-tunes it (train.py) on them with their masks moved back by
 # that move, with few epochs, a low learning rate, the encoder frozen and the shift augmentation; it scores the
 # model before and after on DATA_DIR's held-out images (one test IoU per model, one protocol: train.py --no-test)
-# and writes $(RUNS)/adapt/model.pt and its card.
-# make calibrate: how far CHECKPOINT's masks' edge moves in or out, calibrated on DATA_DIR (no training).
+# and writes $(RUNS)/adapt/model.pt and its card. It trains, so it needs PyTorch (installed first).
 ADAPT_FROM ?= $(RELEASED)
 ADAPT = --freeze-encoder --random-aug --shift-aug 0.25 --loss bce+dice --optimizer adam --lr 1e-4 --epochs 10 \
 	--batch-size 8 --val-fraction 0 --ema 0.9 --no-test
 adapt: labelled
+	@test -f .venv/installed || echo "make adapt fine-tunes the model, so it needs PyTorch: installing it into .venv" \
+		"first (gigabytes with its CUDA libraries; make calibrate needs none)"
+	@$(MAKE) --no-print-directory setup
 	$(PY) tools/adapt.py --checkpoint "$(ADAPT_FROM)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/adapt" \
 		$(if $(OVERWRITE),--overwrite) \
 		--train-flags "$(ADAPT) --seed $(SEED) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite) $(FLAGS)"
-calibrate: labelled
-	$(PY) tools/adapt.py --checkpoint "$(PT)" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out "$(RUNS)/calibrate" \
-		$(if $(OVERWRITE),--overwrite)
-labelled: setup
+# make calibrate: how far the masks' edge of CHECKPOINT (an .onnx; default the released one) moves in or out,
+# calibrated on DATA_DIR, written as $(RUNS)/calibrate/model.onnx; on the light install (ONNX Runtime, no PyTorch)
+calibrate: .venv/predict-installed labelled
+	$(PY) tools/calibrate.py --checkpoint "$(or $(CHECKPOINT),$(RELEASED_ONNX))" --data-dir "$(DATA_DIR)" \
+		--device $(DEVICE) --out "$(RUNS)/calibrate" $(if $(OVERWRITE),--overwrite)
+labelled:
 	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; name your labelled images:" \
 		"make $(MAKECMDGOALS) DATA_DIR=my_labelled/ (images/ + masks/, or any layout of README: Data)" >&2; exit 2; }
 

@@ -15,15 +15,7 @@ from lib.decoding import load_split
 from lib.errors import DataError, ModelFileError, UsageError
 from lib.layouts import detect_layout, expected_layout, present_groups
 from lib.mapped import load_mapped_split
-
-TEST_FRACTION = 0.2  # share of a folder without an official split (PH2) held out as its test split
-
-
-def split_indices(n, val_fraction, seed):
-    """(train, val) index tensors: a seeded random split, made before any augmentation."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = round(n * val_fraction)
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
+from lib.splits import TEST_FRACTION, split_indices
 
 
 def subset(split, idx):

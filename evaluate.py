@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from data import split_to_score
-from lib import cli, files, layouts, metrics
+from lib import cli, compare, files, layouts
 from lib.checkpoints import decision_edge_move, decision_threshold, load_models
 from lib.device import pick_device
 from lib.errors import UsageError
@@ -27,7 +27,7 @@ def results_name(out, split):
 
 
 def paired_comparison(base_files, new_files, metric):
-    """metrics.paired_difference() of two models scored per image on the same images (evaluate.py's
+    """compare.paired_difference() of two models scored per image on the same images (evaluate.py's
     *_per_image.csv, file k of `new_files` against file k of `base_files`, matched by id; several pairs pool, e.g.
     validation splits of several --split-seeds)."""
     if len(base_files) != len(new_files):
@@ -41,7 +41,7 @@ def paired_comparison(base_files, new_files, metric):
             raise UsageError(f"{b} has no column {metric!r} (evaluate.py --tta --full-res writes fullres_lcc_tta_iou)")
         base += [rows_b[i][metric] for i in rows_b]
         new += [rows_n[i][metric] for i in rows_b]
-    return metrics.paired_difference(base, new)
+    return compare.paired_difference(base, new)
 
 
 def print_paired(args):

@@ -2,14 +2,16 @@
 a share of each mask's equivalent radius) so that its masks match annotators who draw tighter or looser than
 ISIC's; the best move is adopted only when the images' paired standard error says its gain is real. The decision
 threshold's calibration, which moves the edge less, and the one-standard-error rule are kept for comparison
-(docs/adapt.md)."""
+(docs/adapt.md). numpy only: make calibrate runs on the light install, and the page repeats edge_curves and
+calibrate_edge in JavaScript (web/segment.js; tests/test_page.py holds the two together)."""
 import math
+from pathlib import Path
 
 import numpy as np
-import torch
 
+from lib.compare import iou
+from lib.errors import DataError
 from lib.masks import has_edge, keep_largest_component, mask_at_size, moved_edges, resize_probabilities
-from lib.metrics import per_image_metrics
 
 # The candidates, 0.5 among them; finer near 0 and 1, where a sharp model's probabilities still move the edge
 THRESHOLDS = np.round(np.concatenate([[0.01, 0.02, 0.03], np.arange(0.05, 0.951, 0.025), [0.97, 0.98, 0.99]]), 3)
@@ -18,16 +20,19 @@ FOLDS = 5  # cross-validation folds (fewer when there are fewer images)
 EDGE_MOVES = np.round(np.arange(-0.16, 0.1601, 0.01), 2)
 
 
+def probability_map(probs, i):
+    """Image i's probabilities [S,S] as float32 numpy, of probabilities [N,1,S,S] or [N,S,S] (torch or numpy)."""
+    return np.asarray(probs[i], dtype=np.float32).reshape(probs.shape[-2:])
+
+
 def iou_curves(probs, masks, thresholds=THRESHOLDS, largest_component=True):
     """IoU [N, T] of each image at each threshold: probabilities [N,1,S,S] resized back to each boolean mask's own
     size [H,W] (as make predict does), thresholded, with largest_component only the largest region kept."""
     curves = np.empty((len(masks), len(thresholds)))
     for i, mask in enumerate(masks):
-        up = resize_probabilities(probs[i, 0].float().numpy(), mask.shape[1], mask.shape[0])
-        target = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None]
+        up = resize_probabilities(probability_map(probs, i), mask.shape[1], mask.shape[0])
         for j, t in enumerate(thresholds):
-            pred = keep_largest_component(up > t) if largest_component else up > t
-            curves[i, j] = per_image_metrics(torch.from_numpy(pred)[None, None], target)["iou"].item()
+            curves[i, j] = iou(keep_largest_component(up > t) if largest_component else up > t, mask)
     return curves
 
 
@@ -37,11 +42,21 @@ def edge_curves(probs, masks, moves=EDGE_MOVES, threshold=0.5):
     every image, as learning an annotator's mean edge would, scores (adapt_experiment.py --calibration-only)."""
     curves = np.empty((len(masks), len(moves)))
     for i, mask in enumerate(masks):
-        pred = mask_at_size(probs[i, 0].float().numpy(), mask.shape[1], mask.shape[0], threshold, True)
-        target = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None]
+        pred = mask_at_size(probability_map(probs, i), mask.shape[1], mask.shape[0], threshold, True)
         for j, moved in enumerate(moved_edges(pred, moves) if has_edge(pred) else [pred] * len(moves)):
-            curves[i, j] = per_image_metrics(torch.from_numpy(moved)[None, None], target)["iou"].item()
+            curves[i, j] = iou(moved, mask)
     return curves
+
+
+def refuse_one_value_masks(masks, paths, data_dir):
+    """DataError when most masks (boolean arrays, their files' paths beside) are all lesion or all background: no
+    edge to calibrate or learn from, and a change of the edge would be scored on masks that say nothing of it."""
+    flat = [path for path, m in zip(paths, masks) if m.min() == m.max()]
+    if 2 * len(flat) > len(masks):
+        names = ", ".join(Path(f).name for f in flat[:5]) + (f" and {len(flat) - 5} more" if len(flat) > 5 else "")
+        raise DataError(f"{len(flat)} of the {len(masks)} masks in {data_dir} are all lesion or all background "
+                        f"({names}): calibration needs masks that outline each lesion, white on black (or a palette "
+                        "index above 0 for the lesion)")
 
 
 def calibrate_cv(curves, thresholds=THRESHOLDS, folds=FOLDS, seed=0):

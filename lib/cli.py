@@ -52,11 +52,13 @@ def add_data_dir_flag(target, note="", several=False, required=False):
 
 
 def add_checkpoint_flag(target, role, default=None, several=False, onnx=False, required=None):
-    """--checkpoint FILE (several=True: FILE [FILE ...], an ensemble), required without a default. With several,
+    """--checkpoint FILE (several=True: FILE [FILE ...], an ensemble), required without a default; onnx: True where
+    an .onnx file is read too, "only" where nothing else is. With several,
     argparse's default stays None (its "extend" would add to a default list) and the script falls back to
     `default` itself."""
-    text = (f"{role}: an .onnx file (export.py), or best.pt / last.pt written by train.py (needs PyTorch)" if onnx
-            else f"{role}: best.pt or last.pt written by train.py")
+    text = {True: f"{role}: an .onnx file (export.py), or best.pt / last.pt written by train.py (needs PyTorch)",
+            "only": f"{role}: an .onnx file (export.py; make export turns a train.py checkpoint into one)",
+            False: f"{role}: best.pt or last.pt written by train.py"}[onnx]
     if several:
         text += "; several .pt: their ensemble (the mean of their probabilities)"
     if default is not None:

@@ -1,7 +1,6 @@
 """Segmentation metrics, defined once and used by training, evaluation and prediction: per-image IoU, Dice,
 accuracy, sensitivity, specificity and thresholded Jaccard, pooled IoU, scores at each mask's own resolution.
 Masks and predictions are binary; shapes are given per function."""
-import math
 
 import numpy as np
 import torch
@@ -76,17 +75,6 @@ def largest_region_iou(probs, masks, threshold=0.5, edge_move=0.0):
     """Per-image IoU [N] (numpy) of probabilities [N,1,S,S] at each mask's own size, thresholded, only the largest
     region kept, its edge moved: make predict's masks scored. masks: N mask files or boolean arrays [H,W]."""
     return full_resolution_metrics({"": probs}, masks, threshold, edge_move)["lcc_"][0]["iou"].numpy()
-
-
-def paired_difference(base, new):
-    """Two models' scores on the same images (sequences, image k against image k): dict of n, each model's mean,
-    the mean difference new - base, its standard error, and how often new wins. The standard error is the paired
-    one: per-image differences vary far less than the scores themselves."""
-    base, new = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
-    diff = new - base
-    return {"n": len(diff), "base": float(base.mean()), "new": float(new.mean()), "difference": float(diff.mean()),
-            "standard_error": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan"),
-            "new_better": int((diff > 0).sum()), "new_worse": int((diff < 0).sum())}
 
 
 def add_metrics(summary, per_image, prefix, metrics):

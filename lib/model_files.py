@@ -101,10 +101,27 @@ def encode_varint(value):
 def seal(path):
     """Append the seal to an .onnx file: a metadata entry holding the sha256 of every byte before it. Needs no
     onnx package; ONNX Runtime reads the entry as one more metadata key."""
-    data = Path(path).read_bytes()
+    Path(path).write_bytes(sealed(Path(path).read_bytes()))
+
+
+def sealed(data):
+    """ONNX bytes with the seal appended (one there before is replaced: the bytes are sealed as they were then)."""
     if seal_of(data) is not None:
-        data = data[:top_level_fields(data)[-1][1]]  # sealed before: seal the file as it was then
-    Path(path).write_bytes(data + metadata_entry(SEAL, hashlib.sha256(data).hexdigest()))
+        data = data[:top_level_fields(data)[-1][1]]
+    return data + metadata_entry(SEAL, hashlib.sha256(data).hexdigest())
+
+
+def with_metadata(data, values):
+    """ONNX bytes with the metadata entries {key: value} set (any entry of the same key dropped first), sealed
+    anew: how make calibrate stores its edge move on the light install, without the onnx package."""
+    kept = b"".join(data[start:end] for number, start, payload, end in top_level_fields(data)
+                    if number != 14 or metadata_key(data[payload:end]) not in {*values, SEAL})
+    return sealed(kept + b"".join(metadata_entry(k, str(v)) for k, v in values.items()))
+
+
+def metadata_key(entry):
+    """The key of one serialized metadata entry (StringStringEntryProto: 1 the key, 2 the value)."""
+    return next((entry[p:e].decode() for n, _, p, e in top_level_fields(entry) if n == 1), None)
 
 
 def seal_of(data):

@@ -4,7 +4,6 @@ for --resume."""
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import filelock
 import torch
 
 from lib import files
+from lib.revision import git
 from lib.errors import TrainingError, UsageError
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
@@ -19,23 +19,6 @@ RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 RUN_OUTPUTS = RUN_FILES + ("code.diff", "test_metrics.json", "test_per_image.csv", "test_*_metrics.json", "test_*_per_image.csv",
                            "val_metrics.json", "val_per_image.csv",
                            "curves.png", "panel_epoch*.png", "train.log", files.TMP_PATTERN)
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def git(*words):
-    """What git prints for these words in this repository ('' outside a git checkout, or without git)."""
-    try:
-        return subprocess.run(["git", *words], capture_output=True, text=True, cwd=ROOT).stdout
-    except OSError:
-        return ""
-
-
-def code_revision():
-    """The commit the running code comes from, with '+changes' when tracked files differ from it."""
-    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    return head + ("+changes" if git("diff", "HEAD", "--stat").strip() else "")
 
 
 def record_code(out):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-import adapt as adapt_script
 import adapt_experiment
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from PIL import Image
 import evaluate
 import predict
 import train
-from lib import annotators, calibration, files, images, layouts
+from lib import annotators, calibration, cards, files, images, layouts
 from lib.errors import DataError
 from lib.model_files import PT as RELEASED
 from lib.checkpoints import load_checkpoint, read_checkpoint
@@ -105,13 +104,13 @@ def test_the_edge_rule_takes_a_real_shifts_best_move_and_is_not_led_by_a_few_ste
 
 def test_the_card_says_whether_the_calibrated_move_cleared_its_standard_error():
     found = {"images": 16, "best_edge_move": 0.07, "gain": 0.031, "standard_error": 0.006}
-    used = adapt_script.calibration_sentence({**found, "edge_move": 0.07}, adapted=False)
+    used = cards.calibration_sentence({**found, "edge_move": 0.07}, adapted=False)
     assert "+0.07" in used and "clears its standard error, so it is used" in used
-    kept = adapt_script.calibration_sentence({**found, "gain": 0.004, "edge_move": 0.0}, adapted=False)
+    kept = cards.calibration_sentence({**found, "gain": 0.004, "edge_move": 0.0}, adapted=False)
     assert "within its standard error" in kept and "own edge is kept" in kept
-    adapted = adapt_script.calibration_sentence({**found, "edge_move": 0.07}, adapted=True)
+    adapted = cards.calibration_sentence({**found, "edge_move": 0.07}, adapted=True)
     assert adapted.startswith("Calibration of the model before") and adapted.endswith("so it is used.")
-    none = adapt_script.calibration_sentence({**found, "best_edge_move": 0.0, "edge_move": 0.0}, adapted=False)
+    none = cards.calibration_sentence({**found, "best_edge_move": 0.0, "edge_move": 0.0}, adapted=False)
     assert "own edge best, so it is kept" in none and "standard error" not in none
 
 
@@ -215,33 +214,33 @@ def comparison(n, difference, error):
 
 def test_the_card_claims_only_what_its_numbers_carry():
     before = {"before (threshold 0.5)": comparison(40, 0.0, 0.0)}
-    one_se = adapt_script.verdict({**before, "adapted": comparison(5, 0.0274, 0.0271)}, True)
+    one_se = cards.verdict({**before, "adapted": comparison(5, 0.0274, 0.0271)}, True)
     assert "no clear difference" in one_se and "helped" not in one_se and "Only 5 held-out images" in one_se
-    clear = adapt_script.verdict({**before, "adapted": comparison(40, 0.05, 0.01)}, True)
+    clear = cards.verdict({**before, "adapted": comparison(40, 0.05, 0.01)}, True)
     assert "helped" in clear and "Only" not in clear
-    worse = adapt_script.verdict({**before, "adapted": comparison(40, -0.05, 0.01)}, True)
+    worse = cards.verdict({**before, "adapted": comparison(40, -0.05, 0.01)}, True)
     assert "did worse" in worse
-    single = adapt_script.verdict({**before, "adapted": comparison(1, 0.1, float("nan"))}, True)
-    assert "says nothing" in single and "nan" not in single and adapt_script.standard_error(comparison(1, 0, 0)) == \
+    single = cards.verdict({**before, "adapted": comparison(1, 0.1, float("nan"))}, True)
+    assert "says nothing" in single and "nan" not in single and cards.standard_error(comparison(1, 0, 0)) == \
         "n/a (1 image)"
 
 
 def test_the_cards_first_sentence_names_the_model_to_use_and_its_command():
     report = {"adapted": "runs/adapt/best.pt", "model": "runs/adapt/model.pt", "edge_move": 0.04,
-              "checkpoint": str(adapt_script.model_files.PT)}
+              "checkpoint": str(cards.model_files.PT)}
     before = {"before": comparison(40, 0.0, 0.0)}
-    won = adapt_script.recommendation(report, {**before, "adapted": comparison(40, 0.05, 0.01)})
+    won = cards.recommendation(report, {**before, "adapted": comparison(40, 0.05, 0.01)})
     assert won.startswith("**Use the adapted model, `runs/adapt/model.pt`:** `make predict INPUT=photos/ "
                           "CHECKPOINT=runs/adapt/model.pt`")
     worse, unclear = comparison(6, -0.0083, 0.0071), comparison(40, 0.01, 0.01)
     for rows in ({**before, "adapted": worse}, {**before, "adapted": unclear}, {}):
-        kept = adapt_script.recommendation(report, rows)
-        assert kept.startswith(f"**Keep the model before, `{adapt_script.model_files.PT}`:** `make predict "
+        kept = cards.recommendation(report, rows)
+        assert kept.startswith(f"**Keep the model before, `{cards.model_files.PT}`:** `make predict "
                                "INPUT=photos/`.") and "python" not in kept
-    unmoved = adapt_script.recommendation({**report, "adapted": None, "edge_move": 0.0}, {
+    unmoved = cards.recommendation({**report, "adapted": None, "edge_move": 0.0}, {
         **before, "calibrated": comparison(40, 0.0, 0.0)})
     assert unmoved.startswith("**Keep the model before") and "draws the same masks" in unmoved
-    few = adapt_script.verdict({**before, "adapted": comparison(6, 0.01, 0.01)}, True)
+    few = cards.verdict({**before, "adapted": comparison(6, 0.01, 0.01)}, True)
     assert "label 4 more and put them in test/images + test/masks" in few and "label 20 more there" in few
 
 

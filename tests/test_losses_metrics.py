@@ -2,6 +2,7 @@ import math
 
 import torch
 
+from lib.compare import iou
 from lib.metrics import per_image_metrics, score
 from losses import bce_loss, lovasz_hinge_loss, soft_iou_loss
 
@@ -40,6 +41,16 @@ def test_metrics_empty_masks_and_one_pixel_off():
     m = per_image_metrics(off > 0, square)
     assert math.isclose(m["iou"].item(), 15 / 16)
     assert math.isclose(m["dice"].item(), 30 / 31)
+
+
+def test_numpy_iou_is_the_metrics_iou():
+    """lib/compare.py's IoU (the light install's: make calibrate) is per_image_metrics's, empty masks included."""
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.rand(37, 29, generator=g) > p, torch.rand(37, 29, generator=g) > q)
+             for p, q in ((0.5, 0.5), (0.9, 0.2), (1.0, 1.0), (1.0, 0.5), (0.0, 0.7))]
+    for pred, target in pairs:
+        expected = per_image_metrics(pred[None, None], target[None, None])["iou"].item()
+        assert iou(pred.numpy(), target.numpy()) == expected
 
 
 def test_score_thresholds_logits_at_zero_and_averages_per_image():

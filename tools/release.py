@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
 
 from data import split_to_score
-from lib import cli, files, model_files, onnx_model, run_folder
+from lib import cli, files, model_files, onnx_model, revision
 from lib.checkpoints import decision_threshold, half_precision, load_checkpoint, read_checkpoint, weights_checksum
 from lib.device import pick_device
 from lib.errors import ModelFileError
@@ -115,7 +115,7 @@ def release_pt(checkpoint, split, out, device):
     worst_images(released, split, per_image, device, out / "worst_test_images.png")
     return {"file": released.name, "bytes": released.stat().st_size, "sha256": sha256(released),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "image_size": config["image_size"], "source": str(checkpoint), "commit": run_folder.code_revision(),
+            "image_size": config["image_size"], "source": str(checkpoint), "commit": revision.code_revision(),
             "test_images": summary["n_images"], "test": test_entry(summary),
             "test_float32": {"iou": reference[KEY + "iou"], "dice": reference[KEY + "dice"]},
             "robustness": {**summarize(rows), "shifts": len(rows) - 1, "rows": rows}}
@@ -143,7 +143,7 @@ def rescore_released(out, split, device):
     summary, _ = test_scores(out / card["file"], split, device)
     card["test"], card["test_images"] = test_entry(summary), summary["n_images"]
     card["onnx"]["test_iou"] = onnx_test_iou(out / card["onnx"]["file"], split)
-    card["rescored"] = {"date": datetime.date.today().isoformat(), "commit": run_folder.code_revision()}
+    card["rescored"] = {"date": datetime.date.today().isoformat(), "commit": revision.code_revision()}
     return card
 
 

@@ -1,0 +1,116 @@
+"""The card of a calibrated or adapted model (tools/calibrate.py, tools/adapt.py): its first sentence says which
+model to use next and the command for it, then where the model came from, its edge move and how it scored on the
+held-out images, with what a standard error means there. Torch-free: make calibrate writes it on the light
+install."""
+from pathlib import Path
+
+from lib import model_files
+
+MARGIN = 2  # standard errors a paired change must clear before the card calls it better or worse
+FEW_HELD_OUT = 10  # below this many held-out images the card warns that its scores say little
+
+
+def verdict(rows, adapted):
+    """Sentences on the last row against the first: better or worse only when the paired change clears MARGIN
+    standard errors, else no clear difference; a warning below FEW_HELD_OUT held-out images."""
+    last = rows[list(rows)[-1]]
+    what, n, change, error = ("adaptation" if adapted else "calibration"), last["n"], \
+        last["difference"], last["standard_error"]
+    if n < 2:
+        text = (f"On 1 held-out image {what} changed IoU by {change:+.4f}: one image gives no standard error, so "
+                "this says nothing either way.")
+    elif change > MARGIN * error:
+        text = f"On {n} held-out images {what} helped: IoU {change:+.4f} ± {error:.4f} (more than {MARGIN} SE)."
+    elif change < -MARGIN * error:
+        text = (f"On {n} held-out images {what} did worse: IoU {change:+.4f} ± {error:.4f} (more than {MARGIN} SE); "
+                "keep the model before, or label more images.")
+    else:
+        text = (f"On {n} held-out images {what} made no clear difference (IoU {change:+.4f} ± {error:.4f}, within "
+                f"{MARGIN} SE).")
+    if n < FEW_HELD_OUT:
+        text += (f" Only {n} held-out image{'s' if n > 1 else ''}: too few to tell a change of a few hundredths; hold "
+                 f"out {FEW_HELD_OUT} or more: label {FEW_HELD_OUT - n} more and put them in test/images + "
+                 f"test/masks (a plain images/ + masks/ folder holds a fifth out: label {5 * (FEW_HELD_OUT - n)} "
+                 "more there).")
+    return text
+
+
+def standard_error(row):
+    return "n/a (1 image)" if row["n"] < 2 else f"{row['standard_error']:.4f}"
+
+
+def edge_words(move):
+    """An edge move in words: 'the model's own edge', or 'the edge moved in by 7% of each lesion's radius'."""
+    if not move:
+        return "the model's own edge"
+    return f"the edge moved {'in' if move > 0 else 'out'} by {abs(move):.0%} of each lesion's radius"
+
+
+def calibration_sentence(c, adapted):
+    """What calibration (calibration.calibrate: the best move if its gain clears its standard error) found, and the
+    edge move it uses."""
+    found = f"Calibration {'of the model before ' if adapted else ''}on those {c['images']} images found"
+    if c["best_edge_move"] == 0:
+        return f"{found} the model's own edge best, so it is kept."
+    found += (f" a move of {c['best_edge_move']:+g} x the radius best (+ inward, - outward), {c['gain']:+.4f} IoU "
+              f"over the model's own edge on them (paired SE {c['standard_error']:.4f}); ")
+    if c["edge_move"] == 0:
+        return found + "that is within its standard error, so the model's own edge is kept."
+    return found + "that clears its standard error, so it is used."
+
+
+def predict_command(model):
+    """The make command that segments photos with this model (the released one needs no CHECKPOINT)."""
+    given = "" if Path(model).resolve() in (model_files.PT.resolve(), model_files.ONNX.resolve()) else \
+        f" CHECKPOINT={model}"
+    return f"`make predict INPUT=photos/{given}`"
+
+
+def recommendation(report, rows):
+    """The card's first sentence: which model to use next, the command for it, and why in plain words."""
+    what, new, before = ("adapted" if report["adapted"] else "calibrated"), report["model"], report["checkpoint"]
+    keep = f"**Keep the model before, `{before}`:** {predict_command(before)}."
+    if not report["adapted"] and report["edge_move"] == 0:
+        return f"{keep} Calibration kept the model's own edge, so `{new}` draws the same masks."
+    if not rows:
+        return (f"{keep} No labelled image was held out, so nothing here shows that the {what} model `{new}` is "
+                f"better; put {FEW_HELD_OUT} or more labelled images in test/images + test/masks and run again.")
+    last = rows[list(rows)[-1]]
+    if last["n"] >= 2 and last["difference"] > MARGIN * last["standard_error"]:
+        return (f"**Use the {what} model, `{new}`:** {predict_command(new)} (in the browser: `make serve "
+                f"CHECKPOINT={new}`). On {last['n']} held-out images its masks matched yours better than the "
+                f"model before's (IoU {last['difference']:+.4f}).")
+    return (f"{keep} On {last['n']} held-out image{'s' if last['n'] > 1 else ''} the {what} model `{new}` was not "
+            f"clearly better (IoU {last['difference']:+.4f}), so it is not worth the change.")
+
+
+def card(report, rows):
+    """The adapted model's card (Markdown): which model to use next, where it came from, its edge move, and how
+    it scores."""
+    c = report["calibration"]
+    lines = [f"# {'Adapted' if report['adapted'] else 'Calibrated'} lesion segmenter", "",
+             recommendation(report, rows), "",
+             f"`{Path(report['model']).name}`, written by {report['tool']} on {report['date']} (commit {report['commit']}) from "
+             f"`{report['adapted'] or report['checkpoint']}`"
+             + (f", fine-tuned from `{report['checkpoint']}`" if report['adapted'] else "")
+             + f" on {c['images']} labelled images of `{report['data_dir']}`.", "",
+             f"**Masks: {edge_words(report['edge_move'])}.** "
+             + calibration_sentence(c, report["adapted"])
+             + (" The model was then fine-tuned on these images with their masks' edge moved back by that move, so"
+                " that it learns what the move does not." if report["adapted"] and report["edge_move"] else ""), ""]
+    if rows:
+        lines += [f"IoU on {report['held_out']} held-out images (each mask's own size, flip TTA, largest region):", "",
+                  "| model | mean IoU | change | paired SE | better / worse images |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['new']:.4f} | {r['difference']:+.4f} | {standard_error(r)} | "
+                  f"{r['new_better']} / {r['new_worse']} |" for name, r in rows.items()]
+        lines += ["", verdict(rows, report["adapted"]) + " (± is the standard error of the mean change over "
+                  "these images: a change smaller than about twice it may be chance.)"]
+    else:
+        lines += ["No held-out images (the folder has a training split only, or too few images to hold a fifth "
+                  "out): put some in test/images + test/masks to see whether this model is better than the one "
+                  "before."]
+    if report["recipe"]:
+        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in report["recipe"].items()
+                 if v is not False]
+        lines += ["", f"Fine-tuned with train.py {' '.join(flags)} (all flags: its config.json)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,83 @@
+"""make calibrate on the light install (tools/calibrate.py): no PyTorch, the same edge move and held-out images as
+adapt.py's calibration, and a calibrated .onnx that make predict uses."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REAL_DATA, ROOT
+from PIL import Image
+
+import data
+from lib import annotators, images, layouts, model_files
+from lib.masks import move_edge
+from lib.segmenter import Segmenter
+from lib.splits import labelled_pairs
+
+
+@pytest.fixture(scope="module")
+def tighter_folder(tmp_path_factory):
+    """A plain images/ + masks/ folder of 15 real ISIC test images whose masks a tighter annotator drew."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"{REAL_DATA} not present: the real ISIC 2016 images are only on development and CI machines")
+    folder = tmp_path_factory.mktemp("tighter")
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir()
+    for i, image, mask in layouts.find_pairs(REAL_DATA, "test")[:15]:
+        shutil.copy(image, folder / "images" / image.name)
+        tight = annotators.tighter(images.read_binary_mask(mask))
+        Image.fromarray(tight.astype(np.uint8) * 255).save(folder / "masks" / f"{i}.png")
+    return folder
+
+
+def run_without_torch(tmp_path, *args):
+    """tools/calibrate.py where `import torch` fails, as on the light install (requirements-predict.txt)."""
+    blocker = tmp_path / "no-torch" / "torch"
+    blocker.mkdir(parents=True, exist_ok=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no PyTorch on the light install')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "calibrate.py"), *map(str, args)], env=env,
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_make_calibrate_needs_no_torch_and_writes_a_calibrated_onnx(tighter_folder, tmp_path):
+    out = tmp_path / "calibrate"
+    result = run_without_torch(tmp_path, "--data-dir", tighter_folder, "--out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "calibrate.json").read_text())
+    assert report["edge_move"] > 0 and report["held_out"] == 3  # a tighter annotator: the edge moves in
+    card = (out / "README.md").read_text()
+    assert f"`make predict INPUT=photos/ CHECKPOINT={out / 'model.onnx'}`" in card.split("\n")[2]
+    calibrated, released = Segmenter.load([out / "model.onnx"]), Segmenter.load()
+    assert calibrated.edge_move == report["edge_move"] and calibrated.threshold == 0.5
+    photo = images.read_full_image(next((tighter_folder / "images").iterdir()))
+    assert np.array_equal(calibrated.segment(photo), move_edge(released.segment(photo), report["edge_move"]))
+    model_files.check_seal(out / "model.onnx")  # sealed anew after its metadata changed
+    again = run_without_torch(tmp_path, "--data-dir", tighter_folder, "--out", out)
+    assert again.returncode == 1 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_make_calibrate_holds_out_and_moves_as_adapt_does(tighter_folder, tmp_path):
+    """The light tool and adapt.py's calibration (PyTorch, the .pt) hold out the same images of a folder without
+    a split and find the same edge move, with held-out scores equal within the two runtimes' difference."""
+    held = data.load_splits(tighter_folder, 128, 0, 0, tmp_path / "cache", draft=False)["test"]["ids"]
+    light = run_without_torch(tmp_path, "--data-dir", tighter_folder, "--out", tmp_path / "light")
+    torch_run = subprocess.run([sys.executable, str(ROOT / "tools" / "adapt.py"), "--data-dir", str(tighter_folder),
+                                "--out", str(tmp_path / "torch"), "--cache-dir", str(tmp_path / "cache")],
+                               capture_output=True, text=True, cwd=ROOT)
+    assert light.returncode == 0 and torch_run.returncode == 0, light.stderr + torch_run.stderr
+    ours, theirs = (json.loads(p.read_text()) for p in (tmp_path / "light" / "calibrate.json",
+                                                       tmp_path / "torch" / "adapt.json"))
+    assert [i for i, _, _ in labelled_pairs(tighter_folder)[1]] == held
+    assert ours["edge_move"] == theirs["edge_move"] and ours["held_out"] == theirs["held_out"] == len(held)
+    for row, theirs_row in zip(ours["comparisons"].values(), theirs["comparisons"].values()):
+        assert row["new"] == pytest.approx(theirs_row["new"], abs=2e-3)
+
+
+def test_make_calibrate_refuses_a_pytorch_checkpoint_in_one_sentence(tighter_folder, tmp_path):
+    result = run_without_torch(tmp_path, "--data-dir", tighter_folder, "--checkpoint", model_files.PT,
+                               "--out", tmp_path / "x")
+    assert result.returncode == 1 and "make export" in result.stderr and len(result.stderr.strip().splitlines()) == 1

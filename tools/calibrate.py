@@ -1,0 +1,99 @@
+"""Calibrate a model's edge to your own annotators, on the light install (ONNX Runtime, numpy, scipy; no PyTorch):
+how far its masks' edge moves in or out to match your labelled images, scored on the images held out, written as a
+calibrated .onnx file with its card. make adapt (which also fine-tunes) needs PyTorch; this does not.
+
+    make calibrate DATA_DIR=my_labelled/      # the released model; CHECKPOINT=model.onnx for one of yours
+    make predict INPUT=photos/ CHECKPOINT=runs/calibrate/model.onnx
+
+DATA_DIR may be in any layout that --data-dir reads (README: Data), such as the page's export (images/ + masks/;
+train/ + test/ when some are marked held out). Its training images calibrate the edge move (lib/calibration.py: the best
+move when its gain clears its paired standard error, else none); its test images (test/, or a fifth of a plain
+folder, the same ones make adapt holds out) are scored before and after. --out receives model.onnx (the move in
+its metadata: make predict, make serve and the page use it), README.md (its card) and calibrate.json.
+"""
+import datetime
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+
+import numpy as np
+
+from lib import cards, cli, files, images, model_files, revision, splits
+from lib.calibration import calibrate, edge_curves, refuse_one_value_masks
+from lib.compare import paired_difference
+from lib.errors import DataError, UsageError
+from lib.segmenter import Segmenter
+
+
+def read_labelled(pairs, size):
+    """(model inputs uint8 [N,S,S,3], boolean masks at their own size) of [(id, image, mask)]: each image decoded
+    whole and resized, as make predict reads photos."""
+    inputs = np.stack([images.read_image(image, size, draft=False)[0] for _, image, _ in pairs]) if pairs else None
+    return inputs, [images.read_binary_mask(mask) for _, _, mask in pairs]
+
+
+def held_out_rows(segmenter, pairs, move):
+    """{row name: paired_difference() against the model before} on the held-out images: the model's own edge and
+    its edge moved by move, each as make predict makes masks (flip TTA, the largest region)."""
+    inputs, masks = read_labelled(pairs, segmenter.image_size)
+    curves = edge_curves(segmenter.probabilities(inputs, tta=True), masks, moves=[0.0, move])
+    return {"before": paired_difference(curves[:, 0], curves[:, 0]),
+            f"calibrated (edge {move:+g})": paired_difference(curves[:, 0], curves[:, 1])}
+
+
+def calibrated_model(checkpoint, move):
+    """The ONNX file's bytes with its edge move set to move and its threshold to 0.5 (where it was calibrated)."""
+    return model_files.with_metadata(Path(checkpoint).read_bytes(), {"threshold": "0.5", "edge_move": f"{move:g}"})
+
+
+def parse_args(argv=None):
+    parser = cli.parser(__doc__)
+    cli.add_data_dir_flag(parser, "your labelled images", required=True)
+    cli.add_checkpoint_flag(parser, "the model to calibrate", default=model_files.ONNX, onnx="only")
+    parser.add_argument("--split-seed", type=int, default=0, help="which fifth of a folder without a split is held "
+                        "out: make adapt's (the seed its model was trained with)")
+    parser.add_argument("--out", default="runs/calibrate", help="folder for model.onnx, README.md, calibrate.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace the model an earlier run left in --out")
+    cli.add_device_flag(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args, start = parse_args(argv), time.perf_counter()
+    out = Path(args.out)
+    if Path(args.checkpoint).suffix.lower() != ".onnx":
+        raise UsageError(f"--checkpoint {args.checkpoint}: make calibrate reads ONNX files; export it first (make "
+                         f"export CHECKPOINT={args.checkpoint} ONNX=model.onnx), or calibrate it with PyTorch: "
+                         "python tools/adapt.py --checkpoint ...")
+    if (out / "model.onnx").exists() and not args.overwrite:
+        raise UsageError(f"{out} already holds a model (model.onnx) from an earlier run: add --overwrite (make ... "
+                         "OVERWRITE=1) to replace it, or choose another --out")
+    segmenter = Segmenter.load([args.checkpoint], args.device)
+    calibration_pairs, held_out = splits.labelled_pairs(args.data_dir, args.split_seed)
+    if len(calibration_pairs) < 2:
+        raise DataError(f"{len(calibration_pairs)} labelled training image(s) in {args.data_dir}: calibration needs "
+                        "at least 2, and 10 or more to be worth it")
+    inputs, masks = read_labelled(calibration_pairs, segmenter.image_size)
+    refuse_one_value_masks(masks, [m for _, _, m in calibration_pairs], args.data_dir)
+    print(f"calibrating on {len(masks)} labelled images, {len(held_out)} held out")
+    calib = calibrate(edge_curves(segmenter.probabilities(inputs, tta=True), masks))
+    move = calib["edge_move"]
+    rows = held_out_rows(segmenter, held_out, move) if held_out else {}
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_bytes(out / "model.onnx", calibrated_model(args.checkpoint, move))
+    report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "adapted": None,
+              "model": str(out / "model.onnx"), "threshold": 0.5, "edge_move": move, "calibration": calib,
+              "held_out": len(held_out), "comparisons": rows, "recipe": None, "tool": "tools/calibrate.py",
+              "date": datetime.date.today().isoformat(), "commit": revision.code_revision(), "seconds": round(time.perf_counter() - start, 1)}
+    files.write_json(out / "calibrate.json", report)
+    text = cards.card(report, rows)
+    files.write_text(out / "README.md", text)
+    print(text.split("\n", 2)[2].rstrip())
+    print(f"wrote {out}/model.onnx, {out}/README.md, {out}/calibrate.json in {report['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    cli.run(main)
