@@ -238,9 +238,10 @@ site: page-model
 	rm -rf "$(SITE)"
 	$(PY) tools/serve.py $(PAGE_MODEL) --write "$(SITE)"
 
-# The README's picture of the page: tests/test_page.py's browser saves its screenshot
+# The pictures of the page (README) and of its editor (docs/page.md): the tests' browser saves its screenshots
 page-screenshot: .venv/dev-installed web/node_modules/.package-lock.json
-	PAGE_SCREENSHOT=$(CURDIR)/docs/page.png $(PY) -m pytest -q tests/test_page.py -k segments_like_predict
+	PAGE_SCREENSHOT=$(CURDIR)/docs/page.png PAGE_EDITOR_SCREENSHOT=$(CURDIR)/docs/page_editor.png $(PY) -m pytest -q \
+		tests/test_page.py tests/test_page_clinic.py -k "segments_like_predict or brush_stroke"
 
 predict: .venv/predict-installed
 	@test -n "$(INPUT)" || { echo "error: name your images: make predict INPUT=my_images/ OUT=masks" \

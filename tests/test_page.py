@@ -182,7 +182,9 @@ def get(address, path="/", host=None, method="GET"):
 def test_the_server_serves_its_files_and_nothing_else(server):
     address = server[0]
     assert get(address)[0] == 200 and get(address, "/model.onnx")[1] == serve.model_files.ONNX.read_bytes()
-    assert json.loads(get(address, "/model.json")[1]) == {"image_size": 128, "threshold": 0.5, "edge_move": 0.0}
+    assert json.loads(get(address, "/model.json")[1]) == {
+        "image_size": 128, "threshold": 0.5, "edge_move": 0.0, "file": serve.model_files.ONNX.name,
+        "sha256": json.loads((serve.model_files.FOLDER / "card.json").read_text())["onnx"]["sha256"]}
     assert get(address, "/../tools/serve.py")[0] == 404 and get(address, "/tools/serve.py")[0] == 404
     assert get(address, host="attacker.example:80")[0] == 403  # a DNS-rebinding page's requests
     assert get(address, method="POST")[0] == 501  # nothing is ever uploaded

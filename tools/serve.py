@@ -29,7 +29,7 @@ from lib.errors import UsageError
 
 WEB = ROOT / "web"
 RUNTIME = WEB / "node_modules" / "onnxruntime-web" / "dist"
-PAGE_FILES = ("index.html", "page.css", "page.js", "segment.js")
+PAGE_FILES = ("index.html", "page.css", "page.js", "segment.js", "editor.js", "calibrate.js", "clinic.js", "store.js")
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]", socket.gethostname(), socket.getfqdn())
 WILDCARDS = ("0.0.0.0", "::", "")  # --host values that listen on every address of this machine
@@ -44,11 +44,13 @@ HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-P
 
 
 def model_json(model):
-    """The page's model.json of an .onnx file: its input size, decision threshold and edge move (its metadata)."""
+    """The page's model.json of an .onnx file: its input size, decision threshold and edge move (its metadata),
+    and its name and sha256 (the page's exports say which model drew the proposals)."""
     from lib.segmenter import OnnxRuntime  # here: onnxruntime reads the metadata
     runtime = OnnxRuntime(model, "cpu")
     return json.dumps({"image_size": runtime.image_size, "threshold": runtime.threshold,
-                       "edge_move": runtime.edge_move}).encode()
+                       "edge_move": runtime.edge_move, "file": Path(model).name,
+                       "sha256": model_files.sha256(model)}).encode()
 
 
 def site_files(model):

@@ -1,14 +1,18 @@
 // The page: loads the model, segments the dropped images one after another (in the order given), shows the
 // contour, the mask, where the model is unsure and the lesion's area, and offers each mask as a PNG at the
-// image's own size (several: one zip). Everything happens in this browser tab.
+// image's own size (several: one zip). Each mask can be corrected (editor.js), accepted, kept in this browser
+// (store.js), exported as labelled data and used to calibrate the edge (clinic.js). Everything happens in this tab.
 import * as ort from "./ort/ort.wasm.min.mjs";
+import {HOLD_OUT_EVERY, calibrateOn, exportZip, showCount} from "./clinic.js";
+import {openEditor} from "./editor.js";
 import {MAX_PIXELS, declaredSize, loadModel, maskAtSize, outline, outputStem, probabilities, resize, rgbOf,
         tooLarge, zip} from "./segment.js";
+import {clearAll, saveImage, saveSetting, savedImages, setting} from "./store.js";
 
 const MAX_FILES = 50, DISPLAY = 768, SHOWN = 300;  // per drop; longest side of the pictures; their width on screen
 const $ = id => document.getElementById(id);
-const masks = [];  // {name, bytes} of every mask so far, for the zip
-let model;
+const items = [];  // every image segmented or restored here, in order
+let model, calibration, serial = 0;
 
 
 function canvasOf(w, h, fill) {  // fill(ImageData.data) draws the pixels
@@ -27,8 +31,8 @@ function figure(canvas, caption) {
   return f;
 }
 
-async function decode(file) {  // {rgba, w, h} of the photo as displayed (EXIF orientation applied, no colour conversion)
-  const bytes = new Uint8Array(await file.arrayBuffer());
+async function decode(blob) {  // {rgba, w, h} of the photo as displayed (EXIF orientation applied, no colour conversion)
+  const bytes = new Uint8Array(await blob.arrayBuffer());
   if (!bytes.length) throw new Error("the file is empty");
   const size = declaredSize(bytes);
   if (!size) throw new Error("not an image this page reads (JPEG, PNG, BMP, GIF or WebP), or a damaged one");
@@ -40,17 +44,17 @@ async function decode(file) {  // {rgba, w, h} of the photo as displayed (EXIF o
   } catch (e) { throw new Error("not an image this page reads (JPEG, PNG, BMP, GIF or WebP), or a damaged one"); }
   const w = bitmap.width, h = bitmap.height, c = new OffscreenCanvas(w, h), ctx = c.getContext("2d");
   ctx.drawImage(bitmap, 0, 0);
-  return {rgba: ctx.getImageData(0, 0, w, h).data, w, h};
+  return {rgba: ctx.getImageData(0, 0, w, h).data, w, h, bytes};
 }
 
 function options() {
   const threshold = Number($("threshold").value);
   if (!(threshold > 0 && threshold < 1)) throw new Error("the threshold is a number strictly between 0 and 1");
-  return {threshold, tta: $("tta").checked, largest: $("largest").checked};
+  return {threshold, tta: $("tta").checked, largest: $("largest").checked, edgeMove: model.edgeMove};
 }
 
 // What the page shows of one photo: the contour on it, the mask, where the model is unsure (near the threshold).
-function pictures(photo, prob, mask, o) {
+function pictures({photo, prob, mask, proposal}) {
   const scale = Math.min(1, DISPLAY / Math.max(photo.w, photo.h));
   const dw = Math.round(photo.w * scale), dh = Math.round(photo.h * scale);
   const shown = resize(rgbOf(photo.rgba), photo.w, photo.h, 3, dw, dh, true);
@@ -60,7 +64,7 @@ function pictures(photo, prob, mask, o) {
     for (let x = 0; x < dw; x++) small[y * dw + x] = mask[row + Math.min(photo.w - 1, Math.floor((x + 0.5) / scale))];
   }
   const edge = outline(small, dw, dh, Math.max(2, Math.ceil(2 * dw / SHOWN)));  // about 2 screen pixels wide
-  const p = resize(prob, model.size, model.size, 1, dw, dh, false), t = o.threshold;
+  const p = resize(prob, model.size, model.size, 1, dw, dh, false), t = proposal.threshold;
   const contour = canvasOf(dw, dh, d => {
     for (let i = 0; i < dw * dh; i++)
       d.set(edge[i] ? [255, 0, 0, 255] : [shown[3 * i], shown[3 * i + 1], shown[3 * i + 2], 255], 4 * i);
@@ -77,31 +81,90 @@ function pictures(photo, prob, mask, o) {
   return [figure(contour, "contour"), figure(maskPicture, "mask"), figure(unsure, "unsure (yellow: near the threshold)")];
 }
 
-async function maskPng(mask, w, h) {  // 0/255 at the image's own size, as predict.py writes it
-  const c = canvasOf(w, h, d => { for (let i = 0; i < w * h; i++) { const v = 255 * mask[i]; d.set([v, v, v, 255], 4 * i); } });
+async function pngOf(w, h, fill) {
+  const c = canvasOf(w, h, fill);
   return new Uint8Array(await (await new Promise(done => c.toBlob(done, "image/png"))).arrayBuffer());
 }
 
-async function segment(file, card, body) {
-  const start = performance.now(), o = options(), photo = await decode(file);
-  const prob = await probabilities(model, rgbOf(photo.rgba), photo.w, photo.h, o.tta);
-  const mask = maskAtSize(prob, model.size, photo.w, photo.h, o.threshold, o.largest, model.edgeMove);
-  const figures = pictures(photo, prob, mask, o), png = await maskPng(mask, photo.w, photo.h);
-  const area = mask.reduce((a, b) => a + b, 0), seconds = (performance.now() - start) / 1000;
-  const name = `${outputStem(file.name)}_segmentation.png`;
-  const link = document.createElement("a"), text = document.createElement("p");
-  link.className = "download"; link.textContent = "Download mask"; link.download = name;
-  link.href = URL.createObjectURL(new Blob([png], {type: "image/png"}));
+// 0/255 at the image's own size, as predict.py writes it
+const maskPng = item => pngOf(item.photo.w, item.photo.h, d => {
+  for (let i = 0; i < item.mask.length; i++) { const v = 255 * item.mask[i]; d.set([v, v, v, 255], 4 * i); }
+});
+
+function uniqueId(name) {  // the mask's stem (outputStem); a second image of one name gets _2, and so on
+  const stem = outputStem(name), used = new Set(items.map(i => i.id));
+  let id = stem, n = 1;
+  while (used.has(id)) id = `${stem}_${++n}`;
+  return id;
+}
+
+function record(item) {  // what store.js keeps of an item
+  const {id, name, bytes, prob, size, mask, proposal, accepted, heldOut, corrected, order} = item;
+  return {id, name, bytes, prob, size, mask, proposal, accepted, heldOut, corrected, order};
+}
+
+async function keep(item) {  // written before the page goes on: a crash after this loses nothing
+  item.corrected = true;
+  try { await saveImage(record(item)); } catch (e) { $("message").textContent = e.message; }
+  showCount(items);
+}
+
+// The card's pictures, numbers, download link and correction controls, from the item as it is now.
+async function show(item) {
+  const {photo, mask, card, body} = item, area = mask.reduce((a, b) => a + b, 0);
+  const link = document.createElement("a"), text = document.createElement("p"), row = document.createElement("div");
+  link.className = "download"; link.textContent = "Download mask"; link.download = `${item.id}_segmentation.png`;
+  link.href = URL.createObjectURL(new Blob([await maskPng(item)], {type: "image/png"}));
   text.className = "area";
-  const share = (100 * area / (photo.w * photo.h)).toFixed(1);
-  text.textContent = `${photo.w}x${photo.h} px; lesion ${area.toLocaleString("en")} px, ${share}% of the image; ` +
-                     `${seconds.toFixed(2)} s. `;
+  text.textContent = `${photo.w}x${photo.h} px; lesion ${area.toLocaleString("en")} px, ` +
+    `${(100 * area / (photo.w * photo.h)).toFixed(1)}% of the image${item.seconds ? `; ${item.seconds.toFixed(2)} s` : ""}. `;
   text.append(link);
-  const row = document.createElement("div");
-  row.className = "pictures"; row.append(...figures);
-  body.textContent = ""; body.append(row, text);
-  card.classList.add("done"); card.dataset.seconds = seconds;
-  masks.push({name, bytes: png});
+  row.className = "pictures"; row.append(...pictures(item));
+  body.textContent = ""; body.append(row, text, controls(item));
+  card.classList.add("done"); card.classList.toggle("accepted", !!item.accepted);
+  card.dataset.id = item.id;
+}
+
+function controls(item) {
+  const bar = document.createElement("div"), state = document.createElement("span");
+  const held = document.createElement("label"), box = document.createElement("input");
+  const edit = document.createElement("button"), accept = document.createElement("button");
+  bar.className = "correction";
+  edit.type = accept.type = "button"; edit.className = "correct"; accept.className = "accept";
+  edit.textContent = "Correct"; accept.textContent = item.accepted ? "Accepted ✓" : "Accept";
+  state.className = "state"; state.textContent = item.accepted ? "labelled" : item.corrected ? "corrected, not accepted" : "";
+  box.type = "checkbox"; box.className = "held-out"; box.checked = !!item.heldOut; box.disabled = !item.accepted;
+  held.append(box, " held out (scores the calibration, not used to fit it)");
+  edit.addEventListener("click", () => {
+    edit.disabled = true;
+    item.editor = openEditor(item.body, item, async mask => { item.mask = mask; await keep(item); },
+                             () => { item.editor = null; show(item); });
+  });
+  accept.addEventListener("click", async () => {
+    if (!item.accepted) item.heldOut = items.filter(i => i.accepted).length % HOLD_OUT_EVERY === HOLD_OUT_EVERY - 1;
+    item.accepted = true; item.editor?.close(); await keep(item); show(item);
+  });
+  box.addEventListener("change", async () => { item.heldOut = box.checked; await keep(item); });
+  bar.append(edit, accept, held, state);
+  return bar;
+}
+
+function newCard(name) {
+  const [card, title, body] = ["div", "h2", "div"].map(tag => document.createElement(tag));
+  card.className = "result"; title.textContent = name; body.textContent = "waiting…";
+  card.append(title, body); $("results").append(card);
+  return {card, body};
+}
+
+async function segment(file, card, body) {
+  const start = performance.now(), proposal = options(), photo = await decode(file);
+  const prob = await probabilities(model, rgbOf(photo.rgba), photo.w, photo.h, proposal.tta);
+  const mask = maskAtSize(prob, model.size, photo.w, photo.h, proposal.threshold, proposal.largest, proposal.edgeMove);
+  const item = {id: uniqueId(file.name), name: file.name, bytes: photo.bytes, photo, prob, size: model.size, mask,
+                proposal, card, body, order: Date.now() * 1000 + serial++, seconds: (performance.now() - start) / 1000};
+  items.push(item);
+  await show(item);
+  card.dataset.seconds = item.seconds;
   $("zip").disabled = false;
 }
 
@@ -111,12 +174,7 @@ async function handle(files) {
     $("message").textContent = `${files.length} files: at most ${MAX_FILES} at once, please drop fewer.`;
     return;
   }
-  const cards = files.map(file => {  // in the order given, each filled in as it is done
-    const [card, title, body] = ["div", "h2", "div"].map(tag => document.createElement(tag));
-    card.className = "result"; title.textContent = file.name; body.textContent = "waiting…";
-    card.append(title, body); $("results").append(card);
-    return {file, card, body};
-  });
+  const cards = files.map(file => ({file, ...newCard(file.name)}));  // in the order given, each filled in when done
   for (const {file, card, body} of cards) {
     body.textContent = "segmenting…";
     try { await segment(file, card, body); } catch (e) {
@@ -126,15 +184,58 @@ async function handle(files) {
       body.append(p);
     }
   }
+  showCount(items);
 }
 
-function unique(entries) {  // two masks of one name get two entries
-  const used = new Set();
-  return entries.map(({name, bytes}) => {
-    let n = 1, candidate = name;
-    while (used.has(candidate)) candidate = name.replace(/_segmentation\.png$/, `_${++n}_segmentation.png`);
-    used.add(candidate);
-    return {name: candidate, bytes};
+async function restore() {  // the corrections an earlier visit kept, as they were
+  for (const r of (await savedImages()).sort((a, b) => a.order - b.order)) {
+    const {card, body} = newCard(r.name);
+    items.push({...r, photo: await decode(new Blob([r.bytes])), card, body});
+    await show(items[items.length - 1]);
+  }
+  const move = await setting("edgeMove");
+  if (move !== undefined) model.edgeMove = move;
+  showCount(items);
+  $("zip").disabled = !items.length;
+}
+
+function describeModel(begin) {
+  const moved = model.edgeMove ? ` Its edge moves ${model.edgeMove > 0 ? "in" : "out"} by ` +
+    `${Math.abs(model.edgeMove * 100).toFixed(0)}% of each lesion's radius (calibrated).` : "";
+  $("status").textContent = `The model runs in this browser; images never leave this computer. Model loaded in ` +
+    `${((performance.now() - begin) / 1000).toFixed(1)} s; WebAssembly, ${ort.env.wasm.numThreads} thread(s).${moved}`;
+}
+
+function wireClinic(begin) {
+  $("calibrate").addEventListener("click", () => {
+    calibration = calibrateOn(items);
+    $("calibration").textContent = calibration.words;
+    $("calibration").dataset.edgeMove = calibration.edgeMove;
+    $("calibration").dataset.heldOut = JSON.stringify(calibration.heldOut);
+    $("use-move").hidden = !calibration.edgeMove;
+  });
+  $("use-move").addEventListener("click", async () => {
+    model.edgeMove = calibration.edgeMove; $("threshold").value = 0.5;  // the move was calibrated at 0.5
+    await saveSetting("edgeMove", model.edgeMove);
+    describeModel(begin); $("use-move").hidden = true; $("redo-before").hidden = false;
+  });
+  $("redo-before").addEventListener("click", async () => {
+    for (const item of items.filter(i => !i.corrected)) {
+      item.proposal = {...item.proposal, threshold: 0.5, edgeMove: model.edgeMove};
+      item.mask = maskAtSize(item.prob, item.size, item.photo.w, item.photo.h, 0.5, item.proposal.largest, model.edgeMove);
+      await show(item);
+    }
+    $("redo-before").hidden = true;
+  });
+  $("export").addEventListener("click", async () => {
+    const a = document.createElement("a");
+    const png = {mask: maskPng, photo: i => pngOf(i.photo.w, i.photo.h, d => d.set(i.photo.rgba))};
+    a.href = URL.createObjectURL(await exportZip(items, model, png, calibration)); a.download = "labelled.zip"; a.click();
+  });
+  $("clear").addEventListener("click", async () => {
+    if (!confirm("Remove every corrected image and the chosen edge move from this browser?")) return;
+    await clearAll();
+    location.reload();
   });
 }
 
@@ -144,20 +245,21 @@ async function start() {
   ort.env.wasm.numThreads = crossOriginIsolated ? navigator.hardwareConcurrency || 1 : 1;
   try { model = await loadModel(ort, "./"); } catch (e) { $("status").textContent = `The model did not load: ${e.message}`; return; }
   $("threshold").value = model.threshold;
-  const moved = model.edgeMove ? ` Its edge moves ${model.edgeMove > 0 ? "in" : "out"} by ` +
-    `${Math.abs(model.edgeMove * 100).toFixed(0)}% of each lesion's radius (calibrated).` : "";
-  $("status").textContent = `The model runs in this browser; images never leave this computer. Model loaded in ` +
-    `${((performance.now() - begin) / 1000).toFixed(1)} s; WebAssembly, ${ort.env.wasm.numThreads} thread(s).${moved}`;
+  try { await restore(); } catch (e) { $("message").textContent = `Earlier corrections could not be read: ${e.message}`; }
+  describeModel(begin);
+  wireClinic(begin);
   document.body.dataset.ready = "1";
   const drop = $("drop");
   drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over"); handle([...e.dataTransfer.files]); });
   $("files").addEventListener("change", e => { handle([...e.target.files]); e.target.value = ""; });
-  $("zip").addEventListener("click", () => {
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(zip(unique(masks.slice(-MAX_FILES)))); a.download = "masks.zip"; a.click();
+  $("zip").addEventListener("click", async () => {
+    const a = document.createElement("a"), shown = items.slice(-MAX_FILES);
+    const entries = await Promise.all(shown.map(async i => ({name: `${i.id}_segmentation.png`, bytes: await maskPng(i)})));
+    a.href = URL.createObjectURL(zip(entries)); a.download = "masks.zip"; a.click();
   });
+  window.lesionPage = {items, edit: (id, mask) => items.find(i => i.id === id).editor.set(mask)};  // tests' handle
 }
 
 start();

@@ -9,7 +9,7 @@ export const MAX_PIXELS = 100_000_000;  // lib/images.py's MAX_PIXELS: larger im
 export async function loadModel(ort, base) {
   const meta = await (await fetch(base + "model.json")).json();  // image_size, threshold, edge_move: the .onnx's
   const session = await ort.InferenceSession.create(base + "model.onnx", {executionProviders: ["wasm"]});
-  return {session, size: meta.image_size, threshold: meta.threshold, edgeMove: meta.edge_move ?? 0, ort};
+  return {session, size: meta.image_size, threshold: meta.threshold, edgeMove: meta.edge_move ?? 0, ort, meta};
 }
 
 // What an image's mask is named after (<stem>_segmentation.png): lib/photos.py's output_stem, the same rule
@@ -194,14 +194,23 @@ function squaredDistances(mask, w, h, isFeature) {
 // The 0/1 mask [h, w] with its edge moved by share x its equivalent radius: inward for share > 0, outward for < 0
 // (masks.py's move_edge: unchanged for share 0, an empty mask, or one that fills the image).
 export function moveEdge(mask, w, h, share) {
+  return share ? movedEdges(mask, w, h, [share])[0] : mask;
+}
+
+// The mask with its edge moved by each share of shares (masks.py's moved_edges; each distance transform once).
+export function movedEdges(mask, w, h, shares) {
   let area = 0;
   for (let p = 0; p < w * h; p++) area += mask[p];
-  if (!share || area === 0 || area === w * h) return mask;
-  const reach = Math.abs(share) * Math.sqrt(area / Math.PI), inward = share > 0;
-  const d = squaredDistances(mask, w, h, m => (inward ? !m : m));  // to the outside (inward) or the lesion
-  const moved = new Uint8Array(w * h);
-  for (let p = 0; p < w * h; p++) moved[p] = inward ? (Math.sqrt(d[p]) > reach ? 1 : 0) : (Math.sqrt(d[p]) <= reach ? 1 : 0);
-  return moved;
+  if (area === 0 || area === w * h) return shares.map(() => mask);
+  const radius = Math.sqrt(area / Math.PI);
+  const inside = shares.some(s => s >= 0) ? squaredDistances(mask, w, h, m => !m) : null;  // to the outside
+  const outside = shares.some(s => s < 0) ? squaredDistances(mask, w, h, m => m) : null;  // to the lesion
+  return shares.map(share => {
+    const moved = new Uint8Array(w * h), reach = Math.abs(share) * radius;
+    for (let p = 0; p < w * h; p++)
+      moved[p] = share >= 0 ? (Math.sqrt(inside[p]) > reach ? 1 : 0) : (Math.sqrt(outside[p]) <= reach ? 1 : 0);
+    return moved;
+  });
 }
 
 // Pixels of a mask's boundary (inside it, next to a pixel outside), grown to `width` pixels.

@@ -1,0 +1,230 @@
+"""The page's clinic loop in Debian's Chromium: correcting a mask (brush, eraser, undo) at the image's own size,
+corrections kept across a browser killed with kill -9, the edge calibrated in the page by make calibrate's rule,
+and the export that make calibrate reads as it is."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import REAL_DATA, ROOT
+from PIL import Image
+from test_page import CHROMIUM, DRIVER, finished, offered_mask, open_page, upload, webdriver
+from test_page import server  # noqa: F401 (a fixture)
+
+from lib import annotators, calibration, images, layouts
+from lib.segmenter import Segmenter
+from selenium.webdriver.common.by import By  # noqa: E402 (after test_page's importorskip)
+
+pytestmark = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA}: real ISIC images, on dev and CI only")
+
+
+def chromium(profile, downloads):
+    """Headless Chromium on its own profile folder (what survives a crash) that saves downloads to a folder."""
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000",
+                 "--disable-background-networking", "--no-first-run", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
+    downloads.mkdir(exist_ok=True)
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = chromium(tmp_path / "profile", tmp_path / "downloads")
+    yield driver
+    driver.quit()
+
+
+def truth(pairs, shift=annotators.tighter):
+    return [shift(images.read_binary_mask(m)) for _, _, m in pairs]
+
+
+def call(driver, script, *args):
+    """The value of an async script that imports a page module as m and calls done(...) with its result."""
+    return driver.execute_async_script(
+        "const done = arguments[arguments.length - 1], args = arguments; " + script, *args)
+
+
+def test_the_pages_calibration_rule_is_make_calibrates(server, browser):  # noqa: F811
+    pairs = layouts.find_pairs(REAL_DATA, "test")[20:32]
+    masks = truth(pairs[:8]) + truth(pairs[8:], annotators.looser)
+    segmenter = Segmenter.load()
+    probs = segmenter.probabilities(np.stack([images.read_image(i, 128, draft=False)[0] for _, i, _ in pairs]), True)
+    curves = calibration.edge_curves(probs, masks)
+    expected = calibration.calibrate(curves)
+    open_page(browser, server[0])
+    page = call(browser, "import('./calibrate.js').then(m => { const images = args[0].map(([p, w, h, k]) => ({prob: "
+                "Float32Array.from(p), size: 128, w, h, mask: Uint8Array.from(k)})); const curves = "
+                "m.edgeCurves(images); done({moves: m.EDGE_MOVES, curves, c: m.calibrateEdge(curves)}); })",
+                [[p.ravel().tolist(), m.shape[1], m.shape[0], m.ravel().astype(int).tolist()] for p, m in zip(probs, masks)])
+    assert page["moves"] == calibration.EDGE_MOVES.tolist()
+    assert np.abs(np.array(page["curves"]) - curves).max() < 2e-3  # PIL's and the page's float resize of the map
+    assert page["c"]["edgeMove"] == expected["edge_move"] and page["c"]["bestEdgeMove"] == expected["best_edge_move"]
+    assert page["c"]["gain"] == pytest.approx(expected["gain"], abs=1e-4)
+    assert page["c"]["standardError"] == pytest.approx(expected["standard_error"], abs=1e-4)
+
+
+def test_the_pages_edge_rule_decides_as_make_calibrates_on_any_curves(server, browser):  # noqa: F811
+    """calibrate_edge and the page's calibrateEdge on 300 random sets of curves, many near the rule's line."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(300):
+        n, peak = int(rng.integers(1, 30)), rng.uniform(-0.16, 0.16)
+        shape = -np.abs(calibration.EDGE_MOVES - peak) * rng.uniform(0, 0.03)  # one peak, of a random height
+        cases.append(0.8 + shape + rng.normal(0, rng.uniform(0.001, 0.05), (n, 1)) + rng.normal(0, 0.002, (n, 33)))
+    open_page(browser, server[0])
+    page = call(browser, "import('./calibrate.js').then(m => done(args[0].map(c => m.calibrateEdge(c))))",
+                [c.tolist() for c in cases])
+    expected = [calibration.calibrate(c) for c in cases]
+    assert [p["edgeMove"] for p in page] == [e["edge_move"] for e in expected]
+    assert [p["bestEdgeMove"] for p in page] == [e["best_edge_move"] for e in expected]
+    ratios = np.array([e["gain"] / e["standard_error"] for e in expected if 0 < e["standard_error"] < np.inf])
+    assert ((ratios > 0.5) & (ratios <= 1)).sum() >= 20 and ((ratios > 1) & (ratios < 3)).sum() >= 20  # near the line
+
+
+def stroke_pixels(w, h, points, radius):
+    """The pixels whose centre lies within radius of a stroke through points (a dot where it starts, then each
+    segment), in editor.js's paintStroke's arithmetic."""
+    yy, xx = np.mgrid[:h, :w] + 0.5
+    under = np.zeros((h, w), bool)
+    for (ax, ay), (bx, by) in [(points[0], points[0]), *zip(points, points[1:])]:
+        dx, dy = bx - ax, by - ay
+        len2 = dx * dx + dy * dy
+        t = np.clip(((xx - ax) * dx + (yy - ay) * dy) / len2, 0, 1) if len2 else 0
+        ex, ey = xx - (ax + t * dx), yy - (ay + t * dy)
+        under |= ex * ex + ey * ey <= radius * radius
+    return under
+
+
+def stroke(driver, card, tool, fractions):
+    """A scripted pointer stroke (down, moves, up) with the card's editor's tool through whole client pixels at
+    these fractions of the editor's canvas; returns (the client points, the canvas's [left, top, width, height])."""
+    card.find_element(By.XPATH, f".//div[@class='editor-tools']/button[text()='{tool}']").click()
+    canvas = card.find_element(By.CSS_SELECTOR, ".editor-canvas")
+    rect = driver.execute_script("arguments[0].scrollIntoView(); const r = arguments[0].getBoundingClientRect(); "
+                                 "return [r.left, r.top, r.width, r.height];", canvas)
+    points = [(round(rect[0] + fx * rect[2]), round(rect[1] + fy * rect[3])) for fx, fy in fractions]
+    driver.execute_script(
+        "const [c, points] = arguments, kinds = ['pointerdown', ...points.slice(1).map(() => 'pointermove'), "
+        "'pointerup']; kinds.forEach((kind, i) => { const [x, y] = points[Math.min(i, points.length - 1)]; "
+        "c.dispatchEvent(new PointerEvent(kind, {clientX: x, clientY: y, pointerId: 1, bubbles: true, "
+        "isPrimary: true})); });", canvas, points)
+    return points, rect
+
+
+def test_a_brush_stroke_changes_exactly_the_pixels_under_it_and_undo_restores_the_mask(server, browser,  # noqa: F811
+                                                                                      tmp_path):
+    _, image, _ = layouts.find_pairs(REAL_DATA, "test")[0]
+    Image.open(image).resize((1000, 750)).save(tmp_path / "big.png")  # shown at 768 px: drawn at another scale
+    open_page(browser, server[0])
+    upload(browser, tmp_path / "big.png")
+    card = finished(browser, 1)[0]
+    proposal = offered_mask(browser, card)
+    card.find_element(By.CSS_SELECTOR, "button.correct").click()
+    client, (left, top, width, height) = stroke(browser, card, "Brush", [(0.1, 0.1), (0.15, 0.2), (0.3, 0.25)])
+    radius = 20 / 2 * 1000 / width  # the brush's default 20 screen pixels across
+    points = [((x - left) * 1000 / width, (y - top) * 750 / height) for x, y in client]
+    expected = proposal | stroke_pixels(1000, 750, points, radius)
+    if os.environ.get("PAGE_EDITOR_SCREENSHOT"):  # make page-screenshot: docs/page.md's picture of the editor
+        browser.save_screenshot(os.environ["PAGE_EDITOR_SCREENSHOT"])
+    assert 0 < (expected & ~proposal).sum()
+    card.find_element(By.CSS_SELECTOR, "button.accept").click()
+    time.sleep(0.5)
+    card = browser.find_element(By.CSS_SELECTOR, ".result.accepted")
+    assert np.array_equal(offered_mask(browser, card), expected)
+    card.find_element(By.CSS_SELECTOR, "button.correct").click()
+    stroke(browser, card, "Eraser", [(0.2, 0.2), (0.8, 0.7)])
+    card.find_element(By.XPATH, ".//button[text()='Undo']").click()
+    card.find_element(By.XPATH, ".//button[text()='Close']").click()
+    time.sleep(0.5)
+    assert np.array_equal(offered_mask(browser, browser.find_element(By.CSS_SELECTOR, ".result")), expected)
+
+
+def test_corrections_survive_a_browser_killed_with_kill_9_until_cleared(server, tmp_path):  # noqa: F811
+    pairs = layouts.find_pairs(REAL_DATA, "test")[:2]
+    driver = chromium(tmp_path / "profile", tmp_path / "downloads")
+    try:
+        open_page(driver, server[0])
+        upload(driver, *[i for _, i, _ in pairs])
+        cards = finished(driver, 2)
+        corrected = truth(pairs[:1])[0]
+        cards[0].find_element(By.CSS_SELECTOR, "button.correct").click()
+        driver.execute_script("window.lesionPage.edit(arguments[0], arguments[1])", cards[0].get_attribute("data-id"),
+                              corrected.ravel().astype(int).tolist())
+        cards[0].find_element(By.CSS_SELECTOR, "button.accept").click()
+        time.sleep(1)
+        assert driver.find_element(By.ID, "kept").get_attribute("data-count") == "1"
+    finally:
+        subprocess.run(["pkill", "-9", "-f", f"user-data-dir={tmp_path / 'profile'}"])  # the real crash
+        try:
+            driver.quit()
+        except Exception:  # its browser is gone
+            pass
+    driver = chromium(tmp_path / "profile", tmp_path / "downloads")
+    try:
+        open_page(driver, server[0])
+        kept = driver.find_elements(By.CSS_SELECTOR, ".result.done")
+        assert len(kept) == 1 and "accepted" in kept[0].get_attribute("class")
+        assert np.array_equal(offered_mask(driver, kept[0]), corrected)
+        assert "1 corrected image kept in this browser" in driver.find_element(By.ID, "kept").text
+        driver.find_element(By.ID, "clear").click()
+        driver.switch_to.alert.accept()
+        time.sleep(1)
+        open_page(driver, server[0])
+        assert not driver.find_elements(By.CSS_SELECTOR, ".result")
+    finally:
+        driver.quit()
+
+
+def downloaded(folder, name, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (folder / name).exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return folder / name
+
+
+def test_twenty_corrections_calibrate_in_the_page_as_make_calibrate_does_on_the_export(server, browser,  # noqa: F811
+                                                                                       tmp_path):
+    pairs = layouts.find_pairs(REAL_DATA, "test")[40:60]
+    masks = truth(pairs)
+    open_page(browser, server[0])
+    upload(browser, *[i for _, i, _ in pairs])
+    for card, mask in zip(finished(browser, len(pairs)), masks):  # each truth pasted through the editing path
+        card.find_element(By.CSS_SELECTOR, "button.correct").click()
+        browser.execute_script("window.lesionPage.edit(arguments[0], arguments[1])", card.get_attribute("data-id"),
+                               mask.ravel().astype(int).tolist())
+        card.find_element(By.CSS_SELECTOR, "button.accept").click()
+    time.sleep(1)
+    browser.find_element(By.ID, "calibrate").click()
+    found = browser.find_element(By.ID, "calibration")
+    page_move = float(found.get_attribute("data-edge-move"))
+    assert page_move > 0 and "held out" in found.text  # the tighter annotator: in
+    browser.find_element(By.ID, "export").click()
+    with zipfile.ZipFile(downloaded(tmp_path / "downloads", "labelled.zip")) as z:
+        z.extractall(tmp_path / "labelled")
+    labels = json.loads((tmp_path / "labelled" / "labels.json").read_text())
+    assert labels["model"]["file"] == "lesion_segmenter.onnx" and len(labels["images"]) == 20
+    assert len(list((tmp_path / "labelled" / "test" / "masks").iterdir())) == 4  # every fifth held out
+    blocker = tmp_path / "no-torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no PyTorch on the light install')\n")
+    result = subprocess.run(["make", "-s", "-o", ".venv/predict-installed", "calibrate",
+                             f"DATA_DIR={tmp_path / 'labelled'}", f"RUNS={tmp_path / 'runs'}"], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(blocker.parent)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "runs" / "calibrate" / "calibrate.json").read_text())
+    assert report["edge_move"] == page_move and report["held_out"] == 4
+    page_held, ours = json.loads(found.get_attribute("data-held-out")), report["comparisons"][
+        f"calibrated (edge {page_move:+g})"]
+    assert page_held["change"][0] == pytest.approx(ours["difference"], abs=1e-4)
