@@ -81,3 +81,30 @@ def test_make_calibrate_refuses_a_pytorch_checkpoint_in_one_sentence(tighter_fol
     result = run_without_torch(tmp_path, "--data-dir", tighter_folder, "--checkpoint", model_files.PT,
                                "--out", tmp_path / "x")
     assert result.returncode == 1 and "make export" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def disc_folder(folder, n, radius=lambda i: 60 + 5 * i):
+    """A plain folder of n noise images with a disc as each mask (radius(i) 0: an empty mask)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:300, :300]
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(folder / "images" / f"p{i}.png")
+        Image.fromarray(((yy - 150) ** 2 + (xx - 150) ** 2 < radius(i) ** 2).astype(np.uint8) * 255).save(
+            folder / "masks" / f"p{i}.png")
+    return folder
+
+
+def test_make_calibrate_refuses_what_cannot_calibrate_in_one_sentence(tmp_path, small_disk):
+    """The guarantees make calibrate gave when it ran on PyTorch (docs/faults.md): one-value masks, a single image,
+    a full disk, each one sentence and no model left behind."""
+    cases = [(disc_folder(tmp_path / "flat", 10, lambda i: 0 if i < 7 else 60), tmp_path / "a",
+              "masks in", "all lesion or all background"),
+             (disc_folder(tmp_path / "one", 1), tmp_path / "b", "1 labelled training image(s)", "at least 2"),
+             (disc_folder(tmp_path / "ok", 6), small_disk[0] / "c", "no space left to write", "model.onnx")]
+    for folder, out, *phrases in cases:
+        result = run_without_torch(tmp_path, "--data-dir", folder, "--out", out)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and all(p in lines[0] for p in phrases), result.stderr
+        assert not (out / "model.onnx").exists()
