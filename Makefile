@@ -145,11 +145,12 @@ labelled:
 	@test -d "$(DATA_DIR)" || { echo "error: DATA_DIR=$(DATA_DIR): no such folder; name your labelled images:" \
 		"make $(MAKECMDGOALS) DATA_DIR=my_labelled/ (images/ + masks/, or any layout of README: Data)" >&2; exit 2; }
 
-# docs/adapt.md's table: make adapt's recipe under annotator and camera shifts of ISIC 2016 (SPLIT=val: choices;
-# SHIFTS and IMAGES: fewer shifts or adaptation set sizes than all of them)
+# docs/adapt.md's table: make adapt's choice under annotator and camera shifts of ISIC 2016 (SPLIT=val: choices;
+# SHIFTS, IMAGES and DRAWS: fewer shifts, adaptation set sizes or seeded draws than all of them)
 adapt-experiment: setup
 	$(PY) tools/adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
-		$(if $(SHIFTS),--shifts $(SHIFTS)) $(if $(IMAGES),--images $(IMAGES)) --out "$(RUNS)/adapt-experiment"
+		$(if $(SHIFTS),--shifts $(SHIFTS)) $(if $(IMAGES),--images $(IMAGES)) $(if $(DRAWS),--seeds $(DRAWS)) \
+		--out "$(RUNS)/adapt-experiment"
 
 # The calibration rules (thresholds, edge moves) compared on the annotator shifts, 20 images per draw, 9 draws
 calibration-experiment: setup

@@ -5,6 +5,7 @@ install."""
 from pathlib import Path
 
 from lib import model_files
+from lib.adaptation import CANDIDATES
 
 MARGIN = 2  # standard errors a paired change must clear before the card calls it better or worse
 FEW_HELD_OUT = 10  # below this many held-out images the card warns that its scores say little
@@ -20,13 +21,14 @@ def verdict(rows, adapted):
         text = (f"On 1 held-out image {what} changed IoU by {change:+.4f}: one image gives no standard error, so "
                 "this says nothing either way.")
     elif change > MARGIN * error:
-        text = f"On {n} held-out images {what} helped: IoU {change:+.4f} ± {error:.4f} (more than {MARGIN} SE)."
+        text = (f"On {n} held-out images {what} helped: IoU {change:+.4f} ± {error:.4f} (more than {MARGIN} "
+                "standard errors).")
     elif change < -MARGIN * error:
-        text = (f"On {n} held-out images {what} did worse: IoU {change:+.4f} ± {error:.4f} (more than {MARGIN} SE); "
-                "keep the model before, or label more images.")
+        text = (f"On {n} held-out images {what} did worse: IoU {change:+.4f} ± {error:.4f} (more than {MARGIN} "
+                "standard errors); keep the model before, or label more images.")
     else:
         text = (f"On {n} held-out images {what} made no clear difference (IoU {change:+.4f} ± {error:.4f}, within "
-                f"{MARGIN} SE).")
+                f"{MARGIN} standard errors).")
     if n < FEW_HELD_OUT:
         text += (f" Only {n} held-out image{'s' if n > 1 else ''}: too few to tell a change of a few hundredths; hold "
                  f"out {FEW_HELD_OUT} or more: label {FEW_HELD_OUT - n} more and put them in test/images + "
@@ -48,12 +50,13 @@ def edge_words(move):
 
 def calibration_sentence(c, adapted):
     """What calibration (calibration.calibrate: the best move if its gain clears its standard error) found, and the
-    edge move it uses."""
+    edge move it uses, in plain words."""
     found = f"Calibration {'of the model before ' if adapted else ''}on those {c['images']} images found"
     if c["best_edge_move"] == 0:
         return f"{found} the model's own edge best, so it is kept."
-    found += (f" a move of {c['best_edge_move']:+g} x the radius best (+ inward, - outward), {c['gain']:+.4f} IoU "
-              f"over the model's own edge on them (paired SE {c['standard_error']:.4f}); ")
+    found += (f" its masks fit yours best with {edge_words(c['best_edge_move'])} (a move of "
+              f"{c['best_edge_move']:+g}): IoU {c['gain']:+.4f} over the model's own edge on them, ± "
+              f"{c['standard_error']:.4f}; ")
     if c["edge_move"] == 0:
         return found + "that is within its standard error, so the model's own edge is kept."
     return found + "that clears its standard error, so it is used."
@@ -67,21 +70,59 @@ def predict_command(model):
 
 
 def recommendation(report, rows):
-    """The card's first sentence: which model to use next, the command for it, and why in plain words."""
+    """The card's first sentence: which model to use next, the command for it, and why in plain words. A new model
+    is used when the rule that made it (cross-validation, or calibration's) found it better and the held-out
+    images, if any, do not clearly say otherwise; without cross-validation, only when the held-out images clearly
+    say it is better."""
     what, new, before = ("adapted" if report["adapted"] else "calibrated"), report["model"], report["checkpoint"]
     keep = f"**Keep the model before, `{before}`:** {predict_command(before)}."
-    if not report["adapted"] and report["edge_move"] == 0:
-        return f"{keep} Calibration kept the model's own edge, so `{new}` draws the same masks."
+    use = f"**Use the {what} model, `{new}`:** {predict_command(new)} (in the browser: `make serve CHECKPOINT={new}`)."
+    cv, last = report.get("cross_validation"), rows[list(rows)[-1]] if rows else None
+    clear = last and last["n"] >= 2 and last["difference"] > MARGIN * last["standard_error"]
+    held = f"On {last['n']} held-out image{'s' if last['n'] > 1 else ''} " if last else ""
+    if report.get("choice") == "before" or not report["adapted"] and report["edge_move"] == 0:
+        why = (f"No candidate beat it clearly in cross-validation on your {cv['images']} images" if cv else
+               "Calibration kept the model's own edge")
+        return f"{keep} {why}, so `{new}` draws the same masks."
+    if last and last["n"] >= 2 and last["difference"] < -MARGIN * last["standard_error"]:
+        return f"{keep} {held}the {what} model `{new}` did worse (IoU {last['difference']:+.4f})."
+    if clear:
+        return f"{use} {held}its masks matched yours better than the model before's (IoU {last['difference']:+.4f})."
+    if cv:
+        gain = cv["against_before"][report["choice"]]
+        return (f"{use} In cross-validation on your {cv['images']} images it was the best choice: "
+                f"{CANDIDATES[report['choice']]}, IoU {gain['difference']:+.4f} over the model before."
+                + (f" {held}it was not clearly better or worse (IoU {last['difference']:+.4f})." if last else ""))
     if not rows:
         return (f"{keep} No labelled image was held out, so nothing here shows that the {what} model `{new}` is "
                 f"better; put {FEW_HELD_OUT} or more labelled images in test/images + test/masks and run again.")
-    last = rows[list(rows)[-1]]
-    if last["n"] >= 2 and last["difference"] > MARGIN * last["standard_error"]:
-        return (f"**Use the {what} model, `{new}`:** {predict_command(new)} (in the browser: `make serve "
-                f"CHECKPOINT={new}`). On {last['n']} held-out images its masks matched yours better than the "
-                f"model before's (IoU {last['difference']:+.4f}).")
-    return (f"{keep} On {last['n']} held-out image{'s' if last['n'] > 1 else ''} the {what} model `{new}` was not "
-            f"clearly better (IoU {last['difference']:+.4f}), so it is not worth the change.")
+    return (f"{keep} {held}the {what} model `{new}` was not clearly better (IoU {last['difference']:+.4f}), so it "
+            "is not worth the change.")
+
+
+def validation_lines(cv):
+    """The card's table of the cross-validated candidates and the sentence on the choice."""
+    lines = [f"**Chosen by {cv['folds']}-fold cross-validation on your {cv['images']} training images** (each image "
+             "scored by the candidates fitted on the other folds):", "",
+             "| candidate | mean IoU | change vs the model before | change vs the edge move alone |",
+             "|---|---|---|---|"]
+    for name, row in cv["against_before"].items():
+        edge = cv["against_edge"][name]
+        lines.append(f"| {CANDIDATES[name]} | {row['new']:.4f} | {row['difference']:+.4f} | "
+                     f"{edge['difference']:+.4f} ± {standard_error(edge)} |")
+    return lines + ["", f"A fine-tuned model is chosen only when it beats the edge move alone here by more than "
+                    f"the standard error (±); chosen: **{CANDIDATES[cv['choice']]}**.", ""]
+
+
+def fine_tuning_sentence(report):
+    """How the shipped model was fine-tuned, if it was, and the edge move its masks then take."""
+    if not report["adapted"]:
+        return ""
+    if report.get("choice") == "tuned":
+        return (" The model was then fine-tuned on these images' masks as they are; calibrating its edge on them "
+                f"afterwards gave {edge_words(report['edge_move'])}.")
+    return (" The model was then fine-tuned on these images with their masks' edge moved back by that move, so that"
+            " it learns what the move does not." if report["edge_move"] else "")
 
 
 def card(report, rows):
@@ -90,17 +131,20 @@ def card(report, rows):
     c = report["calibration"]
     lines = [f"# {'Adapted' if report['adapted'] else 'Calibrated'} lesion segmenter", "",
              recommendation(report, rows), "",
-             f"`{Path(report['model']).name}`, written by {report['tool']} on {report['date']} (commit {report['commit']}) from "
+             f"`{Path(report['model']).name}`, written by {report['tool']} on {report['date']} (commit "
+             f"{report['commit']}) from "
              f"`{report['adapted'] or report['checkpoint']}`"
              + (f", fine-tuned from `{report['checkpoint']}`" if report['adapted'] else "")
              + f" on {c['images']} labelled images of `{report['data_dir']}`.", "",
              f"**Masks: {edge_words(report['edge_move'])}.** "
              + calibration_sentence(c, report["adapted"])
-             + (" The model was then fine-tuned on these images with their masks' edge moved back by that move, so"
-                " that it learns what the move does not." if report["adapted"] and report["edge_move"] else ""), ""]
+             + fine_tuning_sentence(report), ""]
+    if report.get("cross_validation"):
+        lines += validation_lines(report["cross_validation"])
     if rows:
         lines += [f"IoU on {report['held_out']} held-out images (each mask's own size, flip TTA, largest region):", "",
-                  "| model | mean IoU | change | paired SE | better / worse images |", "|---|---|---|---|---|"]
+                  "| model | mean IoU | change | ± (standard error) | better / worse images |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {name} | {r['new']:.4f} | {r['difference']:+.4f} | {standard_error(r)} | "
                   f"{r['new_better']} / {r['new_worse']} |" for name, r in rows.items()]
         lines += ["", verdict(rows, report["adapted"]) + " (± is the standard error of the mean change over "

@@ -19,6 +19,7 @@ import evaluate
 import predict
 import train
 from lib import annotators, calibration, cards, files, images, layouts
+from lib.adaptation import choose
 from lib.errors import DataError
 from lib.model_files import PT as RELEASED
 from lib.checkpoints import load_checkpoint, read_checkpoint
@@ -348,3 +349,31 @@ def test_a_full_disk_while_writing_the_fine_tuning_targets_is_one_sentence(tmp_p
     result = adapt(folder, disk / "adapt", "--epochs", "1")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: no space left to write")
+
+
+def per_image(base, *diffs):
+    """Scores [N]: base plus the differences, cycled over the images."""
+    return base + np.resize(np.array(diffs, float), len(base))
+
+
+def test_make_adapt_ships_a_fine_tuned_model_only_when_it_beats_the_edge_move_out_of_fold():
+    """The choice rule (lib/adaptation.py) on out-of-fold scores where the right answer is known. Each case has a
+    candidate with a higher mean that the rule must not ship: picking the best mean alone fails this test."""
+    before = 0.8 + np.linspace(-0.1, 0.1, 20)
+    edge = per_image(before, 0.06, 0.05, 0.07)
+    # a uniform edge shift: the edge move undoes it; fine-tuning on top only adds noise (+0.001 on average)
+    uniform = {"before": before, "edge": edge, "tuned": per_image(before, 0.03, 0.01),
+               "tuned-moved": per_image(edge, 0.012, -0.010)}
+    assert choose(uniform, edge_move=0.08)[0] == "edge"
+    # a shift no edge move expresses (another outline): fine-tuning on the masks as they are wins, on every image
+    other = {"before": before, "edge": per_image(before, 0.01, 0.0), "tuned": per_image(before, 0.05, 0.04, 0.06),
+             "tuned-moved": per_image(before, 0.045, 0.01)}
+    assert choose(other, edge_move=0.02)[0] == "tuned"
+    # no shift: nothing beats the model before; fine-tuning is a hair better than the edge move, within its error
+    none = {"before": before, "edge": before, "tuned": per_image(before, 0.004, -0.003),
+            "tuned-moved": per_image(before, -0.002, 0.001)}
+    assert choose(none, edge_move=0.0)[0] == "before"
+    # never worse than calibration alone: a fine-tuned model that beats the model before but not the edge move
+    behind = {**uniform, "tuned-moved": per_image(edge, -0.004, -0.002)}
+    chosen, against = choose(behind, edge_move=0.08)
+    assert chosen == "edge" and against["tuned-moved"]["difference"] < 0 < behind["tuned-moved"].mean() - before.mean()

@@ -66,7 +66,8 @@ def test_the_pages_calibration_rule_is_make_calibrates(server, browser):  # noqa
     page = call(browser, "import('./calibrate.js').then(m => { const images = args[0].map(([p, w, h, k]) => ({prob: "
                 "Float32Array.from(p), size: 128, w, h, mask: Uint8Array.from(k)})); const curves = "
                 "m.edgeCurves(images); done({moves: m.EDGE_MOVES, curves, c: m.calibrateEdge(curves)}); })",
-                [[p.ravel().tolist(), m.shape[1], m.shape[0], m.ravel().astype(int).tolist()] for p, m in zip(probs, masks)])
+                [[p.ravel().tolist(), m.shape[1], m.shape[0], m.ravel().astype(int).tolist()]
+                 for p, m in zip(probs, masks)])
     assert page["moves"] == calibration.EDGE_MOVES.tolist()
     assert np.abs(np.array(page["curves"]) - curves).max() < 2e-3  # PIL's and the page's float resize of the map
     assert page["c"]["edgeMove"] == expected["edge_move"] and page["c"]["bestEdgeMove"] == expected["best_edge_move"]

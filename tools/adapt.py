@@ -1,17 +1,21 @@
 """Adapt a trained model to your own annotators: calibrate how far its masks' edge moves in or out on your labelled
-images, with --train-flags also fine-tune it on them (train.py), compare it before and after on held-out ones, and
-write the model you use from then on with its card.
+images and, with --train-flags, choose by cross-validation on them between the model before, that edge move alone
+and two ways of fine-tuning it (train.py); compare the choice with the model before on held-out images, and write
+the model you use from then on with its card.
 
-    make adapt DATA_DIR=my_labelled/        # the edge move, then fine-tuning on what the move leaves
-    make calibrate DATA_DIR=my_labelled/    # the edge move alone: no training
+    make adapt DATA_DIR=my_labelled/        # cross-validated choice: before, edge move, or fine-tuned
     python tools/adapt.py --data-dir my_labelled/ --train-flags "--freeze-encoder --epochs 10 ..." --out runs/adapt
+    make calibrate DATA_DIR=my_labelled/    # the edge move alone, without PyTorch (tools/calibrate.py)
 
 DATA_DIR may be in any layout that --data-dir reads (README: Data). Its training images (a plain images/ + masks/
-folder: all but the 20% held out) calibrate the edge move (calibration.py); fine-tuning then trains on them with
-their masks' edge moved back by that move (OUT/targets), so that it learns what the move does not, and the move is
-applied to the fine-tuned model's masks too. Its test images (test/, or that 20%) are held out and scored before
-and after. --out receives model.pt (float16, the edge move stored inside: predict.py, evaluate.py, serve.py and
-export.py use it), README.md (its card), adapt.json and, with --train-flags, train.py's run.
+folder: all but the 20% held out) calibrate the edge move (calibration.py) and, in FOLDS folds (lib/adaptation.py),
+score each candidate fitted on the other folds: the model before, the edge move alone, fine-tuning on the masks as
+they are (with an edge move on top if calibration adopts one), and fine-tuning on the masks with their edge moved
+back, the move applied after. A fine-tuned candidate wins only when it beats the edge move alone out of fold by
+more than its paired standard error; the winner is then fitted on all training images. Its test images (test/, or
+that 20%) are held out and scored before and after. --out receives model.pt (float16, the edge move stored
+inside: predict.py, evaluate.py, serve.py and export.py use it), README.md (its card), adapt.json, the fine-tuning
+run (train.py's files) and folds/ (each fold's runs).
 """
 import datetime
 import shlex
@@ -23,9 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
 
-from data import load_splits
+import numpy as np
+
+from data import load_splits, subset
 from lib import cards, cli, files, images, model_files, revision
-from lib.calibration import calibrate, edge_curves, refuse_one_value_masks
+from lib.adaptation import CANDIDATES, FINE_TUNED, FOLDS, choose, fold_of
+from lib.calibration import EDGE_MOVES, calibrate, edge_curves, refuse_one_value_masks
 from lib.checkpoints import half_precision, load_checkpoint
 from lib.device import pick_device
 from lib.errors import DataError, TrainingError, UsageError
@@ -66,27 +73,73 @@ def write_targets(split, move, folder):
         files.write_bytes(folder / "train" / "masks" / f"{i}.png", encoded(mask_png(mask), "PNG"))
 
 
-def fine_tune(checkpoint, targets, args):
-    """train.py from checkpoint on the targets folder with --train-flags, its run in --out; returns its best.pt."""
-    command = [sys.executable, str(ROOT / "train.py"), "--data-dir", str(targets), "--init-from",
-               checkpoint, *shlex.split(args.train_flags), "--out", args.out, "--cache-dir", args.cache_dir,
-               "--device", args.device]
-    if subprocess.run(command).returncode:
-        raise TrainingError("train.py stopped (its message is above); nothing was adapted")
-    return Path(args.out) / "best.pt"
+def fine_tune(checkpoint, targets, run, flags, quiet=False):
+    """train.py from checkpoint on the targets folder with flags (train.py's, a list), its run in run; returns its
+    best.pt. quiet: its progress to its own train.log only (a cross-validation fold)."""
+    command = [sys.executable, str(ROOT / "train.py"), "--data-dir", str(targets), "--init-from", checkpoint,
+               *flags, "--out", str(run)]
+    result = subprocess.run(command, stdout=subprocess.DEVNULL if quiet else None,
+                            stderr=subprocess.PIPE if quiet else None, text=True)
+    if result.returncode:
+        said = (result.stderr or "").strip().splitlines()[-1:] if quiet else []
+        raise TrainingError(f"train.py stopped ({said[0] if said else 'its message is above'}); nothing was adapted")
+    return Path(run) / "best.pt"
 
 
-def compare(base, adapted, move, held_out, device):
-    """{row name: paired_difference() against the model before} on the held-out images, the edge moved by move
-    for the calibrated and the adapted model."""
+def train_flags(args, apart=False):
+    """train.py's flags for a fine-tuning run: --train-flags, the cache and device. A run apart (a fold's) is made
+    anew each time (its folder is ours), without the user's --resume or --overwrite, and lean: no decoding processes
+    and one prediction panel (the same training, 3 s sooner)."""
+    flags = shlex.split(args.train_flags) + ["--cache-dir", args.cache_dir, "--device", args.device]
+    lean = ["--overwrite", "--workers", "0", "--viz-every", "1000"]
+    return [f for f in flags if f not in ("--resume", "--overwrite")] + lean if apart else flags
+
+
+def fit(candidate, split, masks, move, folder, args, device, apart=False):
+    """(best.pt, (model, config), the edge move its masks take) of one fine-tuned candidate on split (its boolean
+    masks beside): trained on the masks as they are ("tuned", then the edge move that calibration on these images
+    adopts on top of it) or with the edge move undone ("tuned-moved", then move). The run goes to --out, or apart
+    (quietly) to folder/run."""
+    undo = move if candidate == "tuned-moved" else 0.0
+    write_targets(split, undo, folder / "targets")
+    run = folder / "run" if apart else Path(args.out)
+    best = fine_tune(args.checkpoint, folder / "targets", run, train_flags(args, apart), quiet=apart)
+    tuned = load_checkpoint(best, device)
+    if candidate == "tuned-moved":
+        return best, tuned, move
+    return best, tuned, calibrate(edge_curves(tta_probabilities(*tuned, split["images"], device), masks))["edge_move"]
+
+
+def cross_validate(split, masks, curves, args, device):
+    """Out-of-fold IoU [N] of every candidate on the training images: each fold's images scored by candidates
+    fitted on the other folds (the edge move calibrated there, fine-tuning run there), as make predict masks them."""
+    fold, zero = fold_of(len(masks), args.folds), int(np.argmin(np.abs(EDGE_MOVES)))
+    scores = {name: np.empty(len(masks)) for name in CANDIDATES}
+    for k in range(fold.max() + 1):
+        held, kept = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
+        move = calibrate(curves[kept])["edge_move"]
+        scores["before"][held] = curves[held, zero]
+        scores["edge"][held] = curves[held, int(np.argmin(np.abs(EDGE_MOVES - move)))]
+        for name in FINE_TUNED:
+            print(f"cross-validation, fold {k + 1} of {fold.max() + 1}: {CANDIDATES[name]} ({len(kept)} images)")
+            _, tuned, tuned_move = fit(name, subset(split, kept), [masks[i] for i in kept], move,
+                                       Path(args.out) / "folds" / f"{k}-{name}", args, device, apart=True)
+            probs = tta_probabilities(*tuned, split["images"][held], device)
+            scores[name][held] = edge_curves(probs, [masks[i] for i in held], moves=[tuned_move])[:, 0]
+    return scores
+
+
+def compare(base, adapted, move, adapted_move, held_out, device):
+    """{row name: paired_difference() against the model before} on the held-out images: the model before, its edge
+    moved by move, and the adapted model (if any) with its edge moved by adapted_move."""
     masks = held_out["mask_paths"]
     probs = tta_probabilities(*base, held_out["images"], device)  # once: scored as it is and with the edge moved
     before = largest_region_iou(probs, masks)
     rows = {"before": paired_difference(before, before),
             f"calibrated (edge {move:+g})": paired_difference(before, largest_region_iou(probs, masks, 0.5, move))}
     if adapted:
-        rows[f"adapted (edge {move:+g})"] = paired_difference(
-            before, largest_region_iou(tta_probabilities(*adapted, held_out["images"], device), masks, 0.5, move))
+        rows[f"adapted (edge {adapted_move:+g})"] = paired_difference(before, largest_region_iou(
+            tta_probabilities(*adapted, held_out["images"], device), masks, 0.5, adapted_move))
     return rows
 
 
@@ -97,6 +150,10 @@ def parse_args(argv=None):
     parser.add_argument("--train-flags", metavar="FLAGS",
                         help="fine-tune after calibrating: train.py's flags in one string (make adapt passes its "
                         "recipe); without it, the edge move is calibrated alone")
+    parser.add_argument("--folds", type=int, default=FOLDS, help="cross-validation folds (fewer when there are "
+                        "fewer images)")
+    parser.add_argument("--all-candidates", action="store_true", help="fit every fine-tuned candidate on all training "
+                        "images (in OUT/candidates/), not only a winner: for make adapt-experiment")
     parser.add_argument("--out", default="runs/adapt", help="folder for model.pt, README.md, adapt.json "
                         "(default: runs/adapt)")
     parser.add_argument("--overwrite", action="store_true", help="replace the model an earlier run left in --out")
@@ -112,25 +169,33 @@ def main(argv=None):
         raise UsageError(f"{out} already holds a model (model.pt) from an earlier run: add --overwrite (make ... "
                          "OVERWRITE=1) to replace it, or choose another --out")
     base = load_checkpoint(args.checkpoint, device)
-    calibration_images, held_out = load_user_data(args.data_dir, base[1]["image_size"], base[1]["split_seed"],
-                                                  args.cache_dir)
-    calib = calibrate(edge_curves(tta_probabilities(*base, calibration_images["images"], device), [
-        images.read_binary_mask(p) for p in calibration_images["mask_paths"]]))
-    move, adapted_file, adapted = calib["edge_move"], None, None
+    train, held_out = load_user_data(args.data_dir, base[1]["image_size"], base[1]["split_seed"], args.cache_dir)
+    masks = [images.read_binary_mask(p) for p in train["mask_paths"]]
+    curves = edge_curves(tta_probabilities(*base, train["images"], device), masks)
+    calib = calibrate(curves)
+    move, choice, validation = calib["edge_move"], "edge" if calib["edge_move"] else "before", None
     if args.train_flags:
-        write_targets(calibration_images, move, out / "targets")
-        adapted_file = fine_tune(args.checkpoint, out / "targets", args)
-        adapted = load_checkpoint(adapted_file, device)
-    rows = compare(base, adapted, move, held_out, device) if held_out else {}
+        scores = cross_validate(train, masks, curves, args, device)
+        choice, against = choose(scores, move)
+        validation = {"images": len(masks), "folds": int(fold_of(len(masks), args.folds).max() + 1), "choice": choice,
+                      "against_before": {n: paired_difference(scores["before"], s) for n, s in scores.items()},
+                      "against_edge": against}
+    fitted = {name: fit(name, train, masks, move, out / "candidates" / name, args, device, apart=True)
+              for name in (FINE_TUNED if args.train_flags and args.all_candidates else ())}
+    adapted_file, adapted, edge = None, None, move
+    if choice in FINE_TUNED:
+        adapted_file, adapted, edge = fitted.get(choice) or fit(choice, train, masks, move, out, args, device)
+    rows = compare(base, adapted, move, edge, held_out, device) if held_out else {}
     model_file = half_precision(adapted_file or args.checkpoint)
-    model_file["config"].update(threshold=0.5, edge_move=move)  # the edge was calibrated at 0.5
+    model_file["config"].update(threshold=0.5, edge_move=edge)  # the edge was calibrated at 0.5
     out.mkdir(parents=True, exist_ok=True)
     files.atomic_save(model_file, out / "model.pt")
-    report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint,
+    report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "choice": choice,
               "adapted": str(adapted_file) if adapted_file else None, "model": str(out / "model.pt"),
-              "threshold": 0.5, "edge_move": move, "calibration": calib,
+              "threshold": 0.5, "edge_move": edge, "calibration": calib, "cross_validation": validation,
               "held_out": len(held_out["ids"]) if held_out else 0, "comparisons": rows,
               "recipe": {k: adapted[1][k] for k in RECIPE} if adapted else None,
+              "candidates": {name: {"model": str(f[0]), "edge_move": f[2]} for name, f in fitted.items()},
               "date": datetime.date.today().isoformat(), "commit": revision.code_revision(), "tool": "tools/adapt.py"}
     files.write_json(out / "adapt.json", report)
     text = cards.card(report, rows)

@@ -9,8 +9,10 @@ none) is applied alike to the adaptation images, drawn from the training split, 
     make adapt-experiment DATA_DIR=../shared/isic2016 SPLIT=val    # choices: 150 training images outside every draw
     make adapt-experiment DATA_DIR=../shared/isic2016              # docs/adapt.md's table: the test split, once
 
-Writes results.csv (one row per shift, images and seed; an interrupted run continues where it stopped), table.md
-and adapt_experiment.png to --out.
+Each row's adaptation is make adapt's cross-validated choice (adapt.py --all-candidates also fits the candidates it
+did not choose, so that each is scored). Writes results.csv (one row per shift, images and seed; an interrupted run
+continues where it stopped), table.md (the chosen model as "adapted"), choice.md (every candidate, the choice and
+what it cost against the best one) and adapt_experiment.png to --out.
 """
 import shutil
 import subprocess
@@ -82,18 +84,20 @@ def write_adaptation_set(pairs, shift, folder):
 
 
 def adapt(folder, run, seed, args):
-    """make adapt on a folder: adapt.py with its train.py flags; returns (the model.pt it writes, seconds)."""
+    """make adapt on a folder, every fine-tuned candidate fitted too (--all-candidates): adapt.py with its train.py
+    flags; returns (its adapt.json, seconds)."""
     command = [sys.executable, str(Path(__file__).with_name("adapt.py")), "--data-dir", str(folder), "--checkpoint",
                args.checkpoint, "--train-flags", f"{args.train_flags} --seed {seed} --overwrite", "--out", str(run),
-               "--cache-dir", str(args.out / "cache"), "--device", args.device, "--overwrite"]
+               "--cache-dir", str(args.out / "cache"), "--device", args.device, "--overwrite", "--all-candidates"]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return run / "model.pt", time.perf_counter() - started
+    return files.read_json(run / "adapt.json"), time.perf_counter() - started
 
 
 def run_shift(shift, pools, base, done, args, device):
-    """The rows of one shift: the model before, calibrated and adapted (make adapt's model.pt, whose edge move is
-    also the calibrated model's), for every --images and --seeds."""
+    """The rows of one shift: the scored images' IoU under each of make adapt's candidates fitted on a draw (the
+    model before, the edge move alone, both fine-tuned ones) and under the one its cross-validation chose, for every
+    --images and --seeds."""
     (model, config), size = base, base[1]["image_size"]
     if all((shift, n, seed) in done for seed in args.seeds for n in args.images):
         return
@@ -107,16 +111,16 @@ def run_shift(shift, pools, base, done, args, device):
                 continue
             folder = args.out / "data" / f"{shift}-seed{seed}-n{n}"
             write_adaptation_set([pools["draw"][k] for k in order[:n]], shift, folder)
-            adapted_file, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
-            adapted_model, adapted_config = load_checkpoint(adapted_file, device)
-            adapted = tta_probabilities(adapted_model, adapted_config, inputs, device)
-            move = adapted_config["edge_move"]
-            yield {"shift": shift, "images": n, "seed": seed, "before": before,  # move: make adapt's calibration
-                   "calibrated": largest_region_iou(base_probs, masks, 0.5, move).mean(), "edge_move": move,
-                   "adapted": largest_region_iou(adapted, masks, 0.5, move).mean(),
-                   # the adapted network's edge moved by the one share best for the scored images themselves: the
-                   # most that any one edge move on top of it could give
-                   "adapted_best_edge": edge_curves(adapted, masks).mean(0).max(), "adapt_seconds": seconds}
+            report, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
+            move = report["calibration"]["edge_move"]
+            scores = {"before": before, "edge": largest_region_iou(base_probs, masks, 0.5, move).mean()}
+            for name, fitted in report["candidates"].items():
+                tuned = tta_probabilities(*load_checkpoint(fitted["model"], device), inputs, device)
+                scores[name] = largest_region_iou(tuned, masks, 0.5, fitted["edge_move"]).mean()
+            best = max(scores, key=scores.get)
+            yield {"shift": shift, "images": n, "seed": seed, **scores, "calibrated": scores["edge"],
+                   "chosen": report["choice"], "adapted": scores[report["choice"]], "best": best,
+                   "regret": scores[best] - scores[report["choice"]], "edge_move": move, "adapt_seconds": seconds}
 
 
 def run_calibration(shift, pools, base, args, device):
@@ -183,6 +187,24 @@ def table(rows, clean):
     return "\n".join(lines)
 
 
+def choice_table(rows, clean):
+    """Markdown: per shift the scored images' IoU under each candidate (mean over the draws), under the one make
+    adapt's cross-validation chose, in how many draws that was the best one (or within 0.002 of it), and what the
+    choice cost against the best one (mean, most)."""
+    names = ["before", "edge", "tuned", "tuned-moved"]
+    head = ["shift", "cost", "before", "edge move alone", "fine-tuned", "fine-tuned, moved labels + move", "chosen",
+            "chosen in the draws", "best or within 0.002", "cost of the choice (mean, most)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for shift in dict.fromkeys(r["shift"] for r in rows):
+        mine = [r for r in rows if r["shift"] == shift]
+        means = [np.mean([float(r[k]) for r in mine]) for k in names + ["adapted"]]
+        regret = [float(r["regret"]) for r in mine]
+        lines.append(f"| {shift} | {clean - means[0]:+.4f} | " + " | ".join(f"{m:.4f}" for m in means) + " | "
+                     + ", ".join(r["chosen"] for r in mine) + f" | {sum(g <= 0.002 for g in regret)} of {len(mine)} | "
+                     f"{np.mean(regret):.4f}, {max(regret):.4f} |")
+    return "\n".join(lines)
+
+
 def compare_calibration(pools, base, args, device, out):
     """--calibration-only: every shift's rows, then calibration.csv and calibration.md in out."""
     rows = [row for shift in args.shifts for row in run_calibration(shift, pools, base, args, device)]
@@ -243,9 +265,10 @@ def main(argv=None):
         inputs, masks = shifted(pools["scored"], "none", base[1]["image_size"])
         clean = largest_region_iou(tta_probabilities(*base, inputs, device), masks, 0.5).mean()
     files.write_text(out / "table.md", table(rows, clean) + "\n")
+    files.write_text(out / "choice.md", choice_table(rows, clean) + "\n")
     plot_adaptation(rows, clean, out / "adapt_experiment.png")
-    print(table(rows, clean))
-    print(f"wrote {results}, {out}/table.md, {out}/adapt_experiment.png")
+    print(table(rows, clean) + "\n\n" + choice_table(rows, clean))
+    print(f"wrote {results}, {out}/table.md, {out}/choice.md, {out}/adapt_experiment.png")
 
 
 if __name__ == "__main__":

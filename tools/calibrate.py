@@ -87,7 +87,8 @@ def main(argv=None):
     report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "adapted": None,
               "model": str(out / "model.onnx"), "threshold": 0.5, "edge_move": move, "calibration": calib,
               "held_out": len(held_out), "comparisons": rows, "recipe": None, "tool": "tools/calibrate.py",
-              "date": datetime.date.today().isoformat(), "commit": revision.code_revision(), "seconds": round(time.perf_counter() - start, 1)}
+              "date": datetime.date.today().isoformat(), "commit": revision.code_revision(),
+              "seconds": round(time.perf_counter() - start, 1)}
     files.write_json(out / "calibrate.json", report)
     text = cards.card(report, rows)
     files.write_text(out / "README.md", text)
