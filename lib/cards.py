@@ -2,9 +2,10 @@
 model to use next and the command for it, then where the model came from, its edge move and how it scored on the
 held-out images, with what a standard error means there. Torch-free: make calibrate writes it on the light
 install."""
+import datetime
 from pathlib import Path
 
-from lib import model_files
+from lib import files, model_files, revision
 from lib.adaptation import CANDIDATES
 
 MARGIN = 2  # standard errors a paired change must clear before the card calls it better or worse
@@ -158,3 +159,13 @@ def card(report, rows):
                  if v is not False]
         lines += ["", f"Fine-tuned with train.py {' '.join(flags)} (all flags: its config.json)."]
     return "\n".join(lines) + "\n"
+
+
+def write(out, report, rows, name):
+    """The report, dated and with the code's commit, as out/name and its card as out/README.md (written through
+    files: a full disk is one sentence); the card's body printed."""
+    report.update(date=datetime.date.today().isoformat(), commit=revision.code_revision())
+    files.write_json(out / name, report)
+    text = card(report, rows)
+    files.write_text(out / "README.md", text)
+    print(text.split("\n", 2)[2].rstrip())

@@ -55,3 +55,23 @@ def small_disk(tmp_path):
         subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(disk)], check=True)
     yield disk, resize
     subprocess.run(["umount", str(disk)])
+
+
+def start_server(log, *flags):
+    """(process, address) of `python serve.py --port 0 [flags]`, its request log in log."""
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "tools/serve.py", "--port", "0", *flags], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("serving on http://127.0.0.1:"), line + log.read_text()
+    return proc, line.split()[2]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(address, its request log) of `python serve.py --port 0` with the released model."""
+    log = tmp_path_factory.mktemp("server") / "requests.log"
+    proc, address = start_server(log)
+    yield address, log
+    proc.terminate()
+    proc.wait()

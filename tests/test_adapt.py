@@ -54,10 +54,11 @@ def labelled_folder(synthetic, folder, shift=None, n_train=16, n_test=8):
     return folder
 
 
-def adapt(data_dir, out, *train_flags):
-    """make adapt with ADAPT and train_flags: adapt.py calibrating, then fine-tuning with train.py."""
+def adapt(data_dir, out, *train_flags, folds=2):
+    """make adapt with ADAPT and train_flags: adapt.py calibrating, then choosing by cross-validation in folds
+    (2: a test's seconds) among candidates fine-tuned with train.py."""
     return run("tools/adapt.py", "--data-dir", data_dir, "--cache-dir", out.parent / "cache", "--out", out, "--device",
-               "cpu", "--train-flags", " ".join(ADAPT + list(train_flags)))
+               "cpu", "--folds", folds, "--train-flags", " ".join(ADAPT + list(train_flags)))
 
 
 def much_looser(mask):
@@ -129,26 +130,36 @@ def test_a_seeded_adaptation_repeats_exactly(synthetic, tmp_path):
     assert torch.equal(a["encoder.0.0.weight"], released["encoder.0.0.weight"].float())  # frozen encoder
 
 
-def test_adapt_moves_the_edge_then_fine_tunes_on_what_the_move_leaves(synthetic, tmp_path):
-    folder = labelled_folder(synthetic, tmp_path / "mine", much_looser)
-    result = adapt(folder, tmp_path / "run", "--epochs", "6")
+def test_adapt_cross_validates_its_candidates_and_ships_the_one_its_rule_chose(synthetic, tmp_path):
+    folder = labelled_folder(synthetic, tmp_path / "mine", much_looser, n_train=10, n_test=4)
+    result = adapt(folder, tmp_path / "run", "--epochs", "1")
     assert result.returncode == 0, result.stderr
     # one test IoU per model: train.py leaves the held-out images to adapt.py (--no-test)
     assert "test (best epoch" not in result.stdout and not (tmp_path / "run" / "test_metrics.json").exists()
     report = files.read_json(tmp_path / "run" / "adapt.json")
-    move, rows = report["calibration"]["edge_move"], list(report["comparisons"].values())
-    assert move < 0  # looser masks: the edge moves out
-    assert rows[1]["difference"] > 0.01 and rows[2]["difference"] > 0.05  # calibrated, adapted against before
-    assert "helped" in (tmp_path / "run" / "README.md").read_text()
+    move, cv = report["calibration"]["edge_move"], report["cross_validation"]
+    assert move < 0 and cv["folds"] == 2 and cv["images"] == 10  # looser masks: the edge moves out
+    scores = {name: row["new"] for name, row in cv["against_before"].items()}
+    assert set(scores) == {"before", "edge", "tuned", "tuned-moved"} and scores["edge"] > scores["before"] + 0.01
+    assert report["choice"] == choose_from_report(cv, move)
     config = load_checkpoint(tmp_path / "run" / "model.pt")[1]
-    assert config["threshold"] == 0.5 and config["edge_move"] == move  # the move is applied to the adapted masks
-    # it trained on the user's masks with the move undone: each target is the user's mask shrunk back, no larger
-    targets = tmp_path / "run" / "targets"
-    assert load_checkpoint(tmp_path / "run" / "best.pt")[1]["data_dir"] == [str(targets)]
+    assert config["threshold"] == 0.5 and config["edge_move"] == report["edge_move"]
+    assert ("adapted" if report["choice"] in ("tuned", "tuned-moved") else "calibrated") in (
+        tmp_path / "run" / "README.md").read_text().split("\n")[2]
+    # the moved-labels candidate trained on the user's masks with the move undone: each shrunk back, no larger
+    targets = tmp_path / "run" / "folds" / "0" / "tuned-moved" / "targets"
+    assert load_checkpoint(targets.parent / "run" / "best.pt")[1]["data_dir"] == [str(targets)]
     for target in sorted((targets / "train" / "masks").glob("*.png"))[:4]:
         mine = images.read_binary_mask(folder / "train" / "masks" / target.name)
         moved_back = images.read_binary_mask(target)
         assert (moved_back <= mine).all() and moved_back.sum() < mine.sum()
+
+
+def choose_from_report(cv, move):
+    """The choice rule applied to the differences adapt.json records (choose() needs the per-image scores)."""
+    clear = [n for n in ("tuned", "tuned-moved") if cv["against_edge"][n]["difference"]
+             > cv["against_edge"][n]["standard_error"]]
+    return max(clear, key=lambda n: cv["against_edge"][n]["new"]) if clear else ("edge" if move else "before")
 
 
 def test_a_calibrated_edge_move_reaches_predict_evaluate_the_onnx_file_and_the_page(synthetic, tmp_path):

@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 import pytest
 import serve
-from conftest import REAL_DATA, ROOT
+from conftest import REAL_DATA, ROOT, start_server
 from PIL import Image
 
 from lib import images, layouts
@@ -31,26 +31,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not all((serve.RUNTIME / f).is_file() for f in serve.RUNTIME_FILES),
                                 reason="ONNX Runtime Web is not installed: make site (npm ci in web/)")
-
-
-def start_server(log, *flags):
-    """(process, address) of `python serve.py --port 0 [flags]`, its request log in log."""
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "tools/serve.py", "--port", "0", *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=stderr, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("serving on http://127.0.0.1:"), line + log.read_text()
-    return proc, line.split()[2]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(address, its request log) of `python serve.py --port 0` with the released model."""
-    log = tmp_path_factory.mktemp("server") / "requests.log"
-    proc, address = start_server(log)
-    yield address, log
-    proc.terminate()
-    proc.wait()
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@ corrections kept across a browser killed with kill -9, the edge calibrated in th
 and the export that make calibrate reads as it is."""
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 import zipfile
 
@@ -14,13 +12,14 @@ import pytest
 from conftest import REAL_DATA, ROOT
 from PIL import Image
 from test_page import CHROMIUM, DRIVER, finished, offered_mask, open_page, upload, webdriver
-from test_page import server  # noqa: F401 (a fixture)
+from test_page import pytestmark as needs_the_runtime
 
 from lib import annotators, calibration, images, layouts
 from lib.segmenter import Segmenter
 from selenium.webdriver.common.by import By  # noqa: E402 (after test_page's importorskip)
 
-pytestmark = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA}: real ISIC images, on dev and CI only")
+pytestmark = [needs_the_runtime, pytest.mark.skipif(not REAL_DATA.is_dir(),
+                                                   reason=f"{REAL_DATA}: real ISIC images, on dev and CI only")]
 
 
 def chromium(profile, downloads):
@@ -55,7 +54,7 @@ def call(driver, script, *args):
         "const done = arguments[arguments.length - 1], args = arguments; " + script, *args)
 
 
-def test_the_pages_calibration_rule_is_make_calibrates(server, browser):  # noqa: F811
+def test_the_pages_calibration_rule_is_make_calibrates(server, browser):
     pairs = layouts.find_pairs(REAL_DATA, "test")[20:32]
     masks = truth(pairs[:8]) + truth(pairs[8:], annotators.looser)
     segmenter = Segmenter.load()
@@ -75,7 +74,7 @@ def test_the_pages_calibration_rule_is_make_calibrates(server, browser):  # noqa
     assert page["c"]["standardError"] == pytest.approx(expected["standard_error"], abs=1e-4)
 
 
-def test_the_pages_edge_rule_decides_as_make_calibrates_on_any_curves(server, browser):  # noqa: F811
+def test_the_pages_edge_rule_decides_as_make_calibrates_on_any_curves(server, browser):
     """calibrate_edge and the page's calibrateEdge on 300 random sets of curves, many near the rule's line."""
     rng = np.random.default_rng(0)
     cases = []
@@ -123,8 +122,7 @@ def stroke(driver, card, tool, fractions):
     return points, rect
 
 
-def test_a_brush_stroke_changes_exactly_the_pixels_under_it_and_undo_restores_the_mask(server, browser,  # noqa: F811
-                                                                                      tmp_path):
+def test_a_brush_stroke_changes_exactly_the_pixels_under_it_and_undo_restores_the_mask(server, browser, tmp_path):
     _, image, _ = layouts.find_pairs(REAL_DATA, "test")[0]
     Image.open(image).resize((1000, 750)).save(tmp_path / "big.png")  # shown at 768 px: drawn at another scale
     open_page(browser, server[0])
@@ -151,7 +149,7 @@ def test_a_brush_stroke_changes_exactly_the_pixels_under_it_and_undo_restores_th
     assert np.array_equal(offered_mask(browser, browser.find_element(By.CSS_SELECTOR, ".result")), expected)
 
 
-def test_corrections_survive_a_browser_killed_with_kill_9_until_cleared(server, tmp_path):  # noqa: F811
+def test_corrections_survive_a_browser_killed_with_kill_9_until_cleared(server, tmp_path):
     pairs = layouts.find_pairs(REAL_DATA, "test")[:2]
     driver = chromium(tmp_path / "profile", tmp_path / "downloads")
     try:
@@ -195,8 +193,7 @@ def downloaded(folder, name, timeout=60):
     return folder / name
 
 
-def test_twenty_corrections_calibrate_in_the_page_as_make_calibrate_does_on_the_export(server, browser,  # noqa: F811
-                                                                                       tmp_path):
+def test_twenty_corrections_calibrate_in_the_page_as_make_calibrate_does_on_the_export(server, browser, tmp_path):
     pairs = layouts.find_pairs(REAL_DATA, "test")[40:60]
     masks = truth(pairs)
     open_page(browser, server[0])

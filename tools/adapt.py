@@ -17,7 +17,6 @@ that 20%) are held out and scored before and after. --out receives model.pt (flo
 inside: predict.py, evaluate.py, serve.py and export.py use it), README.md (its card), adapt.json, the fine-tuning
 run (train.py's files) and folds/ (each fold's runs).
 """
-import datetime
 import shlex
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modul
 import numpy as np
 
 from data import load_splits, subset
-from lib import cards, cli, files, images, model_files, revision
+from lib import cards, cli, files, images, model_files
 from lib.adaptation import CANDIDATES, FINE_TUNED, FOLDS, choose, fold_of
 from lib.calibration import EDGE_MOVES, calibrate, edge_curves, refuse_one_value_masks
 from lib.checkpoints import half_precision, load_checkpoint
@@ -120,13 +119,21 @@ def cross_validate(split, masks, curves, args, device):
         move = calibrate(curves[kept])["edge_move"]
         scores["before"][held] = curves[held, zero]
         scores["edge"][held] = curves[held, int(np.argmin(np.abs(EDGE_MOVES - move)))]
-        for name in FINE_TUNED:
-            print(f"cross-validation, fold {k + 1} of {fold.max() + 1}: {CANDIDATES[name]} ({len(kept)} images)")
-            _, tuned, tuned_move = fit(name, subset(split, kept), [masks[i] for i in kept], move,
-                                       Path(args.out) / "folds" / f"{k}-{name}", args, device, apart=True)
+        print(f"cross-validation, fold {k + 1} of {fold.max() + 1}: fine-tuning on {len(kept)} images")
+        fitted = fit_both(subset(split, kept), [masks[i] for i in kept], move, Path(args.out) / "folds" / str(k),
+                          args, device)
+        for name, (_, tuned, tuned_move) in fitted.items():
             probs = tta_probabilities(*tuned, split["images"][held], device)
             scores[name][held] = edge_curves(probs, [masks[i] for i in held], moves=[tuned_move])[:, 0]
     return scores
+
+
+def fit_both(split, masks, move, folder, args, device):
+    """{candidate: fit()} of both fine-tuned candidates, each run apart under folder. With no edge move to undo
+    they train alike, so "tuned-moved" then takes "tuned"'s network (and no move after): one training, not two."""
+    tuned = fit("tuned", split, masks, move, folder / "tuned", args, device, apart=True)
+    return {"tuned": tuned, "tuned-moved": (tuned[0], tuned[1], 0.0) if move == 0 else
+            fit("tuned-moved", split, masks, move, folder / "tuned-moved", args, device, apart=True)}
 
 
 def compare(base, adapted, move, adapted_move, held_out, device):
@@ -180,8 +187,8 @@ def main(argv=None):
         validation = {"images": len(masks), "folds": int(fold_of(len(masks), args.folds).max() + 1), "choice": choice,
                       "against_before": {n: paired_difference(scores["before"], s) for n, s in scores.items()},
                       "against_edge": against}
-    fitted = {name: fit(name, train, masks, move, out / "candidates" / name, args, device, apart=True)
-              for name in (FINE_TUNED if args.train_flags and args.all_candidates else ())}
+    fitted = fit_both(train, masks, move, out / "candidates", args, device) if args.train_flags and \
+        args.all_candidates else {}
     adapted_file, adapted, edge = None, None, move
     if choice in FINE_TUNED:
         adapted_file, adapted, edge = fitted.get(choice) or fit(choice, train, masks, move, out, args, device)
@@ -196,11 +203,8 @@ def main(argv=None):
               "held_out": len(held_out["ids"]) if held_out else 0, "comparisons": rows,
               "recipe": {k: adapted[1][k] for k in RECIPE} if adapted else None,
               "candidates": {name: {"model": str(f[0]), "edge_move": f[2]} for name, f in fitted.items()},
-              "date": datetime.date.today().isoformat(), "commit": revision.code_revision(), "tool": "tools/adapt.py"}
-    files.write_json(out / "adapt.json", report)
-    text = cards.card(report, rows)
-    files.write_text(out / "README.md", text)
-    print(text.split("\n", 2)[2].rstrip())
+              "tool": "tools/adapt.py"}
+    cards.write(out, report, rows, "adapt.json")
     print(f"wrote {out}/model.pt, {out}/README.md, {out}/adapt.json")
 
 

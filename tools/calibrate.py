@@ -11,7 +11,6 @@ move when its gain clears its paired standard error, else none); its test images
 folder, the same ones make adapt holds out) are scored before and after. --out receives model.onnx (the move in
 its metadata: make predict, make serve and the page use it), README.md (its card) and calibrate.json.
 """
-import datetime
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modul
 
 import numpy as np
 
-from lib import cards, cli, files, images, model_files, revision, splits
+from lib import cards, cli, files, images, model_files, splits
 from lib.calibration import calibrate, edge_curves, refuse_one_value_masks
 from lib.compare import paired_difference
 from lib.errors import DataError, UsageError
@@ -87,12 +86,8 @@ def main(argv=None):
     report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "adapted": None,
               "model": str(out / "model.onnx"), "threshold": 0.5, "edge_move": move, "calibration": calib,
               "held_out": len(held_out), "comparisons": rows, "recipe": None, "tool": "tools/calibrate.py",
-              "date": datetime.date.today().isoformat(), "commit": revision.code_revision(),
               "seconds": round(time.perf_counter() - start, 1)}
-    files.write_json(out / "calibrate.json", report)
-    text = cards.card(report, rows)
-    files.write_text(out / "README.md", text)
-    print(text.split("\n", 2)[2].rstrip())
+    cards.write(out, report, rows, "calibrate.json")
     print(f"wrote {out}/model.onnx, {out}/README.md, {out}/calibrate.json in {report['seconds']:.0f} s")
 
 
