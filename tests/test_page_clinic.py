@@ -1,6 +1,7 @@
 """The page's clinic loop in Debian's Chromium: correcting a mask (brush, eraser, undo) at the image's own size,
 corrections kept across a browser killed with kill -9, the edge calibrated in the page by make calibrate's rule,
 and the export that make calibrate reads as it is."""
+import base64
 import json
 import os
 import subprocess
@@ -46,6 +47,13 @@ def browser(tmp_path):
 
 def truth(pairs, shift=annotators.tighter):
     return [shift(images.read_binary_mask(m)) for _, _, m in pairs]
+
+
+def paste(driver, card, mask):
+    """A whole mask put in through the open editor's own editing path (one undoable change, kept as a stroke is)."""
+    driver.execute_script("window.lesionPage.edit(arguments[0], Uint8Array.from(atob(arguments[1]), c => "
+                          "c.charCodeAt(0)))", card.get_attribute("data-id"),
+                          base64.b64encode(mask.astype(np.uint8).tobytes()).decode())
 
 
 def call(driver, script, *args):
@@ -158,8 +166,7 @@ def test_corrections_survive_a_browser_killed_with_kill_9_until_cleared(server, 
         cards = finished(driver, 2)
         corrected = truth(pairs[:1])[0]
         cards[0].find_element(By.CSS_SELECTOR, "button.correct").click()
-        driver.execute_script("window.lesionPage.edit(arguments[0], arguments[1])", cards[0].get_attribute("data-id"),
-                              corrected.ravel().astype(int).tolist())
+        paste(driver, cards[0], corrected)
         cards[0].find_element(By.CSS_SELECTOR, "button.accept").click()
         time.sleep(1)
         assert driver.find_element(By.ID, "kept").get_attribute("data-count") == "1"
@@ -200,8 +207,7 @@ def test_twenty_corrections_calibrate_in_the_page_as_make_calibrate_does_on_the_
     upload(browser, *[i for _, i, _ in pairs])
     for card, mask in zip(finished(browser, len(pairs)), masks):  # each truth pasted through the editing path
         card.find_element(By.CSS_SELECTOR, "button.correct").click()
-        browser.execute_script("window.lesionPage.edit(arguments[0], arguments[1])", card.get_attribute("data-id"),
-                               mask.ravel().astype(int).tolist())
+        paste(browser, card, mask)
         card.find_element(By.CSS_SELECTOR, "button.accept").click()
     time.sleep(1)
     browser.find_element(By.ID, "calibrate").click()
