@@ -3,11 +3,8 @@ candidate is scored out of fold (k-fold cross-validation: every image scored by 
 folds), and a fine-tuned candidate is shipped only when it beats the edge move alone there by more than its paired
 standard error; else the edge move (when calibration adopts one) or the model before. Synthetic shifts chose the
 candidates; the user's images judge them."""
-import numpy as np
-
 from lib.compare import paired_difference
 
-FOLDS = 5  # cross-validation folds (fewer when there are fewer images)
 # The candidates, in the order a tie keeps: the model before; its edge moved (make calibrate); fine-tuned on the
 # labels as they are, an edge move calibrated on top if it clears; fine-tuned on the labels with the edge move
 # undone, the move applied after (the recipe synthetic annotators chose on 2026-12-03)
@@ -15,14 +12,6 @@ CANDIDATES = {"before": "the model before", "edge": "the edge move alone",
               "tuned": "fine-tuned on your masks as they are", "tuned-moved": "fine-tuned on your masks with the "
               "edge move undone, the move applied after"}
 FINE_TUNED = ("tuned", "tuned-moved")
-
-
-def fold_of(n, folds=FOLDS, seed=0):
-    """The fold (0..k-1) of each of n images, k = min(folds, n): a seeded shuffle dealt out in turn."""
-    k = min(folds, n)
-    assignment = np.empty(n, dtype=int)
-    assignment[np.random.default_rng(seed).permutation(n)] = np.arange(n) % k
-    return assignment
 
 
 def choose(scores, edge_move):

@@ -59,18 +59,24 @@ def refuse_one_value_masks(masks, paths, data_dir):
                         "index above 0 for the lesion)")
 
 
+def fold_of(n, folds=FOLDS, seed=0):
+    """The fold (0..k-1) of each of n images, k = min(folds, n): a seeded shuffle dealt out in turn (calibrate_cv's
+    folds, and make adapt's)."""
+    assignment = np.empty(n, dtype=int)
+    assignment[np.random.default_rng(seed).permutation(n)] = np.arange(n) % min(folds, n)
+    return assignment
+
+
 def calibrate_cv(curves, thresholds=THRESHOLDS, folds=FOLDS, seed=0):
     """The threshold to use, from iou_curves() of the calibration images. Each fold's images are scored at the
     threshold that the other folds' images pick; the best threshold over all images is adopted only if that
     out-of-fold gain over 0.5 is above zero by more than its paired standard error, else 0.5 is kept.
     Returns {'choice' (the threshold), 'best', 'cv_gain', 'cv_standard_error', 'images', 'folds', 'rule'}."""
     n, base = len(curves), int(np.argmin(np.abs(thresholds - 0.5)))
-    k = min(folds, n)
-    fold_of = np.empty(n, dtype=int)
-    fold_of[np.random.default_rng(seed).permutation(n)] = np.arange(n) % k
+    folds_of, k = fold_of(n, folds, seed), min(folds, n)
     gains = np.empty(n)
     for fold in range(k):
-        held = fold_of == fold
+        held = folds_of == fold
         picked = curves[~held].mean(0).argmax()
         gains[held] = curves[held, picked] - curves[held, base]
     gain = float(gains.mean())

@@ -75,3 +75,12 @@ def server(tmp_path_factory):
     yield address, log
     proc.terminate()
     proc.wait()
+
+
+def without_torch(tmp_path):
+    """The environment of a process where `import torch` fails, as on the light install (requirements-predict.txt):
+    a torch package that raises, first on PYTHONPATH."""
+    blocker = tmp_path / "no-torch" / "torch"
+    blocker.mkdir(parents=True, exist_ok=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no PyTorch on the light install')\n")
+    return {**os.environ, "PYTHONPATH": str(blocker.parent)}

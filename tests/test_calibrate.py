@@ -1,14 +1,13 @@
 """make calibrate on the light install (tools/calibrate.py): no PyTorch, the same edge move and held-out images as
 adapt.py's calibration, and a calibrated .onnx that make predict uses."""
 import json
-import os
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REAL_DATA, ROOT
+from conftest import REAL_DATA, ROOT, without_torch
 from PIL import Image
 
 import data
@@ -35,12 +34,8 @@ def tighter_folder(tmp_path_factory):
 
 def run_without_torch(tmp_path, *args):
     """tools/calibrate.py where `import torch` fails, as on the light install (requirements-predict.txt)."""
-    blocker = tmp_path / "no-torch" / "torch"
-    blocker.mkdir(parents=True, exist_ok=True)
-    (blocker / "__init__.py").write_text("raise ImportError('no PyTorch on the light install')\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "calibrate.py"), *map(str, args)], env=env,
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "calibrate.py"), *map(str, args)],
+                          env=without_torch(tmp_path), capture_output=True, text=True, cwd=ROOT)
 
 
 def test_make_calibrate_needs_no_torch_and_writes_a_calibrated_onnx(tighter_folder, tmp_path):

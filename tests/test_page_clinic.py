@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import REAL_DATA, ROOT
+from conftest import REAL_DATA, ROOT, without_torch
 from PIL import Image
 from test_page import CHROMIUM, DRIVER, finished, offered_mask, open_page, upload, webdriver
 from test_page import pytestmark as needs_the_runtime
@@ -220,12 +220,9 @@ def test_twenty_corrections_calibrate_in_the_page_as_make_calibrate_does_on_the_
     labels = json.loads((tmp_path / "labelled" / "labels.json").read_text())
     assert labels["model"]["file"] == "lesion_segmenter.onnx" and len(labels["images"]) == 20
     assert len(list((tmp_path / "labelled" / "test" / "masks").iterdir())) == 4  # every fifth held out
-    blocker = tmp_path / "no-torch" / "torch"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('no PyTorch on the light install')\n")
     result = subprocess.run(["make", "-s", "-o", ".venv/predict-installed", "calibrate",
                              f"DATA_DIR={tmp_path / 'labelled'}", f"RUNS={tmp_path / 'runs'}"], cwd=ROOT,
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(blocker.parent)})
+                            capture_output=True, text=True, env=without_torch(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "runs" / "calibrate" / "calibrate.json").read_text())
     assert report["edge_move"] == page_move and report["held_out"] == 4

@@ -8,14 +8,14 @@ the model you use from then on with its card.
     make calibrate DATA_DIR=my_labelled/    # the edge move alone, without PyTorch (tools/calibrate.py)
 
 DATA_DIR may be in any layout that --data-dir reads (README: Data). Its training images (a plain images/ + masks/
-folder: all but the 20% held out) calibrate the edge move (calibration.py) and, in FOLDS folds (lib/adaptation.py),
-score each candidate fitted on the other folds: the model before, the edge move alone, fine-tuning on the masks as
-they are (with an edge move on top if calibration adopts one), and fine-tuning on the masks with their edge moved
-back, the move applied after. A fine-tuned candidate wins only when it beats the edge move alone out of fold by
-more than its paired standard error; the winner is then fitted on all training images. Its test images (test/, or
-that 20%) are held out and scored before and after. --out receives model.pt (float16, the edge move stored
-inside: predict.py, evaluate.py, serve.py and export.py use it), README.md (its card), adapt.json, the fine-tuning
-run (train.py's files) and folds/ (each fold's runs).
+folder: all but the 20% held out) calibrate the edge move (calibration.py) and, in --folds folds, score each
+candidate fitted on the other folds: the model before, the edge move alone, fine-tuning on the masks as they are
+(with an edge move on top if calibration adopts one), and fine-tuning on the masks with their edge moved back, the
+move applied after. A fine-tuned candidate wins only when it beats the edge move alone out of fold by more than its
+paired standard error (lib/adaptation.py); the winner is then fitted on all training images. Its test images
+(test/, or that 20%) are held out and scored before and after. --out receives model.pt (float16, the edge move
+stored inside: predict.py, evaluate.py, serve.py and export.py use it), README.md (its card), adapt.json, the
+fine-tuning run (train.py's files) and folds/ (each fold's runs).
 """
 import shlex
 import shutil
@@ -30,8 +30,8 @@ import numpy as np
 
 from data import load_splits, subset
 from lib import cards, cli, files, images, model_files
-from lib.adaptation import CANDIDATES, FINE_TUNED, FOLDS, choose, fold_of
-from lib.calibration import EDGE_MOVES, calibrate, edge_curves, refuse_one_value_masks
+from lib.adaptation import CANDIDATES, FINE_TUNED, choose
+from lib.calibration import EDGE_MOVES, FOLDS, calibrate, edge_curves, fold_of, refuse_one_value_masks
 from lib.checkpoints import half_precision, load_checkpoint
 from lib.device import pick_device
 from lib.errors import DataError, TrainingError, UsageError
@@ -184,7 +184,7 @@ def main(argv=None):
     if args.train_flags:
         scores = cross_validate(train, masks, curves, args, device)
         choice, against = choose(scores, move)
-        validation = {"images": len(masks), "folds": int(fold_of(len(masks), args.folds).max() + 1), "choice": choice,
+        validation = {"images": len(masks), "folds": min(args.folds, len(masks)), "choice": choice,
                       "against_before": {n: paired_difference(scores["before"], s) for n, s in scores.items()},
                       "against_edge": against}
     fitted = fit_both(train, masks, move, out / "candidates", args, device) if args.train_flags and \

@@ -30,7 +30,7 @@ from lib.segmenter import Segmenter
 def read_labelled(pairs, size):
     """(model inputs uint8 [N,S,S,3], boolean masks at their own size) of [(id, image, mask)]: each image decoded
     whole and resized, as make predict reads photos."""
-    inputs = np.stack([images.read_image(image, size, draft=False)[0] for _, image, _ in pairs]) if pairs else None
+    inputs = np.stack([images.read_image(image, size, draft=False)[0] for _, image, _ in pairs])
     return inputs, [images.read_binary_mask(mask) for _, _, mask in pairs]
 
 

@@ -1,7 +1,7 @@
 // Correcting one mask: a brush that adds, an eraser that removes, their size, undo and redo, the whole edge grown
 // or shrunk (the edge move, for this image), with mouse, pen or touch (pointer events). Drawn at display scale,
 // applied to the mask at the image's own size.
-import {moveEdge, outline, resize, rgbOf} from "./segment.js";
+import {moveEdge, outline, resize, rgbOf, shownMask} from "./segment.js";
 
 const DISPLAY = 768, HISTORY = 30, EDGE_STEP = 0.02;  // longest side shown; undo steps kept; one grow/shrink click
 
@@ -45,11 +45,7 @@ export function openEditor(container, item, onChange, onClose) {
 
   function draw() {  // the photo, the mask tinted blue, its outline red
     pending = false;
-    const small = new Uint8Array(dw * dh);
-    for (let y = 0; y < dh; y++) {
-      const row = Math.min(h - 1, Math.floor((y + 0.5) / scale)) * w;
-      for (let x = 0; x < dw; x++) small[y * dw + x] = mask[row + Math.min(w - 1, Math.floor((x + 0.5) / scale))];
-    }
+    const small = shownMask(mask, w, h, dw, dh, scale);
     const edge = outline(small, dw, dh, 2), ctx = canvas.getContext("2d"), image = ctx.createImageData(dw, dh);
     for (let i = 0; i < dw * dh; i++) {
       const [r, g, b] = [shown[3 * i], shown[3 * i + 1], shown[3 * i + 2]];

@@ -6,7 +6,7 @@ import * as ort from "./ort/ort.wasm.min.mjs";
 import {HOLD_OUT_EVERY, calibrateOn, exportZip, showCount} from "./clinic.js";
 import {openEditor} from "./editor.js";
 import {MAX_PIXELS, declaredSize, loadModel, maskAtSize, outline, outputStem, probabilities, resize, rgbOf,
-        tooLarge, zip} from "./segment.js";
+        shownMask, tooLarge, zip} from "./segment.js";
 import {clearAll, saveImage, saveSetting, savedImages, setting} from "./store.js";
 
 const MAX_FILES = 50, DISPLAY = 768, SHOWN = 300;  // per drop; longest side of the pictures; their width on screen
@@ -58,11 +58,7 @@ function pictures({photo, prob, mask, proposal}) {
   const scale = Math.min(1, DISPLAY / Math.max(photo.w, photo.h));
   const dw = Math.round(photo.w * scale), dh = Math.round(photo.h * scale);
   const shown = resize(rgbOf(photo.rgba), photo.w, photo.h, 3, dw, dh, true);
-  const small = new Uint8Array(dw * dh);  // the mask at display size, nearest pixel
-  for (let y = 0; y < dh; y++) {
-    const row = Math.min(photo.h - 1, Math.floor((y + 0.5) / scale)) * photo.w;
-    for (let x = 0; x < dw; x++) small[y * dw + x] = mask[row + Math.min(photo.w - 1, Math.floor((x + 0.5) / scale))];
-  }
+  const small = shownMask(mask, photo.w, photo.h, dw, dh, scale);
   const edge = outline(small, dw, dh, Math.max(2, Math.ceil(2 * dw / SHOWN)));  // about 2 screen pixels wide
   const p = resize(prob, model.size, model.size, 1, dw, dh, false), t = proposal.threshold;
   const contour = canvasOf(dw, dh, d => {

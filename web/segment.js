@@ -213,6 +213,16 @@ export function movedEdges(mask, w, h, shares) {
   });
 }
 
+// The 0/1 mask [h, w] shown at [dh, dw] (scale = dw / w), nearest pixel: what the page and its editor draw.
+export function shownMask(mask, w, h, dw, dh, scale) {
+  const small = new Uint8Array(dw * dh);
+  for (let y = 0; y < dh; y++) {
+    const row = Math.min(h - 1, Math.floor((y + 0.5) / scale)) * w;
+    for (let x = 0; x < dw; x++) small[y * dw + x] = mask[row + Math.min(w - 1, Math.floor((x + 0.5) / scale))];
+  }
+  return small;
+}
+
 // Pixels of a mask's boundary (inside it, next to a pixel outside), grown to `width` pixels.
 export function outline(mask, w, h, width) {
   const at = (m, x, y) => x >= 0 && y >= 0 && x < w && y < h && m[y * w + x];
