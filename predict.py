@@ -10,9 +10,13 @@ Runtime, with no PyTorch installed; train.py's checkpoints (.pt) run on PyTorch.
 Every file is written under a temporary name and renamed, so an interrupted job leaves no half-written mask; the
 input folders are never written to. Under torchrun each process takes its share of the images.
 """
+import importlib
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from lib import cli, distributed, files, model_files, photos, watching
@@ -20,26 +24,29 @@ from lib.errors import Interrupted, StorageError, UsageError
 from lib.segmenter import Segmenter
 
 
-def decoded_batches(paths, batch_size, pool):
-    """[(path, photo or None, why)] batch by batch, the next batch decoding in the pool while the caller works on
-    this one (PIL releases the GIL): at most two batches of photos in memory."""
+def decoded_batches(paths, size, batch_size, pool):
+    """[(path, photo or None, its model input or why it cannot be read)] batch by batch, the next batch decoding in
+    the pool while the caller works on this one (PIL releases the GIL): at most two batches of photos in memory."""
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    pending = [pool.submit(photos.decode, p) for p in batches[0]] if batches else []
+    pending = [pool.submit(photos.decode, p, size) for p in batches[0]] if batches else []
     for k, batch in enumerate(batches):
         done = [f.result() for f in pending]
-        pending = [pool.submit(photos.decode, p) for p in batches[k + 1]] if k + 1 < len(batches) else []
+        pending = [pool.submit(photos.decode, p, size) for p in batches[k + 1]] if k + 1 < len(batches) else []
         yield [(path, *result) for path, result in zip(batch, done)]
 
 
-def predicted_masks(segmenter, paths, batch_size, pool, tta=False, largest_component=False, threshold=None):
-    """(path, photo, boolean mask [H,W] at the photo's own size) or (path, None, why it could not be read) for each
-    path, batch_size photos per forward pass."""
-    for batch in decoded_batches(paths, batch_size, pool):
-        readable = [(path, photo) for path, photo, _ in batch if photo is not None]
-        yield from ((path, None, why) for path, photo, why in batch if photo is None)
-        if readable:
-            masks = segmenter.masks([photo for _, photo in readable], tta, largest_component, threshold)
-            yield from ((path, photo, mask) for (path, photo), mask in zip(readable, masks))
+def write_one(segmenter, prob, photo, name, args):
+    """One photo's outputs from its probabilities: its mask at the photo's own size (and overlay), written whole."""
+    mask = segmenter.mask(prob, *photo.size, args.largest_component, args.threshold)
+    photos.write_outputs(photo, mask, name, args.overlay)
+
+
+def preload_scipy():
+    """Import scipy.ndimage, which the masks' largest region and edge move need: its 0.2 s while the model loads."""
+    try:
+        importlib.import_module("scipy.ndimage")
+    except ImportError:  # said where it is used
+        pass
 
 
 def parse_args(argv=None):
@@ -54,8 +61,9 @@ def parse_args(argv=None):
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected region of each mask (one lesion per image)")
     parser.add_argument("--overlay", action="store_true",
-                        help="also write <id>_overlay.jpg, the photo with the contour: a JPEG (quality 90, full "
-                        "chroma), since a lossless PNG of a whole photo costs several times the mask itself")
+                        help="also write <id>_overlay.jpg, the photo with the contour in red at the photo's own "
+                        "width and height: a JPEG of quality 90 with full chroma (up to about 0.5 MB at 1024x768, less "
+                        "for a smooth photo), since a lossless PNG of a photo costs several times the mask")
     parser.add_argument("--watch", action="store_true",
                         help="after the inputs' images, keep segmenting each new photo that lands in them (once it "
                         "is copied whole) until Ctrl-C; --out may then be the input folder itself")
@@ -63,7 +71,8 @@ def parse_args(argv=None):
                         help="leave out images whose outputs --out already holds: an interrupted job continues")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=2,
-                        help="threads that decode the next batch and write files while the model runs")
+                        help="threads that decode the next batch, make the masks and write files while the model runs "
+                        "on the cores they leave")
     cli.add_device_flag(parser)
     args = parser.parse_args(argv)
     args.inputs += args.more_inputs
@@ -73,21 +82,22 @@ def parse_args(argv=None):
 
 
 def write_masks(segmenter, todo, names, out, args):
-    """Predict and write each image's mask (and overlay) under its name, the writing in the pool's threads;
-    returns (masks written, [unreadable: why]). Ctrl-C and a full disk end with one sentence: how many were
-    written, and how to continue."""
+    """Predict and write each image's mask (and overlay) under its name: the model in this thread, decoding, the
+    masks at each photo's size and the writing in the pool's, so that both run at once. Returns (masks written,
+    [unreadable: why]). Ctrl-C and a full disk end with one sentence: how many were written, and how to continue."""
     failures, writes = [], []
     pool = ThreadPoolExecutor(max(1, args.workers))
+    bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=None)
     try:
-        masks = predicted_masks(segmenter, todo, args.batch_size, pool, args.tta, args.largest_component,
-                                args.threshold)
-        for path, photo, mask in tqdm(masks, total=len(todo), desc="predicting", unit="img", disable=None):
-            if photo is None:
-                failures.append(f"{path}: {mask}")
-                continue
-            writes.append(pool.submit(photos.write_outputs, photo, mask, names[path], args.overlay))
-            if len(writes) > 2 * args.batch_size:  # a bounded queue: its errors seen early, its photos freed
-                writes[-2 * args.batch_size].result()
+        for batch in decoded_batches(todo, segmenter.image_size, args.batch_size, pool):
+            failures += [f"{path}: {why}" for path, photo, why in batch if photo is None]
+            readable = [(path, photo, small) for path, photo, small in batch if photo is not None]
+            probs = segmenter.probabilities(np.stack([small for *_, small in readable]), args.tta) if readable else []
+            for (path, photo, _), prob in zip(readable, probs):
+                writes.append(pool.submit(write_one, segmenter, prob, photo, names[path], args))
+                if len(writes) > 2 * args.batch_size:  # a bounded queue: its errors seen early, its photos freed
+                    writes[-2 * args.batch_size].result()
+            bar.update(len(batch))
         for w in writes:
             w.result()
     except KeyboardInterrupt:
@@ -99,6 +109,7 @@ def write_masks(segmenter, todo, names, out, args):
                            "continue") from None
     finally:
         pool.shutdown(cancel_futures=True)
+        bar.close()
     return len(writes), failures
 
 
@@ -121,15 +132,17 @@ def inputs_now(args):
 def watch(segmenter, out, found, args):
     """--watch: each new photo of the inputs segmented and written as the first pass wrote them, until Ctrl-C."""
     print(f"watching {', '.join(args.inputs)} for new photos; their masks go to {out}/ (Ctrl-C stops)", flush=True)
-    more = watching.watch(args.inputs, out, found, lambda photo, name: photos.write_outputs(
-        photo, segmenter.masks([photo], args.tta, args.largest_component, args.threshold)[0], name, args.overlay))
+    more = watching.watch(args.inputs, out, found, segmenter.image_size, lambda photo, small, name: write_one(
+        segmenter, segmenter.probabilities(small[None], args.tta)[0], photo, name, args))
     print(f"stopped watching: wrote {more} more masks to {out}/")
 
 
 def main(argv=None):
     args = parse_args(argv)
+    threading.Thread(target=preload_scipy, daemon=True).start()
     distributed.start()  # under torchrun (which brings torch): one summary of the counts for the whole job
-    segmenter = Segmenter.load(args.checkpoint, args.device)
+    # the model gets the cores the pool's threads leave it: on two cores one thread, which ran faster than two
+    segmenter = Segmenter.load(args.checkpoint, args.device, threads=max(1, (os.cpu_count() or 1) - args.workers))
     if args.watch and distributed.world_size() > 1:
         raise UsageError("--watch runs in one process: start it without torchrun")
     found = inputs_now(args)

@@ -74,15 +74,31 @@ def read_image(path, size, draft=True):
         original_size = shown_size(im)
         if draft:
             im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(to_8bit_rgb(im).resize((size, size), Image.BILINEAR)), original_size
+        return np.asarray(upright_rgb(im).resize((size, size), Image.BILINEAR)), original_size
 
 
 def read_full_image(source):
     """RGB uint8 array (height, width, 3) at the image's own size, turned as its EXIF orientation says; source: a
     path or a file object."""
     with open_image(source) as im:
-        return np.array(to_8bit_rgb(ImageOps.exif_transpose(im)))
+        return np.array(upright_rgb(im))
+
+
+def read_photo(source, size):
+    """(the photo as an RGB PIL image, its model input: uint8 [size,size,3]) from one decode: the pixels of
+    read_full_image() and model_input(), without their copies (make predict's reading)."""
+    with open_image(source) as im:
+        photo = upright_rgb(im)
+        return photo, np.asarray(photo.resize((size, size), Image.BILINEAR))
+
+
+def upright_rgb(im):
+    """An opened image decoded, turned as its EXIF orientation says and brought to 8-bit RGB, copied only where
+    one of those changes it."""
+    im.load()  # before the EXIF: a PNG may store it after the pixels
+    if im.getexif().get(ORIENTATION, 1) in range(2, 9):
+        im = ImageOps.exif_transpose(im)
+    return im if im.mode == "RGB" else to_8bit_rgb(im)
 
 
 def as_photo(image):

@@ -33,14 +33,16 @@ def recorded_sha256(path):
 
 
 def verify(path):
-    """Raise ModelFileError when path is a released file whose bytes are not those its card records, or an .onnx
-    file whose seal does not match its bytes."""
+    """The file's bytes, read once: ModelFileError when path is a released file whose bytes are not those its card
+    records, or an .onnx file whose seal does not match its bytes. Load what it returns: the bytes checked."""
+    data = Path(path).read_bytes()
     expected = recorded_sha256(path)
-    if expected is not None and sha256(path) != expected:
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise ModelFileError(f"{path} is damaged or was changed: its sha256 is not the one the card.json beside it "
                              "records. Restore it with `git checkout models/` (or clone the repository again)")
     if Path(path).suffix.lower() == ".onnx":
-        check_seal(path)
+        check_seal(path, data)
+    return data
 
 
 SEAL = "sealed_sha256"  # the metadata key of an .onnx file's seal
@@ -137,10 +139,11 @@ def seal_of(data):
     return entry.get(2), hashlib.sha256(data[:start]).hexdigest()
 
 
-def check_seal(path):
-    """ModelFileError when an .onnx file is not a protobuf message, or its seal does not match its bytes."""
+def check_seal(path, data=None):
+    """ModelFileError when an .onnx file (its bytes: data, or read from path) is not a protobuf message, or its
+    seal does not match its bytes."""
     try:
-        sealed = seal_of(Path(path).read_bytes())
+        sealed = seal_of(Path(path).read_bytes() if data is None else data)
     except (ValueError, UnicodeDecodeError):
         raise ModelFileError(f"{path} is damaged: it cannot be read as an ONNX file (a protobuf message); use "
                              "another copy or export it again") from None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lib import files, images, layouts
 from lib.errors import UsageError
-from lib.masks import encoded, mask_png, overlay
+from lib.masks import mask_png, overlay_jpeg
 
 PHOTO_EXTS = layouts.IMAGE_EXTS + (".gif", ".webp")  # what folders and patterns yield: named, any file is tried
 OUTPUTS = ("_segmentation.png", "_overlay.jpg")  # what predict.py writes after each image's name
@@ -113,11 +113,11 @@ def open_output_folder(out, inputs, paths, inside_inputs=False):
     return out
 
 
-def decode(path):
-    """(the photo as RGB uint8 [H,W,3], None) or (None, why it cannot be read): decoded once, for the model and
-    for the overlay."""
+def decode(path, size):
+    """(the photo as an RGB PIL image, its model input: uint8 [size,size,3]) or (None, why it cannot be read):
+    decoded once, for the model and for the overlay."""
     try:
-        return images.read_full_image(path), None
+        return images.read_photo(path, size)
     except Exception as e:  # PIL raises many types for corrupt or non-image files
         return None, str(e)
 
@@ -139,8 +139,9 @@ def outputs_done(path, name, kinds):
 
 
 def write_outputs(photo, mask, name, with_overlay):
-    """<name>_segmentation.png and, with_overlay, <name>_overlay.jpg, each written whole or not at all."""
+    """<name>_segmentation.png of the boolean mask and, with_overlay, <name>_overlay.jpg of the photo (an RGB PIL
+    image) with its contour, each written whole or not at all."""
     Path(name).parent.mkdir(parents=True, exist_ok=True)
-    files.write_bytes(Path(f"{name}_segmentation.png"), encoded(mask_png(mask), "PNG"))
+    files.write_bytes(Path(f"{name}_segmentation.png"), mask_png(mask))
     if with_overlay:
-        files.write_bytes(Path(f"{name}_overlay.jpg"), encoded(overlay(photo, mask), "JPEG"))
+        files.write_bytes(Path(f"{name}_overlay.jpg"), overlay_jpeg(photo, mask))

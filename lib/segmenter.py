@@ -10,7 +10,6 @@ probabilities is masks.py's (numpy, PIL, scipy), the same for both runtimes.
 from pathlib import Path
 
 import numpy as np
-from scipy.special import expit
 
 from lib import images, model_files
 from lib.errors import ModelFileError, UsageError
@@ -25,16 +24,18 @@ class OnnxRuntime:
     """An ONNX file on ONNX Runtime: logits of float32 images [N,3,S,S]; its input size, threshold and edge move
     from the file's metadata (onnx_model.py writes them)."""
 
-    def __init__(self, path, device="auto"):
+    def __init__(self, path, device="auto", threads=None):
         import onnxruntime  # here: only this runtime needs it
-        model_files.verify(path)
+        data = model_files.verify(path)
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         elif device not in ("auto", "cpu"):
             raise UsageError(f"--device {device}: this ONNX Runtime has no {device} provider; use --device cpu")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's choice, one per core
+            self.session = onnxruntime.InferenceSession(data, options, providers=providers)  # the bytes verified
             meta = self.session.get_modelmeta().custom_metadata_map
             self.image_size = int(meta["image_size"])
         except Exception as e:  # not ONNX at all, or a file without our metadata
@@ -96,8 +97,9 @@ class Segmenter:
         self.edge_move = runtime.edge_move
 
     @classmethod
-    def load(cls, checkpoints=None, device="auto"):
-        """From one `.onnx` file, or from train.py checkpoints (several: their ensemble); none: the released model."""
+    def load(cls, checkpoints=None, device="auto", threads=None):
+        """From one `.onnx` file, or from train.py checkpoints (several: their ensemble); none: the released model.
+        threads: the CPU threads ONNX Runtime may use (None: one per core)."""
         paths = [Path(c) for c in checkpoints or [model_files.ONNX]]
         for path in paths:
             if not path.is_file():
@@ -106,7 +108,7 @@ class Segmenter:
             if len(paths) > 1:
                 raise UsageError("an ensemble is made of train.py checkpoints (.pt); export it as one ONNX file with "
                                  "export.py to run it on ONNX Runtime")
-            return cls(OnnxRuntime(paths[0], device))
+            return cls(OnnxRuntime(paths[0], device, threads))
         return cls(TorchRuntime(paths, device))
 
     def probabilities(self, inputs, tta=False, batch_size=64):
@@ -120,17 +122,21 @@ class Segmenter:
         x = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), dtype=np.float32)
         views = [x, x[..., ::-1], x[..., ::-1, :]] if tta else [x]
         logits = self.runtime(np.ascontiguousarray(np.concatenate(views)))[:, 0]
-        probs = expit(logits).reshape(len(views), len(x), *logits.shape[1:])
+        probs = sigmoid(logits).reshape(len(views), len(x), *logits.shape[1:])
         if not tta:
             return probs[0]
         return (probs[0] + probs[1][..., ::-1] + probs[2][..., ::-1, :]) / 3
 
     def masks(self, photos, tta=False, largest_component=False, threshold=None):
         """Boolean masks [H,W] of photos (RGB uint8 [H,W,3] each), each at its photo's own size."""
-        threshold = self.threshold if threshold is None else checked_threshold(threshold)
         probs = self.probabilities(np.stack([images.model_input(p, self.image_size) for p in photos]), tta)
-        return [mask_at_size(prob, p.shape[1], p.shape[0], threshold, largest_component, self.edge_move)
-                for prob, p in zip(probs, photos)]
+        return [self.mask(prob, p.shape[1], p.shape[0], largest_component, threshold) for prob, p in zip(probs, photos)]
+
+    def mask(self, prob, width, height, largest_component=False, threshold=None):
+        """Boolean mask [height, width] of one probability map [S,S]: this model's threshold (or threshold) and edge
+        move applied, with largest_component only its largest region."""
+        threshold = self.threshold if threshold is None else checked_threshold(threshold)
+        return mask_at_size(prob, width, height, threshold, largest_component, self.edge_move)
 
     def segment(self, image, tta=True, largest_component=True, threshold=None):
         """Boolean mask [H,W] of one image at its own size: a file's path, a PIL image or a numpy array (uint8
@@ -138,3 +144,9 @@ class Segmenter:
         flips, with largest_component only the largest region (as make predict)."""
         photo = images.read_full_image(image) if isinstance(image, (str, Path)) else images.as_photo(image)
         return self.masks([photo], tta, largest_component, threshold)[0]
+
+
+def sigmoid(logits):
+    """1 / (1 + exp(-logits)) without overflow, in numpy: scipy's expit would cost make predict a fifth of its
+    start-up to import."""
+    return 0.5 + 0.5 * np.tanh(0.5 * logits)

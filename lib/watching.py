@@ -11,10 +11,10 @@ POLL = 0.1  # seconds between two looks at the watched inputs: most of a new pho
 SETTLE = 2.0  # seconds a photo may keep its size without decoding whole before it is reported unreadable
 
 
-def watch(inputs, out, done, segment_and_write):
+def watch(inputs, out, done, size, segment_and_write):
     """Segment every new photo of `inputs` (files, folders, patterns) into `out` until Ctrl-C; `done`: the photos
-    handled already, segment_and_write(photo array, output name): one photo's outputs. Returns how many were
-    written."""
+    handled already, size: the model's input size, segment_and_write(photo, model input, output name): one
+    photo's outputs. Returns how many were written."""
     waiting, names, written = {}, {photos.output_name(p, f, out) for p, f in done.items()}, 0
     try:
         while True:
@@ -22,15 +22,15 @@ def watch(inputs, out, done, segment_and_write):
                 seconds = settled(path, waiting)
                 if seconds is None:
                     continue  # still being copied
-                photo, why = photos.decode(path)
+                photo, small_or_why = photos.decode(path, size)
                 if photo is None and seconds < SETTLE:
                     continue  # its size has settled, its bytes have not yet
                 done[path], name = folder, photos.output_name(path, folder, out)
                 if name in names or photo is None:
-                    print(f"{path}: " + (why or f"{name.name}_segmentation.png is another photo's; rename it"),
-                          flush=True)
+                    print(f"{path}: " + (small_or_why if photo is None else
+                                         f"{name.name}_segmentation.png is another photo's; rename it"), flush=True)
                     continue
-                segment_and_write(photo, name)
+                segment_and_write(photo, small_or_why, name)
                 names.add(name)
                 written += 1
                 print(f"{path} -> {name}_segmentation.png", flush=True)

@@ -35,7 +35,7 @@ from lib.calibration import EDGE_MOVES, FOLDS, calibrate, edge_curves, fold_of, 
 from lib.checkpoints import half_precision, load_checkpoint
 from lib.device import pick_device
 from lib.errors import DataError, TrainingError, UsageError
-from lib.masks import encoded, mask_png, move_edge
+from lib.masks import mask_png, move_edge
 from lib.compare import paired_difference
 from lib.metrics import largest_region_iou
 from lib.scoring import tta_probabilities
@@ -69,7 +69,7 @@ def write_targets(split, move, folder):
         image = Path(image_path)
         files.write_bytes(folder / "train" / "images" / f"{i}{image.suffix}", image.read_bytes())
         mask = move_edge(images.read_binary_mask(mask_path), -move)
-        files.write_bytes(folder / "train" / "masks" / f"{i}.png", encoded(mask_png(mask), "PNG"))
+        files.write_bytes(folder / "train" / "masks" / f"{i}.png", mask_png(mask))
 
 
 def fine_tune(checkpoint, targets, run, flags, quiet=False):
