@@ -31,7 +31,7 @@ COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
 	adapt calibrate labelled adapt-experiment calibration-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
-	predict export release-onnx release-rescore release-seal serve site page-model page-screenshot
+	predict export quantize release-onnx release-rescore release-seal serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
 help:
@@ -168,10 +168,11 @@ demo: setup
 bench: setup
 	$(PY) tools/bench.py --device $(DEVICE)
 
-# make predict on 100 synthetic 1024x768 photos, the released model on ONNX Runtime against PyTorch, start-up
-# included, and their forward passes; the page (serve.py) in headless Chromium: loading, then such photos
+# make predict on 100 synthetic 1024x768 photos, the released model on ONNX Runtime against PyTorch (BEFORE=rev:
+# and predict.py of that revision; INT8=file: and make quantize's file), start-up included, and their forward
+# passes; the page (serve.py) in headless Chromium: loading, then such photos
 bench-predict: .venv/dev-installed web/node_modules/.package-lock.json
-	$(PY) tools/bench_predict.py --device $(DEVICE) $(if $(BEFORE),--before $(BEFORE))
+	$(PY) tools/bench_predict.py --device $(DEVICE) $(if $(BEFORE),--before $(BEFORE)) $(if $(INT8),--int8 $(INT8))
 	$(PY) tools/bench_page.py
 
 # One process against two (torchrun, gloo) on this machine: make predict on 20 photos, training on synthetic data
@@ -256,6 +257,10 @@ export: .venv/export-installed
 # The released model's ONNX file and its card's numbers, from models/'s .pt (make release writes both)
 release-onnx: .venv/export-installed dataset
 	$(PY) tools/release.py --onnx-only --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
+
+# An int8 copy of the released model, calibrated on training images and measured against the float one (docs/speed.md)
+quantize: .venv/export-installed dataset
+	$(PY) tools/quantize.py --data-dir "$(DATA_DIR)" $(FLAGS)
 
 # models/'s files, their bytes untouched: scored again on the test split after a change to how scoring reads images
 # (release-rescore), or given the checks every load makes, a .pt checksum and an .onnx seal (release-seal)

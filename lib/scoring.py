@@ -3,7 +3,8 @@ logits and probabilities batch by batch, every test number of a model. Predictio
 import torch
 
 from lib.device import autocast
-from lib.metrics import add_metrics, full_resolution_metrics, per_image_metrics, pooled_iou, score
+from lib.metrics import (add_metrics, full_resolution_metrics, largest_region_iou, per_image_metrics, pooled_iou,
+                         score)
 
 
 @torch.no_grad()
@@ -61,3 +62,13 @@ def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True,
             add_metrics(summary, per_image, f"fullres_{prefix}", metrics)
             summary[f"fullres_{prefix}pooled_iou"] = pooled
     return summary, per_image
+
+
+def onnx_split_iou(path, split):
+    """Mean IoU of an .onnx file on ONNX Runtime over a split (load_split()) by the card's protocol: each mask's own
+    size, flip TTA, largest region, as make predict runs it."""
+    from lib.segmenter import Segmenter
+    segmenter = Segmenter.load([path], "cpu")
+    probs = segmenter.probabilities(split["images"].permute(0, 2, 3, 1).numpy(), tta=True)
+    return float(largest_region_iou(torch.from_numpy(probs)[:, None], split["mask_paths"], segmenter.threshold,
+                                    segmenter.edge_move).mean())

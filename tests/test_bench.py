@@ -35,6 +35,6 @@ def test_bench_predict_prints_both_runtimes_side_by_side():
     out = result.stdout
     for name in ("start-up to the first mask", "2 photos, --overlay", "where the time goes", "decoding", "model",
                  "post-processing", "writing", "forward pass, batch 32, ONNX Runtime", "its FLOP rate",
-                 "photo landed to its mask written"):
+                 "photo landed to its mask written", "the model alone, flip TTA", "% of it"):
         assert name in out, name
     assert len(re.findall(r"vs PyTorch: [\d.]+ s \([\d.]+x\)", out)) == 3

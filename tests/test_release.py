@@ -20,6 +20,7 @@ from lib.metrics import per_image_metrics
 from lib.model_files import PT as RELEASED
 from lib.photos import output_stem
 from lib.scoring import score_model
+from lib.segmenter import Segmenter
 
 CARD = ROOT / "models" / "card.json"
 
@@ -127,3 +128,27 @@ def test_release_writes_half_precision_weights_and_fills_the_cards_numbers(synth
     (out / "README.md").write_text("# A card without a numbers block\n")
     with pytest.raises(ModelFileError, match="no numbers block"):
         release.write_card(card, out / "README.md")
+
+
+def test_make_quantize_writes_a_sealed_int8_file_that_segments_like_the_float_one(synthetic, tmp_path):
+    """make quantize's file: int8 convolutions, the released file's threshold and edge move, a seal that every load
+    checks, and probabilities close to the float file's on images it was not calibrated on."""
+    result = subprocess.run([sys.executable, "tools/quantize.py", "--data-dir", synthetic[0], "--images", "8",
+                             "--seconds", "0.1", "--out", tmp_path / "q", "--cache-dir", tmp_path / "cache"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    int8 = tmp_path / "q" / "lesion_segmenter_int8.onnx"
+    assert b"QLinearConv" in int8.read_bytes() and "forward pass with flip TTA" in result.stdout
+    found = files.read_json(tmp_path / "q" / "quantize.json")
+    assert set(found["test"]) == set(found["speed"]) == {"float", "int8"} and found["verdict"]
+    quantized, released = Segmenter.load([int8]), Segmenter.load()
+    assert (quantized.threshold, quantized.edge_move, quantized.image_size) == (
+        released.threshold, released.edge_move, released.image_size)
+    photos = np.stack([images.read_image(p, released.image_size, draft=False)[0]
+                       for p in sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))])
+    assert np.abs(quantized.probabilities(photos) - released.probabilities(photos)).mean() < 0.02
+    damaged = bytearray(int8.read_bytes())
+    damaged[len(damaged) // 2] ^= 1
+    int8.write_bytes(bytes(damaged))
+    with pytest.raises(ModelFileError, match="damaged"):
+        Segmenter.load([int8])

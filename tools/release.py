@@ -23,12 +23,10 @@ from lib import cli, files, model_files, onnx_model, revision
 from lib.checkpoints import decision_threshold, half_precision, load_checkpoint, read_checkpoint, weights_checksum
 from lib.device import pick_device
 from lib.errors import ModelFileError
-from lib.metrics import largest_region_iou
 from lib.model_files import sha256
 from lib.perturbations import PERTURBATIONS, score_perturbations, summarize
 from lib.plots import save_panel
-from lib.scoring import predict_probs, score_model
-from lib.segmenter import Segmenter
+from lib.scoring import onnx_split_iou, predict_probs, score_model
 
 MAX_HALF_PRECISION_LOSS = 0.001  # test IoU (full resolution, flip TTA, largest region) that float16 may cost
 MAX_ONNX_DIFFERENCE = 1e-4  # test IoU between ONNX Runtime and PyTorch on the same weights
@@ -128,21 +126,13 @@ def test_entry(summary):
             "dice_model_size": summary["dice"]}
 
 
-def onnx_test_iou(path, split):
-    """Mean test IoU of an .onnx file on ONNX Runtime by the card's protocol (full size, flip TTA, largest region)."""
-    segmenter = Segmenter.load([path], "cpu")
-    probs = segmenter.probabilities(split["images"].permute(0, 2, 3, 1).numpy(), tta=True)
-    return float(largest_region_iou(torch.from_numpy(probs)[:, None], split["mask_paths"], segmenter.threshold,
-                                    segmenter.edge_move).mean())
-
-
 def rescore_released(out, split, device):
     """The card of --out's released files scored again on the test split by its protocol, their bytes untouched
     (after a change to how the scoring reads images); the float32 numbers stay those of the release."""
     card = files.read_json(out / "card.json")
     summary, _ = test_scores(out / card["file"], split, device)
     card["test"], card["test_images"] = test_entry(summary), summary["n_images"]
-    card["onnx"]["test_iou"] = onnx_test_iou(out / card["onnx"]["file"], split)
+    card["onnx"]["test_iou"] = onnx_split_iou(out / card["onnx"]["file"], split)
     card["rescored"] = {"date": datetime.date.today().isoformat(), "commit": revision.code_revision()}
     return card
 
@@ -155,7 +145,7 @@ def release_onnx(released_pt, split, out, card):
     onnx_model.export(model, config["image_size"], path, decision_threshold([config]))
     record_in_card(out, onnx={"file": path.name, "sha256": sha256(path)})
     worst = onnx_model.check(model, config["image_size"], path)
-    iou = onnx_test_iou(path, split)
+    iou = onnx_split_iou(path, split)
     if abs(iou - card["test"]["iou"]) > MAX_ONNX_DIFFERENCE:
         raise ModelFileError(f"ONNX Runtime's test IoU {iou:.5f} is not PyTorch's {card['test']['iou']:.5f} (limit "
                              f"{MAX_ONNX_DIFFERENCE}); not released")
