@@ -14,8 +14,10 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
+import evaluate
 import predict
-from lib import decoding, layouts
+import train
+from lib import cli, decoding, layouts
 from lib.errors import DataError, ModelFileError
 from lib.checkpoints import load_checkpoint, weights_checksum
 
@@ -33,6 +35,16 @@ def one_line_error(result, *phrases):
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and "Traceback" not in result.stderr and lines, result.stderr
     assert all(p in lines[-1] for p in phrases), lines[-1]
+    return True
+
+
+def one_line_exit(main, argv, *phrases):
+    """main(argv), run by its script's entry point in this process (no second start of torch), ends with one line,
+    no traceback, that says each phrase."""
+    with pytest.raises(SystemExit) as stop:
+        cli.run(lambda: main(argv))
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and "\n" not in message.strip() and all(p in message for p in phrases), message
     return True
 
 
@@ -65,8 +77,8 @@ def test_a_checkpoint_with_a_config_that_cannot_work_is_one_sentence(tmp_path, c
         del ckpt["config"]["skips"]
         torch.save(ckpt, path)
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
-    assert one_line_error(run("predict.py", tmp_path / "a.png", "--checkpoint", path, "-o", tmp_path / "out"),
-                          phrase)
+    argv = [str(tmp_path / "a.png"), "--checkpoint", str(path), "-o", str(tmp_path / "out")]
+    assert one_line_exit(predict.main, argv, phrase)
 
 
 def test_two_predict_processes_into_one_folder_both_finish(tmp_path):
@@ -136,11 +148,12 @@ def test_folders_named_like_images_are_searched_and_gifs_are_read_alike(syntheti
                                              ("[1, 2]", "holds a JSON list")])
 def test_train_config_that_is_not_a_runs_flags_is_one_sentence(tmp_path, content, phrase):
     (tmp_path / "config.json").write_text(content)
-    assert one_line_error(run("train.py", "--config", tmp_path / "config.json", "--out", tmp_path / "run"), phrase)
+    argv = ["--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "run")]
+    assert one_line_exit(train.main, argv, phrase)
 
 
 def test_evaluate_refuses_a_threshold_outside_zero_to_one(tmp_path):
-    assert one_line_error(run("evaluate.py", "--threshold", "nan", "--out", tmp_path), "strictly between 0 and 1")
+    assert one_line_exit(evaluate.main, ["--threshold", "nan", "--out", str(tmp_path)], "strictly between 0 and 1")
 
 
 def test_serve_on_a_port_in_use_or_out_of_range_says_so(tmp_path):
