@@ -74,6 +74,21 @@ def test_keep_largest_component_drops_smaller_regions():
     assert not keep_largest_component(np.zeros((4, 4), bool)).any()
 
 
+def test_keep_largest_component_keeps_the_region_scipys_labelling_finds():
+    """The runs-based regions are scipy.ndimage.label's 8-connected ones, ties included (the first in reading
+    order), on random masks of every density and on masks that fill their image."""
+    from scipy import ndimage
+
+    def labelled(mask):
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        return mask if n <= 1 else labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        mask = rng.random(rng.integers(1, 40, 2)) < rng.uniform(0, 1)
+        assert np.array_equal(keep_largest_component(mask), labelled(mask))
+    assert keep_largest_component(np.ones((3, 5), bool)).all()
+
+
 def test_tta_averages_flipped_back_predictions():
     images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     plain = predict_probs(LeftColumn(), images, 8, torch.device("cpu"))
