@@ -10,14 +10,11 @@ Runtime, with no PyTorch installed; train.py's checkpoints (.pt) run on PyTorch.
 Every file is written under a temporary name and renamed, so an interrupted job leaves no half-written mask; the
 input folders are never written to. Under torchrun each process takes its share of the images.
 """
-import importlib
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from lib import cli, distributed, files, model_files, photos, watching
 from lib.errors import Interrupted, StorageError, UsageError
@@ -39,14 +36,6 @@ def write_one(segmenter, prob, photo, name, args):
     """One photo's outputs from its probabilities: its mask at the photo's own size (and overlay), written whole."""
     mask = segmenter.mask(prob, *photo.size, args.largest_component, args.threshold)
     photos.write_outputs(photo, mask, name, args.overlay)
-
-
-def preload_scipy():
-    """Import scipy.ndimage, which the masks' largest region and edge move need: its 0.2 s while the model loads."""
-    try:
-        importlib.import_module("scipy.ndimage")
-    except ImportError:  # said where it is used
-        pass
 
 
 def parse_args(argv=None):
@@ -87,7 +76,7 @@ def write_masks(segmenter, todo, names, out, args):
     [unreadable: why]). Ctrl-C and a full disk end with one sentence: how many were written, and how to continue."""
     failures, writes = [], []
     pool = ThreadPoolExecutor(max(1, args.workers))
-    bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=None)
+    bar = cli.progress(len(todo), "predicting")
     try:
         for batch in decoded_batches(todo, segmenter.image_size, args.batch_size, pool):
             failures += [f"{path}: {why}" for path, photo, why in batch if photo is None]
@@ -139,7 +128,6 @@ def watch(segmenter, out, found, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    threading.Thread(target=preload_scipy, daemon=True).start()
     distributed.start()  # under torchrun (which brings torch): one summary of the counts for the whole job
     # the model gets the cores the pool's threads leave it: on two cores one thread, which ran faster than two
     segmenter = Segmenter.load(args.checkpoint, args.device, threads=max(1, (os.cpu_count() or 1) - args.workers))
