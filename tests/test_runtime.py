@@ -204,9 +204,10 @@ def reference_outputs(segmenter, path):
 
 
 def test_the_fast_pipeline_writes_the_reference_paths_masks_and_overlays_exactly(synthetic, tmp_path):
-    """make predict's one decode per photo, its masks made in threads, its own PNG writer and the contour pasted by
-    PIL give, byte for byte, the overlays and, pixel for pixel, the masks of the plain path: on real ISIC photos, a
-    phone photo turned by its EXIF orientation, a 16-bit grey PNG and a large photo."""
+    """make predict's one decode per photo, its masks made in threads, its own PNG writer, the contour pasted by
+    PIL and the JPEG encoded into a file in memory give, byte for byte, the overlays and, pixel for pixel, the masks
+    of the plain path: on real ISIC photos, a phone photo turned by its EXIF orientation, a 16-bit grey PNG and a
+    large photo."""
     folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
     inputs = tmp_path / "photos"
     inputs.mkdir()
