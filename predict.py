@@ -58,7 +58,8 @@ def parse_args(argv=None):
                         "is copied whole) until Ctrl-C; --out may then be the input folder itself")
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave out images whose outputs --out already holds: an interrupted job continues")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images per forward pass (8 kept two CPU cores busier than 16: docs/speed.md)")
     parser.add_argument("--workers", type=int, default=2,
                         help="threads that decode the next batch, make the masks and write files while the model runs "
                         "on the cores they leave")

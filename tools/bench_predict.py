@@ -72,14 +72,14 @@ def bench_predict(args):
     forward_rates(args)
 
 
-def model_alone(paths, pipeline_rate, seconds, batch_size=16):
+def model_alone(paths, pipeline_rate, seconds, batch_size=8):
     """The released model alone with flip TTA on ONNX Runtime, as make predict batches it: the pipeline's limit on
     this CPU, and the share of it that make predict --overlay reached."""
     from lib.segmenter import Segmenter
     segmenter = Segmenter.load()
     inputs = np.stack([images.read_photo(p, segmenter.image_size)[1] for p in paths[:batch_size]])
     alone = rate(lambda: segmenter.probabilities(inputs, tta=True), len(inputs), torch.device("cpu"), seconds)
-    print(f"{'the model alone, flip TTA, batch 16 (ONNX Runtime)':<52} {alone:8.1f} photos/s   make predict "
+    print(f"{f'the model alone, flip TTA, batch {batch_size} (ONNX Runtime)':<52} {alone:8.1f} photos/s   make predict "
           f"--overlay: {pipeline_rate:.1f} photos/s, {100 * pipeline_rate / alone:.0f}% of it", flush=True)
 
 
@@ -126,7 +126,7 @@ def same_masks(folder, other):
                for f in sorted(folder.glob("*_segmentation.png")) if (other / f.name).is_file())
 
 
-def stage_shares(paths, out, batch_size=16):
+def stage_shares(paths, out, batch_size=8):
     """Where make predict's time goes on ONNX Runtime (--tta --largest-component --overlay), each stage run alone
     over all photos in this process, one thread but the model's: decoding (and the model's input), the model,
     post-processing (resize back, threshold, largest region), writing (contour, PNG and JPEG encoding, atomic
