@@ -1,9 +1,14 @@
 """The light runtime: the released ONNX model on ONNX Runtime with PyTorch unimportable, its masks against the
 PyTorch path's, the one loaded-model object (segmenter.Segmenter) and the checks on the files it loads."""
+import fcntl
 import io
+import os
+import pty
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +248,37 @@ def test_mask_png_reads_back_as_8_bit_0_and_255_whatever_the_mask(shape, tmp_pat
         assert read.format == "PNG" and read.mode == "L" and read.size == shape[::-1]
         assert np.array_equal(np.asarray(read), mask.astype(np.uint8) * 255)
         assert images.decodes_whole(tmp_path / "m.png", shape[::-1])
+
+
+def read_all(fd):
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the terminal's other end closed
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_predict_shows_its_progress_bar_on_a_terminal_and_none_in_a_pipe(tmp_path):
+    """make predict on a terminal (a real pseudo-terminal, 120 columns) draws tqdm's bar; with its output in a pipe
+    or a log it prints the summary line alone (and tqdm is never imported: start-up)."""
+    inputs = tmp_path / "photos"
+    inputs.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (60, 80, 3), np.uint8)).save(inputs / f"{i}.jpg")
+    command = [sys.executable, "predict.py", str(inputs), "--out", str(tmp_path / "masks")]
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(command, cwd=ROOT, stdout=follower, stderr=follower)
+    os.close(follower)
+    shown = read_all(leader).decode()
+    os.close(leader)
+    assert process.wait() == 0 and "predicting: 100%" in shown and "3/3" in shown, shown
+    piped = subprocess.run([sys.executable, "-X", "importtime", *command[1:], "--out", str(tmp_path / "piped")],
+                           cwd=ROOT, capture_output=True, text=True)  # importtime: each import on stderr
+    said = [line for line in piped.stderr.splitlines() if not line.startswith("import time:")]
+    assert piped.returncode == 0 and not said and piped.stdout.startswith("wrote 3 masks"), piped.stdout + "\n".join(said)
+    assert "| tqdm" not in piped.stderr
