@@ -80,9 +80,9 @@ def move_edge(mask, share):
 
 def keep_largest_component(mask):
     """A boolean [H,W] numpy mask with only its largest 8-connected region: the lesion, without stray specks. The
-    regions are found as runs of each row joined to the runs they touch in the next row, three times faster than
-    labelling every pixel (scipy.ndimage.label) and the same regions; of two equally large, the first in reading
-    order is kept, as there."""
+    regions are found as runs of each row joined to the runs they touch in the next row: the regions of labelling
+    every pixel (scipy.ndimage.label) in less time, without scipy; of two equally large, the first in reading order
+    is kept, as there."""
     height, width = mask.shape
     stride = width + 1
     flat = np.zeros(height * stride + 1, np.uint8)  # each row after a 0: no run goes on into the next row
