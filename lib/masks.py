@@ -170,4 +170,7 @@ def memory_file():
     """A file in memory: on Linux one with a file descriptor (memfd), into which PIL encodes a JPEG with the GIL
     released, so that make predict's threads encode their overlays side by side (into a BytesIO only one at a
     time); a BytesIO elsewhere."""
-    return open(os.memfd_create("overlay"), "w+b") if hasattr(os, "memfd_create") else io.BytesIO()
+    try:
+        return open(os.memfd_create("overlay"), "w+b")
+    except (AttributeError, OSError):  # not Linux, or a sandbox that forbids memfd
+        return io.BytesIO()

@@ -1,4 +1,6 @@
 import math
+import os
+import resource
 import shutil
 
 import numpy as np
@@ -11,7 +13,7 @@ import predict
 from lib import checkpoints, decoding, layouts, model_files, onnx_model
 from lib.checkpoints import Ensemble, load_checkpoint, load_models
 from lib.errors import ModelFileError, UsageError
-from lib.masks import keep_largest_component, outline
+from lib.masks import keep_largest_component, outline, overlay_jpeg
 from lib.metrics import full_resolution_metrics
 from lib.photos import output_stem
 from lib.scoring import predict_probs, score_model
@@ -185,3 +187,23 @@ def test_onnx_export_round_trips(checkpoint, tmp_path):
     ensemble, _ = load_models([checkpoint, checkpoint])
     onnx_model.export(ensemble, 64, tmp_path / "ensemble.onnx")
     assert onnx_model.check(ensemble, 64, tmp_path / "ensemble.onnx") < 1e-3
+
+
+def test_an_overlay_is_encoded_whole_when_no_file_descriptor_is_left():
+    """The overlay's JPEG goes into a memfd where one can be opened; with every file descriptor taken (a real
+    EMFILE) it goes into memory all the same, the same bytes."""
+    rng = np.random.default_rng(0)
+    photo, mask = Image.fromarray(rng.integers(0, 255, (60, 80, 3), np.uint8)), rng.random((60, 80)) > 0.5
+    expected = overlay_jpeg(photo, mask)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+    held = []
+    try:
+        with pytest.raises(OSError):
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        assert overlay_jpeg(photo, mask) == expected
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
