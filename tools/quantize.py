@@ -27,13 +27,13 @@ from lib.timing import rate
 MAX_IOU_LOSS = 0.002  # what the int8 file may cost against the float one to be worth using
 
 
-def quantize(inputs, out, batch_size=16):
-    """Write the int8 file of models/'s .pt to out: float32 ONNX first (the released float16 weights, exactly), then
-    quantized with activation ranges from `inputs` (float32 [N,3,S,S]), its metadata kept and sealed."""
+def quantize(model, config, inputs, out, batch_size=16):
+    """Write the int8 file of the released model (models/'s .pt, loaded: model, config) to out: float32 ONNX first
+    (the released float16 weights, exactly), then quantized with activation ranges from `inputs` (float32
+    [N,3,S,S]), its metadata kept and sealed."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     onnx = onnx_model.import_onnx()
-    model, config = load_checkpoint(model_files.PT)
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -67,10 +67,10 @@ def measure(int8, args, config):
     iou = {name: onnx_split_iou(path, test) for name, path in (("float", model_files.ONNX), ("int8", int8))}
     print(f"test IoU ({len(test['images'])} images): float {iou['float']:.4f}, int8 {iou['int8']:.4f} "
           f"({iou['int8'] - iou['float']:+.4f})", flush=True)
-    speed, batch = {}, test["images"][:16].permute(0, 2, 3, 1).numpy()  # make predict's batch of photos
+    speed, batch = {}, test["images"][:16].permute(0, 2, 3, 1).numpy()  # 16 photos per call
     for name, path in (("float", model_files.ONNX), ("int8", int8)) * 2:  # each twice, alternating: fair to both
         speed[name] = max(speed.get(name, 0), tta_rate(path, batch, args.seconds))
-    print(f"forward pass with flip TTA, batch 16: float {speed['float']:.1f} photos/s, int8 {speed['int8']:.1f} "
+    print(f"forward pass with flip TTA, batch {len(batch)}: float {speed['float']:.1f} photos/s, int8 {speed['int8']:.1f} "
           f"photos/s ({speed['int8'] / speed['float']:.2f}x)")
     return {"test": iou, "speed": speed}
 
@@ -83,14 +83,14 @@ def main():
     parser.add_argument("--images", type=int, default=200, help="training images to calibrate the ranges on")
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time of each forward-pass rate")
     args = parser.parse_args()
-    _, config = load_checkpoint(model_files.PT)
+    model, config = load_checkpoint(model_files.PT)
     train = split_to_score(args.data_dir, "train", [config], args.cache_dir)[0]
     if len(train["images"]) < 10:
         raise UsageError(f"{len(train['images'])} training images in {args.data_dir}: calibrating needs at least 10")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     int8 = out / "lesion_segmenter_int8.onnx"
-    quantize(train["images"][:args.images].float().numpy(), int8)
+    quantize(model, config, train["images"][:args.images].float().numpy(), int8)
     print(f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB; the float file: "
           f"{model_files.ONNX.stat().st_size / 1e6:.1f} MB)", flush=True)
     found = measure(int8, args, config)
