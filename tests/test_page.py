@@ -33,23 +33,38 @@ pytestmark = pytest.mark.skipif(not all((serve.RUNTIME / f).is_file() for f in s
                                 reason="ONNX Runtime Web is not installed: make site (npm ci in web/)")
 
 
-@pytest.fixture
-def browser(tmp_path):
-    """Headless Chromium (Debian's chromium and chromium-driver) that logs every request it makes."""
+def chromium(downloads, profile=None):
+    """Headless Chromium (Debian's chromium and chromium-driver) that logs every request it makes and saves
+    downloads to a folder; with a profile folder of its own, what survives a crash."""
     if not (CHROMIUM and DRIVER):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run"):
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 *([f"--user-data-dir={profile}"] if profile else [])):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
-    (tmp_path / "downloads").mkdir()
-    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow",
-                                                        "downloadPath": str(tmp_path / "downloads")})
+    downloads.mkdir(exist_ok=True)
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = chromium(tmp_path / "downloads")
     yield driver
     driver.quit()
+
+
+def downloaded(folder, name, timeout=60):
+    """The path of a file the browser downloads into folder, once it is there and complete."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (folder / name).exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return folder / name
 
 
 def open_page(driver, address, timeout=60):
@@ -69,12 +84,16 @@ def finished(driver, count, timeout=300):
 
 
 def offered_mask(driver, card):
-    """The bytes the card's "Download mask" link offers, as a boolean mask."""
+    """The bytes the card's "Download mask" link offers, as a boolean mask: an 8-bit grey PNG of 0 and 255, as
+    predict.py writes it."""
     href = card.find_element(By.CSS_SELECTOR, "a.download").get_attribute("href")
     encoded = driver.execute_async_script(
         "const done = arguments[1]; fetch(arguments[0]).then(r => r.blob()).then(b => { const reader = new "
         "FileReader(); reader.onload = () => done(reader.result.split(',')[1]); reader.readAsDataURL(b); })", href)
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))))[..., 0] > 0
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as im:
+        mask = np.asarray(im)
+        assert im.format == "PNG" and im.mode == "L" and set(np.unique(mask)) <= {0, 255}
+    return mask > 0
 
 
 def requests_made(driver):
@@ -108,11 +127,7 @@ def test_the_page_segments_like_predict_in_the_browser_and_sends_no_image(server
     assert np.mean(agreement) >= 0.99 and abs(np.mean(page_iou) - np.mean(cli_iou)) <= 0.005, agreement
     assert "lesion" in cards[0].find_element(By.CSS_SELECTOR, ".area").text
     browser.find_element(By.ID, "zip").click()
-    deadline = time.time() + 30
-    while time.time() < deadline and not (tmp_path / "downloads" / "masks.zip").exists():
-        time.sleep(0.1)
-    time.sleep(0.5)
-    assert len(zipfile.ZipFile(tmp_path / "downloads" / "masks.zip").namelist()) == len(pairs)
+    assert len(zipfile.ZipFile(downloaded(tmp_path / "downloads", "masks.zip")).namelist()) == len(pairs)
     requests = requests_made(browser)
     assert requests and all(method == "GET" and url.startswith((server[0], "blob:", "data:"))
                             for method, url in requests), requests

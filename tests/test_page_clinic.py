@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import REAL_DATA, ROOT, without_torch
 from PIL import Image
-from test_page import CHROMIUM, DRIVER, finished, offered_mask, open_page, upload, webdriver
+from test_page import chromium, downloaded, finished, offered_mask, open_page, upload
 from test_page import pytestmark as needs_the_runtime
 
 from lib import annotators, calibration, images, layouts
@@ -23,24 +23,9 @@ pytestmark = [needs_the_runtime, pytest.mark.skipif(not REAL_DATA.is_dir(),
                                                    reason=f"{REAL_DATA}: real ISIC images, on dev and CI only")]
 
 
-def chromium(profile, downloads):
-    """Headless Chromium on its own profile folder (what survives a crash) that saves downloads to a folder."""
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000",
-                 "--disable-background-networking", "--no-first-run", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
-    downloads.mkdir(exist_ok=True)
-    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    return driver
-
-
 @pytest.fixture
 def browser(tmp_path):
-    driver = chromium(tmp_path / "profile", tmp_path / "downloads")
+    driver = chromium(tmp_path / "downloads", tmp_path / "profile")
     yield driver
     driver.quit()
 
@@ -159,7 +144,7 @@ def test_a_brush_stroke_changes_exactly_the_pixels_under_it_and_undo_restores_th
 
 def test_corrections_survive_a_browser_killed_with_kill_9_until_cleared(server, tmp_path):
     pairs = layouts.find_pairs(REAL_DATA, "test")[:2]
-    driver = chromium(tmp_path / "profile", tmp_path / "downloads")
+    driver = chromium(tmp_path / "downloads", tmp_path / "profile")
     try:
         open_page(driver, server[0])
         upload(driver, *[i for _, i, _ in pairs])
@@ -176,7 +161,7 @@ def test_corrections_survive_a_browser_killed_with_kill_9_until_cleared(server, 
             driver.quit()
         except Exception:  # its browser is gone
             pass
-    driver = chromium(tmp_path / "profile", tmp_path / "downloads")
+    driver = chromium(tmp_path / "downloads", tmp_path / "profile")
     try:
         open_page(driver, server[0])
         kept = driver.find_elements(By.CSS_SELECTOR, ".result.done")
@@ -190,14 +175,6 @@ def test_corrections_survive_a_browser_killed_with_kill_9_until_cleared(server, 
         assert not driver.find_elements(By.CSS_SELECTOR, ".result")
     finally:
         driver.quit()
-
-
-def downloaded(folder, name, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline and not (folder / name).exists():
-        time.sleep(0.1)
-    time.sleep(0.5)
-    return folder / name
 
 
 def test_twenty_corrections_calibrate_in_the_page_as_make_calibrate_does_on_the_export(server, browser, tmp_path):
@@ -229,3 +206,28 @@ def test_twenty_corrections_calibrate_in_the_page_as_make_calibrate_does_on_the_
     page_held, ours = json.loads(found.get_attribute("data-held-out")), report["comparisons"][
         f"calibrated (edge {page_move:+g})"]
     assert page_held["change"][0] == pytest.approx(ours["difference"], abs=1e-4)
+
+
+def test_the_export_keeps_a_jpeg_as_it_came_and_a_webp_as_a_png_of_its_pixels(server, browser, tmp_path):
+    pairs = layouts.find_pairs(REAL_DATA, "test")[:2]
+    webp = tmp_path / "photo.webp"
+    Image.open(pairs[1][1]).save(webp, lossless=True)  # a format make calibrate does not read: its pixels as PNG
+    open_page(browser, server[0])
+    upload(browser, pairs[0][1], webp)
+    masks = truth(pairs)
+    for card, mask in zip(finished(browser, 2), masks):
+        card.find_element(By.CSS_SELECTOR, "button.correct").click()
+        paste(browser, card, mask)
+        card.find_element(By.CSS_SELECTOR, "button.accept").click()
+    time.sleep(1)
+    browser.find_element(By.ID, "export").click()
+    with zipfile.ZipFile(downloaded(tmp_path / "downloads", "labelled.zip")) as z:
+        z.extractall(tmp_path / "labelled")
+    folder = tmp_path / "labelled" / "train"
+    assert (folder / "images" / pairs[0][1].name).read_bytes() == pairs[0][1].read_bytes()
+    with Image.open(folder / "images" / "photo_webp.png") as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        assert np.array_equal(np.asarray(im), np.asarray(Image.open(webp).convert("RGB")))
+    for stem, mask in zip((pairs[0][0], "photo_webp"), masks):  # 8-bit grey 0/255, as predict.py writes masks
+        with Image.open(folder / "masks" / f"{stem}_segmentation.png") as im:
+            assert im.mode == "L" and set(np.unique(im)) == {0, 255} and np.array_equal(np.asarray(im) > 0, mask)

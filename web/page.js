@@ -5,7 +5,7 @@
 import * as ort from "./ort/ort.wasm.min.mjs";
 import {HOLD_OUT_EVERY, calibrateOn, exportZip, showCount} from "./clinic.js";
 import {openEditor} from "./editor.js";
-import {MAX_PIXELS, declaredSize, loadModel, maskAtSize, outline, outputStem, probabilities, resize, rgbOf,
+import {MAX_PIXELS, declaredSize, loadModel, maskAtSize, outline, outputStem, png, probabilities, resize, rgbOf,
         shownMask, tooLarge, zip} from "./segment.js";
 import {clearAll, saveImage, saveSetting, savedImages, setting} from "./store.js";
 
@@ -77,15 +77,8 @@ function pictures({photo, prob, mask, proposal}) {
   return [figure(contour, "contour"), figure(maskPicture, "mask"), figure(unsure, "unsure (yellow: near the threshold)")];
 }
 
-async function pngOf(w, h, fill) {
-  const c = canvasOf(w, h, fill);
-  return new Uint8Array(await (await new Promise(done => c.toBlob(done, "image/png"))).arrayBuffer());
-}
-
 // 0/255 at the image's own size, as predict.py writes it
-const maskPng = item => pngOf(item.photo.w, item.photo.h, d => {
-  for (let i = 0; i < item.mask.length; i++) { const v = 255 * item.mask[i]; d.set([v, v, v, 255], 4 * i); }
-});
+const maskPng = item => png(item.photo.w, item.photo.h, 1, item.mask.map(v => 255 * v));
 
 function uniqueId(name) {  // the mask's stem (outputStem); a second image of one name gets _2, and so on
   const stem = outputStem(name), used = new Set(items.map(i => i.id));
@@ -225,8 +218,8 @@ function wireClinic(begin) {
   });
   $("export").addEventListener("click", async () => {
     const a = document.createElement("a");
-    const png = {mask: maskPng, photo: i => pngOf(i.photo.w, i.photo.h, d => d.set(i.photo.rgba))};
-    a.href = URL.createObjectURL(await exportZip(items, model, png, calibration)); a.download = "labelled.zip"; a.click();
+    const pngs = {mask: maskPng, photo: i => png(i.photo.w, i.photo.h, 3, rgbOf(i.photo.rgba))};
+    a.href = URL.createObjectURL(await exportZip(items, model, pngs, calibration)); a.download = "labelled.zip"; a.click();
   });
   $("clear").addEventListener("click", async () => {
     if (!confirm("Remove every corrected image and the chosen edge move from this browser?")) return;
