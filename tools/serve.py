@@ -92,6 +92,11 @@ def allowed_host(header, names, port, local_address):
     return host is not None and (given_port or 80) == port and (host in names or host.strip("[]") == local_address)
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops connections in a burst: their clients retry after 1, 3, 7 s
+
+
 def make_handler(files, names, port, seconds):
     """The request handler class that serves `files` (site_files()) to requests whose Host names this server
     (allowed_host), each sent whole within `seconds`, and nothing else."""
@@ -163,13 +168,12 @@ def main(argv=None):
         return print(f"wrote {write_site(files, args.write)} files to {args.write}/: serve that folder from any "
                      "static host (with the headers of docs/page.md for threads)")
     try:
-        server = ThreadingHTTPServer((args.host, args.port), None)
+        server = Server((args.host, args.port), None)
     except OSError as e:  # the port in use, or an address this machine does not have
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); another server may hold it: "
                          "choose another port, e.g. make serve PORT=8080 (serve.py --port 8080)") from None
     port = server.server_address[1]
     server.RequestHandlerClass = make_handler(files, {*LOCAL_NAMES, args.host}, port, args.timeout)
-    server.daemon_threads = True
     if args.host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0: every address of this machine
         print(f"warning: listening on {args.host}: anyone who can reach this machine can load the page", flush=True)
     print(f"serving on http://{args.host}:{port}/ (Ctrl-C stops it)", flush=True)
