@@ -34,10 +34,9 @@ def all_outputs_whole(out):
     return True
 
 
-def test_ctrl_c_leaves_whole_files_says_how_far_and_skip_existing_finishes(checkpoint, tmp_path):
+def test_ctrl_c_leaves_whole_files_says_how_far_and_skip_existing_finishes(tmp_path):
     photos, out = noise_photos(tmp_path / "photos", 40, size=(1024, 768)), tmp_path / "out"
-    command = [sys.executable, "predict.py", str(photos), "--checkpoint", str(checkpoint), "--out", str(out),
-               "--overlay", "--batch-size", "2", "--device", "cpu"]
+    command = [sys.executable, "predict.py", str(photos), "--out", str(out), "--overlay", "--batch-size", "2"]
     # a shell that runs these tests in the background leaves SIGINT ignored in its children: restore Ctrl-C's default
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -101,10 +100,9 @@ def test_skip_existing_redoes_outputs_that_do_not_decode_whole(checkpoint, tmp_p
     assert all_outputs_whole(out) and all(Image.open(p).size == (64, 48) for p in out.glob("*.png"))
 
 
-def test_a_run_killed_mid_write_leaves_temporaries_that_the_next_run_removes(checkpoint, tmp_path):
+def test_a_run_killed_mid_write_leaves_temporaries_that_the_next_run_removes(tmp_path):
     photos, out = noise_photos(tmp_path / "photos", 30, size=(1024, 768)), tmp_path / "out"
-    command = [sys.executable, "predict.py", str(photos), "--checkpoint", str(checkpoint), "--out", str(out),
-               "--overlay", "--device", "cpu"]
+    command = [sys.executable, "predict.py", str(photos), "--out", str(out), "--overlay"]
     for _ in range(10):  # kill -9 the moment a temporary file exists: it then stays behind
         proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None and not list(out.glob(".*.tmp")):
@@ -121,14 +119,13 @@ def test_a_run_killed_mid_write_leaves_temporaries_that_the_next_run_removes(che
     assert all_outputs_whole(out) and len(list(out.glob("*_overlay.jpg"))) == 30
 
 
-def test_watch_segments_a_photo_copied_in_slowly_once_and_whole_and_stops_on_ctrl_c(checkpoint, tmp_path):
+def test_watch_segments_a_photo_copied_in_slowly_once_and_whole_and_stops_on_ctrl_c(tmp_path):
     """--watch with --out the watched folder itself: a photo written in four chunks 0.3 s apart is segmented once,
     whole, its own outputs are never taken for photos, and SIGINT stops it with nothing half-written."""
     clinic = tmp_path / "clinic"
     clinic.mkdir()
-    proc = subprocess.Popen([sys.executable, "predict.py", str(clinic), "-o", str(clinic), "--watch", "--overlay",
-                             "--checkpoint", str(checkpoint), "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "predict.py", str(clinic), "-o", str(clinic), "--watch", "--overlay"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         while "watching" not in (line := proc.stdout.readline()):
