@@ -74,7 +74,7 @@ def read_image(path, size, draft=True):
         original_size = shown_size(im)
         if draft:
             im.draft("RGB", (size, size))  # JPEGs decode at 1/2..1/8 scale directly: far faster for big files
-        return np.asarray(upright_rgb(im).resize((size, size), Image.BILINEAR)), original_size
+        return square_input(upright_rgb(im), size), original_size
 
 
 def read_full_image(source):
@@ -89,7 +89,7 @@ def read_photo(source, size):
     read_full_image() and model_input(), without their copies (make predict's reading)."""
     with open_image(source) as im:
         photo = upright_rgb(im)
-        return photo, np.asarray(photo.resize((size, size), Image.BILINEAR))
+        return photo, square_input(photo, size)
 
 
 def upright_rgb(im):
@@ -114,7 +114,13 @@ def as_photo(image):
 def model_input(photo, size):
     """RGB uint8 array (size, size, 3) of a photo [H,W,3]: what prediction hands the model (read_image without
     draft gives the same from a file)."""
-    return np.asarray(Image.fromarray(photo).resize((size, size), Image.BILINEAR))
+    return square_input(Image.fromarray(photo), size)
+
+
+def square_input(im, size):
+    """RGB uint8 array (size, size, 3) of an RGB PIL image: the one resize (bilinear, antialiased) by which every
+    model, trained, scored or used, sees an image."""
+    return np.asarray(im.resize((size, size), Image.BILINEAR))
 
 
 def binarize_mask(arr):

@@ -64,11 +64,12 @@ def tta_rate(path, photos, seconds):
 def measure(int8, args, config):
     """{test: {float, int8 IoU}, speed: {float, int8 photos/s}}, printed line by line."""
     test = split_to_score(args.data_dir, "test", [config], args.cache_dir)[0]
-    iou = {name: onnx_split_iou(path, test) for name, path in (("float", model_files.ONNX), ("int8", int8))}
+    paths = {"float": model_files.ONNX, "int8": int8}
+    iou = {name: onnx_split_iou(path, test) for name, path in paths.items()}
     print(f"test IoU ({len(test['images'])} images): float {iou['float']:.4f}, int8 {iou['int8']:.4f} "
           f"({iou['int8'] - iou['float']:+.4f})", flush=True)
     speed, batch = {}, test["images"][:16].permute(0, 2, 3, 1).numpy()  # 16 photos per call
-    for name, path in (("float", model_files.ONNX), ("int8", int8)) * 2:  # each twice, alternating: fair to both
+    for name, path in [*paths.items()] * 2:  # each twice, alternating: fair to both
         speed[name] = max(speed.get(name, 0), tta_rate(path, batch, args.seconds))
     print(f"forward pass with flip TTA, batch {len(batch)}: float {speed['float']:.1f} photos/s, int8 {speed['int8']:.1f} "
           f"photos/s ({speed['int8'] / speed['float']:.2f}x)")
@@ -94,11 +95,10 @@ def main():
     print(f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB; the float file: "
           f"{model_files.ONNX.stat().st_size / 1e6:.1f} MB)", flush=True)
     found = measure(int8, args, config)
-    loss = found["test"]["float"] - found["test"]["int8"]
-    found["verdict"] = (f"worth using: {found['speed']['int8'] / found['speed']['float']:.2f}x the forward pass for "
-                        f"{loss:.4f} test IoU" if loss <= MAX_IOU_LOSS and found["speed"]["int8"] >
-                        found["speed"]["float"] else f"not worth using: it loses {loss:.4f} test IoU or is "
-                        "not faster here")
+    loss, speedup = found["test"]["float"] - found["test"]["int8"], found["speed"]["int8"] / found["speed"]["float"]
+    found["verdict"] = (f"worth using: {speedup:.2f}x the forward pass for {loss:.4f} test IoU"
+                        if loss <= MAX_IOU_LOSS and speedup > 1 else
+                        f"not worth using: it loses {loss:.4f} test IoU or is not faster here")
     files.write_json(out / "quantize.json", found)
     print(found["verdict"])
 
