@@ -16,8 +16,8 @@ from lib.errors import DataError
 from lib.images import read_image, read_mask
 from lib.layouts import pair_files, raise_problems
 
-CACHE_VERSION = 3  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, EXIF orientation;
-#                   3: a checksum inside, palette masks read by index)
+CACHE_VERSION = 4  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, EXIF orientation;
+#                   3: a checksum inside, palette masks read by index; 4: black-and-white palettes by colour)
 
 
 def decode_pair(args):

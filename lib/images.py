@@ -133,13 +133,30 @@ def binarize_mask(arr):
 
 
 def read_binary_mask(path):
-    """Boolean array (height, width) of a mask file at its own size. A palette image (PNG, GIF) is read by index,
-    as segmentation data sets store classes: index 0 is background, any other index lesion, whatever the colours."""
+    """Boolean array (height, width) of a mask file at its own size. A palette image (PNG, GIF) is read by what it
+    shows when its colours say which is the lesion (each index in use a colour of its own, all black or white:
+    white is lesion), else by index, as segmentation data sets store classes (0 background, any other lesion)."""
     with open_image(path, MASK_FORMATS) as im:
         if im.mode in ("P", "PA"):
-            return np.asarray(im.getchannel(0) if im.mode == "PA" else im) > 0
+            index = np.asarray(im.getchannel(0) if im.mode == "PA" else im)
+            white = black_and_white_palette(im, np.unique(index))
+            return white[index] if white is not None else index > 0
         im = im.convert("L") if im.mode in ("LA", "1", "CMYK") else im
         return binarize_mask(np.asarray(im))
+
+
+def black_and_white_palette(im, used):
+    """Boolean [256]: whether each palette index shows white, when every index in `used` shows pure black or pure
+    white and no two show the same; None otherwise (the colours then say nothing, and the index decides). Some
+    public copies of HAM10000 store lesion as index 0 shown white, background as index 255 shown black."""
+    palette = np.zeros((256, 3), np.int64)
+    colours = np.asarray(im.getpalette("RGB") or [], np.int64).reshape(-1, 3)[:256]
+    palette[:len(colours)] = colours
+    shown = palette[used]
+    grey = (shown == shown[:, :1]).all(1) & np.isin(shown[:, 0], (0, 255))
+    if not grey.all() or len(np.unique(shown[:, 0])) != len(used):
+        return None
+    return palette[:, 0] == 255
 
 
 def read_mask(path, size):

@@ -14,6 +14,7 @@ from model import DECODER_WIDTHS, MobileNetSegmenter  # noqa: E402
 
 REAL_DATA = ROOT.parent / "shared" / "isic2016"
 REAL_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
+HAM = ROOT.parent / "shared" / "ham10000"  # HAM10000 with masks: a second real clinic
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, train_args
+from conftest import HAM, ROOT, train_args
 from PIL import Image
 
 import train
@@ -92,16 +92,32 @@ def palette_mask(values, colours):
     return im
 
 
-def test_palette_masks_are_read_by_index_not_by_colour(tmp_path):
+def test_palette_masks_are_read_by_index_unless_black_and_white_say_otherwise(tmp_path):
     values = np.zeros((8, 8), np.uint8)
     values[2:6, 2:6] = 1
+    # by index: colours that are not black and white, or one colour for two indices, say nothing of the lesion
     cases = {"only-index-0.png": [(0, 0, 0)], "white-background.png": [(255, 255, 255), (255, 0, 0)],
-             "mask.gif": [(0, 0, 0), (0, 0, 0)]}
+             "mask.gif": [(0, 0, 0), (0, 0, 0)], "voc.png": [(0, 0, 0), (128, 0, 0)]}
     for name, colours in cases.items():
         palette_mask(values, colours).save(tmp_path / name)
         with Image.open(tmp_path / name) as im:
             assert im.mode == "P"
         assert np.array_equal(images.read_binary_mask(tmp_path / name), values == 1), name
+    # by colour: HAM10000's 402 palette masks show the lesion as index 0 in white, the background as 255 in black
+    ham = palette_mask(np.where(values == 1, 0, 255), [(255 - i,) * 3 for i in range(256)])
+    ham.save(tmp_path / "ham.png")
+    assert np.array_equal(images.read_binary_mask(tmp_path / "ham.png"), values == 1)
+
+
+@pytest.mark.skipif(not HAM.is_dir(), reason="needs ../shared/ham10000")
+def test_hams_palette_masks_read_as_their_grey_twins():
+    """Real HAM10000 palette masks mark about as much lesion as its grey masks do (a median near 0.2), not the
+    inverse."""
+    masks = HAM / "train" / "masks"
+    palette = [p for p in sorted(masks.glob("ISIC_00243*.png")) if Image.open(p).mode == "P"][:20]
+    assert len(palette) == 20
+    shares = [images.read_binary_mask(p).mean() for p in palette]
+    assert np.median(shares) < 0.5, shares
 
 
 def test_a_data_set_whose_masks_are_all_empty_refuses_to_train(copy, tmp_path):
