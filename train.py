@@ -23,7 +23,7 @@ from tqdm import tqdm
 import augment
 from data import load_data
 from lib import cli, distributed, files, run_folder
-from lib.checkpoints import read_checkpoint, weights_checksum
+from lib.checkpoints import read_checkpoint, seal
 from lib.device import autocast, pick_device
 from lib.errors import Interrupted, TrainingError, UsageError
 from lib.plots import plot_curves, save_panel
@@ -354,7 +354,7 @@ def save_checkpoints(out, trainer, history, best_iou, config, is_best):
     state = {"model": (t.model if t.ema is None else t.ema).state_dict(), "optimizer": t.optimizer.state_dict(),
              "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(), "epoch": history[-1]["epoch"],
              "history": history, "best_iou": best_iou, "config": config}
-    state["checksum"] = weights_checksum(state["model"])
+    state["seal"] = seal(state["model"], config)
     if t.ema is not None:
         state["trained_model"] = t.model.state_dict()  # what --resume trains on from
     if is_best:

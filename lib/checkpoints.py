@@ -1,7 +1,8 @@
-"""Checkpoints: the files train.py writes (a dict of 'config', 'model' weights and their 'checksum'), read back
+"""Checkpoints: the files train.py writes (a dict of 'config', 'model' weights and their 'seal'), read back
 with every check, and the models they hold loaded for use (one, or several as an Ensemble) with the decision
 rules stored beside the weights (threshold, edge move)."""
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -13,9 +14,15 @@ from lib.masks import checked_edge_move, checked_threshold
 from model import build_model
 
 
+# What a checkpoint may hold: a key outside these is a damaged name (a changed byte in 'seal' must not pass as a file
+# written before seals were)
+KEYS = {"config", "model", "seal", "checksum", "optimizer", "scheduler", "scaler", "epoch", "history", "best_iou",
+        "trained_model"}
+
+
 def weights_checksum(state):
-    """sha256 of a state_dict's names and values: train.py writes it into every checkpoint, and every load checks it,
-    so a flipped bit or an edited weight is refused instead of used."""
+    """sha256 of a state_dict's names and values: what files written before 2026-12-05 carry as 'checksum' (the
+    weights alone; seal() covers the config too)."""
     h = hashlib.sha256()
     for name, tensor in state.items():
         h.update(name.encode())
@@ -23,9 +30,23 @@ def weights_checksum(state):
     return h.hexdigest()
 
 
+def seal(state, config):
+    """sha256 of the weights and of the config the model is built and run with (input size, threshold, edge move):
+    every byte that changes what the checkpoint computes. Every writer stores it as 'seal', every load checks it."""
+    config_bytes = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(weights_checksum(state).encode() + config_bytes).hexdigest()
+
+
+def sealed(ckpt):
+    """The checkpoint dict with its 'seal' (re)computed from its weights and config, older 'checksum' dropped."""
+    kept = {k: v for k, v in ckpt.items() if k not in ("seal", "checksum")}
+    return {**kept, "seal": seal(ckpt["model"], ckpt["config"])}
+
+
 def read_checkpoint(path):
     """A train.py checkpoint's contents (dict with 'config' and 'model'); a clear error for a wrong, broken or
-    damaged file (one whose weights no longer match the checksum written with them)."""
+    damaged file (one whose weights or config no longer match the seal written with them; files from before
+    seals: whose weights no longer match their checksum)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (train one with train.py or a make target)")
     model_files.verify(path)
@@ -36,9 +57,11 @@ def read_checkpoint(path):
     except Exception as e:  # not PyTorch's message: it suggests weights_only=False, which runs the file's code
         raise ModelFileError(f"checkpoint {path} is not a checkpoint written by train.py: it is damaged, or not "
                              f"PyTorch weights at all ({type(e).__name__})") from None
-    if "checksum" in ckpt and ckpt["checksum"] != weights_checksum(ckpt["model"]):
-        raise ModelFileError(f"checkpoint {path} is damaged: its weights do not match the checksum train.py wrote "
-                             "with them; use another copy (last.pt or best.pt) or train it again")
+    damaged = (not ckpt.keys() <= KEYS or "seal" in ckpt and ckpt["seal"] != seal(ckpt["model"], ckpt["config"])
+               or "seal" not in ckpt and "checksum" in ckpt and ckpt["checksum"] != weights_checksum(ckpt["model"]))
+    if damaged:
+        raise ModelFileError(f"checkpoint {path} is damaged: its weights or config do not match the seal train.py "
+                             "wrote with them; use another copy (last.pt or best.pt) or train it again")
     return ckpt
 
 
@@ -61,11 +84,11 @@ def load_checkpoint(path, device="cpu"):
 
 
 def half_precision(checkpoint_path):
-    """The {'config', 'model', 'checksum'} of a train.py checkpoint, floating-point weights in float16: no
-    optimizer state, no history. Loading casts them back to float32."""
+    """The {'config', 'model'} of a train.py checkpoint, floating-point weights in float16: no optimizer state, no
+    history. Loading casts them back to float32. Seal it (sealed()) once its config is final."""
     ckpt = read_checkpoint(checkpoint_path)
     state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    return {"config": ckpt["config"], "model": state, "checksum": weights_checksum(state)}
+    return {"config": ckpt["config"], "model": state}
 
 
 def decision_threshold(configs):

@@ -1,6 +1,6 @@
 """Model files and the checks every load makes, so that a damaged or edited copy is refused rather than used:
-- wherever a file lies and whatever its name, its own checksum: a .pt's 'checksum' of its weights
-  (lib/checkpoints.py), an .onnx file's seal, a last metadata entry holding the sha256 of every byte before it;
+- wherever a file lies and whatever its name, its own seal: a .pt's 'seal' of its weights and config
+  (lib/checkpoints.py), an .onnx file's last metadata entry holding the sha256 of every byte before its value;
 - for the model shipped in models/ (and a copy of that folder), also the sha256 its card (card.json) records."""
 import hashlib
 import json
@@ -101,8 +101,8 @@ def encode_varint(value):
 
 
 def seal(path):
-    """Append the seal to an .onnx file: a metadata entry holding the sha256 of every byte before it. Needs no
-    onnx package; ONNX Runtime reads the entry as one more metadata key."""
+    """Append the seal to an .onnx file: a metadata entry holding the sha256 of every byte before its own value (its
+    key included). Needs no onnx package; ONNX Runtime reads the entry as one more metadata key."""
     Path(path).write_bytes(sealed(Path(path).read_bytes()))
 
 
@@ -110,7 +110,8 @@ def sealed(data):
     """ONNX bytes with the seal appended (one there before is replaced: the bytes are sealed as they were then)."""
     if seal_of(data) is not None:
         data = data[:top_level_fields(data)[-1][1]]
-    return data + metadata_entry(SEAL, hashlib.sha256(data).hexdigest())
+    unsealed = data + metadata_entry(SEAL, "0" * 64)[:-64]  # the value is the last 64 bytes of the file
+    return unsealed + hashlib.sha256(unsealed).hexdigest().encode()
 
 
 def with_metadata(data, values):
@@ -127,16 +128,23 @@ def metadata_key(entry):
 
 
 def seal_of(data):
-    """(sha256 recorded, sha256 of the bytes before the seal) of sealed ONNX bytes; None when unsealed."""
+    """(sha256 recorded, sha256 of the bytes it covers) of sealed ONNX bytes; None when unsealed. A last metadata
+    entry whose value is 64 characters is a seal whatever its key says, so a changed byte in the key is caught;
+    files sealed before 2026-12-05 covered the bytes before the entry, and are read so while their key is intact."""
     fields = top_level_fields(data)
     if not fields or fields[-1][0] != 14:
         return None
     number, start, payload, end = fields[-1]
-    entry = data[payload:end]
-    entry = {n: entry[p:e].decode() for n, _, p, e in top_level_fields(entry)}
-    if entry.get(1) != SEAL:
+    entry = {n: (p, e) for n, _, p, e in top_level_fields(data[payload:end])}
+    if 2 not in entry or entry[2][1] - entry[2][0] != 64 or payload + entry[2][1] != len(data):
         return None
-    return entry.get(2), hashlib.sha256(data[:start]).hexdigest()
+    value_start = payload + entry[2][0]
+    recorded = data[value_start:].decode()
+    covered = hashlib.sha256(data[:value_start]).hexdigest()
+    key = data[payload + entry[1][0]:payload + entry[1][1]] if 1 in entry else b""
+    if covered != recorded and key == SEAL.encode() and hashlib.sha256(data[:start]).hexdigest() == recorded:
+        covered = recorded  # sealed before the key was covered: the seal of that time holds
+    return recorded, covered
 
 
 def check_seal(path, data=None):

@@ -119,9 +119,27 @@ def test_a_damaged_copy_of_a_model_elsewhere_under_any_name_is_refused(synthetic
         assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+def test_a_changed_byte_in_a_copys_seal_key_or_config_is_refused(tmp_path):
+    """The seal covers every byte that changes what a model computes: in a copy with no card beside it, the .onnx
+    seal's own key (sealed -> semled) and the .pt config's image_size (128 -> 160) are each refused."""
+    onnx = bytearray(model_files.ONNX.read_bytes())
+    at = onnx.rindex(b"sealed_sha256")
+    onnx[at + 2] = ord("m")
+    (tmp_path / "key.onnx").write_bytes(onnx)
+    pt = bytearray(model_files.PT.read_bytes())
+    at = pt.index(b"image_sizeq")  # the pickle: the key, a memo opcode and its index, then K (a byte) and 128
+    at = pt.index(b"K\x80", at)
+    pt[at + 1] = 160
+    (tmp_path / "config.pt").write_bytes(pt)
+    for name in ("key.onnx", "config.pt"):
+        with pytest.raises(ModelFileError, match="is damaged"):
+            Segmenter.load([tmp_path / name], "cpu")
+
+
 def test_the_released_files_carry_their_own_checks():
-    """The released .pt holds the checksum of its weights and the .onnx file its seal, so copies check themselves."""
-    assert "checksum" in pt_keys(model_files.PT)
+    """The released .pt holds the seal of its weights and config and the .onnx file its seal, so copies check
+    themselves."""
+    assert "seal" in pt_keys(model_files.PT)
     sealed = model_files.seal_of(model_files.ONNX.read_bytes())
     assert sealed is not None and sealed[0] == sealed[1]
 

@@ -32,7 +32,7 @@ from data import load_splits, subset
 from lib import cards, cli, files, images, model_files
 from lib.adaptation import CANDIDATES, FINE_TUNED, choose
 from lib.calibration import EDGE_MOVES, FOLDS, calibrate, edge_curves, fold_of, refuse_one_value_masks
-from lib.checkpoints import half_precision, load_checkpoint
+from lib.checkpoints import half_precision, load_checkpoint, sealed
 from lib.device import pick_device
 from lib.errors import DataError, TrainingError, UsageError
 from lib.masks import mask_png, move_edge
@@ -196,7 +196,7 @@ def main(argv=None):
     model_file = half_precision(adapted_file or args.checkpoint)
     model_file["config"].update(threshold=0.5, edge_move=edge)  # the edge was calibrated at 0.5
     out.mkdir(parents=True, exist_ok=True)
-    files.atomic_save(model_file, out / "model.pt")
+    files.atomic_save(sealed(model_file), out / "model.pt")
     report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "choice": choice,
               "adapted": str(adapted_file) if adapted_file else None, "model": str(out / "model.pt"),
               "threshold": 0.5, "edge_move": edge, "calibration": calib, "cross_validation": validation,

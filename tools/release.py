@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modul
 
 from data import split_to_score
 from lib import cli, files, model_files, onnx_model, revision
-from lib.checkpoints import decision_threshold, half_precision, load_checkpoint, read_checkpoint, weights_checksum
+from lib.checkpoints import decision_threshold, half_precision, load_checkpoint, read_checkpoint, sealed
 from lib.device import pick_device
 from lib.errors import ModelFileError
 from lib.model_files import sha256
@@ -98,7 +98,7 @@ def release_pt(checkpoint, split, out, device):
     """models/lesion_segmenter.pt (float16) of a train.py checkpoint, scored; returns its card's entries."""
     released = out / "lesion_segmenter.pt"
     _, config = load_checkpoint(checkpoint)
-    files.atomic_save(half_precision(checkpoint), released)
+    files.atomic_save(sealed(half_precision(checkpoint)), released)
     record_in_card(out, file=released.name, sha256=sha256(released))
     reference, _ = test_scores(checkpoint, split, device)
     summary, per_image = test_scores(released, split, device)
@@ -155,13 +155,13 @@ def release_onnx(released_pt, split, out, card):
 
 def seal_released(out):
     """Bring --out's released files up to the checks every load makes, their weights untouched: the .pt gets the
-    checksum of its weights, the .onnx file its seal; the card records their new sizes and sha256."""
+    seal of its weights and config, the .onnx file its seal over every byte but the seal's value; the card records their new sizes and sha256."""
     card = files.read_json(out / "card.json")
     pt, onnx = out / card["file"], out / card["onnx"]["file"]
     checkpoint = read_checkpoint(pt)  # checked against the card first: never seal a damaged file
     model_files.verify(onnx)
-    if "checksum" not in checkpoint:
-        files.atomic_save({**checkpoint, "checksum": weights_checksum(checkpoint["model"])}, pt)
+    if "seal" not in checkpoint:
+        files.atomic_save(sealed(checkpoint), pt)
     model_files.seal(onnx)
     card.update(bytes=pt.stat().st_size, sha256=sha256(pt))
     card["onnx"].update(bytes=onnx.stat().st_size, sha256=sha256(onnx))
