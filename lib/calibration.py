@@ -18,6 +18,9 @@ THRESHOLDS = np.round(np.concatenate([[0.01, 0.02, 0.03], np.arange(0.05, 0.951,
 FOLDS = 5  # cross-validation folds (fewer when there are fewer images)
 # Signed moves of a mask's edge, as a share of its equivalent radius: + inward (a tighter annotator), - outward
 EDGE_MOVES = np.round(np.arange(-0.16, 0.1601, 0.01), 2)
+# The model's mean IoU on a user's masks below which they cannot be outlines of the lesions it sees: inverted masks
+# (lesion black) score about 0.03; the released model scores 0.85 on another archive's annotators (HAM10000)
+MIN_AGREEMENT = 0.2
 
 
 def probability_map(probs, i):
@@ -57,6 +60,17 @@ def refuse_one_value_masks(masks, paths, data_dir):
         raise DataError(f"{len(flat)} of the {len(masks)} masks in {data_dir} are all lesion or all background "
                         f"({names}): calibration needs masks that outline each lesion, white on black (or a palette "
                         "index above 0 for the lesion)")
+
+
+def refuse_disagreeing_masks(before, data_dir):
+    """DataError when the model's own masks and the user's overlap by a mean IoU (`before`, one per image) under
+    MIN_AGREEMENT: masks inverted or of something else, which a calibration would fit by ruining the model."""
+    mean = float(np.mean(before))
+    if mean < MIN_AGREEMENT:
+        raise DataError(f"the model's masks and yours in {data_dir} overlap by a mean IoU of {mean:.2f} over "
+                        f"{len(before)} images, where lesions it sees score far higher: are your masks inverted "
+                        "(the lesion black on white)? A mask marks the lesion in white on black; fix them and run "
+                        "again")
 
 
 def fold_of(n, folds=FOLDS, seed=0):
@@ -114,11 +128,11 @@ def calibrate_clear_gain(curves, candidates, neutral):
             "gain": gain, "standard_error": error, "images": n}
 
 
-def calibrate_edge(curves, moves=EDGE_MOVES):
+def calibrate_edge(curves, moves=EDGE_MOVES, neutral=0.0):
     """The edge move to use, from edge_curves() of the calibration images: the best one if it clears its paired
-    standard error over the model's own edge (0), else 0. Returns {'edge_move', 'best_edge_move', 'gain',
-    'standard_error', 'images', 'rule'}."""
-    chosen = calibrate_clear_gain(curves, moves, neutral=0.0)
+    standard error over the model's own edge (neutral: the move the model already makes, one of moves), else
+    neutral. Returns {'edge_move', 'best_edge_move', 'gain', 'standard_error', 'images', 'rule'}."""
+    chosen = calibrate_clear_gain(curves, np.asarray(moves), neutral=neutral)
     return {"edge_move": chosen["choice"], "best_edge_move": chosen["best"], "gain": chosen["gain"],
             "standard_error": chosen["standard_error"], "images": chosen["images"], "rule": "edge clear-gain"}
 

@@ -53,12 +53,12 @@ def calibration_sentence(c, adapted):
     """What calibration (calibration.calibrate: the best move if its gain clears its standard error) found, and the
     edge move it uses, in plain words."""
     found = f"Calibration {'of the model before ' if adapted else ''}on those {c['images']} images found"
-    if c["best_edge_move"] == 0:
+    if c["best_edge_move"] == c.get("neutral", 0):
         return f"{found} the model's own edge best, so it is kept."
     found += (f" its masks fit yours best with {edge_words(c['best_edge_move'])} (a move of "
               f"{c['best_edge_move']:+g}): IoU {c['gain']:+.4f} over the model's own edge on them, ± "
               f"{c['standard_error']:.4f}; ")
-    if c["edge_move"] == 0:
+    if c["edge_move"] == c.get("neutral", 0):
         return found + "that is within its standard error, so the model's own edge is kept."
     return found + "that clears its standard error, so it is used."
 
@@ -81,7 +81,8 @@ def recommendation(report, rows):
     cv, last = report.get("cross_validation"), rows[list(rows)[-1]] if rows else None
     clear = last and last["n"] >= 2 and last["difference"] > MARGIN * last["standard_error"]
     held = f"On {last['n']} held-out image{'s' if last['n'] > 1 else ''} " if last else ""
-    if report.get("choice") == "before" or not report["adapted"] and report["edge_move"] == 0:
+    if report.get("choice") == "before" or not report["adapted"] and report["edge_move"] == report["calibration"].get(
+            "neutral", 0):
         why = (f"No candidate beat it clearly in cross-validation on your {cv['images']} images" if cv else
                "Calibration kept the model's own edge")
         return f"{keep} {why}, so `{new}` draws the same masks."

@@ -103,3 +103,41 @@ def test_make_calibrate_refuses_what_cannot_calibrate_in_one_sentence(tmp_path, 
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and all(p in lines[0] for p in phrases), result.stderr
         assert not (out / "model.onnx").exists()
+
+
+def test_make_calibrate_refuses_inverted_masks_and_masks_of_another_size(tighter_folder, tmp_path):
+    """Masks drawn black on white (HAM10000's palette read by index gave these) would ship a model whose edge moves
+    out by 16%; a mask of another size would be scored against the wrong pixels: each one sentence, no model
+    written."""
+    inverted, half = tmp_path / "inverted", tmp_path / "half"
+    for folder in (inverted, half):
+        shutil.copytree(tighter_folder, folder)
+    for path in (inverted / "masks").iterdir():
+        Image.fromarray(~images.read_binary_mask(path)).save(path)
+    one = sorted((half / "masks").iterdir())[3]
+    Image.fromarray(images.read_binary_mask(one)).resize((128, 128)).save(one)  # half-size
+    for folder, phrase in ((inverted, "inverted"), (half, "size mismatch in 1 of")):
+        result = run_without_torch(tmp_path, "--data-dir", folder, "--out", tmp_path / folder.name / "out")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and phrase in lines[0], result.stderr
+        assert not (tmp_path / folder.name / "out" / "model.onnx").exists()
+
+
+def test_calibrating_a_calibrated_model_starts_from_its_move_and_keeps_its_threshold(tighter_folder, tmp_path):
+    """The card's 'before' is the model given (its move, its threshold), not the released one; a second calibration
+    on the same images keeps the first's move, and a threshold of 0.3 stays 0.3."""
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    assert run_without_torch(tmp_path, "--data-dir", tighter_folder, "--out", first).returncode == 0
+    report = json.loads((first / "calibrate.json").read_text())
+    result = run_without_torch(tmp_path, "--data-dir", tighter_folder, "--checkpoint", first / "model.onnx",
+                               "--out", second)
+    assert result.returncode == 0, result.stderr
+    again = json.loads((second / "calibrate.json").read_text())
+    before, after = report["comparisons"].values()
+    assert again["comparisons"]["before"]["new"] == pytest.approx(after["new"])  # the given model, as it scores
+    assert again["comparisons"]["before"]["new"] != pytest.approx(before["new"])
+    assert again["edge_move"] == report["edge_move"] and again["calibration"]["neutral"] == report["edge_move"]
+    low = tmp_path / "low.onnx"
+    low.write_bytes(model_files.with_metadata(model_files.ONNX.read_bytes(), {"threshold": "0.3"}))
+    assert run_without_torch(tmp_path, "--data-dir", tighter_folder, "--checkpoint", low, "--out", third).returncode == 0
+    assert Segmenter.load([third / "model.onnx"]).threshold == 0.3

@@ -31,7 +31,8 @@ import numpy as np
 from data import load_splits, subset
 from lib import cards, cli, files, images, model_files
 from lib.adaptation import CANDIDATES, FINE_TUNED, choose
-from lib.calibration import EDGE_MOVES, FOLDS, calibrate, edge_curves, fold_of, refuse_one_value_masks
+from lib.calibration import (EDGE_MOVES, FOLDS, calibrate, edge_curves, fold_of, refuse_disagreeing_masks,
+                             refuse_one_value_masks)
 from lib.checkpoints import half_precision, load_checkpoint, sealed
 from lib.device import pick_device
 from lib.errors import DataError, TrainingError, UsageError
@@ -179,6 +180,7 @@ def main(argv=None):
     train, held_out = load_user_data(args.data_dir, base[1]["image_size"], base[1]["split_seed"], args.cache_dir)
     masks = [images.read_binary_mask(p) for p in train["mask_paths"]]
     curves = edge_curves(tta_probabilities(*base, train["images"], device), masks)
+    refuse_disagreeing_masks(curves[:, np.flatnonzero(EDGE_MOVES == 0)[0]], args.data_dir)
     calib = calibrate(curves)
     move, choice, validation = calib["edge_move"], "edge" if calib["edge_move"] else "before", None
     if args.train_flags:

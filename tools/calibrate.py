@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modul
 import numpy as np
 
 from lib import cards, cli, files, images, model_files, splits
-from lib.calibration import calibrate, edge_curves, refuse_one_value_masks
+from lib.calibration import EDGE_MOVES, calibrate, edge_curves, refuse_disagreeing_masks, refuse_one_value_masks
 from lib.compare import paired_difference
 from lib.errors import DataError, UsageError
 from lib.segmenter import Segmenter
@@ -29,23 +29,29 @@ from lib.segmenter import Segmenter
 
 def read_labelled(pairs, size):
     """(model inputs uint8 [N,S,S,3], boolean masks at their own size) of [(id, image, mask)]: each image decoded
-    whole and resized, as make predict reads photos."""
-    inputs = np.stack([images.read_image(image, size, draft=False)[0] for _, image, _ in pairs])
-    return inputs, [images.read_binary_mask(mask) for _, _, mask in pairs]
+    whole and resized, as make predict reads photos. DataError naming the masks not of their image's size."""
+    read = [(images.read_image(image, size, draft=False), images.read_binary_mask(mask)) for _, image, mask in pairs]
+    wrong = [f"{image} is {w}x{h} but {mask} is {m.shape[1]}x{m.shape[0]}"
+             for ((_, (w, h)), m), (_, image, mask) in zip(read, pairs) if m.shape != (h, w)]
+    if wrong:
+        raise DataError(f"size mismatch in {len(wrong)} of {len(pairs)} pairs: {'; '.join(wrong[:3])}"
+                        f"{' ...' if len(wrong) > 3 else ''} (a mask is drawn at its image's width and height)")
+    return np.stack([r[0][0] for r in read]), [r[1] for r in read]
 
 
 def held_out_rows(segmenter, pairs, move):
-    """{row name: paired_difference() against the model before} on the held-out images: the model's own edge and
-    its edge moved by move, each as make predict makes masks (flip TTA, the largest region)."""
+    """{row name: paired_difference() against the model before} on the held-out images: the model as given and
+    with its edge move replaced by move, each as make predict makes masks (flip TTA, the largest region)."""
     inputs, masks = read_labelled(pairs, segmenter.image_size)
-    curves = edge_curves(segmenter.probabilities(inputs, tta=True), masks, moves=[0.0, move])
+    curves = edge_curves(segmenter.probabilities(inputs, tta=True), masks, [segmenter.edge_move, move],
+                         segmenter.threshold)
     return {"before": paired_difference(curves[:, 0], curves[:, 0]),
             f"calibrated (edge {move:+g})": paired_difference(curves[:, 0], curves[:, 1])}
 
 
 def calibrated_model(checkpoint, move):
-    """The ONNX file's bytes with its edge move set to move and its threshold to 0.5 (where it was calibrated)."""
-    return model_files.with_metadata(Path(checkpoint).read_bytes(), {"threshold": "0.5", "edge_move": f"{move:g}"})
+    """The ONNX file's bytes with its edge move set to move; its threshold stays (the move was fitted at it)."""
+    return model_files.with_metadata(Path(checkpoint).read_bytes(), {"edge_move": f"{move:g}"})
 
 
 def parse_args(argv=None):
@@ -78,13 +84,18 @@ def main(argv=None):
     inputs, masks = read_labelled(calibration_pairs, segmenter.image_size)
     refuse_one_value_masks(masks, [m for _, _, m in calibration_pairs], args.data_dir)
     print(f"calibrating on {len(masks)} labelled images, {len(held_out)} held out")
-    calib = calibrate(edge_curves(segmenter.probabilities(inputs, tta=True), masks))
+    # a model calibrated before is moved from where it stands: its own move is the neutral candidate
+    own = segmenter.edge_move
+    moves = np.union1d(EDGE_MOVES, [own])
+    curves = edge_curves(segmenter.probabilities(inputs, tta=True), masks, moves, segmenter.threshold)
+    refuse_disagreeing_masks(curves[:, np.flatnonzero(moves == own)[0]], args.data_dir)
+    calib = {**calibrate(curves, moves, neutral=own), "neutral": own}
     move = calib["edge_move"]
     rows = held_out_rows(segmenter, held_out, move) if held_out else {}
     out.mkdir(parents=True, exist_ok=True)
     files.write_bytes(out / "model.onnx", calibrated_model(args.checkpoint, move))
     report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "adapted": None,
-              "model": str(out / "model.onnx"), "threshold": 0.5, "edge_move": move, "calibration": calib,
+              "model": str(out / "model.onnx"), "threshold": segmenter.threshold, "edge_move": move, "calibration": calib,
               "held_out": len(held_out), "comparisons": rows, "recipe": None, "tool": "tools/calibrate.py",
               "seconds": round(time.perf_counter() - start, 1)}
     cards.write(out, report, rows, "calibrate.json")
