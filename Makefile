@@ -30,7 +30,7 @@ TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEI
 COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
-	adapt calibrate labelled adapt-experiment calibration-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
+	two-source adapt calibrate labelled adapt-experiment calibration-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
 	predict export quantize release-onnx release-rescore release-seal serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
@@ -103,6 +103,22 @@ best: dataset
 release: dataset .venv/export-installed
 	test -f "$(RUNS)/best/seed0/test_metrics.json" || $(TRAIN) --seed 0 --out "$(RUNS)/best/seed0" $(BEST) $(FLAGS)
 	$(PY) tools/release.py --checkpoint "$(RUNS)/best/seed0/best.pt" --data-dir "$(DATA_DIR)" --device $(DEVICE) --out models
+
+# Two sources (docs/clinics.md): make best's recipe on ISIC 2016's and HAM10000's training splits together, chosen on
+# both validation splits (ISIC's seeded tenth, HAM's own), no fixed copies (7,714 images: random augmentation
+# alone), 12 epochs; then scored once on each test split at full resolution with flip TTA and the largest region.
+# HAM_DIR: HAM10000 with masks in plain folders (train/, val/, test/ of images/ + masks/).
+HAM_DIR ?= ham10000
+TWO_SOURCE = $(BEST) --val-fraction 0.1 --aug-copies 0
+two-source: EPOCHS = 12
+two-source: dataset
+	@test -d "$(HAM_DIR)" || { echo "error: HAM_DIR=$(HAM_DIR): no such folder; name HAM10000's folder with masks:" \
+		"make two-source HAM_DIR=../shared/ham10000" >&2; exit 2; }
+	$(TRAIN) --seed $(SEED) --out "$(RUNS)/two-source" $(TWO_SOURCE) --data-dir "$(DATA_DIR)" "$(HAM_DIR)" --no-test $(FLAGS)
+	for d in "$(DATA_DIR)" "$(HAM_DIR)"; do \
+		$(PY) evaluate.py --checkpoint "$(RUNS)/two-source/best.pt" --data-dir "$$d" --device $(DEVICE) --tta \
+			--full-res --out "$(RUNS)/two-source/test-$$(basename "$$d")" || exit 1; \
+	done
 
 # The first ablation table of docs/experiments.md, one run per row (seed 0; hours on a CPU): make ablations
 ABL_B = --skips --loss bce+dice --encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1
