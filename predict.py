@@ -119,10 +119,11 @@ def inputs_now(args):
         raise
 
 
-def watch(segmenter, out, found, args):
-    """--watch: each new photo of the inputs segmented and written as the first pass wrote them, until Ctrl-C."""
+def watch(segmenter, out, handled, args):
+    """--watch: each new or changed photo of the inputs segmented and written as the first pass wrote them, until
+    Ctrl-C or SIGTERM; handled: {photo: its output prefix or None} of the first pass."""
     print(f"watching {', '.join(args.inputs)} for new photos; their masks go to {out}/ (Ctrl-C stops)", flush=True)
-    more = watching.watch(args.inputs, out, found, segmenter.image_size, lambda photo, small, name: write_one(
+    more = watching.watch(args.inputs, out, handled, segmenter.image_size, lambda photo, small, name: write_one(
         segmenter, segmenter.probabilities(small[None], args.tta)[0], photo, name, args))
     print(f"stopped watching: wrote {more} more masks to {out}/")
 
@@ -137,9 +138,14 @@ def main(argv=None):
     found = inputs_now(args)
     out = photos.open_output_folder(args.out, args.inputs, list(found), inside_inputs=args.watch)
     if args.watch:
-        found = {p: f for p, f in found.items() if not photos.is_output(p, out, args.inputs)}
-    paths = list(found)
-    names = photos.output_names(found, out)
+        own = photos.outputs(found, out, args.inputs)
+        found = {p: f for p, f in found.items() if p not in own}
+    names, unnamed = photos.output_names(found, out)
+    paths = [p for p in found if p in names]
+    formats = [f"{p.name} -> {names[p].name}" for p in paths if names[p].name != p.stem]
+    if formats and distributed.is_main():
+        print(f"photos that share a name in one folder are named with their format: {', '.join(formats[:6])}"
+              + (" ..." if len(formats) > 6 else ""))
     kinds = photos.OUTPUTS if args.overlay else photos.OUTPUTS[:1]
     mine = paths[distributed.rank()::distributed.world_size()]  # every image in exactly one process
     stale = files.remove_dead_temporaries(out)
@@ -148,17 +154,18 @@ def main(argv=None):
               + (" ..." if len(stale) > 3 else ""))
     todo = [p for p in mine if not (args.skip_existing and photos.outputs_done(p, names[p], kinds))]
     written, failures = write_masks(segmenter, todo, names, out, args)
+    failures += unnamed if distributed.is_main() else []
     counts = distributed.total_counts([written, len(mine) - len(todo), len(failures)])
     distributed.stop()
     written, skipped, unreadable = counts
     if distributed.is_main():
         print(f"wrote {written} masks to {out}/" + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
-              + (f"; {unreadable} images could not be read" if unreadable else ""))
+              + (f"; {unreadable} images were not segmented" if unreadable else ""))
     if args.watch:
-        watch(segmenter, out, found, args)
+        watch(segmenter, out, {p: names.get(p) for p in found}, args)
     if failures:
-        raise UsageError(f"{len(failures)} of {len(mine)} images could not be read (the other masks were "
-                         "written):\n  " + "\n  ".join(failures))
+        raise UsageError(f"{len(failures)} of {len(mine) + len(unnamed)} images were not segmented (the other masks "
+                         "were written):\n  " + "\n  ".join(failures))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 means alike, and the entry point that turns the project's errors into one line and an exit code."""
 import argparse
 import os
+import signal
 import sys
 
 from lib.errors import USER_ERRORS, Interrupted
@@ -74,7 +75,9 @@ def parser(description):
 
 
 def run(main):
-    """Call a script's main(): Ctrl-C (Interrupted) exits 130, a user's error exits 1, each with one line."""
+    """Call a script's main(): Ctrl-C (Interrupted) exits 130, a user's error exits 1, each with one line. SIGTERM,
+    how a service manager or a script stops a job (a background job ignores SIGINT), ends it as Ctrl-C does."""
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         main()
     except Interrupted as e:
@@ -82,6 +85,12 @@ def run(main):
         sys.exit(130)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 class Silent:

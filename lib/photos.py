@@ -55,38 +55,47 @@ def files_below(folder):
 
 
 def output_names(found, out):
-    """{image: out/<its subfolder>/<output_stem>}, the prefix of its outputs: the same whatever else the
-    folder holds. UsageError when two inputs would share one (x.jpg and x.JPG; a/x.jpg and b/x.jpg as files)."""
-    names = {path: output_name(path, folder, out) for path, folder in found.items()}
+    """({image: out/<its subfolder>/<output_stem>}, the prefix of its outputs; [why each image left out has no
+    name]). Photos of one folder that share a stem (x.jpg, x.png) are named with their format (x_jpg, x_png); two
+    that share that too (x.jpg, x.JPG) are left out, named, and the others keep theirs."""
+    by_stem = {}
+    for path, folder in found.items():
+        by_stem.setdefault(output_name(path, folder, out), []).append(path)
+    names = {p: output_name(p, found[p], out, clash=len(paths) > 1) for paths in by_stem.values() for p in paths}
     taken = {}
     for path, name in names.items():
         taken.setdefault(name, []).append(path)
-    clash = next((paths for paths in taken.values() if len(paths) > 1), None)
-    if clash:
-        raise UsageError(f"{' and '.join(map(str, clash))} would write the same mask "
-                         f"({names[clash[0]].name}_segmentation.png): rename one, or segment them into separate "
-                         "--out folders")
-    return names
+    left_out = [f"{p}: it and {', '.join(q.name for q in paths if q != p)} would write the same mask "
+                f"({name.name}_segmentation.png); rename one" for name, paths in taken.items() if len(paths) > 1
+                for p in paths]
+    return {p: n for p, n in names.items() if len(taken[n]) == 1}, left_out
 
 
-def output_stem(name):
-    """What an image's outputs are named after (<stem>_segmentation.png): a JPEG's (.jpg) stem, any other file's
-    stem and format (x.png -> x_png), so that x.jpg and x.png beside it never share one and no name depends on the
-    other files. The page names its downloads by the same rule (web/segment.js outputStem; a test holds the two)."""
+def output_stem(name, clash=False):
+    """What an image's outputs are named after (<stem>_segmentation.png, the ISIC convention, whatever the format);
+    with clash (another photo of its folder has that stem), its stem and format: x.jpg beside x.png gives x_jpg and
+    x_png. The page names its downloads by the same rule (web/segment.js outputStem; a test holds the two)."""
     stem, suffix = os.path.splitext(os.path.basename(name))
-    return stem if suffix.lower() in ("", ".jpg") else f"{stem}_{suffix[1:].lower()}"
+    return f"{stem}_{suffix[1:].lower()}" if clash and suffix else stem
 
 
-def output_name(path, folder, out):
+def output_name(path, folder, out, clash=False):
     """The prefix of an image's outputs: out/<its subfolder>/<output_stem of its name>."""
-    return out / folder / output_stem(path.name)
+    return out / folder / output_stem(path.name, clash)
 
 
-def is_output(path, out, inputs):
-    """Whether a file found among the inputs is one of predict.py's own outputs (--watch, with --out inside an
-    input folder): named as they are named, or anywhere below an --out that is not itself an input folder."""
+def outputs(found, out, inputs):
+    """The files among `found` (expand_inputs()) that are predict.py's own outputs (--watch, with --out inside an
+    input folder): anywhere below an --out that is not itself an input folder, or named <prefix>_segmentation.png
+    or <prefix>_overlay.jpg after a photo beside them (x.jpg: x_..., or x_jpg_...). A photo of the user's own named
+    lesion_overlay.jpg, with no lesion.* beside it, is a photo."""
     own_folder = out.resolve() not in {Path(i).resolve() for i in inputs}
-    return path.name.endswith(OUTPUTS) or own_folder and path.resolve().is_relative_to(out.resolve())
+    stems = {}
+    for path in found:
+        stems.setdefault(path.parent, set()).update(output_stem(path.name, clash) for clash in (False, True))
+    def named_after_a_photo(path):
+        return any(path.name.endswith(kind) and path.name[:-len(kind)] in stems[path.parent] for kind in OUTPUTS)
+    return {p for p in found if own_folder and p.resolve().is_relative_to(out.resolve()) or named_after_a_photo(p)}
 
 
 def open_output_folder(out, inputs, paths, inside_inputs=False):

@@ -1,7 +1,8 @@
 """A folder that keeps receiving photos (predict.py --watch): after the first pass, each photo that lands in the
-inputs is segmented once it is whole, its outputs written whole, until Ctrl-C. Polling with the standard library:
-a photo still being copied keeps changing its size or time, and one whose size has settled but that does not decode
-yet is given SETTLE seconds before it is called unreadable. predict.py's own outputs are never taken for photos."""
+inputs, or changes there, is segmented once it is whole, its outputs written whole, until Ctrl-C or SIGTERM.
+Polling with the standard library: a photo still being copied keeps changing its size or time; one whose size has
+settled but that does not decode yet is given SETTLE seconds before it is called unreadable, and is tried again
+when it changes (the rest of it arrives). predict.py's own outputs are never taken for photos."""
 import time
 
 from lib import photos
@@ -11,27 +12,32 @@ POLL = 0.1  # seconds between two looks at the watched inputs: most of a new pho
 SETTLE = 2.0  # seconds a photo may keep its size without decoding whole before it is reported unreadable
 
 
-def watch(inputs, out, done, size, segment_and_write):
-    """Segment every new photo of `inputs` (files, folders, patterns) into `out` until Ctrl-C; `done`: the photos
-    handled already, size: the model's input size, segment_and_write(photo, model input, output name): one
-    photo's outputs. Returns how many were written."""
-    waiting, names, written = {}, {photos.output_name(p, f, out) for p, f in done.items()}, 0
+def watch(inputs, out, handled, size, segment_and_write):
+    """Segment every new or changed photo of `inputs` (files, folders, patterns) into `out` until Ctrl-C; handled:
+    {photo: its output prefix, None where it got none} of the first pass, size: the model's input size,
+    segment_and_write(photo, model input, output prefix): one photo's outputs. Returns how many were written."""
+    seen = {p: looks(p) for p in handled}  # what each photo looked like when it was last tried
+    named = {p: name for p, name in handled.items() if name is not None}
+    waiting, written = {}, 0
     try:
         while True:
-            for path, folder in arrivals(inputs, out, done).items():
+            for path, folder in arrivals(inputs, out, seen, named).items():
                 seconds = settled(path, waiting)
                 if seconds is None:
                     continue  # still being copied
                 photo, small_or_why = photos.decode(path, size)
                 if photo is None and seconds < SETTLE:
                     continue  # its size has settled, its bytes have not yet
-                done[path], name = folder, photos.output_name(path, folder, out)
-                if name in names or photo is None:
+                seen[path] = looks(path)  # tried again once it changes
+                name = named.get(path) or free_name(path, folder, out, named)
+                if name is None or photo is None:
                     print(f"{path}: " + (small_or_why if photo is None else
-                                         f"{name.name}_segmentation.png is another photo's; rename it"), flush=True)
+                                         f"{photos.output_stem(path.name)}_segmentation.png and "
+                                         f"{photos.output_stem(path.name, True)}_segmentation.png are other "
+                                         "photos'; rename it"), flush=True)
                     continue
                 segment_and_write(photo, small_or_why, name)
-                names.add(name)
+                named[path] = name
                 written += 1
                 print(f"{path} -> {name}_segmentation.png", flush=True)
             time.sleep(POLL)
@@ -39,13 +45,35 @@ def watch(inputs, out, done, size, segment_and_write):
         return written
 
 
-def arrivals(inputs, out, done):
-    """{photo: its output subfolder} of the inputs' photos that are not in `done` and are not outputs."""
+def free_name(path, folder, out, named):
+    """A new photo's output prefix: its stem's, or when another photo has that, its stem's with its format (as
+    photos.output_names names a clash); None when both are taken."""
+    taken = set(named.values())
+    return next((name for name in (photos.output_name(path, folder, out, clash) for clash in (False, True))
+                 if name not in taken), None)
+
+
+def arrivals(inputs, out, seen, named):
+    """{photo: its output subfolder} of the inputs' photos that are new or changed since `seen` (a replaced photo
+    gets a new mask) and are not outputs: neither of photos.outputs() nor named after a photo in `named`."""
     try:
         found = photos.expand_inputs(inputs)
     except UsageError:  # a watched folder with nothing in it (yet, or for a moment)
         return {}
-    return {p: f for p, f in found.items() if p not in done and not photos.is_output(p, out, inputs)}
+    written = {f"{name}{kind}" for name in named.values() for kind in photos.OUTPUTS}
+    outputs = photos.outputs(found, out, inputs)
+    return {p: f for p, f in found.items()
+            if p not in outputs and str(p) not in written and seen.get(p, ()) != looks(p)}
+
+
+def looks(path):
+    """What tells a file's content changed: size, modification and status-change times, inode (a copy over it, or
+    one moved in with an old modification time); None when it is gone."""
+    try:
+        s = path.stat()
+    except OSError:
+        return None
+    return s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino
 
 
 def settled(path, waiting):
@@ -56,9 +84,8 @@ def settled(path, waiting):
     except OSError:
         waiting.pop(path, None)
         return None
-    now, looks = time.monotonic(), (status.st_size, status.st_mtime_ns)
-    if path not in waiting or waiting[path][0] != looks:
-        waiting[path] = (looks, now)
+    now, looks_now = time.monotonic(), (status.st_size, status.st_mtime_ns)
+    if path not in waiting or waiting[path][0] != looks_now:
+        waiting[path] = (looks_now, now)
         return None
     return now - waiting[path][1] if status.st_size else None
-

@@ -174,10 +174,11 @@ def test_predict_keeps_masks_of_inputs_with_the_same_name_apart_and_skips_hidden
     predict.main([str(folder), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
                   "--device", "cpu"])
     masks = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*_segmentation.png"))
-    assert masks == ["sub/x_segmentation.png", "x_png_segmentation.png", "x_segmentation.png"]
+    assert masks == ["sub/x_segmentation.png", "x_jpg_segmentation.png", "x_png_segmentation.png"]
 
 
-def test_an_images_output_name_depends_on_no_other_file_and_linked_folders_are_searched(checkpoint, tmp_path):
+def test_masks_keep_the_isic_name_whatever_the_format_and_only_a_clash_names_the_format(checkpoint, tmp_path,
+                                                                                       capsys):
     folder, linked, out = tmp_path / "in", tmp_path / "elsewhere", tmp_path / "out"
     folder.mkdir()
     linked.mkdir()
@@ -191,15 +192,18 @@ def test_an_images_output_name_depends_on_no_other_file_and_linked_folders_are_s
     predict.main([str(folder), *flags])
     first = sorted(str(p.relative_to(out)) for p in out.rglob("*_segmentation.png"))
     assert first == ["link/behind0_segmentation.png", "link/behind1_segmentation.png", "link/behind2_segmentation.png",
-                     "photo2_bmp_segmentation.png"]
-    picture.save(folder / "photo2.png")  # beside photo2.bmp: photo2.bmp's name stays
+                     "photo2_segmentation.png"]  # a BMP's mask is named as a JPEG's: <stem>_segmentation.png
+    picture.save(folder / "photo2.png")  # beside photo2.bmp: both now named with their format, and the run says so
     predict.main([str(folder), *flags])
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*_segmentation.png")) == sorted(
-        first + ["photo2_png_segmentation.png"])
+    assert "photo2.bmp -> photo2_bmp, photo2.png -> photo2_png" in capsys.readouterr().out
+    assert {"photo2_bmp_segmentation.png", "photo2_png_segmentation.png"} <= {p.name for p in out.iterdir()}
     picture.save(folder / "photo2.JPG")
-    picture.save(folder / "photo2.jpg")  # two files, one name: refused, nothing overwritten
-    with pytest.raises(UsageError, match="would write the same mask .photo2_segmentation.png.: rename one"):
+    picture.save(folder / "photo2.jpg")  # two files, one name even with the format: left out, named; others written
+    picture.save(folder / "new.jpg")
+    with pytest.raises(UsageError, match=r"(?s)2 of 8 images were not segmented.*photo2.JPG: it and photo2.jpg would "
+                       r"write the same mask .photo2_jpg_segmentation.png.; rename one"):
         predict.main([str(folder), *flags])
+    assert (out / "new_segmentation.png").exists() and not (out / "photo2_jpg_segmentation.png").exists()
 
 
 def test_predict_writes_every_readable_image_and_lists_the_others(checkpoint, tmp_path, capsys):
@@ -208,7 +212,7 @@ def test_predict_writes_every_readable_image_and_lists_the_others(checkpoint, tm
     for name in ("a.jpg", "c.jpg"):
         Image.fromarray(np.full((40, 30, 3), 128, np.uint8)).save(folder / name)
     (folder / "b.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UsageError, match=r"1 of 3 images could not be read.*\n  .*b.jpg"):
+    with pytest.raises(UsageError, match=r"1 of 3 images were not segmented.*\n  .*b.jpg"):
         predict.main([str(folder), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
                       "--device", "cpu"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_segmentation.png", "c_segmentation.png"]

@@ -1,9 +1,11 @@
 """predict.py under real faults: Ctrl-C (a real SIGINT), a full disk (a real small tmpfs), and an output folder
 inside the input folder. Every output is whole or absent, and a rerun with --skip-existing finishes the job."""
 import io
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -150,3 +152,69 @@ def test_watch_segments_a_photo_copied_in_slowly_once_and_whole_and_stops_on_ctr
     assert out.strip().splitlines() == [f"stopped watching: wrote 1 more masks to {clinic}/"]
     assert sorted(p.name for p in clinic.iterdir()) == ["new.jpg", "new_overlay.jpg", "new_segmentation.png"]
     assert all_outputs_whole(clinic)
+
+
+def jpeg_bytes(seed, size=(400, 300)):
+    photo = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(photo, "JPEG")
+    return photo.getvalue()
+
+
+def start_watching(clinic):
+    """(predict.py --watch on clinic, its outputs beside the photos, once it says it is watching; its next line
+    within a minute, or an assertion error)."""
+    proc = subprocess.Popen([sys.executable, "predict.py", str(clinic), "-o", str(clinic), "--watch"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+
+    def next_line():
+        try:
+            return lines.get(timeout=60)
+        except queue.Empty:
+            raise AssertionError("predict.py --watch said nothing for a minute") from None
+    while "watching" not in next_line():
+        pass
+    return proc, next_line
+
+
+def test_watch_retries_a_photo_still_arriving_renews_a_replaced_one_and_takes_photos_named_like_outputs(tmp_path):
+    """Half a JPEG, the rest 3 s later (past SETTLE): reported, then segmented once whole. A photo copied over with
+    another: a new mask. The user's own lesion_overlay.jpg (no lesion.* beside it): a photo, as a plain run takes
+    it. SIGTERM, as a service manager stops it, ends it with its summary line."""
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    (clinic / "lesion_overlay.jpg").write_bytes(jpeg_bytes(3))
+    proc, next_line = start_watching(clinic)
+    try:
+        data = jpeg_bytes(0)
+        (clinic / "late.jpg").write_bytes(data[:len(data) // 2])
+        assert next_line().startswith(f"{clinic / 'late.jpg'}: ")  # unreadable for now
+        (clinic / "late.jpg").write_bytes(data)
+        assert next_line().strip() == f"{clinic / 'late.jpg'} -> {clinic / 'late'}_segmentation.png"
+        first = (clinic / "late_segmentation.png").read_bytes()
+        (clinic / "late.jpg").write_bytes(jpeg_bytes(1, (300, 200)))  # replaced in place by another photo
+        assert next_line().strip() == f"{clinic / 'late.jpg'} -> {clinic / 'late'}_segmentation.png"
+        with Image.open(clinic / "late_segmentation.png") as mask:
+            assert mask.size == (300, 200) and (clinic / "late_segmentation.png").read_bytes() != first
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and next_line().strip() == f"stopped watching: wrote 2 more masks to {clinic}/"
+    assert (clinic / "lesion_overlay_segmentation.png").exists()  # the first pass segmented the user's photo
+
+
+def test_sigterm_ends_a_plain_run_as_ctrl_c_does(tmp_path):
+    photos, out = noise_photos(tmp_path / "photos", 40, size=(1024, 768)), tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "predict.py", str(photos), "--out", str(out), "--batch-size", "2"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and len(list(out.glob("*_segmentation.png"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    written = len(list(out.glob("*_segmentation.png")))
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (f"interrupted: wrote {written} of 40 masks to {out}/; run the same "
+                                            "command with --skip-existing to continue")
+    assert all_outputs_whole(out)
