@@ -2,7 +2,9 @@
 browser, its masks match predict.py's, bad files get a sentence, and no request carries an image; the server
 under hostile and many clients."""
 import base64
+import hashlib
 import http.client
+import http.server
 import io
 import json
 import os
@@ -391,7 +393,62 @@ def test_the_page_names_masks_by_predicts_rule(server, browser):
     names = ["ISIC_0000053 big.jpg", "photo2.bmp", "photo2.PNG", "x.JPG", "x.jpeg", "a.b.jpg", "a.", ".hidden",
              "..x", "..x.png", "no_extension", "sub/dir/y.webp"]
     open_page(browser, server[0])
-    stems = browser.execute_async_script(
-        "const done = arguments[1]; import('./segment.js').then(m => done(arguments[0].map(m.outputStem)))", names)
-    assert stems == [output_stem(n) for n in names]
-    assert stems[:4] == ["ISIC_0000053 big", "photo2_bmp", "photo2_png", "x"]
+    for clash in (False, True):
+        stems = browser.execute_async_script(
+            "const [names, clash, done] = arguments; import('./segment.js').then(m => "
+            "done(names.map(n => m.outputStem(n, clash))))", names, clash)
+        assert stems == [output_stem(n, clash) for n in names]
+    assert stems[:4] == ["ISIC_0000053 big_jpg", "photo2_bmp", "photo2_png", "x_jpg"]  # clash: with the format
+    assert [output_stem(n) for n in names[:4]] == ["ISIC_0000053 big", "photo2", "photo2", "x"]
+
+
+@pytest.fixture
+def static_site(tmp_path):
+    """(the address of make site's files served by a plain static server, without the page's server's headers,
+    the site folder)."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "tools/serve.py", "--write", str(site)], cwd=ROOT, check=True, capture_output=True)
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(site))  # noqa: E731
+    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=static.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{static.server_address[1]}/", site
+    static.shutdown()
+
+
+def test_the_page_refuses_a_model_whose_bytes_are_not_model_jsons(static_site, browser):
+    """One flipped byte in the served model.onnx: the page says so and segments nothing, where it ran the damaged
+    model before. Its sha256 is checked by SubtleCrypto, or by the page's own where the page is no secure context."""
+    address, site = static_site
+    data = bytearray((site / "model.onnx").read_bytes())
+    expected = json.loads((site / "model.json").read_text())["sha256"]
+    open_page(browser, address)
+    ours = browser.execute_async_script(
+        "const done = arguments[0]; import('./segment.js').then(async m => { const bytes = new Uint8Array(await "
+        "(await fetch('model.onnx')).arrayBuffer()); Object.defineProperty(globalThis, 'crypto', {value: undefined});"
+        " done(await m.sha256(bytes)); })")
+    assert ours == expected == hashlib.sha256(data).hexdigest()
+    data[len(data) // 2] ^= 0x10
+    (site / "model.onnx").write_bytes(data)
+    browser.get(address)
+    WebDriverWait(browser, 60).until(lambda d: "did not load" in d.find_element(By.ID, "status").text)
+    assert "model.onnx is damaged or was changed" in browser.find_element(By.ID, "status").text
+
+
+def test_the_zip_holds_every_result_with_names_in_utf8(server, browser, tmp_path):
+    """Two drops of 30 photos: 60 masks in "Download all masks (zip)", and a name with an umlaut reads back as it
+    was written (the zip's UTF-8 flag)."""
+    rng = np.random.default_rng(0)
+    folders = [tmp_path / "one", tmp_path / "two"]
+    for k, folder in enumerate(folders):
+        folder.mkdir()
+        for i in range(30):
+            name = f"Patient Müller {i:02d}.jpg" if k == 0 else f"p{i:02d}.png"
+            Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / name)
+    open_page(browser, server[0])
+    upload(browser, *sorted(folders[0].iterdir()))
+    finished(browser, 30)
+    upload(browser, *sorted(folders[1].iterdir()))
+    finished(browser, 60)
+    browser.find_element(By.ID, "zip").click()
+    names = zipfile.ZipFile(downloaded(tmp_path / "downloads", "masks.zip")).namelist()
+    assert len(names) == 60 and "Patient Müller 00_segmentation.png" in names and "p29_segmentation.png" in names

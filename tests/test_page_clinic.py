@@ -177,6 +177,57 @@ def test_corrections_survive_a_browser_killed_with_kill_9_until_cleared(server, 
         driver.quit()
 
 
+def correct_and_accept(driver, photo, mask):
+    """Drop one photo on the page in this tab, put `mask` in through its editor and accept it."""
+    upload(driver, photo)
+    card = finished(driver, len(driver.find_elements(By.CSS_SELECTOR, ".result")))[-1]
+    card.find_element(By.CSS_SELECTOR, "button.correct").click()
+    paste(driver, card, mask)
+    card.find_element(By.CSS_SELECTOR, "button.accept").click()
+
+
+def kept_count(driver, expected, timeout=30):
+    """The page's count of kept corrections, once it reads `expected` (or the timeout)."""
+    deadline = time.time() + timeout
+    while (count := driver.find_element(By.ID, "kept").get_attribute("data-count")) != str(expected) and \
+            time.time() < deadline:
+        time.sleep(0.2)
+    return count
+
+
+def test_two_tabs_keep_both_photos_of_one_name_and_see_each_others_changes(server, browser, tmp_path):
+    """cam1/IMG_0001.jpg corrected in tab A, cam2/IMG_0001.jpg (another photo) in tab B: a third tab restores both
+    (the store keys a photo by its content), A shows B's photo, and B's "Clear" leaves A keeping none."""
+    pairs = layouts.find_pairs(REAL_DATA, "test")[:2]
+    photos = []
+    for (_, image, _), cam in zip(pairs, ("cam1", "cam2")):
+        (tmp_path / cam).mkdir()
+        photos.append(tmp_path / cam / "IMG_0001.jpg")
+        photos[-1].write_bytes(image.read_bytes())
+    masks = truth(pairs)
+    open_page(browser, server[0])
+    tab_a = browser.current_window_handle
+    correct_and_accept(browser, photos[0], masks[0])
+    assert kept_count(browser, 1) == "1"
+    browser.switch_to.new_window("tab")
+    open_page(browser, server[0])
+    tab_b = browser.current_window_handle
+    correct_and_accept(browser, photos[1], masks[1])
+    assert kept_count(browser, 2) == "2"
+    browser.switch_to.window(tab_a)
+    assert kept_count(browser, 2) == "2"  # B's photo, heard from the other tab
+    browser.switch_to.new_window("tab")
+    open_page(browser, server[0])
+    restored = browser.find_elements(By.CSS_SELECTOR, ".result.done")
+    assert len(restored) == 2
+    assert sorted(offered_mask(browser, c).sum() for c in restored) == sorted(m.sum() for m in masks)
+    browser.switch_to.window(tab_b)
+    browser.find_element(By.ID, "clear").click()
+    browser.switch_to.alert.accept()
+    browser.switch_to.window(tab_a)
+    assert kept_count(browser, 0) == "0"
+
+
 def test_twenty_corrections_calibrate_in_the_page_as_make_calibrate_does_on_the_export(server, browser, tmp_path):
     pairs = layouts.find_pairs(REAL_DATA, "test")[40:60]
     masks = truth(pairs)
@@ -225,9 +276,9 @@ def test_the_export_keeps_a_jpeg_as_it_came_and_a_webp_as_a_png_of_its_pixels(se
         z.extractall(tmp_path / "labelled")
     folder = tmp_path / "labelled" / "train"
     assert (folder / "images" / pairs[0][1].name).read_bytes() == pairs[0][1].read_bytes()
-    with Image.open(folder / "images" / "photo_webp.png") as im:
+    with Image.open(folder / "images" / "photo.png") as im:  # the mask's name, as predict.py names it
         assert im.format == "PNG" and im.mode == "RGB"
         assert np.array_equal(np.asarray(im), np.asarray(Image.open(webp).convert("RGB")))
-    for stem, mask in zip((pairs[0][0], "photo_webp"), masks):  # 8-bit grey 0/255, as predict.py writes masks
+    for stem, mask in zip((pairs[0][0], "photo"), masks):  # 8-bit grey 0/255, as predict.py writes masks
         with Image.open(folder / "masks" / f"{stem}_segmentation.png") as im:
             assert im.mode == "L" and set(np.unique(im)) == {0, 255} and np.array_equal(np.asarray(im) > 0, mask)

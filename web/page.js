@@ -6,8 +6,8 @@ import * as ort from "./ort/ort.wasm.min.mjs";
 import {HOLD_OUT_EVERY, calibrateOn, exportZip, showCount} from "./clinic.js";
 import {openEditor} from "./editor.js";
 import {MAX_PIXELS, declaredSize, loadModel, maskAtSize, outline, outputStem, png, probabilities, resize, rgbOf,
-        shownMask, tooLarge, zip} from "./segment.js";
-import {clearAll, saveImage, saveSetting, savedImages, setting} from "./store.js";
+        sha256, shownMask, tooLarge, zip} from "./segment.js";
+import {changes, clearAll, saveImage, saveSetting, savedImage, savedImages, setting} from "./store.js";
 
 const MAX_FILES = 50, DISPLAY = 768, SHOWN = 300;  // per drop; longest side of the pictures; their width on screen
 const $ = id => document.getElementById(id);
@@ -80,16 +80,16 @@ function pictures({photo, prob, mask, proposal}) {
 // 0/255 at the image's own size, as predict.py writes it
 const maskPng = item => png(item.photo.w, item.photo.h, 1, item.mask.map(v => 255 * v));
 
-function uniqueId(name) {  // the mask's stem (outputStem); a second image of one name gets _2, and so on
-  const stem = outputStem(name), used = new Set(items.map(i => i.id));
+function uniqueId(name) {  // the mask's stem (outputStem); a stem taken: with the format, then _2, and so on
+  const used = new Set(items.map(i => i.id)), stem = outputStem(name, used.has(outputStem(name)));
   let id = stem, n = 1;
   while (used.has(id)) id = `${stem}_${++n}`;
   return id;
 }
 
 function record(item) {  // what store.js keeps of an item
-  const {id, name, bytes, prob, size, mask, proposal, accepted, heldOut, corrected, order} = item;
-  return {id, name, bytes, prob, size, mask, proposal, accepted, heldOut, corrected, order};
+  const {key, id, name, bytes, prob, size, mask, proposal, accepted, heldOut, corrected, order} = item;
+  return {key, id, name, bytes, prob, size, mask, proposal, accepted, heldOut, corrected, order};
 }
 
 async function keep(item) {  // written before the page goes on: a crash after this loses nothing
@@ -149,8 +149,9 @@ async function segment(file, card, body) {
   const start = performance.now(), proposal = options(), photo = await decode(file);
   const prob = await probabilities(model, rgbOf(photo.rgba), photo.w, photo.h, proposal.tta);
   const mask = maskAtSize(prob, model.size, photo.w, photo.h, proposal.threshold, proposal.largest, proposal.edgeMove);
-  const item = {id: uniqueId(file.name), name: file.name, bytes: photo.bytes, photo, prob, size: model.size, mask,
-                proposal, card, body, order: Date.now() * 1000 + serial++, seconds: (performance.now() - start) / 1000};
+  const item = {key: await sha256(photo.bytes), id: uniqueId(file.name), name: file.name, bytes: photo.bytes, photo,
+                prob, size: model.size, mask, proposal, card, body, order: Date.now() * 1000 + serial++,
+                seconds: (performance.now() - start) / 1000};
   items.push(item);
   await show(item);
   card.dataset.seconds = item.seconds;
@@ -176,16 +177,38 @@ async function handle(files) {
   showCount(items);
 }
 
-async function restore() {  // the corrections an earlier visit kept, as they were
-  for (const r of (await savedImages()).sort((a, b) => a.order - b.order)) {
-    const {card, body} = newCard(r.name);
-    items.push({...r, photo: await decode(new Blob([r.bytes])), card, body});
-    await show(items[items.length - 1]);
-  }
-  const move = await setting("edgeMove");
+async function restore() {  // the corrections an earlier visit (or another tab) kept, as they were
+  for (const r of (await savedImages()).sort((a, b) => a.order - b.order)) await restoreOne(r);
+  const move = await setting(edgeMoveKey());
   if (move !== undefined) model.edgeMove = move;
   showCount(items);
-  $("zip").disabled = !items.length;
+}
+
+async function restoreOne(r) {  // a kept photo shown, or the one shown here brought up to what was kept
+  const here = items.find(i => i.key === r.key);
+  if (here) {
+    Object.assign(here, {mask: r.mask, accepted: r.accepted, heldOut: r.heldOut, corrected: r.corrected});
+    if (!here.editor) await show(here);
+    return;
+  }
+  const {card, body} = newCard(r.name);
+  items.push({...r, id: uniqueId(r.name), photo: await decode(new Blob([r.bytes])), card, body});
+  await show(items[items.length - 1]);
+  $("zip").disabled = false;
+}
+
+// A stored edge move belongs to the model it was fitted on
+const edgeMoveKey = () => `edgeMove ${model.meta.sha256}`;
+
+function followOtherTabs() {  // another tab kept a photo: shown here too; cleared them: none is kept here either
+  changes(async change => {
+    if (change.saved) await restoreOne(await savedImage(change.saved));
+    for (const item of change.cleared ? items : []) {
+      Object.assign(item, {corrected: false, accepted: false, heldOut: false});
+      if (!item.editor) await show(item);
+    }
+    showCount(items);
+  });
 }
 
 function describeModel(begin) {
@@ -205,7 +228,7 @@ function wireClinic(begin) {
   });
   $("use-move").addEventListener("click", async () => {
     model.edgeMove = calibration.edgeMove; $("threshold").value = 0.5;  // the move was calibrated at 0.5
-    await saveSetting("edgeMove", model.edgeMove);
+    await saveSetting(edgeMoveKey(), model.edgeMove);
     describeModel(begin); $("use-move").hidden = true; $("redo-before").hidden = false;
   });
   $("redo-before").addEventListener("click", async () => {
@@ -235,6 +258,7 @@ async function start() {
   try { model = await loadModel(ort, "./"); } catch (e) { $("status").textContent = `The model did not load: ${e.message}`; return; }
   $("threshold").value = model.threshold;
   try { await restore(); } catch (e) { $("message").textContent = `Earlier corrections could not be read: ${e.message}`; }
+  followOtherTabs();
   describeModel(begin);
   wireClinic(begin);
   document.body.dataset.ready = "1";
@@ -244,8 +268,8 @@ async function start() {
   drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over"); handle([...e.dataTransfer.files]); });
   $("files").addEventListener("change", e => { handle([...e.target.files]); e.target.value = ""; });
   $("zip").addEventListener("click", async () => {
-    const a = document.createElement("a"), shown = items.slice(-MAX_FILES);
-    const entries = await Promise.all(shown.map(async i => ({name: `${i.id}_segmentation.png`, bytes: await maskPng(i)})));
+    const a = document.createElement("a");  // every result on the page
+    const entries = await Promise.all(items.map(async i => ({name: `${i.id}_segmentation.png`, bytes: await maskPng(i)})));
     a.href = URL.createObjectURL(zip(entries)); a.download = "masks.zip"; a.click();
   });
   window.lesionPage = {items, edit: (id, mask) => items.find(i => i.id === id).editor.set(mask)};  // tests' handle

@@ -6,18 +6,54 @@
 
 export const MAX_PIXELS = 100_000_000;  // lib/images.py's MAX_PIXELS: larger images are refused before decoding
 
+// The model as model.json describes it (image_size, threshold, edge_move: the .onnx's metadata; its sha256), its
+// bytes checked against that sha256 before a session is made of them: a damaged copy is refused, never run
 export async function loadModel(ort, base) {
-  const meta = await (await fetch(base + "model.json")).json();  // image_size, threshold, edge_move: the .onnx's
-  const session = await ort.InferenceSession.create(base + "model.onnx", {executionProviders: ["wasm"]});
+  const meta = await (await fetch(base + "model.json")).json();
+  const bytes = new Uint8Array(await (await fetch(base + "model.onnx")).arrayBuffer());
+  if (await sha256(bytes) !== meta.sha256)
+    throw new Error("model.onnx is damaged or was changed: its sha256 is not the one model.json records. Copy the " +
+                    "site's files again (make site).");
+  const session = await ort.InferenceSession.create(bytes, {executionProviders: ["wasm"]});
   return {session, size: meta.image_size, threshold: meta.threshold, edgeMove: meta.edge_move ?? 0, ort, meta};
 }
 
-// What an image's mask is named after (<stem>_segmentation.png): lib/photos.py's output_stem, the same rule
-export function outputStem(name) {
+// Hex sha256 of bytes: the browser's SubtleCrypto where the page is a secure context (https, localhost), else
+// FIPS 180-4 here (a clinic's page served over plain http on its own network)
+export async function sha256(bytes) {
+  if (globalThis.crypto?.subtle) return hex(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)));
+  const k = [], h = [], prime = n => { for (let d = 2; d * d <= n; d++) if (n % d === 0) return false; return true; };
+  for (let n = 2, i = 0; i < 64; n++) if (prime(n)) {
+    if (i < 8) h[i] = Math.pow(n, 1 / 2) * 2 ** 32 | 0;
+    k[i++] = Math.pow(n, 1 / 3) * 2 ** 32 | 0;
+  }
+  const padded = new Uint8Array(Math.ceil((bytes.length + 9) / 64) * 64), view = new DataView(padded.buffer);
+  padded.set(bytes); padded[bytes.length] = 0x80;
+  view.setUint32(padded.length - 8, Math.floor(bytes.length / 2 ** 29)); view.setUint32(padded.length - 4, bytes.length * 8);
+  const w = new Int32Array(64), rotr = (x, n) => x >>> n | x << 32 - n;
+  for (let at = 0; at < padded.length; at += 64) {
+    for (let i = 0; i < 64; i++) w[i] = i < 16 ? view.getInt32(at + 4 * i) :
+      (rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ w[i - 2] >>> 10) + w[i - 7] +
+      (rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ w[i - 15] >>> 3) + w[i - 16] | 0;
+    let [a, b, c, d, e, f, g, hh] = h;
+    for (let i = 0; i < 64; i++) {
+      const t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + (e & f ^ ~e & g) + k[i] + w[i] | 0;
+      const t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + (a & b ^ a & c ^ b & c) | 0;
+      [hh, g, f, e, d, c, b, a] = [g, f, e, d + t1 | 0, c, b, a, t1 + t2 | 0];
+    }
+    [a, b, c, d, e, f, g, hh].forEach((x, i) => { h[i] = h[i] + x | 0; });
+  }
+  return h.map(x => (x >>> 0).toString(16).padStart(8, "0")).join("");
+}
+
+const hex = bytes => [...bytes].map(b => b.toString(16).padStart(2, "0")).join("");
+
+// What an image's mask is named after (<stem>_segmentation.png, whatever the format); with clash (another image
+// has that stem) its stem and format: lib/photos.py's output_stem, the same rule
+export function outputStem(name, clash = false) {
   const base = name.split(/[\\/]/).pop(), dot = base.lastIndexOf(".");
   if (dot < base.match(/^\.*/)[0].length) return base;  // no extension: leading dots belong to the name
-  const ext = base.slice(dot + 1).toLowerCase();
-  return ext === "jpg" ? base.slice(0, dot) : `${base.slice(0, dot)}_${ext}`;
+  return clash ? `${base.slice(0, dot)}_${base.slice(dot + 1).toLowerCase()}` : base.slice(0, dot);
 }
 
 // The refusal of an image over MAX_PIXELS, in lib/images.py's words (tests/test_page.py holds the two together)
@@ -291,7 +327,8 @@ export function zip(files) {
   let offset = 0;
   for (const f of files) {
     const name = new TextEncoder().encode(f.name), crc = crc32(f.bytes), n = f.bytes.length;
-    const common = at => [[at, 16, 20], [at + 10, 32, crc], [at + 14, 32, n], [at + 18, 32, n], [at + 22, 16, name.length]];
+    // version 2.0; flag bit 11: the name is UTF-8 (unzip and Python read "Müller" as it was written)
+    const common = at => [[at, 16, 20], [at + 2, 16, 0x0800], [at + 10, 32, crc], [at + 14, 32, n], [at + 18, 32, n], [at + 22, 16, name.length]];
     parts.push(record(30, [[0, 32, 0x04034b50], ...common(4)]), name, f.bytes);  // local file header
     directory.push(record(46, [[0, 32, 0x02014b50], [4, 16, 20], ...common(6), [42, 32, offset]]), name);
     offset += 30 + name.length + n;
