@@ -35,13 +35,17 @@ LOSSY_EXTS = (".jpg", ".jpeg")  # refused as masks: JPEG blurs a mask's edge int
 
 
 def expected_layout(data_dir):
+    """The layouts a data folder may hold, and what to do next: download a data set into a folder that is empty or
+    absent; label the images of one that holds some (the page's export is such a folder)."""
     layouts = "\n".join(f"  {name}: " + ", ".join(f"{f}/" for pair in groups.values() for f in pair)
                          for name, groups in LAYOUTS.items())
+    holds_files = Path(data_dir).is_dir() and any(Path(data_dir).iterdir())
+    advice = ("Give each image its mask (make serve's page draws and exports them in this layout), or pass another "
+              "DATA_DIR (--data-dir)." if holds_files else "Run `make data` to download ISIC 2016 (DATASET=isic2017 "
+              "or isic2018 for those), or pass DATA_DIR=/path/to/data (--data-dir).")
     return (f"Accepted layouts (folders inside {data_dir}):\n{layouts}\nImages are .jpg, .png, .bmp or .tif; a mask "
             f"has its image's name, with or without a {', '.join(MASK_NAME_SUFFIXES)} suffix, in "
-            f"{', '.join(MASK_EXTS)} (ISIC: ISIC_XXXXXXX.jpg and ISIC_XXXXXXX_Segmentation.png).\nRun `make data` "
-            "to download ISIC 2016 (DATASET=isic2017 or isic2018 for those), or pass DATA_DIR=/path/to/data "
-            "(--data-dir).")
+            f"{', '.join(MASK_EXTS)} (ISIC: ISIC_XXXXXXX.jpg and ISIC_XXXXXXX_Segmentation.png).\n{advice}")
 
 
 def matching_dirs(data_dir, pattern):

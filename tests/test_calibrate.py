@@ -76,6 +76,9 @@ def test_make_calibrate_refuses_a_pytorch_checkpoint_in_one_sentence(tighter_fol
     result = run_without_torch(tmp_path, "--data-dir", tighter_folder, "--checkpoint", model_files.PT,
                                "--out", tmp_path / "x")
     assert result.returncode == 1 and "make export" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    card = model_files.FOLDER / "README.md"  # no model at all: no advice to export it
+    result = run_without_torch(tmp_path, "--data-dir", tighter_folder, "--checkpoint", card, "--out", tmp_path / "x")
+    assert result.returncode == 1 and "is not a model" in result.stderr and "make export" not in result.stderr
 
 
 def disc_folder(folder, n, radius=lambda i: 60 + 5 * i):

@@ -33,8 +33,9 @@ def test_missing_folder_explains_the_layout(tmp_path):
         layouts.find_pairs(tmp_path / "nowhere", "train")
     assert "ISBI2016_ISIC_Part1_Training_GroundTruth" in str(e.value)
     (tmp_path / TRAIN_IMAGES).mkdir()
-    with pytest.raises(errors.DataError, match=TRAIN_MASKS):
+    with pytest.raises(errors.DataError, match=TRAIN_MASKS) as e:
         layouts.find_pairs(tmp_path, "train")
+    assert "Give each image its mask" in str(e.value) and "make data" not in str(e.value)  # images, no masks
 
 
 def test_unpaired_files_are_all_listed(copy):

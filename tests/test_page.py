@@ -232,16 +232,59 @@ def test_the_site_folder_holds_everything_the_page_needs(tmp_path):
                               "model.onnx"])
 
 
+def urllib_get(address):
+    """The status of GET / at an http://host:port/ address (an IPv6 host in brackets)."""
+    host, port = address.split("//")[1].rstrip("/").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+    connection.request("GET", "/")
+    return connection.getresponse().status
+
+
 def test_only_localhost_unless_host_is_given_then_a_warning():
     proc = subprocess.run([sys.executable, "tools/serve.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert "default: 127.0.0.1" in proc.stdout
-    proc = subprocess.Popen([sys.executable, "tools/serve.py", "--host", "127.0.0.2", "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for host, first in (("127.0.0.2", "serving on http://127.0.0.2:"),  # loopback: this machine only, no warning
+                        ("0.0.0.0", "warning: listening on 0.0.0.0: anyone who can reach")):
+        proc = subprocess.Popen([sys.executable, "tools/serve.py", "--host", host, "--port", "0"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout.readline().startswith(first)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+def test_an_ipv6_or_foreign_address_and_a_client_gone_mid_download_are_one_line_each(tmp_path):
+    """--host ::1 listens (IPv6), an address this machine lacks is named as such (not as a port in use), and a
+    client that resets its connection mid-download leaves one line in the log, not a traceback."""
+    result = subprocess.run([sys.executable, "tools/serve.py", "--host", "192.0.2.1", "--port", "0"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "give an address of this machine" in result.stderr, result.stderr
+    if socket.has_ipv6:
+        proc = subprocess.Popen([sys.executable, "tools/serve.py", "--host", "::1", "--port", "0"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            address = proc.stdout.readline().split()[2]
+            assert address.startswith("http://[::1]:") and urllib_get(address) == 200
+        finally:
+            proc.terminate()
+            proc.wait()
+    proc, address = start_server(tmp_path / "requests.log")
     try:
-        assert proc.stdout.readline().startswith("warning: listening on 127.0.0.2: anyone who can reach")
+        port = int(address.rstrip("/").rsplit(":", 1)[1])
+        for _ in range(3):
+            client = socket.create_connection(("127.0.0.1", port))
+            client.sendall(f"GET /model.onnx HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            client.recv(1000)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+            client.close()
+        time.sleep(1)
+        assert urllib_get(address) == 200  # still serving
     finally:
         proc.terminate()
         proc.wait()
+    log = (tmp_path / "requests.log").read_text()
+    assert "Traceback" not in log and "closed the connection before the answer was sent" in log, log
 
 
 def test_the_pages_edge_move_is_make_predicts_to_the_pixel(server, browser, synthetic):

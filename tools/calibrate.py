@@ -69,10 +69,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args, start = parse_args(argv), time.perf_counter()
     out = Path(args.out)
-    if Path(args.checkpoint).suffix.lower() != ".onnx":
+    if Path(args.checkpoint).suffix.lower() == ".pt":
         raise UsageError(f"--checkpoint {args.checkpoint}: make calibrate reads ONNX files; export it first (make "
                          f"export CHECKPOINT={args.checkpoint} ONNX=model.onnx), or calibrate it with PyTorch: "
                          "python tools/adapt.py --checkpoint ...")
+    if Path(args.checkpoint).suffix.lower() != ".onnx":
+        raise UsageError(f"--checkpoint {args.checkpoint} is not a model: make calibrate reads an .onnx file (the "
+                         f"released one: {model_files.ONNX.relative_to(model_files.FOLDER.parent)})")
     if (out / "model.onnx").exists() and not args.overwrite:
         raise UsageError(f"{out} already holds a model (model.onnx) from an earlier run: add --overwrite (make ... "
                          "OVERWRITE=1) to replace it, or choose another --out")

@@ -11,6 +11,8 @@ The server answers GET and HEAD for those files alone, only under this machine's
 rebinds another name to 127.0.0.1), with the headers that let WebAssembly use several threads.
 """
 import argparse
+import errno
+import ipaddress
 import json
 import re
 import shutil
@@ -96,6 +98,25 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # socketserver's 5 drops connections in a burst: their clients retry after 1, 3, 7 s
 
+    def handle_error(self, request, client_address):
+        """A client that went away mid-answer is one line in the log; anything else, socketserver's traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            print(f"{client_address[0]} closed the connection before the answer was sent", file=sys.stderr)
+        else:
+            super().handle_error(request, client_address)
+
+
+class Server6(Server):
+    address_family = socket.AF_INET6  # --host :: (every IPv6 address), ::1
+
+
+def is_loopback(host):
+    """Whether host is one of this machine's loopback addresses (127.0.0.0/8, ::1) or localhost."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 def make_handler(files, names, port, seconds):
     """The request handler class that serves `files` (site_files()) to requests whose Host names this server
@@ -168,15 +189,19 @@ def main(argv=None):
         return print(f"wrote {write_site(files, args.write)} files to {args.write}/: serve that folder from any "
                      "static host (with the headers of docs/page.md for threads)")
     try:
-        server = Server((args.host, args.port), None)
+        server = (Server6 if ":" in args.host else Server)((args.host.strip("[]"), args.port), None)
     except OSError as e:  # the port in use, or an address this machine does not have
-        raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); another server may hold it: "
-                         "choose another port, e.g. make serve PORT=8080 (serve.py --port 8080)") from None
+        if e.errno == errno.EADDRINUSE:
+            raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); another server holds it: "
+                             "choose another port, e.g. make serve PORT=8080 (serve.py --port 8080)") from None
+        raise UsageError(f"cannot listen on {args.host} ({e.strerror}): give an address of this machine, e.g. "
+                         "127.0.0.1 (this machine only), 0.0.0.0 or :: (every address)") from None
     port = server.server_address[1]
     server.RequestHandlerClass = make_handler(files, {*LOCAL_NAMES, args.host}, port, args.timeout)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0: every address of this machine
+    if not is_loopback(args.host):  # 0.0.0.0: every address of this machine
         print(f"warning: listening on {args.host}: anyone who can reach this machine can load the page", flush=True)
-    print(f"serving on http://{args.host}:{port}/ (Ctrl-C stops it)", flush=True)
+    shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host  # an IPv6 address in a URL
+    print(f"serving on http://{shown}:{port}/ (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
