@@ -30,13 +30,14 @@ TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEI
 COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
-	two-source adapt calibrate labelled adapt-experiment calibration-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
+	two-source adapt calibrate labelled adapt-experiment adapt-clinic calibration-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
 	predict export quantize release-onnx release-rescore release-seal serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make predict INPUT=my_images/ OUT=masks     masks for your own images with the released model (no training)"
 	@echo "make serve                                  the same in your browser, nothing uploaded (http://127.0.0.1:8000)"
+	@echo "make calibrate DATA_DIR=my_labelled/        move the model's edge to your annotators' (no PyTorch)"
 	@echo "make adapt DATA_DIR=my_labelled/            fit the released model to your own annotators (docs/adapt.md)"
 	@echo "make best DATA_DIR=... ENCODER_WEIGHTS=...  train the most accurate model (3 seeds) and score it"
 	@echo "make exp1-bce | exp1-iou | exp2-finetune    the report's three experiments"
@@ -167,6 +168,13 @@ adapt-experiment: setup
 	$(PY) tools/adapt_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --train-flags "$(ADAPT)" --device $(DEVICE) \
 		$(if $(SHIFTS),--shifts $(SHIFTS)) $(if $(IMAGES),--images $(IMAGES)) $(if $(DRAWS),--seeds $(DRAWS)) \
 		--out "$(RUNS)/adapt-experiment"
+
+# docs/adapt.md's real clinic: make adapt on seeded draws of CLINIC's training photos (IMAGES per draw, seeds
+# DRAWS), each candidate scored on CLINIC's val (choices) and test photos -> $(RUNS)/adapt-experiment/<folder name>
+CLINIC ?= ham10000
+adapt-clinic: setup
+	$(PY) tools/adapt_experiment.py --clinic "$(CLINIC)" --train-flags "$(ADAPT)" --device $(DEVICE) \
+		--images $(or $(IMAGES),20) --seeds $(or $(DRAWS),0 1 2 3 4 5 6 7 8 9) --out "$(RUNS)/adapt-experiment"
 
 # The calibration rules (thresholds, edge moves) compared on the annotator shifts, 20 images per draw, 9 draws
 calibration-experiment: setup

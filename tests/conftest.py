@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,17 @@ def without_torch(tmp_path):
     blocker.mkdir(parents=True, exist_ok=True)
     (blocker / "__init__.py").write_text("raise ImportError('no PyTorch on the light install')\n")
     return {**os.environ, "PYTHONPATH": str(blocker.parent)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leave_no_cache_behind():
+    """The scripts some tests run cache decoded images in ./cache (their default): what the tests add there is
+    removed when they end, and the folder too if they made it."""
+    cache = ROOT / "cache"
+    before = set(cache.iterdir()) if cache.is_dir() else None
+    yield
+    if cache.is_dir():
+        for path in set(cache.iterdir()) - (before or set()):
+            path.unlink() if path.is_file() else shutil.rmtree(path, ignore_errors=True)
+        if before is None and not any(cache.iterdir()):
+            cache.rmdir()
