@@ -8,6 +8,11 @@ none) is applied alike to the adaptation images, drawn from the training split, 
 
     make adapt-experiment DATA_DIR=../shared/isic2016 SPLIT=val    # choices: 150 training images outside every draw
     make adapt-experiment DATA_DIR=../shared/isic2016              # docs/adapt.md's table: the test split, once
+    make adapt-clinic CLINIC=../shared/ham10000                    # a real clinic: draws from its train/ images
+
+With --clinic, the clinic's own masks are the shift: each draw of its training images is adapted as a user would
+(make adapt, whose calibration is make calibrate's move), and every candidate is scored on the clinic's val/ (for
+choices) and test/ images (clinic.csv, clinic.md).
 
 Each row's adaptation is make adapt's cross-validated choice (adapt.py --all-candidates also fits the candidates it
 did not choose, so that each is scored). Writes results.csv (one row per shift, images and seed; an interrupted run
@@ -205,6 +210,70 @@ def choice_table(rows, clean):
     return "\n".join(lines)
 
 
+def run_clinic(pools, base, done, args, device):
+    """The rows of --clinic: for each seed and --images, a draw of the clinic's training images adapted by make
+    adapt (every candidate fitted), each candidate's IoU on the clinic's val and test images (as make predict masks
+    them), adapt's choice and its cross-validation, and the best candidate in hindsight on each split."""
+    size, name = base[1]["image_size"], Path(args.clinic).name
+    scored = {split: shifted(pairs, "none", size) for split, pairs in pools["scored"].items()}
+    before = {split: tta_probabilities(*base, inputs, device) for split, (inputs, _) in scored.items()}
+    for seed in args.seeds:
+        order = np.random.default_rng(seed).permutation(len(pools["draw"]))
+        for n in args.images:
+            if (name, n, seed) in done:
+                continue
+            folder = args.out / "data" / f"{name}-seed{seed}-n{n}"
+            write_adaptation_set([pools["draw"][k] for k in order[:n]], "none", folder)
+            report, seconds = adapt(folder, args.out / "runs" / f"{name}-seed{seed}-n{n}", seed, args)
+            move, cv = report["calibration"]["edge_move"], report["cross_validation"]["against_edge"]
+            row = {"shift": name, "images": n, "seed": seed, "edge_move": move, "chosen": report["choice"],
+                   **{f"cv_{k}": v["difference"] for k, v in cv.items()},
+                   **{f"cv_se_{k}": v["standard_error"] for k, v in cv.items()}, "adapt_seconds": seconds}
+            tuned = {k: load_checkpoint(f["model"], device) for k, f in report["candidates"].items()}
+            for split, (inputs, masks) in scored.items():
+                scores = {"before": largest_region_iou(before[split], masks, 0.5).mean(),
+                          "edge": largest_region_iou(before[split], masks, 0.5, move).mean()}
+                for k, fitted in report["candidates"].items():
+                    probs = tta_probabilities(*tuned[k], inputs, device)
+                    scores[k] = largest_region_iou(probs, masks, 0.5, fitted["edge_move"]).mean()
+                row.update({f"{split}_{k}": v for k, v in scores.items()})
+                row[f"{split}_adapted"], row[f"{split}_best"] = scores[report["choice"]], max(scores, key=scores.get)
+            yield row
+
+
+def clinic_table(rows, split):
+    """Markdown: per draw the clinic's IoU on `split` before, calibrated (make calibrate's move), each fine-tuned
+    candidate, adapted (make adapt's choice), the choice and the best candidate in hindsight; then their means."""
+    head = ["images", "seed", "before", "calibrate", "fine-tuned", "fine-tuned, moved labels", "adapt",
+            "adapt - calibrate", "chosen", "best in hindsight"]
+    keys = ["before", "edge", "tuned", "tuned-moved", "adapted"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append(f"| {r['images']} | {r['seed']} | " + " | ".join(f"{float(r[f'{split}_{k}']):.4f}" for k in keys)
+                     + f" | {float(r[f'{split}_adapted']) - float(r[f'{split}_edge']):+.4f} | {r['chosen']} | "
+                     f"{r[f'{split}_best']} |")
+    for n in sorted({int(r["images"]) for r in rows}):
+        mine = [r for r in rows if int(r["images"]) == n]
+        means = [np.mean([float(r[f"{split}_{k}"]) for r in mine]) for k in keys]
+        lines.append(f"| {n}, mean of {len(mine)} | | " + " | ".join(f"**{m:.4f}**" for m in means)
+                     + f" | **{means[-1] - means[1]:+.4f}** | | |")
+    return "\n".join(lines)
+
+
+def compare_clinic(pools, base, args, device, out):
+    """--clinic: every draw's row (clinic.csv; an interrupted run continues where it stopped), then clinic.md."""
+    results = out / "clinic.csv"
+    rows = files.read_csv(results) if results.exists() else []
+    done = {(r["shift"], r["images"], r["seed"]) for r in rows}
+    for row in run_clinic(pools, base, done, args, device):
+        rows.append(row)
+        files.write_csv(results, rows)
+        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    text = "\n\n".join(f"{split} split:\n\n{clinic_table(rows, split)}" for split in pools["scored"])
+    files.write_text(out / "clinic.md", text + "\n")
+    print(text + f"\nwrote {results} and {out}/clinic.md")
+
+
 def compare_calibration(pools, base, args, device, out):
     """--calibration-only: every shift's rows, then calibration.csv and calibration.md in out."""
     rows = [row for shift in args.shifts for row in run_calibration(shift, pools, base, args, device)]
@@ -223,6 +292,8 @@ def parse_args(argv=None):
                         help="the scored images: the test split, or VAL_IMAGES training images outside every draw "
                         "(default: test)")
     parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS, help="default: all")
+    parser.add_argument("--clinic", metavar="DIR", help="a real clinic's labelled photos in plain folders (train/, "
+                        "val/, test/) instead of the shifts: draws from train/, scored on val/ and test/")
     parser.add_argument("--images", type=int, nargs="+", default=[10, 20, 50], help="adaptation set sizes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the draws")
     parser.add_argument("--train-flags", help="make adapt's train.py flags, in one string (needed unless "
@@ -238,8 +309,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    device, out = pick_device(args.device), args.out / args.split
+    device, out = pick_device(args.device), args.out / (Path(args.clinic).name if args.clinic else args.split)
     base = load_checkpoint(args.checkpoint, device)
+    if args.clinic:
+        if not args.train_flags:
+            raise UsageError("--clinic adapts: give make adapt's train.py flags with --train-flags")
+        out.mkdir(parents=True, exist_ok=True)
+        args.out = out
+        pools = {"draw": layouts.find_pairs(args.clinic, "train"),
+                 "scored": {s: layouts.find_pairs(args.clinic, s) for s in ("val", "test")}}
+        return compare_clinic(pools, base, args, device, out)
     train = layouts.find_pairs(args.data_dir, "train")
     order = np.random.default_rng(1234).permutation(len(train))
     pools = {"draw": [train[k] for k in sorted(order[VAL_IMAGES:])],
