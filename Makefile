@@ -30,7 +30,7 @@ TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEI
 COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
-	two-source adapt calibrate labelled adapt-experiment adapt-clinic calibration-experiment demo report eda bench bench-predict bench-scale gpu-check check-same test \
+	two-source adapt calibrate labelled adapt-experiment adapt-clinic calibration-experiment demo report eda bench bench-predict bench-scale bench-watch gpu-check check-same test \
 	predict export quantize release-onnx release-rescore release-seal serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
@@ -198,6 +198,10 @@ bench: setup
 bench-predict: .venv/dev-installed web/node_modules/.package-lock.json
 	$(PY) tools/bench_predict.py --device $(DEVICE) $(if $(BEFORE),--before $(BEFORE)) $(if $(INT8),--int8 $(INT8))
 	$(PY) tools/bench_page.py
+
+# predict.py --watch on a folder of 806 photos and their masks: its CPU while nothing arrives, then a photo's wait
+bench-watch: .venv/predict-installed
+	$(PY) tools/bench_watch.py --photos 806 --seconds 10
 
 # One process against two (torchrun, gloo) on this machine: make predict on 20 photos, training on synthetic data
 bench-scale: setup

@@ -11,6 +11,7 @@ Every file is written under a temporary name and renamed, so an interrupted job 
 input folders are never written to. Under torchrun each process takes its share of the images.
 """
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -130,6 +131,8 @@ def watch(segmenter, out, handled, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    warnings.showwarning = photos.show_warning  # a photo's warning names it, each time
+    warnings.filterwarnings("always", message="Corrupt EXIF")
     distributed.start()  # under torchrun (which brings torch): one summary of the counts for the whole job
     # the model gets the cores the pool's threads leave it: on two cores one thread, which ran faster than two
     segmenter = Segmenter.load(args.checkpoint, args.device, threads=max(1, (os.cpu_count() or 1) - args.workers))

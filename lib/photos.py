@@ -5,12 +5,16 @@ keeps receiving photos."""
 import glob
 import itertools
 import os
+import sys
+import threading
+import warnings
 from pathlib import Path
 
 from lib import files, images, layouts
 from lib.errors import UsageError
 from lib.masks import mask_png, overlay_jpeg
 
+decoding = threading.local()  # the photo this thread decodes: show_warning names it
 PHOTO_EXTS = layouts.IMAGE_EXTS + (".gif", ".webp")  # what folders and patterns yield: named, any file is tried
 OUTPUTS = ("_segmentation.png", "_overlay.jpg")  # what predict.py writes after each image's name
 
@@ -125,10 +129,21 @@ def open_output_folder(out, inputs, paths, inside_inputs=False):
 def decode(path, size):
     """(the photo as an RGB PIL image, its model input: uint8 [size,size,3]) or (None, why it cannot be read):
     decoded once, for the model and for the overlay."""
+    decoding.path = path
     try:
         return images.read_photo(path, size)
     except Exception as e:  # PIL raises many types for corrupt or non-image files
         return None, str(e)
+    finally:
+        decoding.path = None
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning for a script that decodes photos in threads: a warning raised while a photo is decoded
+    (PIL's "Corrupt EXIF data", which names no file) is one line that names the photo."""
+    path = getattr(decoding, "path", None)
+    text = f"{path}: {message}" if path else warnings.formatwarning(message, category, filename, lineno, line)
+    print(str(text).strip(), file=sys.stderr if file is None else file)
 
 
 def outputs_done(path, name, kinds):

@@ -76,16 +76,16 @@ class TorchRuntime:
         except ImportError:
             raise UsageError(TORCH_MISSING.format(path=paths[0])) from None
         from lib.checkpoints import decision_edge_move, decision_threshold, load_models
-        from lib.device import pick_device
-        self.torch, self.device = torch, pick_device(device)
+        from lib.device import autocast, pick_device
+        # kept, not imported at each call: torch.hub may hand this object to a program with a `lib` of its own
+        self.torch, self.device, self.autocast = torch, pick_device(device), autocast
         self.model, configs = load_models([str(p) for p in paths], self.device)
         self.image_size, self.amp = configs[0]["image_size"], not configs[0]["no_amp"]
         self.threshold, self.edge_move = decision_threshold(configs), decision_edge_move(configs)
         self.name = "PyTorch"
 
     def __call__(self, batch):
-        from lib.device import autocast
-        with self.torch.no_grad(), autocast(self.device, self.amp):
+        with self.torch.no_grad(), self.autocast(self.device, self.amp):
             return self.model(self.torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 

@@ -4,11 +4,13 @@ Polling with the standard library: a photo still being copied keeps changing its
 settled but that does not decode yet is given SETTLE seconds before it is called unreadable, and is tried again
 when it changes (the rest of it arrives). predict.py's own outputs are never taken for photos."""
 import time
+from pathlib import Path
 
 from lib import photos
 from lib.errors import UsageError
 
-POLL = 0.1  # seconds between two looks at the watched inputs: most of a new photo's wait
+POLL = 0.1  # seconds between two looks at the watched folders' times: most of a new photo's wait
+RESCAN = 2.0  # seconds between two looks at every photo while no folder changes: a photo replaced in place
 SETTLE = 2.0  # seconds a photo may keep its size without decoding whole before it is reported unreadable
 
 
@@ -18,10 +20,14 @@ def watch(inputs, out, handled, size, segment_and_write):
     segment_and_write(photo, model input, output prefix): one photo's outputs. Returns how many were written."""
     seen = {p: looks(p) for p in handled}  # what each photo looked like when it was last tried
     named = {p: name for p, name in handled.items() if name is not None}
-    waiting, written = {}, 0
+    waiting, written, folders, last = {}, 0, {}, 0.0
     try:
         while True:
-            for path, folder in arrivals(inputs, out, seen, named).items():
+            time.sleep(POLL)
+            if not waiting and time.monotonic() - last < RESCAN and folder_times(folders) == folders:
+                continue  # nothing landed (a new file changes its folder's time), nothing being copied
+            new, folders, last = *arrivals(inputs, out, seen, named), time.monotonic()
+            for path, folder in new.items():
                 seconds = settled(path, waiting)
                 if seconds is None:
                     continue  # still being copied
@@ -29,6 +35,7 @@ def watch(inputs, out, handled, size, segment_and_write):
                 if photo is None and seconds < SETTLE:
                     continue  # its size has settled, its bytes have not yet
                 seen[path] = looks(path)  # tried again once it changes
+                waiting.pop(path)
                 name = named.get(path) or free_name(path, folder, out, named)
                 if name is None or photo is None:
                     print(f"{path}: " + (small_or_why if photo is None else
@@ -40,7 +47,6 @@ def watch(inputs, out, handled, size, segment_and_write):
                 named[path] = name
                 written += 1
                 print(f"{path} -> {name}_segmentation.png", flush=True)
-            time.sleep(POLL)
     except KeyboardInterrupt:  # between two files, or in one: its outputs are whole or absent (files.atomic_write)
         return written
 
@@ -54,16 +60,30 @@ def free_name(path, folder, out, named):
 
 
 def arrivals(inputs, out, seen, named):
-    """{photo: its output subfolder} of the inputs' photos that are new or changed since `seen` (a replaced photo
-    gets a new mask) and are not outputs: neither of photos.outputs() nor named after a photo in `named`."""
+    """({photo: its output subfolder} of the inputs' photos that are new or changed since `seen` (a replaced photo
+    gets a new mask) and are not outputs: neither of photos.outputs() nor named after a photo in `named`; the
+    modification times of the folders looked in)."""
+    folders = folder_times({Path(i): None for i in inputs if Path(i).is_dir()})
     try:
         found = photos.expand_inputs(inputs)
     except UsageError:  # a watched folder with nothing in it (yet, or for a moment)
-        return {}
+        return {}, folders
+    folders.update(folder_times({p.parent: None for p in found}))
     written = {f"{name}{kind}" for name in named.values() for kind in photos.OUTPUTS}
     outputs = photos.outputs(found, out, inputs)
     return {p: f for p, f in found.items()
-            if p not in outputs and str(p) not in written and seen.get(p, ()) != looks(p)}
+            if p not in outputs and str(p) not in written and seen.get(p, ()) != looks(p)}, folders
+
+
+def folder_times(folders):
+    """{folder: its modification time (None when gone)} of the folders named: a file added, removed or renamed in
+    a folder changes it."""
+    def mtime(folder):
+        try:
+            return folder.stat().st_mtime_ns
+        except OSError:
+            return None
+    return {folder: mtime(folder) for folder in folders}
 
 
 def looks(path):

@@ -218,3 +218,17 @@ def test_sigterm_ends_a_plain_run_as_ctrl_c_does(tmp_path):
     assert err.strip().splitlines()[-1] == (f"interrupted: wrote {written} of 40 masks to {out}/; run the same "
                                             "command with --skip-existing to continue")
     assert all_outputs_whole(out)
+
+
+def test_a_photos_corrupt_exif_warning_names_the_photo(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x010F] = "Camera"
+    for name in ("a.jpg", "b.jpg"):  # the EXIF block cut short: PIL warns "Corrupt EXIF data" and reads on
+        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / name, exif=exif.tobytes()[:20])
+    result = subprocess.run([sys.executable, "predict.py", str(folder), "-o", str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "Corrupt EXIF" in line]
+    assert sorted(line.split(":")[0] for line in lines) == [str(folder / "a.jpg"), str(folder / "b.jpg")], lines

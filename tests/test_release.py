@@ -95,6 +95,19 @@ def test_torch_hub_gives_the_released_model_and_its_masks_are_predicts(synthetic
     assert logits.shape == (2, 1, model.image_size, model.image_size)
 
 
+def test_torch_hub_works_from_a_project_with_a_lib_package_of_its_own(synthetic, tmp_path):
+    """A caller whose own `lib` package is imported first gets the segmenter, its masks, and its own `lib` back."""
+    project = tmp_path / "project"
+    (project / "lib").mkdir(parents=True)
+    (project / "lib" / "__init__.py").write_text("MINE = True\n")
+    (path, _), = synthetic_photos(synthetic, tmp_path / "photos", n=1)
+    script = (f"import lib, torch\nm = torch.hub.load({str(ROOT)!r}, 'lesion_segmenter', source='local')\n"
+              f"mask = m.segment({str(path)!r})\nimport lib\nprint(mask.shape, mask.any(), lib.MINE)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "True" and "True" in result.stdout.split()[-2]
+
+
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/isic2016")
 def test_the_released_model_scores_what_its_card_says(tmp_path):
     card = files.read_json(CARD)
