@@ -307,11 +307,11 @@ def test_the_pages_edge_move_is_make_predicts_to_the_pixel(server, browser, synt
 def test_a_calibrated_models_edge_move_is_applied_on_the_page_as_by_predict(browser, synthetic, tmp_path):
     import torch
 
-    from lib.checkpoints import read_checkpoint
+    from lib.checkpoints import read_checkpoint, sealed
     from lib.model_files import PT
     checkpoint = read_checkpoint(PT)
     checkpoint["config"]["edge_move"] = 0.07  # as make calibrate stores it for a tighter annotator
-    torch.save(checkpoint, tmp_path / "calibrated.pt")
+    torch.save(sealed(checkpoint), tmp_path / "calibrated.pt")
     assert subprocess.run([sys.executable, "tools/export.py", "--checkpoint", str(tmp_path / "calibrated.pt"), "-o",
                            str(tmp_path / "calibrated.onnx")], cwd=ROOT, capture_output=True).returncode == 0
     folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
@@ -332,6 +332,31 @@ def test_a_calibrated_models_edge_move_is_applied_on_the_page_as_by_predict(brow
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_an_edge_move_chosen_on_the_page_stays_with_its_model(browser, tmp_path):
+    """A move kept for the released model is used with it again, and not with another model served later at the
+    same address (same browser store): a move belongs to the model it was fitted on."""
+    from lib import model_files
+    other = tmp_path / "other.onnx"
+    other.write_bytes(model_files.with_metadata(model_files.ONNX.read_bytes(), {"threshold": "0.3"}))
+    first, port = started("--port", "0")  # a free port, then each model served on it in turn
+    first.terminate()
+    first.wait()
+    for model, said in ((model_files.ONNX, True), (model_files.ONNX, True), (other, False)):
+        proc, _ = started("--port", str(port), "--model", str(model))
+        try:
+            status = open_page(browser, f"http://127.0.0.1:{port}/")
+            if not (tmp_path / "kept").exists():  # the first visit keeps a move of 0.1 for the released model
+                browser.execute_async_script(
+                    "const done = arguments[0]; Promise.all([import('./store.js'), fetch('model.json').then(r => "
+                    "r.json())]).then(([s, meta]) => s.saveSetting(`edgeMove ${meta.sha256}`, 0.1)).then(done)")
+                (tmp_path / "kept").touch()
+                continue
+            assert ("edge moves in by 10%" in status) == said, status
+        finally:
+            proc.terminate()
+            proc.wait()
 
 
 def started(*flags):

@@ -142,6 +142,28 @@ def test_a_brush_stroke_changes_exactly_the_pixels_under_it_and_undo_restores_th
     assert np.array_equal(offered_mask(browser, browser.find_element(By.CSS_SELECTOR, ".result")), expected)
 
 
+def test_undo_takes_back_the_last_30_steps_and_then_says_none_is_left(server, browser, tmp_path):
+    """A 256x256 photo opens enlarged to 768 px with a line on how to draw; 31 changes leave 30 to undo, the button
+    counting them down and greyed out once none is left."""
+    _, image, _ = layouts.find_pairs(REAL_DATA, "test")[0]
+    open_page(browser, server[0])
+    upload(browser, image)
+    card = finished(browser, 1)[0]
+    card.find_element(By.CSS_SELECTOR, "button.correct").click()
+    canvas = card.find_element(By.CSS_SELECTOR, "canvas.editor-canvas")
+    assert browser.execute_script("return arguments[0].clientWidth", canvas) == 768  # its border aside
+    assert "the brush adds to the lesion" in card.find_element(By.CSS_SELECTOR, ".editor-hint").text
+    undo = card.find_element(By.XPATH, ".//button[text()='Undo']")
+    assert not undo.is_enabled()
+    mask = offered_mask(browser, card)
+    for k in range(31):
+        paste(browser, card, np.roll(mask, k, axis=1))
+    assert undo.get_attribute("title").startswith("30 steps to undo")
+    for _ in range(30):
+        undo.click()
+    assert not undo.is_enabled() and undo.get_attribute("title").startswith("0 steps to undo")
+
+
 def test_corrections_survive_a_browser_killed_with_kill_9_until_cleared(server, tmp_path):
     pairs = layouts.find_pairs(REAL_DATA, "test")[:2]
     driver = chromium(tmp_path / "downloads", tmp_path / "profile")

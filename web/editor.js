@@ -39,6 +39,8 @@ export function openEditor(container, item, onChange, onClose) {
   const shown = resize(rgbOf(item.photo.rgba), w, h, 3, dw, dh, true);
   const canvas = document.createElement("canvas"), size = document.createElement("input");
   canvas.width = dw; canvas.height = dh; canvas.className = "editor-canvas"; canvas.style.touchAction = "none";
+  if (scale === 1 && Math.max(w, h) < DISPLAY)  // a small photo shown at DISPLAY, its pixels enlarged
+    Object.assign(canvas.style, {width: `${Math.round(w * DISPLAY / Math.max(w, h))}px`, imageRendering: "pixelated"});
   Object.assign(size, {type: "range", min: 2, max: 80, value: 20, className: "brush-size"});
   let mask = item.mask.slice(), tool = 1, stroke = null, pending = false;
   const undo = [], redo = [];
@@ -56,7 +58,7 @@ export function openEditor(container, item, onChange, onClose) {
   const redraw = () => { if (!pending) { pending = true; requestAnimationFrame(draw); } };
   function change(next) {  // one undoable step
     undo.push(mask); if (undo.length > HISTORY) undo.shift();
-    redo.length = 0; mask = next; draw(); onChange(mask);
+    redo.length = 0; mask = next; draw(); onChange(mask); steps();
   }
   function point(e) {  // the pointer in image pixels
     const r = canvas.getBoundingClientRect();
@@ -88,17 +90,26 @@ export function openEditor(container, item, onChange, onClose) {
   tools.className = "editor-tools";
   const brush = button("Brush", () => select(1)), eraser = button("Eraser", () => select(0));
   function select(value) { tool = value; brush.classList.toggle("on", value === 1); eraser.classList.toggle("on", value === 0); }
-  const step = (from, to) => { if (from.length) { to.push(mask); mask = from.pop(); draw(); onChange(mask); } };
-  const sizeLabel = document.createElement("label");
+  const step = (from, to) => { if (from.length) { to.push(mask); mask = from.pop(); draw(); onChange(mask); steps(); } };
+  const undoButton = button("Undo", () => step(undo, redo)), redoButton = button("Redo", () => step(redo, undo));
+  function steps() {  // the buttons say how many steps they can take back or again; none left: disabled
+    undoButton.disabled = !undo.length; redoButton.disabled = !redo.length;
+    undoButton.title = `${undo.length} step${undo.length === 1 ? "" : "s"} to undo (the last ${HISTORY} are kept)`;
+    redoButton.title = `${redo.length} step${redo.length === 1 ? "" : "s"} to redo`;
+  }
+  const sizeLabel = document.createElement("label"), hint = document.createElement("p");
   sizeLabel.append("size ", size);
-  tools.append(brush, eraser, sizeLabel, button("Undo", () => step(undo, redo)), button("Redo", () => step(redo, undo)),
+  hint.className = "editor-hint";
+  hint.textContent = `Draw on the photo: the brush adds to the lesion, the eraser removes; Undo takes back up to the ` +
+    `last ${HISTORY} steps. The mask is kept as you go; Accept when it is right.`;
+  tools.append(brush, eraser, sizeLabel, undoButton, redoButton,
                button("Shrink edge", () => change(moveEdge(mask, w, h, EDGE_STEP))),
                button("Grow edge", () => change(moveEdge(mask, w, h, -EDGE_STEP))), button("Close", () => close()));
   select(1);
   const panel = document.createElement("div");
-  panel.className = "editor"; panel.append(tools, canvas);
+  panel.className = "editor"; panel.append(tools, hint, canvas);
   container.append(panel);
-  draw();
+  draw(); steps();
   function close() { panel.remove(); onClose(); }
   return {set: next => change(Uint8Array.from(next)), close};
 }
