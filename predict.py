@@ -8,7 +8,8 @@ Runtime, with no PyTorch installed; train.py's checkpoints (.pt) run on PyTorch.
     python predict.py clinic/ -o clinic/ --watch                # then each photo that lands in clinic/, until Ctrl-C
 
 Every file is written under a temporary name and renamed, so an interrupted job leaves no half-written mask; the
-input folders are never written to. Under torchrun each process takes its share of the images.
+input folders are never written to. unsure.csv in --out lists every mask, the most unsure first (lib/masks.py
+unsure): the ones a person should look at first. Under torchrun each process takes its share of the images.
 """
 import os
 import warnings
@@ -19,6 +20,7 @@ import numpy as np
 
 from lib import cli, distributed, files, model_files, photos, watching
 from lib.errors import Interrupted, StorageError, UsageError
+from lib.masks import unsure
 from lib.segmenter import Segmenter
 
 
@@ -74,9 +76,10 @@ def parse_args(argv=None):
 
 def write_masks(segmenter, todo, names, out, args):
     """Predict and write each image's mask (and overlay) under its name: the model in this thread, decoding, the
-    masks at each photo's size and the writing in the pool's, so that both run at once. Returns (masks written,
-    [unreadable: why]). Ctrl-C and a full disk end with one sentence: how many were written, and how to continue."""
-    failures, writes = [], []
+    masks at each photo's size and the writing in the pool's, so that both run at once; then unsure.csv. Returns
+    (masks written, [unreadable: why]). Ctrl-C and a full disk end with one sentence: how many were written, and how
+    to continue."""
+    failures, writes, scores = [], [], {}
     pool = ThreadPoolExecutor(max(1, args.workers))
     bar = cli.progress(len(todo), "predicting")
     try:
@@ -85,12 +88,14 @@ def write_masks(segmenter, todo, names, out, args):
             readable = [(path, photo, small) for path, photo, small in batch if photo is not None]
             probs = segmenter.probabilities(np.stack([small for *_, small in readable]), args.tta) if readable else []
             for (path, photo, _), prob in zip(readable, probs):
+                scores[path] = unsure(prob, segmenter.threshold if args.threshold is None else args.threshold)
                 writes.append(pool.submit(write_one, segmenter, prob, photo, names[path], args))
                 if len(writes) > 2 * args.batch_size:  # a bounded queue: its errors seen early, its photos freed
                     writes[-2 * args.batch_size].result()
             bar.update(len(batch))
         for w in writes:
             w.result()
+        write_unsure(out, {names[p]: s for p, s in scores.items()})
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: wrote {finished(pool, writes)} of {len(todo)} masks to {out}/; run the same "
                           "command with --skip-existing to continue") from None
@@ -102,6 +107,18 @@ def write_masks(segmenter, todo, names, out, args):
         pool.shutdown(cancel_futures=True)
         bar.close()
     return len(writes), failures
+
+
+def write_unsure(out, scores):
+    """out/unsure.csv (under torchrun one per process, unsure-<rank>.csv): each mask of {output prefix: unsure
+    score} with the rows an earlier run wrote for others, the most unsure first."""
+    path = out / ("unsure.csv" if distributed.world_size() == 1 else f"unsure-{distributed.rank()}.csv")
+    rows = {r["mask"]: r for r in files.read_csv(path)} if path.exists() else {}
+    for name, score in scores.items():
+        mask = os.path.relpath(f"{name}_segmentation.png", out)
+        rows[mask] = {"mask": mask, "unsure": score}
+    if rows:
+        files.write_csv(path, sorted(rows.values(), key=lambda r: -float(r["unsure"])))
 
 
 def finished(pool, writes):

@@ -174,3 +174,14 @@ def memory_file():
         return open(os.memfd_create("overlay"), "w+b")
     except (AttributeError, OSError):  # not Linux, or a sandbox that forbids memfd
         return io.BytesIO()
+
+
+def unsure(prob, threshold=0.5):
+    """How unsure the model is of one photo's mask, from its probabilities [S,S] at the model's size: 1 minus the
+    soft IoU of the probabilities with their own mask (prob > threshold), so 0 when every pixel is 0 or 1, higher
+    as more of the lesion and its surround sit near the threshold; 1 when no pixel is lesion. The page ranks
+    photos by it (web/segment.js unsure; tests/test_page.py holds the two together); predict.py writes it."""
+    p = np.asarray(prob, dtype=np.float64)
+    inside = p > threshold
+    union = inside.sum() + p[~inside].sum()
+    return 1.0 - (p[inside].sum() / union if inside.any() else 0.0)

@@ -23,7 +23,7 @@ import serve
 from conftest import REAL_DATA, ROOT, start_server
 from PIL import Image
 
-from lib import images, layouts
+from lib import files, images, layouts
 from lib.photos import output_stem
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip install -r requirements-dev.txt")
@@ -520,3 +520,37 @@ def test_the_zip_holds_every_result_with_names_in_utf8(server, browser, tmp_path
     browser.find_element(By.ID, "zip").click()
     names = zipfile.ZipFile(downloaded(tmp_path / "downloads", "masks.zip")).namelist()
     assert len(names) == 60 and "Patient Müller 00_segmentation.png" in names and "p29_segmentation.png" in names
+
+
+def test_the_pages_unsure_score_is_predicts_and_orders_the_queue(server, browser, synthetic, tmp_path):
+    """The page's unsure score equals lib/masks.py's on the same probabilities (real and random maps); the results
+    stand in the order of predict.py's unsure.csv, the most unsure fifth marked, and the editor steps through them
+    in that order, saying how many are left."""
+    from lib.masks import unsure
+    from lib.segmenter import Segmenter
+    folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
+    photos = [image for _, image, _ in layouts.find_pairs(folder, "test")[:5]]
+    segmenter = Segmenter.load()
+    probs = list(segmenter.probabilities(np.stack([images.read_image(p, 128, draft=False)[0] for p in photos]), True))
+    probs += [np.random.default_rng(k).random((128, 128)).astype(np.float32) ** (k + 1) for k in range(3)]
+    probs.append(np.zeros((128, 128), np.float32))  # nothing found: the most unsure of all
+    open_page(browser, server[0])
+    page = browser.execute_async_script(
+        "const [maps, done] = arguments; import('./segment.js').then(m => done(maps.map(p => "
+        "m.unsure(Float32Array.from(p), 0.5))))", [p.ravel().tolist() for p in probs])
+    assert np.allclose(page, [unsure(p, 0.5) for p in probs], rtol=0, atol=1e-9)
+    subprocess.run([sys.executable, "predict.py", *map(str, photos), "-o", str(tmp_path / "cli"), "--tta"], cwd=ROOT,
+                   check=True, capture_output=True)
+    order = [r["mask"].removesuffix("_segmentation.png") for r in files.read_csv(tmp_path / "cli" / "unsure.csv")]
+    upload(browser, *photos)
+    cards = finished(browser, len(photos))
+    time.sleep(0.5)
+    cards = browser.find_elements(By.CSS_SELECTOR, ".result")
+    assert [c.get_attribute("data-id") for c in cards] == order
+    assert ["check-first" in c.get_attribute("class") for c in cards] == [True, False, False, False, False]
+    cards[0].find_element(By.CSS_SELECTOR, "button.correct").click()
+    step = cards[0].find_element(By.CSS_SELECTOR, "button.next-unsure")
+    assert step.text == "Next most unsure (4 left)"
+    step.click()
+    assert not cards[0].find_elements(By.CSS_SELECTOR, ".editor")
+    assert cards[1].find_element(By.CSS_SELECTOR, "button.next-unsure").text == "Next most unsure (3 left)"

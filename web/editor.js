@@ -32,8 +32,9 @@ function button(text, onClick) {
 }
 
 // An editor over item ({photo: {rgba, w, h}, mask}) in container; onChange(mask) after every change, onClose() when
-// the user closes it. Returns {set(mask): one more change through the editing path, close()}.
-export function openEditor(container, item, onChange, onClose) {
+// the user closes it; next: {label(), go()}, a button to the next photo to correct. Returns {set(mask): one more
+// change through the editing path, close()}.
+export function openEditor(container, item, onChange, onClose, next) {
   const {w, h} = item.photo, scale = Math.min(1, DISPLAY / Math.max(w, h));
   const dw = Math.round(w * scale), dh = Math.round(h * scale);
   const shown = resize(rgbOf(item.photo.rgba), w, h, 3, dw, dh, true);
@@ -105,6 +106,11 @@ export function openEditor(container, item, onChange, onClose) {
   tools.append(brush, eraser, sizeLabel, undoButton, redoButton,
                button("Shrink edge", () => change(moveEdge(mask, w, h, EDGE_STEP))),
                button("Grow edge", () => change(moveEdge(mask, w, h, -EDGE_STEP))), button("Close", () => close()));
+  if (next) {
+    const step = button(next.label(), () => next.go());
+    step.className = "next-unsure"; step.disabled = next.label().includes("(0 left)");
+    tools.append(step);
+  }
   select(1);
   const panel = document.createElement("div");
   panel.className = "editor"; panel.append(tools, hint, canvas);

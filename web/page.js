@@ -6,10 +6,11 @@ import * as ort from "./ort/ort.wasm.min.mjs";
 import {HOLD_OUT_EVERY, calibrateOn, exportZip, showCount} from "./clinic.js";
 import {openEditor} from "./editor.js";
 import {MAX_PIXELS, declaredSize, loadModel, maskAtSize, outline, outputStem, png, probabilities, resize, rgbOf,
-        sha256, shownMask, tooLarge, zip} from "./segment.js";
+        sha256, shownMask, tooLarge, unsure, zip} from "./segment.js";
 import {changes, clearAll, saveImage, saveSetting, savedImage, savedImages, setting} from "./store.js";
 
 const MAX_FILES = 50, DISPLAY = 768, SHOWN = 300;  // per drop; longest side of the pictures; their width on screen
+const CHECK_FIRST = 0.2;  // the most unsure fifth of the photos not yet accepted are marked "check first"
 const $ = id => document.getElementById(id);
 const items = [];  // every image segmented or restored here, in order
 let model, calibration, serial = 0;
@@ -106,12 +107,25 @@ async function show(item) {
   link.href = URL.createObjectURL(new Blob([await maskPng(item)], {type: "image/png"}));
   text.className = "area";
   text.textContent = `${photo.w}x${photo.h} px; lesion ${area.toLocaleString("en")} px, ` +
-    `${(100 * area / (photo.w * photo.h)).toFixed(1)}% of the image${item.seconds ? `; ${item.seconds.toFixed(2)} s` : ""}. `;
+    `${(100 * area / (photo.w * photo.h)).toFixed(1)}% of the image; unsure ${item.unsure.toFixed(2)}` +
+    `${item.seconds ? `; ${item.seconds.toFixed(2)} s` : ""}. `;
   text.append(link);
   row.className = "pictures"; row.append(...pictures(item));
   body.textContent = ""; body.append(row, text, controls(item));
   card.classList.add("done"); card.classList.toggle("accepted", !!item.accepted);
-  card.dataset.id = item.id;
+  card.dataset.id = item.id; card.dataset.unsure = item.unsure;
+}
+
+// The editor on one photo, with a step to the next photo of the queue after it (how many are left)
+function correct(item) {
+  const next = () => { const order = inQueue(); return order.slice(order.indexOf(item) + 1); };
+  item.editor = openEditor(item.body, item, async mask => { item.mask = mask; await keep(item); },
+                           () => { item.editor = null; show(item); },
+                           {label: () => `Next most unsure (${next().length} left)`, go: () => {
+                             const to = next()[0];
+                             item.editor.close();
+                             if (to) { to.card.scrollIntoView(); correct(to); }
+                           }});
 }
 
 function controls(item) {
@@ -124,14 +138,10 @@ function controls(item) {
   state.className = "state"; state.textContent = item.accepted ? "labelled" : item.corrected ? "corrected, not accepted" : "";
   box.type = "checkbox"; box.className = "held-out"; box.checked = !!item.heldOut; box.disabled = !item.accepted;
   held.append(box, " held out (scores the calibration, not used to fit it)");
-  edit.addEventListener("click", () => {
-    edit.disabled = true;
-    item.editor = openEditor(item.body, item, async mask => { item.mask = mask; await keep(item); },
-                             () => { item.editor = null; show(item); });
-  });
+  edit.addEventListener("click", () => { edit.disabled = true; correct(item); });
   accept.addEventListener("click", async () => {
     if (!item.accepted) item.heldOut = items.filter(i => i.accepted).length % HOLD_OUT_EVERY === HOLD_OUT_EVERY - 1;
-    item.accepted = true; item.editor?.close(); await keep(item); show(item);
+    item.accepted = true; item.editor?.close(); await keep(item); show(item); queue();
   });
   box.addEventListener("change", async () => { item.heldOut = box.checked; await keep(item); });
   bar.append(edit, accept, held, state);
@@ -152,9 +162,11 @@ async function segment(file, card, body) {
   const item = {key: await sha256(photo.bytes), id: uniqueId(file.name), name: file.name, bytes: photo.bytes, photo,
                 prob, size: model.size, mask, proposal, card, body, order: Date.now() * 1000 + serial++,
                 seconds: (performance.now() - start) / 1000};
+  item.unsure = unsure(prob, proposal.threshold);
   items.push(item);
   await show(item);
   card.dataset.seconds = item.seconds;
+  queue();
   $("zip").disabled = false;
 }
 
@@ -192,9 +204,22 @@ async function restoreOne(r) {  // a kept photo shown, or the one shown here bro
     return;
   }
   const {card, body} = newCard(r.name);
-  items.push({...r, id: uniqueId(r.name), photo: await decode(new Blob([r.bytes])), card, body});
+  items.push({...r, id: uniqueId(r.name), photo: await decode(new Blob([r.bytes])), card, body,
+              unsure: unsure(r.prob, r.proposal.threshold)});
   await show(items[items.length - 1]);
   $("zip").disabled = false;
+  queue();
+}
+
+// The photos to correct first: not yet accepted, the most unsure first (accepted ones after them)
+const inQueue = () => items.filter(i => !i.accepted).sort((a, b) => b.unsure - a.unsure);
+
+function queue() {  // the cards in the queue's order, the most unsure fifth of it marked
+  const waiting = inQueue(), marked = new Set(waiting.slice(0, Math.ceil(CHECK_FIRST * waiting.length)));
+  for (const item of [...waiting, ...items.filter(i => i.accepted)]) {
+    item.card.classList.toggle("check-first", marked.has(item));
+    $("results").append(item.card);
+  }
 }
 
 // A stored edge move belongs to the model it was fitted on

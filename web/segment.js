@@ -18,6 +18,14 @@ export async function loadModel(ort, base) {
   return {session, size: meta.image_size, threshold: meta.threshold, edgeMove: meta.edge_move ?? 0, ort, meta};
 }
 
+// How unsure the model is of a photo's mask, from its probabilities at the model's size: 1 minus their soft IoU with
+// their own mask (p > threshold); 1 when nothing is lesion. lib/masks.py's unsure, the same rule (a test holds them)
+export function unsure(prob, threshold) {
+  let inside = 0, insideSum = 0, outsideSum = 0;
+  for (const p of prob) if (p > threshold) { inside++; insideSum += p; } else outsideSum += p;
+  return inside ? 1 - insideSum / (inside + outsideSum) : 1;
+}
+
 // Hex sha256 of bytes: the browser's SubtleCrypto where the page is a secure context (https, localhost), else
 // FIPS 180-4 here (a clinic's page served over plain http on its own network)
 export async function sha256(bytes) {
