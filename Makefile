@@ -30,7 +30,7 @@ TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEI
 COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
-	two-source adapt calibrate labelled adapt-experiment adapt-clinic calibration-experiment demo report eda bench bench-predict bench-scale bench-watch gpu-check check-same test \
+	two-source adapt calibrate labelled adapt-experiment adapt-clinic unsure-experiment calibration-experiment demo report eda bench bench-predict bench-scale bench-watch gpu-check check-same test \
 	predict export quantize release-onnx release-rescore release-seal serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
@@ -175,6 +175,10 @@ CLINIC ?= ham10000
 adapt-clinic: setup
 	$(PY) tools/adapt_experiment.py --clinic "$(CLINIC)" --train-flags "$(ADAPT)" --device $(DEVICE) \
 		--images $(or $(IMAGES),20) --seeds $(or $(DRAWS),0 1 2 3 4 5 6 7 8 9) --out "$(RUNS)/adapt-experiment"
+
+# docs/page.md's queue: does the unsure score find the masks that need a person? DATA_DIR: a clinic's labelled photos
+unsure-experiment: .venv/predict-installed
+	$(PY) tools/unsure_experiment.py --data-dir "$(DATA_DIR)" --split $(SPLIT) --device $(DEVICE) --out "$(RUNS)/unsure"
 
 # The calibration rules (thresholds, edge moves) compared on the annotator shifts, 20 images per draw, 9 draws
 calibration-experiment: setup
