@@ -30,7 +30,7 @@ TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEI
 COMMON = --seed $(SEED) --out "$(RUNS)/$@"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
-	two-source adapt calibrate labelled adapt-experiment adapt-clinic unsure-experiment calibration-experiment demo report eda bench bench-predict bench-scale bench-watch gpu-check check-same test \
+	two-source clinic-table adapt calibrate labelled adapt-experiment adapt-clinic unsure-experiment calibration-experiment demo report eda bench bench-predict bench-scale bench-watch gpu-check check-same test \
 	predict export quantize release-onnx release-rescore release-seal serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
@@ -120,6 +120,13 @@ two-source: dataset
 		$(PY) evaluate.py --checkpoint "$(RUNS)/two-source/best.pt" --data-dir "$$d" --device $(DEVICE) --tta \
 			--full-res --out "$(RUNS)/two-source/test-$$(basename "$$d")" || exit 1; \
 	done
+
+# docs/clinics.md's table: MODELS (NAME=FILE, .onnx or .pt) on DATA_DIR's and HAM_DIR's test splits as make predict
+# masks photos, HAM's by diagnosis, and the first model's worst HAM photos -> $(RUNS)/clinic-table
+MODELS ?= released=$(RELEASED_ONNX) two-source=$(RUNS)/two-source/best.pt
+clinic-table: setup
+	$(PY) tools/cross_dataset.py --model $(MODELS) --data-dir "$(DATA_DIR)" "$(HAM_DIR)" --device $(DEVICE) \
+		--out "$(RUNS)/clinic-table"
 
 # The first ablation table of docs/experiments.md, one run per row (seed 0; hours on a CPU): make ablations
 ABL_B = --skips --loss bce+dice --encoder-lr-scale 0.1 --schedule cosine --warmup-epochs 1

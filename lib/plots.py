@@ -123,3 +123,20 @@ def plot_adaptation(rows, clean, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def plot_contours(examples, titles, path, cols=4):
+    """Photos at their own sizes with the true contour (blue) and the prediction's (orange): examples
+    [(RGB uint8 [H,W,3], true mask [H,W], predicted mask [H,W])], one title each."""
+    rows = math.ceil(len(examples) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.3 * rows + 0.4), squeeze=False)
+    for ax, title, (image, truth, pred) in zip(axes.flat, titles, examples):
+        ax.imshow(image)
+        for mask, colour in ((truth, TRUTH_COLOUR), (pred, PREDICTION_COLOUR)):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
+        ax.set_title(title, fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("truth: blue, prediction: orange", fontsize=9)
+    save_figure(fig, path)
