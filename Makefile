@@ -11,7 +11,7 @@ DEVICE ?= auto
 SEED ?= 0
 SEEDS ?= 0 1 2
 RUNS ?= runs
-BEST_CHECKPOINTS = $(foreach seed,$(SEEDS),"$(RUNS)/best/seed$(seed)/best.pt")
+BEST_CHECKPOINTS = $(foreach seed,$(SEEDS),"$(RUNS)/$(or $(RUN),best)/seed$(seed)/best.pt")
 RELEASED = models/lesion_segmenter.pt
 RELEASED_ONNX = models/lesion_segmenter.onnx
 # CHECKPOINT: a model of yours; unset, every target uses the released model (predict and serve its .onnx on ONNX
@@ -27,7 +27,8 @@ SPLIT ?= test
 FLAGS ?=
 TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEIGHTS)" --epochs $(EPOCHS) \
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
-COMMON = --seed $(SEED) --out "$(RUNS)/$@"
+# RUN: the run's folder under RUNS (default: the target's name), so that a second run of a target keeps the first
+COMMON = --seed $(SEED) --out "$(RUNS)/$(or $(RUN),$@)"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
 	two-source clinic-table adapt calibrate labelled adapt-experiment adapt-clinic unsure-experiment calibration-experiment demo report eda bench bench-predict bench-scale bench-watch gpu-check check-same test \
@@ -94,10 +95,10 @@ BEST = --skips --loss bce+dice --optimizer adam --lr 1e-3 --encoder-lr-scale 0.3
 	--random-aug --shift-aug $(SHIFT_SHARE) --ema 0.99 --val-fraction 0
 best: dataset
 	for seed in $(SEEDS); do \
-		$(TRAIN) --seed $$seed --out "$(RUNS)/best/seed$$seed" $(BEST) $(FLAGS) || exit 1; \
+		$(TRAIN) --seed $$seed --out "$(RUNS)/$(or $(RUN),best)/seed$$seed" $(BEST) $(FLAGS) || exit 1; \
 	done
 	$(PY) evaluate.py --checkpoint $(BEST_CHECKPOINTS) --split test --data-dir "$(DATA_DIR)" --device $(DEVICE) \
-		--tta --full-res --out "$(RUNS)/best"
+		--tta --full-res --out "$(RUNS)/$(or $(RUN),best)"
 
 # The released model (models/, its card models/README.md): make best's seed 0, trained unless that run has finished
 # (RESUME=1 continues it), stored in float16, scored once on the test split and under the robustness suite
@@ -115,10 +116,10 @@ two-source: EPOCHS = 12
 two-source: dataset
 	@test -d "$(HAM_DIR)" || { echo "error: HAM_DIR=$(HAM_DIR): no such folder; name HAM10000's folder with masks:" \
 		"make two-source HAM_DIR=../shared/ham10000" >&2; exit 2; }
-	$(TRAIN) --seed $(SEED) --out "$(RUNS)/two-source" $(TWO_SOURCE) --data-dir "$(DATA_DIR)" "$(HAM_DIR)" --no-test $(FLAGS)
+	$(TRAIN) $(COMMON) $(TWO_SOURCE) --data-dir "$(DATA_DIR)" "$(HAM_DIR)" --no-test $(FLAGS)
 	for d in "$(DATA_DIR)" "$(HAM_DIR)"; do \
-		$(PY) evaluate.py --checkpoint "$(RUNS)/two-source/best.pt" --data-dir "$$d" --device $(DEVICE) --tta \
-			--full-res --out "$(RUNS)/two-source/test-$$(basename "$$d")" || exit 1; \
+		$(PY) evaluate.py --checkpoint "$(RUNS)/$(or $(RUN),$@)/best.pt" --data-dir "$$d" --device $(DEVICE) --tta \
+			--full-res --out "$(RUNS)/$(or $(RUN),$@)/test-$$(basename "$$d")" || exit 1; \
 	done
 
 # docs/clinics.md's table: MODELS (NAME=FILE, .onnx or .pt) on DATA_DIR's and HAM_DIR's test splits as make predict

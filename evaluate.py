@@ -10,11 +10,12 @@ import os
 from pathlib import Path
 
 from data import split_to_score
-from lib import cli, compare, files, layouts
+from lib import cli, compare, files, layouts, run_folder
 from lib.checkpoints import decision_edge_move, decision_threshold, load_models
 from lib.device import pick_device
 from lib.errors import UsageError
 from lib.scoring import score_model
+from losses import LOSSES
 
 
 def results_name(out, split):
@@ -87,15 +88,18 @@ def main(argv=None):
     edge_move = decision_edge_move(configs)  # adapt.py's calibration; it applies at each mask's own size
     split, what = split_to_score(args.data_dir, args.split, configs, args.cache_dir, args.workers)
     print(f"{layouts.detect_layout(args.data_dir)} in {args.data_dir}, {what}")
-    summary, per_image = score_model(model, split, config["loss"], args.batch_size, device,
+    summary, per_image = score_model(model, split, LOSSES[config["loss"]], args.batch_size, device,
                                       not config["no_amp"], args.tta, args.full_res, threshold, edge_move)
     out = Path(args.out or os.path.commonpath([Path(c).parent for c in args.checkpoint]))
     out.mkdir(parents=True, exist_ok=True)
     summary["threshold"], summary["edge_move"] = threshold, edge_move
     summary["checkpoints"] = [os.path.relpath(c, out) for c in args.checkpoint]  # from `out`: the folder can move
-    path = files.write_results(out, results_name(out, args.split), summary, per_image, split["ids"])
+    name = results_name(out, args.split)
+    summary["code"] = run_folder.record_code(out, f"{name}_code.diff")  # the commit, and any edit beside it
+    path = files.write_results(out, name, summary, per_image, split["ids"])
+    at_model_size = [k for k in per_image if not k.startswith(("tta_", "fullres_", "pooled_"))]  # lib/metrics.py's
     print(f"{args.split} ({summary['n_images']} images): " + ", ".join(
-        f"{k} {summary[k]:.4f}" for k in ("loss", "iou", "dice", "tta_iou", "fullres_iou", "fullres_tta_iou")
+        f"{k} {summary[k]:.4f}" for k in ("loss", *at_model_size, "tta_iou", "fullres_iou", "fullres_tta_iou")
         if k in summary) + f" -> {path}")
 
 

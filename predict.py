@@ -97,12 +97,12 @@ def write_masks(segmenter, todo, names, out, args):
             w.result()
         write_unsure(out, {names[p]: s for p, s in scores.items()})
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: wrote {finished(pool, writes)} of {len(todo)} masks to {out}/; run the same "
-                          "command with --skip-existing to continue") from None
+        raise Interrupted(f"interrupted: wrote {finished(pool, writes)} of {cli.plural(len(todo), 'mask')} to {out}/; "
+                          "run the same command with --skip-existing to continue") from None
     except StorageError:
-        raise StorageError(f"no space left in {out}/: wrote {finished(pool, writes)} of {len(todo)} masks, and no "
-                           "partial file; free some space and run the same command with --skip-existing to "
-                           "continue") from None
+        raise StorageError(f"no space left in {out}/: wrote {finished(pool, writes)} of "
+                           f"{cli.plural(len(todo), 'mask')}, and no partial file; free some space and run the same "
+                           "command with --skip-existing to continue") from None
     finally:
         pool.shutdown(cancel_futures=True)
         bar.close()
@@ -143,7 +143,7 @@ def watch(segmenter, out, handled, args):
     print(f"watching {', '.join(args.inputs)} for new photos; their masks go to {out}/ (Ctrl-C stops)", flush=True)
     more = watching.watch(args.inputs, out, handled, segmenter.image_size, lambda photo, small, name: write_one(
         segmenter, segmenter.probabilities(small[None], args.tta)[0], photo, name, args))
-    print(f"stopped watching: wrote {more} more masks to {out}/")
+    print(f"stopped watching: wrote {cli.plural(more, 'more mask')} to {out}/")
 
 
 def main(argv=None):
@@ -179,13 +179,14 @@ def main(argv=None):
     distributed.stop()
     written, skipped, unreadable = counts
     if distributed.is_main():
-        print(f"wrote {written} masks to {out}/" + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
-              + (f"; {unreadable} images were not segmented" if unreadable else ""))
+        print(f"wrote {cli.plural(written, 'mask')} to {out}/"
+              + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
+              + (f"; {cli.plural(unreadable, 'image')} not segmented" if unreadable else ""))
     if args.watch:
         watch(segmenter, out, {p: names.get(p) for p in found}, args)
     if failures:
-        raise UsageError(f"{len(failures)} of {len(mine) + len(unnamed)} images were not segmented (the other masks "
-                         "were written):\n  " + "\n  ".join(failures))
+        raise UsageError(f"{len(failures)} of {cli.plural(len(mine) + len(unnamed), 'image')} not segmented (the "
+                         "other masks were written):\n  " + "\n  ".join(failures))
 
 
 if __name__ == "__main__":

@@ -289,6 +289,7 @@ class Trainer:
     ema: object
     device: torch.device
     amp: bool
+    loss: object  # the run's loss function, LOSSES[--loss]
     start_loss: float = None
 
 
@@ -313,7 +314,7 @@ def train_one_epoch(trainer, inputs, masks, args, epoch):
         batch, target = augment_batch(batch, target, first + lo, first + hi)
         data_seconds += time.perf_counter() - t0
         with autocast(device, t.amp):
-            loss = LOSSES[args.loss](t.forward(batch), target)
+            loss = t.loss(t.forward(batch), target)
         if share is not None:  # under torchrun: this process's part of the global batch's mean loss
             loss = loss * share
         t.optimizer.zero_grad(set_to_none=True)
@@ -381,7 +382,7 @@ def report_epoch(out, args, history, is_best, panel, device, amp):
           flush=True)
 
 
-def test_best_checkpoint(model, out, tests, args, device, amp):
+def test_best_checkpoint(model, out, tests, args, device, amp, loss):
     """Score best.pt (by validation IoU; the last epoch without validation) on each test split, through the whole
     model; writes <name>_metrics.json and <name>_per_image.csv per split. Returns the first split's summary."""
     best_file = out / "best.pt"
@@ -393,7 +394,7 @@ def test_best_checkpoint(model, out, tests, args, device, amp):
     model.eval()
     summaries = []
     for name, test in tests.items():
-        summary, per_image = score_model(model, test, args.loss, 2 * args.batch_size, device, amp)
+        summary, per_image = score_model(model, test, loss, 2 * args.batch_size, device, amp)
         path = files.write_results(out, name, summary, per_image, test["ids"])
         print(f"{name} (best epoch {best['epoch']}, {summary['n_images']} images): loss {summary['loss']:.4f}  "
               f"IoU {summary['iou']:.4f}  Dice {summary['dice']:.4f}  with flip TTA: IoU {summary['tta_iou']:.4f}  "
@@ -413,7 +414,7 @@ def make_trainer(model, ema, args, n_train, device, amp):
         step, args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch, args.schedule))
     fp16 = amp and device.type != "cpu" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    return Trainer(model, None, optimizer, scheduler, scaler, ema, device, amp)
+    return Trainer(model, None, optimizer, scheduler, scaler, ema, device, amp, LOSSES[args.loss])
 
 
 def restore(last, out, trainer):
@@ -480,7 +481,7 @@ def train_epochs(trainer, splits, history, best_iou, args, out, config):
         started = time.perf_counter()
         train_loss, data_seconds = train_one_epoch(t, train_inputs, train_masks, args, epoch)
         t.model.eval()
-        val = (evaluate(kept_forward, val_inputs, val_masks, args.loss, 2 * args.batch_size, device, amp)[0]
+        val = (evaluate(kept_forward, val_inputs, val_masks, t.loss, 2 * args.batch_size, device, amp)[0]
                if held_out else dict.fromkeys(("loss", "iou", "dice"), math.nan))
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
                         "val_iou": val["iou"], "val_dice": val["dice"],
@@ -519,8 +520,8 @@ def main(argv=None):
             if distributed.is_main():
                 config["code"] = run_folder.record_code(out)
                 files.write_json(out / "config.json", config)
-            print(f"run {out}: {args.epochs} epochs, batch size {args.batch_size}, --lr {args.lr}, --seed {args.seed}, "
-                  f"data {' '.join(args.data_dir)}, device {device}")  # a mistyped make variable shows here
+            print(f"run {out}: {cli.plural(args.epochs, 'epoch')}, batch size {args.batch_size}, --lr {args.lr}, "
+                  f"--seed {args.seed}, data {' '.join(args.data_dir)}, device {device}")  # a mistyped variable shows
             print(splits["sizes"] + "".join(f"\naugmentation, {line}" for line in config["augmentations"]))
             if config.get("code", {}).get("dirty"):
                 print(f"the code differs from commit {config['code']['commit'][:7]}: the difference is in {out}/code.diff")
@@ -531,7 +532,7 @@ def main(argv=None):
             distributed.stop()
             if args.no_test or not distributed.is_main():
                 return None
-            return test_best_checkpoint(model, out, splits["tests"], args, device, amp)
+            return test_best_checkpoint(model, out, splits["tests"], args, device, amp, trainer.loss)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,11 @@ def add_checkpoint_flag(target, role, default=None, several=False, onnx=False, r
     adder(target)("--checkpoint", metavar="FILE", required=required, help=text, **options)
 
 
+def plural(n, word, many=None):
+    """'1 mask', '2 masks' (many: the plural where it is not word + 's')."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def parser(description):
     """An ArgumentParser for a script, with its docstring as description."""
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)

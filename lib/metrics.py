@@ -1,5 +1,6 @@
 """Segmentation metrics, defined once and used by training, evaluation and prediction: per-image IoU, Dice,
-accuracy, sensitivity, specificity and thresholded Jaccard, pooled IoU, scores at each mask's own resolution.
+accuracy, sensitivity (recall), specificity and thresholded Jaccard, pooled IoU, scores at each mask's own
+resolution. A metric added to per_image_metrics is reported everywhere: test_metrics.json, evaluate.py's line.
 Masks and predictions are binary; shapes are given per function."""
 
 import numpy as np
@@ -7,7 +8,6 @@ import torch
 
 from lib import images
 from lib.masks import keep_largest_component, move_edge, resize_probabilities
-from losses import LOSSES
 
 
 def per_image_metrics(pred, masks):
@@ -26,17 +26,18 @@ def per_image_metrics(pred, masks):
     return {"iou": iou,
             "dice": ratio(2 * tp, 2 * tp + fp + fn),
             "accuracy": (tp + tn) / (tp + fp + fn + tn),
-            "sensitivity": ratio(tp, tp + fn),
+            "sensitivity": ratio(tp, tp + fn),  # recall
             "specificity": ratio(tn, tn + fp),
             "iou_thresholded": torch.where(iou >= 0.65, iou, torch.zeros_like(iou))}  # ISIC 2018 score
 
 
-def score(logits, masks, loss_name, threshold=0.5):
+def score(logits, masks, loss, threshold=0.5):
     """({'loss', 'iou', 'dice', ..., 'n_images'}, per-image metrics) of logits [N,1,S,S] against masks; a pixel is
-    lesion where its probability > threshold (at 0.5: where its logit > 0)."""
+    lesion where its probability > threshold (at 0.5: where its logit > 0). loss: the run's loss function
+    (losses.py's, looked up once by the script), or None for no 'loss' key."""
     masks = masks.to(logits.device)
     per_image = per_image_metrics(logits > torch.logit(torch.tensor(threshold)).item(), masks)
-    summary = {"loss": LOSSES[loss_name](logits, masks).item(), "n_images": len(masks)}
+    summary = {**({"loss": loss(logits, masks).item()} if loss else {}), "n_images": len(masks)}
     summary.update({k: v.mean().item() for k, v in per_image.items()})
     return summary, per_image
 

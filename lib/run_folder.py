@@ -21,14 +21,15 @@ RUN_OUTPUTS = RUN_FILES + ("code.diff", "test_metrics.json", "test_per_image.csv
                            "curves.png", "panel_epoch*.png", "train.log", files.TMP_PATTERN)
 
 
-def record_code(out):
-    """config.json's 'code': the commit this run's code comes from, and whether tracked files differed from it.
-    Their diff is written to code.diff beside it, so that a run made after an edit shows the edit."""
+def record_code(out, diff_name="code.diff"):
+    """config.json's 'code' (and evaluate.py's results'): the commit this run's code comes from, and whether
+    tracked files differed from it. Their diff is written to out/diff_name, so that a run made after an edit shows
+    the edit."""
     diff = git("diff", "HEAD")
     if diff:
-        files.write_text(out / "code.diff", diff)
+        files.write_text(out / diff_name, diff)
     else:
-        (out / "code.diff").unlink(missing_ok=True)  # a resumed run whose edits were committed meanwhile
+        (out / diff_name).unlink(missing_ok=True)  # a resumed run whose edits were committed meanwhile
     return {"commit": git("rev-parse", "HEAD").strip() or "unknown (not a git checkout)", "dirty": bool(diff)}
 
 
@@ -43,8 +44,9 @@ def check_run_dir(out, resume=False, overwrite=False, announce=True):
         if announce and not (out / "last.pt").exists():  # `make best RESUME=1`: seeds not started yet
             print(f"--resume: {out}/last.pt does not exist (no epoch finished there yet); starting the run")
     elif existing and not overwrite:
-        raise UsageError(f"{out} already holds a run ({', '.join(existing)}). "
-                         "Add --resume to continue it or --overwrite to replace it (make ... RESUME=1 / OVERWRITE=1).")
+        raise UsageError(f"{out} already holds a run ({', '.join(existing)}). Add --resume to continue it, "
+                         "--overwrite to replace it, or another --out to keep both (make ... RESUME=1 / OVERWRITE=1 "
+                         "/ RUN=another-name).")
     return out
 
 

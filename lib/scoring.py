@@ -19,9 +19,9 @@ def predict_logits(forward, inputs, batch_size, device, amp=True):
     return torch.cat(out)
 
 
-def evaluate(forward, inputs, masks, loss_name, batch_size, device, amp=True):
-    """score() of the predictions of `forward` on `inputs`."""
-    return score(predict_logits(forward, inputs, batch_size, device, amp), masks, loss_name)
+def evaluate(forward, inputs, masks, loss, batch_size, device, amp=True):
+    """score() of the predictions of `forward` on `inputs`; loss: a loss function, or None."""
+    return score(predict_logits(forward, inputs, batch_size, device, amp), masks, loss)
 
 
 @torch.no_grad()
@@ -41,15 +41,16 @@ def tta_probabilities(model, config, images, device, batch_size=64):
     return predict_probs(model, images, batch_size, device, not config["no_amp"], tta=True)
 
 
-def score_model(model, split, loss_name, batch_size, device, amp=True, tta=True, full_res=True, threshold=0.5,
+def score_model(model, split, loss, batch_size, device, amp=True, tta=True, full_res=True, threshold=0.5,
                 edge_move=0.0):
     """Every test number of a model on a load_split() result: per-image means at model resolution (plain keys),
     'tta_' keys with flip test-time augmentation, 'fullres_' keys at each mask's original size ('fullres_lcc_' with
     only the largest region kept; only these move the edge by edge_move, as make predict's masks), and 'pooled_iou'
-    keys over all pixels together. Returns (summary, per-image metrics)."""
+    keys over all pixels together; loss: a loss function for the 'loss' key, or None. Returns (summary, per-image
+    metrics)."""
     masks = split["masks"][:]  # read into memory if memory-mapped
     logits = predict_logits(model, split["images"], batch_size, device, amp)
-    summary, per_image = score(logits, masks, loss_name, threshold)
+    summary, per_image = score(logits, masks, loss, threshold)
     variants = {"": logits.sigmoid()}
     if tta:
         variants["tta_"] = predict_probs(model, split["images"], batch_size, device, amp, tta=True)

@@ -200,7 +200,7 @@ def test_masks_keep_the_isic_name_whatever_the_format_and_only_a_clash_names_the
     picture.save(folder / "photo2.JPG")
     picture.save(folder / "photo2.jpg")  # two files, one name even with the format: left out, named; others written
     picture.save(folder / "new.jpg")
-    with pytest.raises(UsageError, match=r"(?s)2 of 8 images were not segmented.*photo2.JPG: it and photo2.jpg would "
+    with pytest.raises(UsageError, match=r"(?s)2 of 8 images not segmented.*photo2.JPG: it and photo2.jpg would "
                        r"write the same mask .photo2_jpg_segmentation.png.; rename one"):
         predict.main([str(folder), *flags])
     assert (out / "new_segmentation.png").exists() and not (out / "photo2_jpg_segmentation.png").exists()
@@ -212,7 +212,7 @@ def test_predict_writes_every_readable_image_and_lists_the_others(checkpoint, tm
     for name in ("a.jpg", "c.jpg"):
         Image.fromarray(np.full((40, 30, 3), 128, np.uint8)).save(folder / name)
     (folder / "b.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UsageError, match=r"1 of 3 images were not segmented.*\n  .*b.jpg"):
+    with pytest.raises(UsageError, match=r"1 of 3 images not segmented.*\n  .*b.jpg"):
         predict.main([str(folder), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
                       "--device", "cpu"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_segmentation.png", "c_segmentation.png"]

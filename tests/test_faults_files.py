@@ -118,7 +118,7 @@ def test_eps_bytes_named_jpg_are_never_decoded(synthetic, tmp_path):
     (tmp_path / "photo.jpg").write_bytes(EPS)
     result = run("predict.py", tmp_path / "photo.jpg", "-o", tmp_path / "out")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "Ghostscript" not in result.stderr
-    assert "error: 1 of 1 images were not segmented" in result.stderr
+    assert "error: 1 of 1 image not segmented" in result.stderr
     assert f"{tmp_path / 'photo.jpg'}: not an image of a format read here" in result.stderr
     data = tmp_path / "data"
     shutil.copytree(synthetic[0], data)

@@ -149,7 +149,7 @@ def test_watch_segments_a_photo_copied_in_slowly_once_and_whole_and_stops_on_ctr
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert out.strip().splitlines() == [f"stopped watching: wrote 1 more masks to {clinic}/"]
+    assert out.strip().splitlines() == [f"stopped watching: wrote 1 more mask to {clinic}/"]
     assert sorted(p.name for p in clinic.iterdir()) == ["new.jpg", "new_overlay.jpg", "new_segmentation.png"]
     assert all_outputs_whole(clinic)
 

@@ -4,7 +4,7 @@ import torch
 
 from lib.compare import iou
 from lib.metrics import per_image_metrics, score
-from losses import bce_loss, lovasz_hinge_loss, soft_iou_loss
+from losses import LOSSES, bce_loss, lovasz_hinge_loss, soft_iou_loss
 
 BIG = 50.0  # a logit whose sigmoid is 1 to float precision
 
@@ -56,7 +56,7 @@ def test_numpy_iou_is_the_metrics_iou():
 def test_score_thresholds_logits_at_zero_and_averages_per_image():
     true = masks_of([1, 1, 0, 0], [0, 0, 0, 0])
     logits = masks_of([1, -1, -1, -1], [-1, -1, -1, -1]) * 3
-    summary, per_image = score(logits, true, "bce")
+    summary, per_image = score(logits, true, LOSSES["bce"])
     assert math.isclose(summary["iou"], (0.5 + 1.0) / 2)  # per-image mean, not pooled
     assert summary["n_images"] == 2
 

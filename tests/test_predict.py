@@ -17,6 +17,7 @@ from lib.masks import keep_largest_component, outline, overlay_jpeg
 from lib.metrics import full_resolution_metrics
 from lib.photos import output_stem
 from lib.scoring import predict_probs, score_model
+from losses import LOSSES
 from model import MobileNetSegmenter
 
 BIG = 50.0
@@ -119,7 +120,7 @@ def test_full_resolution_metrics_score_at_the_masks_own_size(tmp_path):
 def test_score_model_reports_every_variant(synthetic, checkpoint, tmp_path):
     model, config = load_checkpoint(checkpoint)
     split = decoding.load_split(synthetic[0], "test", 64, tmp_path)
-    summary, per_image = score_model(model, split, "bce", 8, torch.device("cpu"))
+    summary, per_image = score_model(model, split, LOSSES["bce"], 8, torch.device("cpu"))
     for key in ("loss", "iou", "dice", "pooled_iou", "tta_iou", "tta_dice", "fullres_iou", "fullres_dice",
                 "fullres_accuracy", "fullres_sensitivity", "fullres_specificity", "fullres_iou_thresholded",
                 "fullres_pooled_iou", "fullres_tta_iou", "fullres_lcc_iou", "fullres_lcc_tta_iou",

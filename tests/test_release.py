@@ -21,6 +21,7 @@ from lib.model_files import PT as RELEASED
 from lib.photos import output_stem
 from lib.scoring import score_model
 from lib.segmenter import Segmenter
+from losses import LOSSES
 
 CARD = ROOT / "models" / "card.json"
 
@@ -113,7 +114,7 @@ def test_the_released_model_scores_what_its_card_says(tmp_path):
     card = files.read_json(CARD)
     model, config = load_checkpoint(RELEASED)
     split = split_to_score(REAL_DATA, "test", [config], tmp_path / "cache")[0]
-    summary, _ = score_model(model, split, config["loss"], 64, torch.device("cpu"), not config["no_amp"])
+    summary, _ = score_model(model, split, LOSSES[config["loss"]], 64, torch.device("cpu"), not config["no_amp"])
     assert summary["n_images"] == card["test_images"]
     assert summary["fullres_lcc_tta_iou"] == pytest.approx(card["test"]["iou"], abs=1e-4)
     assert summary["fullres_lcc_tta_dice"] == pytest.approx(card["test"]["dice"], abs=1e-4)

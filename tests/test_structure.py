@@ -58,6 +58,16 @@ def test_the_library_imports_only_the_library():
             assert ours <= library, path
 
 
+def test_the_library_imports_no_top_level_file_but_model_py_and_its_map_names_every_module():
+    """lib/ takes what the student edits (a loss, an augmentation) as arguments, resolved once by the scripts; only
+    model.py's build_model, which checkpoints load, is imported. lib/__init__.py's map names every module."""
+    for name in LIB:
+        top = {m for m in imported_modules(ROOT / "lib" / f"{name}.py") if m in TOP_MODULES}
+        assert top <= {"model"}, (name, top)
+    text = (ROOT / "lib" / "__init__.py").read_text()
+    assert [name for name in LIB if f"{name}.py" not in text] == []
+
+
 def test_no_import_runs_in_a_circle():
     library = {f"lib.{name}" for name in LIB} | TOP_MODULES
     graph = {module_name(p): imported_modules(p) & library for p in PROJECT_FILES}

@@ -2,6 +2,7 @@
 losses.py used through the Makefile's FLAGS, an augmentation where augment.py's first lines say. Each touches one
 file, takes effect, and leaves its trace in the run folder (config.json's code and augmentations, code.diff)."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -67,3 +68,21 @@ def test_a_students_three_edits_take_effect_and_leave_their_trace(clone, synthet
     assert "code.diff" in printed and "augmentation, fixed_copies" in printed
     # the loss is three times BCE on other copies of the images: far from the run before the edits
     assert first_loss(tmp_path / "after") > 2 * first_loss(tmp_path / "before")
+
+
+def test_a_metric_added_in_one_place_reaches_test_metrics_and_evaluates_line(clone, synthetic, tmp_path):
+    """A fourth edit: precision, one line in lib/metrics.py's per_image_metrics, then in train.py's
+    test_metrics.json and in evaluate.py's printed line, with nothing else edited."""
+    path = clone / "lib" / "metrics.py"
+    old = '            "sensitivity": ratio(tp, tp + fn),  # recall\n'
+    assert path.read_text().count(old) == 1
+    path.write_text(path.read_text().replace(old, old + '            "precision": ratio(tp, tp + fp),\n'))
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "train.py", *train_args(synthetic[0], out)], cwd=clone,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert 0 <= json.loads((out / "test_metrics.json").read_text())["precision"] <= 1
+    result = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(out / "best.pt"), "--data-dir",
+                             str(synthetic[0]), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"],
+                            cwd=clone, capture_output=True, text=True)
+    assert result.returncode == 0 and re.search(r", precision [01]\.\d{4}, ", result.stdout), result.stderr

@@ -44,6 +44,9 @@ def test_one_epoch_writes_every_run_file_and_evaluate_reproduces_the_test_metric
     assert files.read_json(out / "test_metrics.json") == metrics
     again = files.read_json(out / "test_eval_metrics.json")
     assert "tta_iou" not in again and (out / "test_eval_per_image.csv").exists()
+    dirty = bool(subprocess.run(["git", "diff", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout)
+    assert again["code"]["dirty"] == dirty and len(again["code"]["commit"]) == 40  # the code that scored it
+    assert (out / "test_eval_code.diff").exists() == dirty
     for key in ("loss", "iou", "dice", "n_images"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
 

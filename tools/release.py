@@ -27,6 +27,7 @@ from lib.model_files import sha256
 from lib.perturbations import PERTURBATIONS, score_perturbations, summarize
 from lib.plots import save_panel
 from lib.scoring import onnx_split_iou, predict_probs, score_model
+from losses import LOSSES
 
 MAX_HALF_PRECISION_LOSS = 0.001  # test IoU (full resolution, flip TTA, largest region) that float16 may cost
 MAX_ONNX_DIFFERENCE = 1e-4  # test IoU between ONNX Runtime and PyTorch on the same weights
@@ -37,7 +38,7 @@ NUMBERS_START, NUMBERS_END = "<!-- numbers: written by tools/release.py -->", "<
 def test_scores(path, split, device):
     """(summary, per-image metrics) of one checkpoint on the test split, every variant."""
     model, config = load_checkpoint(path, device)
-    return score_model(model, split, config["loss"], 64, device, not config["no_amp"])
+    return score_model(model, split, LOSSES[config["loss"]], 64, device, not config["no_amp"])
 
 
 def worst_images(path, split, per_image, device, out, n=6):
