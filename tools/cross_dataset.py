@@ -76,7 +76,8 @@ def main(argv=None):
     parser = cli.parser(__doc__)
     parser.add_argument("--model", nargs="+", required=True, metavar="NAME=FILE",
                         help="models to score (.onnx or .pt), each named")
-    parser.add_argument("--data-dir", nargs="+", required=True, help="data sets whose test split is scored")
+    cli.add_data_dir_flag(parser, "each one's test split is scored; HAM10000's last (its metadata.csv splits it by "
+                          "diagnosis)", several=True, required=True)
     parser.add_argument("--out", type=Path, default=Path("runs/cross-dataset-table"), help="output folder")
     cli.add_device_flag(parser)
     args = parser.parse_args(argv)
