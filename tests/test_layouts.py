@@ -11,12 +11,12 @@ from pathlib import Path
 import download
 import pytest
 
-from conftest import REAL_DATA, train_args
+from conftest import HAM, REAL_DATA, train_args
 from PIL import Image
 
 import evaluate
 import train
-from lib import errors, files, layouts, model_files
+from lib import errors, files, images, layouts, model_files
 from lib.synthetic import write_synthetic
 
 
@@ -117,6 +117,35 @@ def test_several_data_dirs_train_on_the_union_and_test_each_apart(synthetic, pai
     assert files.read_json(tmp_path / "run" / "test_isic2017_metrics.json")["n_images"] == 4
     history = files.read_csv(tmp_path / "run" / "history.csv")
     assert len(history) == 1 and history[0]["val_iou"] >= 0  # validated on 4 + 4 images
+
+
+@pytest.mark.skipif(not (REAL_DATA.is_dir() and HAM.is_dir()), reason="needs ../shared/isic2016 and ham10000")
+def test_two_real_sources_train_together_as_make_two_source_does(tmp_path, capsys):
+    """A few real photos of each source, laid out as each comes (ISIC 2016's official folders; HAM10000's plain
+    train/val/test with some of its palette masks): one run trains on both, validates on both validation splits,
+    and scores each test split apart, with every HAM mask read as lesion on background."""
+    isic = tmp_path / "isic2016"
+    for split in ("train", "test"):
+        for folder, pairs in zip(layouts.SPLITS[split], [layouts.find_pairs(REAL_DATA, split)[:10]] * 2):
+            (isic / folder).mkdir(parents=True)
+            for _, image, mask in pairs:
+                source = image if "Data" in folder else mask
+                (isic / folder / source.name).symlink_to(source)
+    ham = tmp_path / "ham10000"
+    for split, n in (("train", 10), ("val", 4), ("test", 4)):
+        for _, image, mask in sorted(layouts.find_pairs(HAM, split))[:n]:  # ids from ISIC_0024306: palette masks
+            for sub, source in (("images", image), ("masks", mask)):
+                (ham / split / sub).mkdir(parents=True, exist_ok=True)
+                (ham / split / sub / source.name).symlink_to(source)
+    palette = [m for m in (ham / "train" / "masks").iterdir() if Image.open(m).mode == "P"]
+    assert palette and all(images.read_binary_mask(m).mean() < 0.5 for m in palette)
+    train.main(train_args(isic, tmp_path / "run", "--data-dir", str(isic), str(ham), "--aug-copies", "0"))
+    printed = capsys.readouterr().out
+    assert "training on 19 images (19 originals)" in printed  # 9 of ISIC's 10 (a tenth validates) + HAM's 10
+    assert "plain folders in" in printed and "4 validation (official split)" in printed
+    assert files.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == 10
+    assert files.read_json(tmp_path / "run" / "test_ham10000_metrics.json")["n_images"] == 4
+    assert files.read_csv(tmp_path / "run" / "history.csv")[0]["val_iou"] >= 0  # 1 + 4 validation photos
 
 
 def test_a_plain_folder_copy_of_the_real_test_split_scores_exactly_the_same(tmp_path):
