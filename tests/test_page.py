@@ -491,7 +491,7 @@ def test_the_page_refuses_a_model_whose_bytes_are_not_model_jsons(static_site, b
     expected = json.loads((site / "model.json").read_text())["sha256"]
     open_page(browser, address)
     ours = browser.execute_async_script(
-        "const done = arguments[0]; import('./segment.js').then(async m => { const bytes = new Uint8Array(await "
+        "const done = arguments[0]; import('./formats.js').then(async m => { const bytes = new Uint8Array(await "
         "(await fetch('model.onnx')).arrayBuffer()); Object.defineProperty(globalThis, 'crypto', {value: undefined});"
         " done(await m.sha256(bytes)); })")
     assert ours == expected == hashlib.sha256(data).hexdigest()

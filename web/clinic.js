@@ -3,7 +3,7 @@
 // train/images + train/masks, test/ for the ones held out, and labels.json on the model and settings that drew
 // the proposals.
 import {calibrateEdge, calibrationWords, edgeCurves, heldOutChange} from "./calibrate.js";
-import {zip} from "./segment.js";
+import {zip} from "./formats.js";
 
 const READABLE = ["jpg", "jpeg", "png", "bmp", "tif", "tiff"];  // lib/layouts.py's IMAGE_EXTS: kept as they are
 export const HOLD_OUT_EVERY = 5;  // by default every fifth accepted image is held out, as make adapt holds a fifth

@@ -1,9 +1,9 @@
 // Correcting one mask: a brush that adds, an eraser that removes, their size, undo and redo, the whole edge grown
 // or shrunk (the edge move, for this image), with mouse, pen or touch (pointer events). Drawn at display scale,
 // applied to the mask at the image's own size.
-import {moveEdge, outline, resize, rgbOf, shownMask} from "./segment.js";
+import {DISPLAY, displaySize, moveEdge, outline, resize, rgbOf, shownMask} from "./segment.js";
 
-const DISPLAY = 768, HISTORY = 30, EDGE_STEP = 0.02;  // longest side shown; undo steps kept; one grow/shrink click
+const HISTORY = 30, EDGE_STEP = 0.02;  // undo steps kept; one grow/shrink click
 
 // Paint (value 1) or erase (0) on a 0/1 mask [h, w] every pixel whose centre lies within radius of the polyline
 // through points ({x, y} in image pixels; one point: a dot). tests/test_page.py computes the same pixels in Python.
@@ -35,87 +35,118 @@ function button(text, onClick) {
 // the user closes it; next: {label(), go()}, a button to the next photo to correct. Returns {set(mask): one more
 // change through the editing path, close()}.
 export function openEditor(container, item, onChange, onClose, next) {
-  const {w, h} = item.photo, scale = Math.min(1, DISPLAY / Math.max(w, h));
-  const dw = Math.round(w * scale), dh = Math.round(h * scale);
-  const shown = resize(rgbOf(item.photo.rgba), w, h, 3, dw, dh, true);
-  const canvas = document.createElement("canvas"), size = document.createElement("input");
-  canvas.width = dw; canvas.height = dh; canvas.className = "editor-canvas"; canvas.style.touchAction = "none";
-  if (scale === 1 && Math.max(w, h) < DISPLAY)  // a small photo shown at DISPLAY, its pixels enlarged
-    Object.assign(canvas.style, {width: `${Math.round(w * DISPLAY / Math.max(w, h))}px`, imageRendering: "pixelated"});
-  Object.assign(size, {type: "range", min: 2, max: 80, value: 20, className: "brush-size"});
-  let mask = item.mask.slice(), tool = 1, stroke = null, pending = false;
-  const undo = [], redo = [];
+  const {w, h} = item.photo, canvas = photoCanvas(w, h);
+  const state = {w, h, mask: item.mask.slice(), tool: 1, undo: [], redo: [], draw: drawing(canvas, item.photo, w, h)};
+  state.change = mask => {  // one undoable step
+    state.undo.push(state.mask); if (state.undo.length > HISTORY) state.undo.shift();
+    state.redo.length = 0; state.show(mask);
+  };
+  state.show = mask => { state.mask = mask; state.draw(mask); onChange(mask); state.steps?.(); };
+  const size = Object.assign(document.createElement("input"), {type: "range", min: 2, max: 80, value: 20,
+                                                                className: "brush-size"});
+  followPointer(canvas, state, () => Number(size.value) / 2 * w / canvas.getBoundingClientRect().width);
+  const panel = document.createElement("div"), close = () => { panel.remove(); onClose(); };
+  panel.className = "editor";
+  panel.append(toolbar(state, size, close, next), hint(), canvas);
+  container.append(panel);
+  state.draw(state.mask); state.steps();
+  return {set: mask => state.change(Uint8Array.from(mask)), close};
+}
 
-  function draw() {  // the photo, the mask tinted blue, its outline red
-    pending = false;
+function photoCanvas(w, h) {  // the canvas at display size; a small photo's pixels enlarged to DISPLAY on screen
+  const {scale, dw, dh} = displaySize(w, h), canvas = document.createElement("canvas");
+  Object.assign(canvas, {width: dw, height: dh, className: "editor-canvas"});
+  canvas.style.touchAction = "none";
+  if (scale === 1 && Math.max(w, h) < DISPLAY)
+    Object.assign(canvas.style, {width: `${Math.round(w * DISPLAY / Math.max(w, h))}px`, imageRendering: "pixelated"});
+  return canvas;
+}
+
+function drawing(canvas, photo, w, h) {  // draw(mask): the photo, the mask tinted blue, its outline red
+  const {scale, dw, dh} = displaySize(w, h), shown = resize(rgbOf(photo.rgba), w, h, 3, dw, dh, true);
+  return mask => {
     const small = shownMask(mask, w, h, dw, dh, scale);
     const edge = outline(small, dw, dh, 2), ctx = canvas.getContext("2d"), image = ctx.createImageData(dw, dh);
     for (let i = 0; i < dw * dh; i++) {
       const [r, g, b] = [shown[3 * i], shown[3 * i + 1], shown[3 * i + 2]];
-      image.data.set(edge[i] ? [255, 0, 0, 255] : small[i] ? [0.6 * r, 0.6 * g, 0.6 * b + 100, 255] : [r, g, b, 255], 4 * i);
+      image.data.set(edge[i] ? [255, 0, 0, 255] : small[i] ? [0.6 * r, 0.6 * g, 0.6 * b + 100, 255] : [r, g, b, 255],
+                     4 * i);
     }
     ctx.putImageData(image, 0, 0);
-  }
-  const redraw = () => { if (!pending) { pending = true; requestAnimationFrame(draw); } };
-  function change(next) {  // one undoable step
-    undo.push(mask); if (undo.length > HISTORY) undo.shift();
-    redo.length = 0; mask = next; draw(); onChange(mask); steps();
-  }
-  function point(e) {  // the pointer in image pixels
+  };
+}
+
+// Strokes of the pointer (mouse, pen, touch) painted at the image's own size, drawn once a frame, one undoable step
+// each; radius(): the brush's radius in image pixels.
+function followPointer(canvas, state, radius) {
+  const {w, h} = state;
+  let stroke = null, pending = false;
+  const point = e => {  // the pointer in image pixels
     const r = canvas.getBoundingClientRect();
     return {x: (e.clientX - r.left) * w / r.width, y: (e.clientY - r.top) * h / r.height};
-  }
-  const radius = () => Number(size.value) / 2 * w / canvas.getBoundingClientRect().width;
+  };
+  const redraw = () => {
+    if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; state.draw(state.mask); }); }
+  };
   canvas.addEventListener("pointerdown", e => {
     e.preventDefault();
     try { canvas.setPointerCapture(e.pointerId); } catch { /* a scripted pointer has nothing to capture */ }
-    stroke = {points: [point(e)], before: mask, mask: mask.slice()};
-    paintStroke(stroke.mask, w, h, stroke.points, radius(), tool);
-    mask = stroke.mask; redraw();
+    stroke = {points: [point(e)], before: state.mask, mask: state.mask.slice()};
+    paintStroke(stroke.mask, w, h, stroke.points, radius(), state.tool);
+    state.mask = stroke.mask; redraw();
   });
   canvas.addEventListener("pointermove", e => {
     if (!stroke) return;
     const p = point(e), last = stroke.points[stroke.points.length - 1];
     stroke.points.push(p);
-    paintStroke(stroke.mask, w, h, [last, p], radius(), tool);
+    paintStroke(stroke.mask, w, h, [last, p], radius(), state.tool);
     redraw();
   });
   const end = () => {
     if (!stroke) return;
     const done = stroke; stroke = null;
-    mask = done.before; change(done.mask);
+    state.mask = done.before; state.change(done.mask);
   };
   canvas.addEventListener("pointerup", end);
   canvas.addEventListener("pointercancel", end);
-  const tools = document.createElement("div");
+}
+
+// Brush, eraser, size, undo and redo (each saying how many steps it can take; none left: greyed out), the whole
+// edge shrunk or grown, close, and the step to the next photo.
+function toolbar(state, size, close, next) {
+  const {w, h} = state, tools = document.createElement("div");
   tools.className = "editor-tools";
   const brush = button("Brush", () => select(1)), eraser = button("Eraser", () => select(0));
-  function select(value) { tool = value; brush.classList.toggle("on", value === 1); eraser.classList.toggle("on", value === 0); }
-  const step = (from, to) => { if (from.length) { to.push(mask); mask = from.pop(); draw(); onChange(mask); steps(); } };
-  const undoButton = button("Undo", () => step(undo, redo)), redoButton = button("Redo", () => step(redo, undo));
-  function steps() {  // the buttons say how many steps they can take back or again; none left: disabled
-    undoButton.disabled = !undo.length; redoButton.disabled = !redo.length;
-    undoButton.title = `${undo.length} step${undo.length === 1 ? "" : "s"} to undo (the last ${HISTORY} are kept)`;
-    redoButton.title = `${redo.length} step${redo.length === 1 ? "" : "s"} to redo`;
-  }
-  const sizeLabel = document.createElement("label"), hint = document.createElement("p");
+  const select = value => {
+    state.tool = value; brush.classList.toggle("on", value === 1); eraser.classList.toggle("on", value === 0);
+  };
+  const step = (from, to) => { if (from.length) { to.push(state.mask); state.show(from.pop()); } };
+  const undo = button("Undo", () => step(state.undo, state.redo));
+  const redo = button("Redo", () => step(state.redo, state.undo));
+  state.steps = () => {
+    const [u, r] = [state.undo.length, state.redo.length];
+    undo.disabled = !u; redo.disabled = !r;
+    undo.title = `${u} step${u === 1 ? "" : "s"} to undo (the last ${HISTORY} are kept)`;
+    redo.title = `${r} step${r === 1 ? "" : "s"} to redo`;
+  };
+  const sizeLabel = document.createElement("label");
   sizeLabel.append("size ", size);
-  hint.className = "editor-hint";
-  hint.textContent = `Draw on the photo: the brush adds to the lesion, the eraser removes; Undo takes back up to the ` +
-    `last ${HISTORY} steps. The mask is kept as you go; Accept when it is right.`;
-  tools.append(brush, eraser, sizeLabel, undoButton, redoButton,
-               button("Shrink edge", () => change(moveEdge(mask, w, h, EDGE_STEP))),
-               button("Grow edge", () => change(moveEdge(mask, w, h, -EDGE_STEP))), button("Close", () => close()));
+  tools.append(brush, eraser, sizeLabel, undo, redo,
+               button("Shrink edge", () => state.change(moveEdge(state.mask, w, h, EDGE_STEP))),
+               button("Grow edge", () => state.change(moveEdge(state.mask, w, h, -EDGE_STEP))), button("Close", close));
   if (next) {
-    const step = button(next.label(), () => next.go());
-    step.className = "next-unsure"; step.disabled = next.label().includes("(0 left)");
-    tools.append(step);
+    const onward = button(next.label(), () => next.go());
+    onward.className = "next-unsure"; onward.disabled = next.label().includes("(0 left)");
+    tools.append(onward);
   }
   select(1);
-  const panel = document.createElement("div");
-  panel.className = "editor"; panel.append(tools, hint, canvas);
-  container.append(panel);
-  draw(); steps();
-  function close() { panel.remove(); onClose(); }
-  return {set: next => change(Uint8Array.from(next)), close};
+  return tools;
+}
+
+function hint() {
+  const p = document.createElement("p");
+  p.className = "editor-hint";
+  p.textContent = `Draw on the photo: the brush adds to the lesion, the eraser removes; Undo takes back up to the ` +
+    `last ${HISTORY} steps. The mask is kept as you go; Accept when it is right.`;
+  return p;
 }

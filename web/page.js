@@ -5,11 +5,12 @@
 import * as ort from "./ort/ort.wasm.min.mjs";
 import {HOLD_OUT_EVERY, calibrateOn, exportZip, showCount} from "./clinic.js";
 import {openEditor} from "./editor.js";
-import {MAX_PIXELS, declaredSize, loadModel, maskAtSize, outline, outputStem, png, probabilities, resize, rgbOf,
-        sha256, shownMask, tooLarge, unsure, zip} from "./segment.js";
+import {declaredSize, png, sha256, zip} from "./formats.js";
+import {MAX_PIXELS, displaySize, loadModel, maskAtSize, outline, outputStem, probabilities, resize, rgbOf, shownMask, tooLarge,
+        unsure} from "./segment.js";
 import {changes, clearAll, saveImage, saveSetting, savedImage, savedImages, setting} from "./store.js";
 
-const MAX_FILES = 50, DISPLAY = 768, SHOWN = 300;  // per drop; longest side of the pictures; their width on screen
+const MAX_FILES = 50, SHOWN = 300;  // per drop; the pictures' width on screen
 const CHECK_FIRST = 0.2;  // the most unsure fifth of the photos not yet accepted are marked "check first"
 const $ = id => document.getElementById(id);
 const items = [];  // every image segmented or restored here, in order
@@ -56,8 +57,7 @@ function options() {
 
 // What the page shows of one photo: the contour on it, the mask, where the model is unsure (near the threshold).
 function pictures({photo, prob, mask, proposal}) {
-  const scale = Math.min(1, DISPLAY / Math.max(photo.w, photo.h));
-  const dw = Math.round(photo.w * scale), dh = Math.round(photo.h * scale);
+  const {scale, dw, dh} = displaySize(photo.w, photo.h);
   const shown = resize(rgbOf(photo.rgba), photo.w, photo.h, 3, dw, dh, true);
   const small = shownMask(mask, photo.w, photo.h, dw, dh, scale);
   const edge = outline(small, dw, dh, Math.max(2, Math.ceil(2 * dw / SHOWN)));  // about 2 screen pixels wide
