@@ -80,9 +80,11 @@ def upload(driver, *paths):
 
 
 def finished(driver, count, timeout=300):
-    """The result cards once `count` of them are done or failed."""
-    return WebDriverWait(driver, timeout).until(
+    """The result cards once `count` of them are done or failed, in the order their photos were given (the page
+    shows the most unsure first)."""
+    found = WebDriverWait(driver, timeout).until(
         lambda d: len(found := d.find_elements(By.CSS_SELECTOR, ".result.done, .result.failed")) >= count and found)
+    return sorted(found, key=lambda card: int(card.get_attribute("data-order")))
 
 
 def offered_mask(driver, card):
@@ -473,20 +475,24 @@ def test_the_page_names_masks_by_predicts_rule(server, browser):
 @pytest.fixture
 def static_site(tmp_path):
     """(the address of make site's files served by a plain static server, without the page's server's headers,
-    the site folder)."""
+    the site folder, a function that stops the server)."""
     site = tmp_path / "site"
     subprocess.run([sys.executable, "tools/serve.py", "--write", str(site)], cwd=ROOT, check=True, capture_output=True)
     handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(site))  # noqa: E731
     static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=static.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{static.server_address[1]}/", site
-    static.shutdown()
+
+    def stop():  # no answer at that address any more, as with no network
+        static.shutdown()
+        static.server_close()
+    yield f"http://127.0.0.1:{static.server_address[1]}/", site, stop
+    stop()
 
 
 def test_the_page_refuses_a_model_whose_bytes_are_not_model_jsons(static_site, browser):
     """One flipped byte in the served model.onnx: the page says so and segments nothing, where it ran the damaged
     model before. Its sha256 is checked by SubtleCrypto, or by the page's own where the page is no secure context."""
-    address, site = static_site
+    address, site, _ = static_site
     data = bytearray((site / "model.onnx").read_bytes())
     expected = json.loads((site / "model.json").read_text())["sha256"]
     open_page(browser, address)
@@ -554,3 +560,21 @@ def test_the_pages_unsure_score_is_predicts_and_orders_the_queue(server, browser
     step.click()
     assert not cards[0].find_elements(By.CSS_SELECTOR, ".editor")
     assert cards[1].find_element(By.CSS_SELECTOR, "button.next-unsure").text == "Next most unsure (3 left)"
+
+
+def test_a_static_host_without_headers_gets_threads_and_the_page_works_offline(static_site, browser, synthetic):
+    """make site served by a plain static server that sends no COOP/COEP: after its one reload the page is
+    cross-origin isolated with 2 threads; with the server stopped, a reload still loads it and segments a photo."""
+    address, _, stop = static_site
+    status = open_page(browser, address)
+    assert browser.execute_script("return crossOriginIsolated") is True, status
+    threads = browser.execute_script("return navigator.hardwareConcurrency")
+    assert threads >= 2 and f"WebAssembly, {threads} thread(s)" in status, status
+    folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
+    photo = layouts.find_pairs(folder, "test")[0][1]
+    stop()
+    status = open_page(browser, address)
+    assert "Model loaded" in status, status
+    upload(browser, photo)
+    card = finished(browser, 1)[0]
+    assert "done" in card.get_attribute("class") and offered_mask(browser, card).any()

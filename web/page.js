@@ -14,7 +14,7 @@ const MAX_FILES = 50, SHOWN = 300;  // per drop; the pictures' width on screen
 const CHECK_FIRST = 0.2;  // the most unsure fifth of the photos not yet accepted are marked "check first"
 const $ = id => document.getElementById(id);
 const items = [];  // every image segmented or restored here, in order
-let model, calibration, serial = 0;
+let model, calibration, serial = 0, cards = 0;
 
 
 function canvasOf(w, h, fill) {  // fill(ImageData.data) draws the pixels
@@ -151,6 +151,7 @@ function controls(item) {
 function newCard(name) {
   const [card, title, body] = ["div", "h2", "div"].map(tag => document.createElement(tag));
   card.className = "result"; title.textContent = name; body.textContent = "waiting…";
+  card.dataset.order = cards++;  // the order given, whatever order the queue shows them in
   card.append(title, body); $("results").append(card);
   return {card, body};
 }
@@ -276,8 +277,31 @@ function wireClinic(begin) {
   });
 }
 
+// The service worker (sw.js) keeps the page for visits with no network and adds the isolation headers that threads
+// need. Once it controls a page that is not isolated (a static host without those headers): one reload, never two.
+// Returns whether the page reloads.
+async function keepOffline() {
+  if (!navigator.serviceWorker) return false;  // no secure context (plain http to another machine): 1 thread
+  try {
+    await navigator.serviceWorker.register("sw.js");
+    await Promise.race([navigator.serviceWorker.ready, new Promise(r => setTimeout(r, 3000))]);
+  } catch (e) {
+    console.warn(`no service worker, so no offline visits: ${e.message}`);
+    return false;
+  }
+  const worker = navigator.serviceWorker.controller ?? await new Promise(r => {
+    navigator.serviceWorker.addEventListener("controllerchange", () => r(navigator.serviceWorker.controller));
+    setTimeout(r, 3000);
+  });
+  if (crossOriginIsolated || !worker || sessionStorage.getItem("reloaded-for-threads")) return false;
+  sessionStorage.setItem("reloaded-for-threads", "1");
+  location.reload();
+  return true;
+}
+
 async function start() {
   const begin = performance.now();
+  if (await keepOffline()) return;
   ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
   ort.env.wasm.numThreads = crossOriginIsolated ? navigator.hardwareConcurrency || 1 : 1;
   try { model = await loadModel(ort, "./"); } catch (e) { $("status").textContent = `The model did not load: ${e.message}`; return; }
