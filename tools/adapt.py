@@ -188,7 +188,7 @@ def main(argv=None):
         choice, against = choose(scores, move)
         validation = {"images": len(masks), "folds": min(args.folds, len(masks)), "choice": choice,
                       "against_before": {n: paired_difference(scores["before"], s) for n, s in scores.items()},
-                      "against_edge": against}
+                      "against_edge": against, "out_of_fold": {n: [float(v) for v in s] for n, s in scores.items()}}
     fitted = fit_both(train, masks, move, out / "candidates", args, device) if args.train_flags and \
         args.all_candidates else {}
     adapted_file, adapted, edge = None, None, move
