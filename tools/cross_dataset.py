@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
 
 from lib import cli, files, images, layouts
-from lib.compare import iou
+from lib.compare import iou, paired_difference
 from lib.errors import UsageError
 from lib.plots import plot_contours
 from lib.segmenter import Segmenter
@@ -63,6 +63,21 @@ def table(results, groups):
     return "\n".join(lines)
 
 
+def paired_table(results):
+    """Markdown: each model after the first against the first, photo by photo on each data set: the mean
+    difference, its paired standard error, and on how many photos it is better and worse."""
+    names, first = list(next(iter(results.values()))), next(iter(results))
+    lines = ["| model | " + " | ".join(f"{n}: vs {first}" for n in names) + " |", "|" + "---|" * (len(names) + 1)]
+    for model, per_set in list(results.items())[1:]:
+        cells = []
+        for n in names:
+            d = paired_difference(results[first][n][0], per_set[n][0])
+            cells.append(f"{d['difference']:+.4f} ± {d['standard_error']:.4f} ({d['new_better']} better, "
+                         f"{d['new_worse']} worse)")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def worst_panel(ious, predicted, pairs, groups, path):
     """The WORST photos of one model on one data set, truth and prediction drawn on each."""
     worst = np.argsort(ious)[:WORST]
@@ -96,7 +111,7 @@ def main(argv=None):
         print(f"{name}: " + ", ".join(f"{n} {r[0].mean():.4f}" for n, r in results[name].items()), flush=True)
     first, last = next(iter(results.values())), list(sets)[-1]
     worst_panel(first[last][0], first[last][1], first[last][2], groups, args.out / "worst.png")
-    text = table(results, groups)
+    text = table(results, groups) + ("\n\n" + paired_table(results) if len(results) > 1 else "")
     files.write_text(args.out / "table.md", text + "\n")
     print(text + f"\nwrote {args.out}/table.md, per-image CSVs and worst.png")
 
