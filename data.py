@@ -38,7 +38,8 @@ def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", wor
     def load(group, draft=draft):
         return (load_mapped_split if memory_map else load_split)(data_dir, group, size, cache_dir, workers, draft)
     if "train" in groups:
-        train, test, held_out = load("train"), load("test", False) if "test" in groups else None, ""
+        train, held_out = load("train"), ""
+        test = load("test", False) if "test" in groups else None
     elif "all" in groups:
         everything = load("all")
         rest, test_idx = split_indices(len(everything["ids"]), TEST_FRACTION, split_seed)
@@ -122,8 +123,8 @@ def load_data(args, device):
         parts = [load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir, args.workers,
                              args.memory_map) for d in args.data_dir]
 
-    (train_images, train_masks), val = ((s["images"], s["masks"]) for s in (
-        join([p[split] for p in parts]) for split in ("train", "val")))
+    train, val = (join([p[split] for p in parts]) for split in ("train", "val"))
+    (train_images, train_masks), val = (train["images"], train["masks"]), (val["images"], val["masks"])
     if len(train_images) < 2:
         raise DataError(f"{len(train_images)} training image(s) in {', '.join(args.data_dir)}: training needs at least "
                         "2 (fine-tuning with make adapt: 10 or more labelled images)")

@@ -7,12 +7,9 @@ test_per_image.csv, curves.png and prediction panels. Ctrl-C keeps last.pt; --re
     python train.py --freeze-encoder --loss bce --optimizer rmsprop --out runs/exp1-bce
 """
 import argparse
-import contextlib
 import copy
 import dataclasses
-import json
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -23,11 +20,11 @@ from tqdm import tqdm
 import augment
 from data import load_data
 from lib import cli, distributed, files, run_folder
-from lib.checkpoints import read_checkpoint, seal
+from lib.checkpoints import architecture_of, read_checkpoint
 from lib.device import autocast, pick_device
-from lib.errors import Interrupted, TrainingError, UsageError
-from lib.plots import plot_curves, save_panel
-from lib.scoring import evaluate, predict_logits, score_model
+from lib.errors import UsageError
+from lib.features import encode_all
+from lib.scoring import evaluate, score_model
 from losses import LOSSES
 from model import DECODER_WIDTHS, build_model, update_ema
 
@@ -36,107 +33,123 @@ RESUMABLE = ("epochs", "device", "workers", "cache_dir", "data_dir", "compile", 
 # config.json's keys that are no flags to take from another run (--config): where it ran and what it recorded
 RECORDS = ("out", "resume", "overwrite", "config", "augmentations", "code")
 SYNC_EVERY = 10  # training steps between reads of the loss from the device (each read waits for the GPU)
-DIVERGED = 100  # a training loss this many times the run's first stops the run
 
 
-def build_parser(defaults=True):
-    """train.py's flags, in groups; with defaults=False every default is left out, so parsing tells which flags
-    were given."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter, add_help=defaults)
+def build_parser(add_help=True):
+    """train.py's flags, in groups (FLAG_GROUPS)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter, add_help=add_help)
     for name, add_flags in FLAG_GROUPS.items():
-        group = p.add_argument_group(name)
-
-        def a(*names, default=None, group=group, **kwargs):
-            group.add_argument(*names, default=default if defaults else argparse.SUPPRESS, **kwargs)
-        add_flags(a)
+        add_flags(p.add_argument_group(name))
     return p
 
 
-def data_flags(a):
-    """train.py's data flags, each added with a(*names, **argparse options)."""
-    cli.add_data_dir_flag(a, "several: train on the union of their training splits, validate on the union of "
+def given_flags(argv):
+    """{flag: value} of the flags given on the command line alone: every default left out."""
+    parser = build_parser(add_help=False)  # --help: the parser with defaults prints it
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_known_args(argv)[0])
+
+
+def data_flags(g):
+    """train.py's data flags: flags added to the argument group g."""
+    cli.add_data_dir_flag(g, "several: train on the union of their training splits, validate on the union of "
                           "their validation splits, test on each test split apart", several=True)
-    cli.add_cache_dir_flag(a)
-    a("--workers", type=int, default=2, help="processes that decode JPEGs when the cache is built")
-    a("--memory-map", default=False, action="store_true",
-      help="keep the decoded images on disk (memory-mapped files in --cache-dir) and read each batch from there: "
-           "for training sets larger than memory; needs --aug-copies 0 (use --random-aug) and one --data-dir")
-    a("--image-size", type=int, default=128, help="images and masks are resized to this square size (multiple of 32)")
-    a("--val-fraction", type=float, default=0.1,
-      help="share of training images held out for validation (0: train on all of them; best.pt is the last epoch)")
-    a("--split-seed", type=int, default=0,
-      help="seeds the train/validation split (apart from --seed: runs of several seeds validate on the same images)")
+    cli.add_cache_dir_flag(g)
+    g.add_argument("--workers", type=int, default=2, help="processes that decode JPEGs when the cache is built")
+    g.add_argument("--memory-map", default=False, action="store_true",
+                   help="keep the decoded images on disk (memory-mapped files in --cache-dir) and read each batch "
+                        "from there: for training sets larger than memory; needs --aug-copies 0 (use --random-aug) "
+                        "and one --data-dir")
+    g.add_argument("--image-size", type=int, default=128,
+                   help="images and masks are resized to this square size (multiple of 32)")
+    g.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of training images held out for validation (0: train on all of them; best.pt is the "
+                        "last epoch)")
+    g.add_argument("--split-seed", type=int, default=0,
+                   help="seeds the train/validation split (apart from --seed: runs of several seeds validate on the "
+                        "same images)")
 
 
-def model_flags(a):
-    """train.py's model flags, each added with a(*names, **argparse options)."""
-    a("--encoder-weights", default="imagenet",
-      help="'imagenet' (torchvision download), 'none' (random), or a MobileNetV2 state_dict file")
-    a("--init-from", metavar="CHECKPOINT",
-      help="start from this checkpoint's weights instead of --encoder-weights: fine-tuning a trained model (a "
-           "train.py best.pt, or models/lesion_segmenter.pt as make adapt does); its --skips, --decoder-widths "
-           "and --image-size are kept")
-    a("--freeze-encoder", default=False, action="store_true", help="train the decoder only; the encoder stays fixed")
-    a("--no-feature-cache", default=False, action="store_true",
-      help="with --freeze-encoder, run the encoder at every step instead of once per run (same results, slower)")
-    a("--skips", default=False, action="store_true",
-      help="feed encoder stages into the decoder (U-Net style skip connections)")
-    a("--decoder-widths", type=int, nargs=5, default=list(DECODER_WIDTHS), metavar="C",
-      help="decoder channels at 1/16, 1/8, 1/4, 1/2 and full resolution")
+def model_flags(g):
+    """train.py's model flags: flags added to the argument group g."""
+    g.add_argument("--encoder-weights", default="imagenet",
+                   help="'imagenet' (torchvision download), 'none' (random), or a MobileNetV2 state_dict file")
+    g.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights instead of --encoder-weights: fine-tuning a trained "
+                        "model (a train.py best.pt, or models/lesion_segmenter.pt as make adapt does); its --skips, "
+                        "--decoder-widths and --image-size are kept")
+    g.add_argument("--freeze-encoder", default=False, action="store_true",
+                   help="train the decoder only; the encoder stays fixed")
+    g.add_argument("--no-feature-cache", default=False, action="store_true",
+                   help="with --freeze-encoder, run the encoder at every step instead of once per run (same results, "
+                        "slower)")
+    g.add_argument("--skips", default=False, action="store_true",
+                   help="feed encoder stages into the decoder (U-Net style skip connections)")
+    g.add_argument("--decoder-widths", type=int, nargs=5, default=list(DECODER_WIDTHS), metavar="C",
+                   help="decoder channels at 1/16, 1/8, 1/4, 1/2 and full resolution")
 
 
-def optimisation_flags(a):
-    """train.py's optimisation flags, each added with a(*names, **argparse options)."""
-    a("--loss", default="bce", choices=sorted(LOSSES), help="the training loss: one of losses.py's LOSSES")
-    a("--optimizer", default="adam", choices=["adam", "rmsprop"], help="Adam or RMSprop (PyTorch defaults otherwise)")
-    a("--lr", type=float, default=1e-3, help="learning rate (of the decoder when --encoder-lr-scale is set)")
-    a("--encoder-lr-scale", type=float, default=1.0, help="encoder learning rate = lr x this, when fine-tuning")
-    a("--weight-decay", type=float, default=0.0, help="L2 penalty of the optimizer")
-    a("--schedule", default="constant", choices=["constant", "cosine"], help="learning rate over the run")
-    a("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up before the schedule")
-    a("--ema", type=float, default=0.0, metavar="DECAY",
-      help="validate, save and test an exponential moving average of the weights with this decay per step "
-           "(e.g. 0.99); 0: the weights as trained")
-    a("--epochs", type=int, default=15, help="passes over the augmented training set")
-    a("--batch-size", type=int, default=32, help="images per optimizer step")
-    a("--seed", type=int, default=0, help="seeds the augmentation, initialisation and batch order")
+def optimisation_flags(g):
+    """train.py's optimisation flags: flags added to the argument group g."""
+    g.add_argument("--loss", default="bce", choices=sorted(LOSSES), help="the training loss: one of losses.py's LOSSES")
+    g.add_argument("--optimizer", default="adam", choices=["adam", "rmsprop"],
+                   help="Adam or RMSprop (PyTorch defaults otherwise)")
+    g.add_argument("--lr", type=float, default=1e-3,
+                   help="learning rate (of the decoder when --encoder-lr-scale is set)")
+    g.add_argument("--encoder-lr-scale", type=float, default=1.0,
+                   help="encoder learning rate = lr x this, when fine-tuning")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty of the optimizer")
+    g.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="learning rate over the run")
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up before the schedule")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate, save and test an exponential moving average of the weights with this decay per "
+                        "step (e.g. 0.99); 0: the weights as trained")
+    g.add_argument("--epochs", type=int, default=15, help="passes over the augmented training set")
+    g.add_argument("--batch-size", type=int, default=32, help="images per optimizer step")
+    g.add_argument("--seed", type=int, default=0, help="seeds the augmentation, initialisation and batch order")
 
 
-def augmentation_flags(a):
-    """train.py's augmentation flags, each added with a(*names, **argparse options)."""
-    a("--aug-copies", type=int, default=3, help="flipped/rotated copies added per training image (3: 4x data)")
-    a("--random-aug", default=False, action="store_true",
-      help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; "
-           "turns the feature cache off")
-    a("--shift-aug", type=float, default=0.0, metavar="SHARE",
-      help="with --random-aug: this share of the images (0..1) gets the robustness suite's kinds of shift instead "
-           "(augment.random_shift): zoom out to 0.55x in an edge-coloured border, stretch, colour casts, gamma, "
-           "blur, noise, hair")
+def augmentation_flags(g):
+    """train.py's augmentation flags: flags added to the argument group g."""
+    g.add_argument("--aug-copies", type=int, default=3,
+                   help="flipped/rotated copies added per training image (3: 4x data)")
+    g.add_argument("--random-aug", default=False, action="store_true",
+                   help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; turns the "
+                        "feature cache off")
+    g.add_argument("--shift-aug", type=float, default=0.0, metavar="SHARE",
+                   help="with --random-aug: this share of the images (0..1) gets the robustness suite's kinds of "
+                        "shift instead (augment.random_shift): zoom out to 0.55x in an edge-coloured border, stretch, "
+                        "colour casts, gamma, blur, noise, hair")
 
 
-def output_flags(a):
-    """train.py's output flags, each added with a(*names, **argparse options)."""
-    a("--out", default="runs/train", help="run folder for config, history, checkpoints, metrics and plots")
-    a("--viz-every", type=int, default=0, help="prediction panels every N epochs (0: about 4 per run)")
-    a("--config", metavar="CONFIG_JSON",
-      help="start from a saved run's flags (runs/<run>/config.json); flags given here override them")
-    a("--resume", default=False, action="store_true",
-      help="continue the run in --out from its last.pt (start it if it has none)")
-    a("--overwrite", default=False, action="store_true", help="replace an existing run in --out")
-    a("--no-test", default=False, action="store_true",
-      help="leave the test split unscored (still held out): make adapt's adapt.py scores it under its own protocol")
+def output_flags(g):
+    """train.py's output flags: flags added to the argument group g."""
+    g.add_argument("--out", default="runs/train", help="run folder for config, history, checkpoints, metrics and plots")
+    g.add_argument("--viz-every", type=int, default=0, help="prediction panels every N epochs (0: about 4 per run)")
+    g.add_argument("--config", metavar="CONFIG_JSON",
+                   help="start from a saved run's flags (runs/<run>/config.json); flags given here override them")
+    g.add_argument("--resume", default=False, action="store_true",
+                   help="continue the run in --out from its last.pt (start it if it has none)")
+    g.add_argument("--overwrite", default=False, action="store_true", help="replace an existing run in --out")
+    g.add_argument("--no-test", default=False, action="store_true",
+                   help="leave the test split unscored (still held out): make adapt's adapt.py scores it under its "
+                        "own protocol")
 
 
-def device_speed_flags(a):
-    """train.py's device and speed flags, each added with a(*names, **argparse options)."""
-    a("--no-amp", default=False, action="store_true", help="no mixed precision on GPU (CPU always runs float32)")
-    a("--compile", default=False, action="store_true", help="torch.compile the forward pass (opt-in; slow to start)")
-    a("--sync-bn", default=False, action="store_true",
-      help="under torchrun on GPUs: BatchNorm statistics over the whole global batch (SyncBatchNorm), as one "
-           "process has them; without it each process normalises its own share")
-    a("--cudnn-benchmark", default=False, action="store_true",
-      help="let cuDNN time its kernels for each new input shape (a slower first epoch; see docs/speed.md)")
-    cli.add_device_flag(a)
+def device_speed_flags(g):
+    """train.py's device and speed flags: flags added to the argument group g."""
+    g.add_argument("--no-amp", default=False, action="store_true",
+                   help="no mixed precision on GPU (CPU always runs float32)")
+    g.add_argument("--compile", default=False, action="store_true",
+                   help="torch.compile the forward pass (opt-in; slow to start)")
+    g.add_argument("--sync-bn", default=False, action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the whole global batch (SyncBatchNorm), as "
+                        "one process has them; without it each process normalises its own share")
+    g.add_argument("--cudnn-benchmark", default=False, action="store_true",
+                   help="let cuDNN time its kernels for each new input shape (a slower first epoch; see "
+                        "docs/speed.md)")
+    cli.add_device_flag(g)
 
 
 FLAG_GROUPS = {"data": data_flags, "model": model_flags, "optimisation": optimisation_flags,
@@ -145,10 +158,9 @@ FLAG_GROUPS = {"data": data_flags, "model": model_flags, "optimisation": optimis
 
 def parse_args(argv=None):
     """(flags, names of the flags given on the command line); refuses values that cannot train (exit 2)."""
-    parser = build_parser()
-    given = vars(build_parser(defaults=False).parse_known_args(argv)[0])  # --help: the parser with defaults
+    parser, given = build_parser(), given_flags(argv)
     if "config" in given:  # a saved run's flags become the defaults; flags on the command line still win
-        saved = saved_flags(given["config"])
+        saved = run_folder.saved_flags(given["config"])
         parser.set_defaults(**{k: v for k, v in saved.items() if k not in RECORDS})
     init_from = given.get("init_from", parser.get_default("init_from"))
     architecture = architecture_of(init_from) if init_from else {}
@@ -187,51 +199,6 @@ def parse_args(argv=None):
     return args, given
 
 
-def saved_flags(path):
-    """The flags of a run's config.json (--config); UsageError for a missing file, broken JSON or other JSON."""
-    try:
-        saved = files.read_json(path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"--config {path} cannot be read as JSON ({e}); give a run's config.json") from None
-    if not isinstance(saved, dict):
-        raise UsageError(f"--config {path} holds a JSON {type(saved).__name__}, not a run's flags; give a run's "
-                         "config.json (an object of flag names and values)")
-    return saved
-
-
-def architecture_of(checkpoint):
-    """The flags that decide the shape of a checkpoint's model (and so which weights fit it)."""
-    config = read_checkpoint(checkpoint)["config"]
-    return {key: config[key] for key in ("skips", "decoder_widths", "image_size")}
-
-
-def resumed_config(args, given, out):
-    """(flags, last.pt's contents or None): a resumed run keeps its own configuration, except RESUMABLE flags
-    given anew (e.g. more --epochs, another --device) and --out, where the run is now."""
-    if not (args.resume and (out / "last.pt").exists()):
-        return args, None
-    last = run_folder.read_last_checkpoint(out)
-    changed = {k: getattr(args, k) for k in RESUMABLE if k in given}
-    config = {**vars(args), **last["config"], **changed, "out": str(out), "resume": True, "overwrite": False}
-    return argparse.Namespace(**config), last
-
-
-class Rows:
-    """Tensors with the same number of rows, sliced and moved together: a frozen encoder's cached features."""
-
-    def __init__(self, tensors):
-        self.tensors = tensors
-
-    def __len__(self):
-        return len(self.tensors[0])
-
-    def __getitem__(self, idx):
-        return Rows([t[idx] for t in self.tensors])
-
-    def to(self, device, non_blocking=False):
-        return Rows([t.to(device, non_blocking=non_blocking) for t in self.tensors])
-
-
 def make_optimizer(model, args, device):
     if args.freeze_encoder:
         groups = [{"params": model.decoder_parameters(), "lr": args.lr}]
@@ -249,19 +216,6 @@ def lr_factor(step, total_steps, warmup_steps, schedule):
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
     return 1.0
-
-
-@torch.no_grad()
-def encode_all(model, images, batch_size, device, amp):
-    """The frozen encoder's features of every image, computed once (Rows: one tensor per tap, a row per image)."""
-    feats = None
-    for start in tqdm(range(0, len(images), batch_size), desc="encoding (frozen encoder, once)", leave=False,
-                      disable=None):
-        with autocast(device, amp):
-            out = model.encode(images[start:start + batch_size].to(device))
-        out = [f.float() for f in out]
-        feats = [[f] for f in out] if feats is None else [acc + [f] for acc, f in zip(feats, out)]
-    return Rows([torch.cat(f) for f in feats])
 
 
 def model_inputs(model, args, splits, device, amp):
@@ -315,10 +269,9 @@ def train_one_epoch(trainer, inputs, masks, args, epoch):
         data_seconds += time.perf_counter() - t0
         with autocast(device, t.amp):
             loss = t.loss(t.forward(batch), target)
-        if share is not None:  # under torchrun: this process's part of the global batch's mean loss
-            loss = loss * share
+        loss, to_backward = distributed.global_mean_parts(loss, share)  # under torchrun: this process's part
         t.optimizer.zero_grad(set_to_none=True)
-        t.scaler.scale(loss * distributed.world_size() if share is not None else loss).backward()
+        t.scaler.scale(to_backward).backward()
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.scheduler.step()
@@ -326,60 +279,10 @@ def train_one_epoch(trainer, inputs, masks, args, epoch):
             update_ema(t.ema, t.model, args.ema, epoch * len(batches) + step + 1)
         pending.append(loss.detach())
         if len(pending) == SYNC_EVERY or step == len(batches) - 1:
-            if share is not None:
-                pending = list(distributed.total(torch.stack(pending).double()))  # the global batches' losses
-            values += checked_losses(pending, epoch, len(values), t)
+            values += run_folder.checked_losses(distributed.global_losses(pending, share), epoch, len(values), t)
             pending = []
             bar.set_postfix(loss=f"{values[-1]:.4f}")
     return sum(value * len(idx) for value, idx in zip(values, batches)) / len(masks), data_seconds
-
-
-def checked_losses(losses, epoch, first_step, trainer):
-    """The losses (0-dim tensors) as floats; raises TrainingError at the first that is not finite or has grown to
-    DIVERGED times the run's first (a run that diverges but stays finite would otherwise train to the end)."""
-    values = torch.stack(losses).tolist()
-    trainer.start_loss = values[0] if trainer.start_loss is None else trainer.start_loss
-    for step, value in enumerate(values, first_step + 1):
-        if not math.isfinite(value):
-            raise TrainingError(f"the loss is {value} at epoch {epoch + 1}, step {step}")
-        if value > DIVERGED * trainer.start_loss:
-            raise TrainingError(f"the loss diverged: {value:.3g} at epoch {epoch + 1}, step {step}, over {DIVERGED}x "
-                                f"the {trainer.start_loss:.3g} it started at")
-    return values
-
-
-def save_checkpoints(out, trainer, history, best_iou, config, is_best):
-    """best.pt (when this epoch is the best) before last.pt: a kill between the two leaves a last.pt from which
-    --resume trains this epoch again and rewrites both."""
-    t = trainer
-    state = {"model": (t.model if t.ema is None else t.ema).state_dict(), "optimizer": t.optimizer.state_dict(),
-             "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(), "epoch": history[-1]["epoch"],
-             "history": history, "best_iou": best_iou, "config": config}
-    state["seal"] = seal(state["model"], config)
-    if t.ema is not None:
-        state["trained_model"] = t.model.state_dict()  # what --resume trains on from
-    if is_best:
-        files.atomic_save(state, out / "best.pt")
-    files.atomic_save(state, out / "last.pt")
-
-
-def report_epoch(out, args, history, is_best, panel, device, amp):
-    """history.csv, curves.png, prediction panels every few epochs, and one line on the console."""
-    record, epoch = history[-1], history[-1]["epoch"]
-    files.write_csv(out / "history.csv", history)
-    plot_curves(history, out / "curves.png", out.name)
-    if epoch % (args.viz_every or max(1, args.epochs // 4)) == 0 or epoch == args.epochs:
-        forward, inputs, images, masks, kind = panel
-        logits = predict_logits(forward, inputs, 64, device, amp)
-        save_panel(images.cpu(), masks.cpu(), logits, out / f"panel_epoch{epoch:03d}.png",
-                   f"{out.name}, epoch {epoch}: {kind} images")
-    held_out = not math.isnan(record["val_iou"])
-    scores = (f"val loss {record['val_loss']:.4f}  val IoU {record['val_iou']:.4f}  val Dice "
-              f"{record['val_dice']:.4f}  " if held_out else "no validation split  ")
-    seconds = record["seconds"]
-    print(f"epoch {epoch:3d}/{args.epochs}  train loss {record['train_loss']:.4f}  {scores}{seconds:.0f}s "
-          f"(data {100 * record['data_seconds'] / seconds:.1f}%){'  *best' if is_best and held_out else ''}",
-          flush=True)
 
 
 def test_best_checkpoint(model, out, tests, args, device, amp, loss):
@@ -417,52 +320,6 @@ def make_trainer(model, ema, args, n_train, device, amp):
     return Trainer(model, None, optimizer, scheduler, scaler, ema, device, amp, LOSSES[args.loss])
 
 
-def restore(last, out, trainer):
-    """(history, best validation IoU) of a resumed run, its state loaded from last.pt; ([], -1) for a new run."""
-    if last is None:
-        return [], -1.0
-    t = trainer
-    t.model.load_state_dict(last.get("trained_model", last["model"]))
-    if t.ema is not None:
-        t.ema.load_state_dict(last["model"])
-    t.optimizer.load_state_dict(last["optimizer"])
-    t.scheduler.load_state_dict(last["scheduler"])
-    t.scaler.load_state_dict(last["scaler"])
-    t.start_loss = last["history"][0]["train_loss"]
-    print(f"resuming {out} after epoch {last['epoch']}")
-    return last["history"], last["best_iou"]
-
-
-@contextlib.contextmanager
-def stop_cleanly(out, history, device, args):
-    """Turn Ctrl-C and SIGTERM into Interrupted, a loss that is not finite or diverged and running out of GPU
-    memory into TrainingError, each saying what was kept and what to do."""
-    def handle_sigterm(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handle_sigterm)
-    def kept():
-        done = history[-1]["epoch"] if history else 0
-        return done, f"{out}/last.pt holds epoch {done}" if done else "no epoch had finished, so none was saved"
-    try:
-        yield
-    except KeyboardInterrupt:
-        done, saved = kept()
-        raise Interrupted(f"interrupted during epoch {done + 1}; {saved}. Resume with: python train.py --out {out} "
-                          "--resume (or: make <experiment> RESUME=1)") from None
-    except TrainingError as e:  # from checked_losses
-        raise TrainingError(f"{e}; {kept()[1]}. Try a lower --lr (now {args.lr}) or --no-amp.") from None
-    except torch.OutOfMemoryError:
-        raise TrainingError(f"out of {device.type} memory at batch size {args.batch_size}. Try a smaller "
-                            f"--batch-size (e.g. {max(1, args.batch_size // 2)}) or a smaller --image-size.") from None
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def main_only(context):
-    """The context (the run folder's lock, its log) in the process that writes the run's files; none elsewhere."""
-    return context if distributed.is_main() else contextlib.nullcontext()
-
-
 def train_epochs(trainer, splits, history, best_iou, args, out, config):
     """The epochs after those in `history`: train, validate the kept weights (the average with --ema), save
     checkpoints, report."""
@@ -490,16 +347,17 @@ def train_epochs(trainer, splits, history, best_iou, args, out, config):
         is_best = val["iou"] > best_iou or not held_out
         best_iou = max(best_iou, val["iou"])
         if distributed.is_main():  # one process writes the run's files
-            save_checkpoints(out, t, history, best_iou, config, is_best)
-            report_epoch(out, args, history, is_best, panel, device, amp)
+            run_folder.save_checkpoints(out, t, history, best_iou, config, is_best)
+            run_folder.report_epoch(out, args, history, is_best, panel, device, amp)
 
 
 def main(argv=None):
     args, given = parse_args(argv)
     out = run_folder.check_run_dir(args.out, args.resume, args.overwrite)
     # the lock before the data: a second run on this folder is refused at once
-    with main_only(run_folder.lock_run_dir(out, args.resume, args.overwrite)), distributed.quiet_unless_main():
-        args, last = resumed_config(args, given, out)
+    with distributed.main_only(run_folder.lock_run_dir(out, args.resume, args.overwrite)), \
+            distributed.quiet_unless_main():
+        args, last = run_folder.resumed_config(args, given, out, RESUMABLE)
         config, amp = vars(args), not args.no_amp
         device = distributed.start(pick_device(args.device))  # under torchrun: joins the other processes
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -515,7 +373,7 @@ def main(argv=None):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same checkpoint keys
         ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
         # only now: bad flags, data or weights leave nothing behind
-        with main_only(run_folder.run_log(out, args.resume, args.overwrite)):
+        with distributed.main_only(run_folder.run_log(out, args.resume, args.overwrite)):
             config["augmentations"] = augment.applied(args.aug_copies, args.random_aug, args.shift_aug)
             if distributed.is_main():
                 config["code"] = run_folder.record_code(out)
@@ -524,10 +382,11 @@ def main(argv=None):
                   f"--seed {args.seed}, data {' '.join(args.data_dir)}, device {device}")  # a mistyped variable shows
             print(splits["sizes"] + "".join(f"\naugmentation, {line}" for line in config["augmentations"]))
             if config.get("code", {}).get("dirty"):
-                print(f"the code differs from commit {config['code']['commit'][:7]}: the difference is in {out}/code.diff")
+                print(f"the code differs from commit {config['code']['commit'][:7]}: the difference is in "
+                      f"{out}/code.diff")
             trainer = make_trainer(model, ema, args, len(splits["train"][0]), device, amp)
-            history, best_iou = restore(last, out, trainer)
-            with stop_cleanly(out, history, device, args):
+            history, best_iou = run_folder.restore(last, out, trainer)
+            with run_folder.stop_cleanly(out, history, device, args):
                 train_epochs(trainer, splits, history, best_iou, args, out, config)
             distributed.stop()
             if args.no_test or not distributed.is_main():

@@ -6,9 +6,8 @@
     python visualize.py worst-best --checkpoint models/lesion_segmenter.pt --data-dir data   # where it fails
     python visualize.py robustness runs/robustness/before runs/robustness/best --out runs/robustness/compare.png
                                                                # robustness suites side by side: plot + table
-                                                               # two models on the same images: mean difference
 
-The plots that training and the robustness suite draw as they run are in plots.py.
+The plots that training and the robustness suite draw as they run are lib/plots.py's.
 """
 import math
 from pathlib import Path

@@ -11,6 +11,7 @@ files), segmenter.py (one loaded model for prediction), scoring.py (PyTorch infe
 Your photos: photos.py (inputs, output names, writing masks), watching.py (a folder that keeps receiving photos).
 Adaptation: calibration.py (the edge move), adaptation.py (make adapt's choice among candidates), cards.py (their
 cards), annotators.py and perturbations.py (synthetic annotators and camera shifts).
-Runs: run_folder.py, files.py (atomic writes), revision.py (the commit that wrote a file), plots.py, device.py,
+Runs: run_folder.py (a run's folder, checkpoints, resuming, its log), features.py (a frozen encoder's features,
+computed once), files.py (atomic writes), revision.py (the commit that wrote a file), plots.py, device.py,
 distributed.py (torchrun), timing.py (the benchmarks' clock). Every script: cli.py and errors.py.
 """

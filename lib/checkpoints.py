@@ -65,6 +65,12 @@ def read_checkpoint(path):
     return ckpt
 
 
+def architecture_of(checkpoint):
+    """The flags that decide the shape of a checkpoint's model (and so which weights fit it)."""
+    config = read_checkpoint(checkpoint)["config"]
+    return {key: config[key] for key in ("skips", "decoder_widths", "image_size")}
+
+
 def load_checkpoint(path, device="cpu"):
     """(model in eval mode, config) from a train.py checkpoint; raises a clear error for a wrong or broken file."""
     ckpt = read_checkpoint(path)

@@ -101,3 +101,28 @@ def quiet_unless_main():
         return
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         yield
+
+
+def main_only(context):
+    """The context (a run folder's lock, its log) in the process that writes the run's files; none elsewhere."""
+    return context if is_main() else contextlib.nullcontext()
+
+
+def global_mean_parts(loss, share):
+    """(this process's part of the global batch's mean loss, what it back-propagates) of its images' mean loss and
+    its share of the batch (my_share()): the part, and the part times the number of processes, since
+    DistributedDataParallel averages the gradients over them. One process: (loss, loss)."""
+    if share is None:
+        return loss, loss
+    part = loss * share
+    return part, part * world_size()
+
+
+def global_losses(losses, shares):
+    """The global batches' mean losses of this process's parts (0-dim tensors), summed over the processes: the
+    parts themselves in a job of one process."""
+    if shares is None:
+        return losses
+    import torch
+    return list(total(torch.stack(losses).double()))
+

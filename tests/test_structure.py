@@ -155,3 +155,13 @@ def test_shared_flags_are_declared_once_in_cli_py():
                     and node.args[0].value in SHARED_FLAGS):
                 declared.append((str(path.relative_to(ROOT)), node.args[0].value))
     assert sorted(name for name, _ in declared) == ["lib/cli.py"] * len(SHARED_FLAGS)
+
+
+def test_train_py_reads_in_one_sitting():
+    """The file a student reads most: at most 400 lines, no function over 50 (the run folder's plumbing is
+    lib/run_folder.py's, torchrun's arithmetic lib/distributed.py's)."""
+    source = (ROOT / "train.py").read_text()
+    assert len(source.splitlines()) <= 400
+    long = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 50}
+    assert long == {}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the GPU numbers in docs/speed.md come from, in one command (make gpu-check):
-#   bash gpu_check.sh DATA_DIR ENCODER_WEIGHTS OUT_DIR
+#   bash tools/gpu_check.sh DATA_DIR ENCODER_WEIGHTS OUT_DIR      (make gpu-check)
 # 1. the GPU, driver and torch version; 2. bench.py with mixed precision on and off, at batch 32 and 256, and a
 # profile of make best's training step; 3. make best's recipe for seed 0 with mixed precision (the default),
 # with --no-amp and with --compile, then exp1-bce and exp2-finetune, each timed end to end and per epoch
@@ -9,7 +9,7 @@
 # flags, e.g. for a quick try on the CPU), BENCH (more bench.py flags), BUDGET (seconds after which the remaining
 # steps are skipped), COMPILE_LIMIT (seconds the --compile run may take; 124 in the summary: it was stopped).
 set -u
-if [ $# -ne 3 ]; then echo "usage: bash gpu_check.sh DATA_DIR ENCODER_WEIGHTS OUT_DIR" >&2; exit 2; fi
+if [ $# -ne 3 ]; then echo "usage: bash tools/gpu_check.sh DATA_DIR ENCODER_WEIGHTS OUT_DIR" >&2; exit 2; fi
 data=$1 weights=$2 out=$3
 py=${PY:-python3} device=${DEVICE:-cuda} epochs=${EPOCHS:-15} extra=${EXTRA:-} bench=${BENCH:-}
 budget=${BUDGET:-1000000000}
