@@ -160,11 +160,23 @@ def test_bad_files_get_a_sentence_and_the_page_goes_on(server, browser, syntheti
     browser.find_element(By.ID, "threshold").send_keys("1.5")
     upload(browser, good)
     assert "strictly between 0 and 1" in finished(browser, 5)[4].text
-    many = [tmp_path / f"copy{i}.jpg" for i in range(51)]
-    for path in many:
-        shutil.copy(good, path)
-    upload(browser, *many)
-    WebDriverWait(browser, 30).until(lambda d: "at most 50 at once" in d.find_element(By.ID, "message").text)
+
+
+def test_a_folder_of_photos_in_subfolders_is_segmented_whole_with_a_progress_line(server, browser, tmp_path):
+    """A chosen folder (the folder picker) of 60 photos, in a subfolder too, with a hidden macOS file beside them:
+    every photo segmented in turn, no cap on their number, and a progress line that ends saying so."""
+    folder, rng = tmp_path / "clinic", np.random.default_rng(0)
+    (folder / "day2").mkdir(parents=True)
+    for i in range(60):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
+            folder / ("day2" if i % 2 else "") / f"p{i:02d}.jpg")
+    (folder / "._p00.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    open_page(browser, server[0])
+    browser.find_element(By.ID, "folder").send_keys(str(folder))
+    cards = finished(browser, 60)
+    assert len(cards) == 60 and all("done" in c.get_attribute("class") for c in cards)
+    assert "clinic/day2/p01.jpg" in {c.find_element(By.TAG_NAME, "h2").text for c in cards}
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "progress").text == "60 photos done")
 
 
 def get(address, path="/", host=None, method="GET"):

@@ -63,7 +63,8 @@ function photoCanvas(w, h) {  // the canvas at display size; a small photo's pix
 }
 
 function drawing(canvas, photo, w, h) {  // draw(mask): the photo, the mask tinted blue, its outline red
-  const {scale, dw, dh} = displaySize(w, h), shown = resize(rgbOf(photo.rgba), w, h, 3, dw, dh, true);
+  const {scale, dw, dh} = displaySize(w, h);
+  const shown = photo.shown ?? resize(rgbOf(photo.rgba), w, h, 3, dw, dh, true);  // the page keeps it at this size
   return mask => {
     const small = shownMask(mask, w, h, dw, dh, scale);
     const edge = outline(small, dw, dh, 2), ctx = canvas.getContext("2d"), image = ctx.createImageData(dw, dh);

@@ -10,7 +10,7 @@ import {MAX_PIXELS, displaySize, loadModel, maskAtSize, outline, outputStem, pro
         unsure} from "./segment.js";
 import {changes, clearAll, saveImage, saveSetting, savedImage, savedImages, setting} from "./store.js";
 
-const MAX_FILES = 50, SHOWN = 300;  // per drop; the pictures' width on screen
+const SHOWN = 300;  // the pictures' width on screen
 const CHECK_FIRST = 0.2;  // the most unsure fifth of the photos not yet accepted are marked "check first"
 const $ = id => document.getElementById(id);
 const items = [];  // every image segmented or restored here, in order
@@ -58,7 +58,9 @@ function options() {
 // What the page shows of one photo: the contour on it, the mask, where the model is unsure (near the threshold).
 function pictures({photo, prob, mask, proposal}) {
   const {scale, dw, dh} = displaySize(photo.w, photo.h);
-  const shown = resize(rgbOf(photo.rgba), photo.w, photo.h, 3, dw, dh, true);
+  photo.shown ??= resize(rgbOf(photo.rgba), photo.w, photo.h, 3, dw, dh, true);
+  photo.rgba = null;  // kept: the file's bytes and this; the full pixels are decoded again when needed
+  const shown = photo.shown;
   const small = shownMask(mask, photo.w, photo.h, dw, dh, scale);
   const edge = outline(small, dw, dh, Math.max(2, Math.ceil(2 * dw / SHOWN)));  // about 2 screen pixels wide
   const p = resize(prob, model.size, model.size, 1, dw, dh, false), t = proposal.threshold;
@@ -171,14 +173,14 @@ async function segment(file, card, body) {
   $("zip").disabled = false;
 }
 
+// Any number of photos, a folder's too, one after another: a card each as its turn comes, a progress line, and of
+// each photo only its file's bytes and what its card shows kept (its full pixels are decoded again when needed)
 async function handle(files) {
   $("message").textContent = "";
-  if (files.length > MAX_FILES) {
-    $("message").textContent = `${files.length} files: at most ${MAX_FILES} at once, please drop fewer.`;
-    return;
-  }
-  const cards = files.map(file => ({file, ...newCard(file.name)}));  // in the order given, each filled in when done
-  for (const {file, card, body} of cards) {
+  files = files.filter(f => !f.name.startsWith("."));  // a folder's hidden files (macOS's ._name.jpg)
+  for (const [n, file] of files.entries()) {
+    $("progress").textContent = `segmenting ${n + 1} of ${files.length}: ${file.webkitRelativePath || file.name}`;
+    const {card, body} = newCard(file.webkitRelativePath || file.name);
     body.textContent = "segmenting…";
     try { await segment(file, card, body); } catch (e) {
       card.classList.add("failed");
@@ -187,8 +189,26 @@ async function handle(files) {
       body.append(p);
     }
   }
+  $("progress").textContent = files.length ? `${files.length} photo${files.length > 1 ? "s" : ""} done` : "";
   showCount(items);
 }
+
+// The files of a drop, folders searched through (the browser's file system entries)
+async function dropped(transfer) {
+  const entries = [...transfer.items].map(i => i.webkitGetAsEntry?.()).filter(Boolean);
+  if (!entries.length) return [...transfer.files];
+  const files = [];
+  async function walk(entry) {
+    if (entry.isFile) return files.push(await new Promise((ok, fail) => entry.file(ok, fail)));
+    const reader = entry.createReader();
+    for (let batch; (batch = await new Promise((ok, fail) => reader.readEntries(ok, fail))).length;)
+      for (const child of batch) await walk(child);
+  }
+  for (const entry of entries) await walk(entry);
+  return files;
+}
+
+const pixels = async item => (await decode(new Blob([item.photo.bytes]))).rgba;  // the photo's, decoded again
 
 async function restore() {  // the corrections an earlier visit (or another tab) kept, as they were
   for (const r of (await savedImages()).sort((a, b) => a.order - b.order)) await restoreOne(r);
@@ -267,7 +287,7 @@ function wireClinic(begin) {
   });
   $("export").addEventListener("click", async () => {
     const a = document.createElement("a");
-    const pngs = {mask: maskPng, photo: i => png(i.photo.w, i.photo.h, 3, rgbOf(i.photo.rgba))};
+    const pngs = {mask: maskPng, photo: async i => png(i.photo.w, i.photo.h, 3, rgbOf(await pixels(i)))};
     a.href = URL.createObjectURL(await exportZip(items, model, pngs, calibration)); a.download = "labelled.zip"; a.click();
   });
   $("clear").addEventListener("click", async () => {
@@ -314,8 +334,11 @@ async function start() {
   const drop = $("drop");
   drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over"); handle([...e.dataTransfer.files]); });
-  $("files").addEventListener("change", e => { handle([...e.target.files]); e.target.value = ""; });
+  drop.addEventListener("drop", async e => {
+    e.preventDefault(); drop.classList.remove("over"); handle(await dropped(e.dataTransfer));
+  });
+  for (const input of ["files", "folder"])
+    $(input).addEventListener("change", e => { handle([...e.target.files]); e.target.value = ""; });
   $("zip").addEventListener("click", async () => {
     const a = document.createElement("a");  // every result on the page
     const entries = await Promise.all(items.map(async i => ({name: `${i.id}_segmentation.png`, bytes: await maskPng(i)})));
