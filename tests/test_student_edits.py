@@ -86,3 +86,24 @@ def test_a_metric_added_in_one_place_reaches_test_metrics_and_evaluates_line(clo
                              str(synthetic[0]), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"],
                             cwd=clone, capture_output=True, text=True)
     assert result.returncode == 0 and re.search(r", precision [01]\.\d{4}, ", result.stdout), result.stderr
+
+
+def test_two_runs_of_one_target_under_two_names_both_stay(synthetic, tmp_path):
+    """make exp1-bce RUN=... twice: two run folders, the first untouched by the second; a third under a name in use
+    is refused in one sentence that offers RUN=."""
+    if not (ROOT / ".venv" / "installed").exists():
+        pytest.skip("make setup's .venv is not there (make test sets it up)")
+    flags = (f"--image-size 64 --aug-copies 1 --workers 0 --device cpu --no-test --cache-dir {tmp_path / 'cache'} "
+             "--encoder-weights none")
+    make = ["make", "-s", "exp1-bce", f"DATA_DIR={synthetic[0]}", f"RUNS={tmp_path}", "EPOCHS=1", "BATCH_SIZE=16",
+            f"FLAGS={flags}"]
+    first = subprocess.run(make + ["RUN=bce-a"], cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    history = (tmp_path / "bce-a" / "history.csv").read_text()
+    second = subprocess.run(make + ["RUN=bce-b", "FLAGS=" + flags + " --loss iou"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "bce-a" / "history.csv").read_text() == history
+    assert json.loads((tmp_path / "bce-b" / "config.json").read_text())["loss"] == "iou"
+    again = subprocess.run(make + ["RUN=bce-a"], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode != 0 and "RUN=another-name" in again.stderr
