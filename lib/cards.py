@@ -81,8 +81,8 @@ def recommendation(report, rows):
     cv, last = report.get("cross_validation"), rows[list(rows)[-1]] if rows else None
     clear = last and last["n"] >= 2 and last["difference"] > MARGIN * last["standard_error"]
     held = f"On {last['n']} held-out image{'s' if last['n'] > 1 else ''} " if last else ""
-    if report.get("choice") == "before" or not report["adapted"] and report["edge_move"] == report["calibration"].get(
-            "neutral", 0):
+    neutral = report.get("calibration", {}).get("neutral", 0)  # the move the model given made already
+    if report.get("choice") == "before" or not report["adapted"] and report["edge_move"] == neutral:
         why = (f"No candidate beat it clearly in cross-validation on your {cv['images']} images" if cv else
                "Calibration kept the model's own edge")
         return f"{keep} {why}, so `{new}` draws the same masks."

@@ -215,7 +215,8 @@ def test_predict_writes_every_readable_image_and_lists_the_others(checkpoint, tm
     with pytest.raises(UsageError, match=r"1 of 3 images not segmented.*\n  .*b.jpg"):
         predict.main([str(folder), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
                       "--device", "cpu"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_segmentation.png", "c_segmentation.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_segmentation.png", "c_segmentation.png",
+                                                                "unsure.csv"]  # the unsure score of each
     assert "wrote 2 masks" in capsys.readouterr().out
 
 

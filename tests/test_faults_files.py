@@ -137,7 +137,7 @@ def test_folders_named_like_images_are_searched_and_gifs_are_read_alike(syntheti
     frames[0].save(folder / "moving.gif", save_all=True, append_images=frames[1:])
     predict.main([str(folder), "-o", str(tmp_path / "out")])
     assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
-        "moving_gif_segmentation.png", "x.jpg/inner_segmentation.png"]
+        "moving_segmentation.png", "x.jpg/inner_segmentation.png"]
     data = tmp_path / "data"
     shutil.copytree(synthetic[0], data)
     (data / layouts.SPLITS["test"][0] / "folder.jpg").mkdir()

@@ -90,14 +90,14 @@ def test_skip_existing_redoes_outputs_that_do_not_decode_whole(checkpoint, tmp_p
     photos, out = noise_photos(tmp_path / "photos", 5, size=(64, 48)), tmp_path / "out"
     command = [str(photos), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"]
     predict.main(command)
-    (out / "p001_png_segmentation.png").write_bytes(b"")  # emptied
-    cut = out / "p002_png_segmentation.png"
+    (out / "p001_segmentation.png").write_bytes(b"")  # emptied
+    cut = out / "p002_segmentation.png"
     cut.write_bytes(cut.read_bytes()[:60])  # cut short
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(out / "p003_png_segmentation.png")  # another image's size
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(out / "p003_segmentation.png")  # another image's size
     result = subprocess.run([sys.executable, "predict.py", *command, "--skip-existing"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "p001_png_segmentation.png: does not decode whole at 64x48; writing it again" in result.stdout
+    assert "p001_segmentation.png: does not decode whole at 64x48; writing it again" in result.stdout
     assert f"wrote 3 masks to {out}/ (2 skipped: already in {out}/)" in result.stdout
     assert all_outputs_whole(out) and all(Image.open(p).size == (64, 48) for p in out.glob("*.png"))
 

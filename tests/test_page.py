@@ -27,6 +27,7 @@ from lib import files, images, layouts
 from lib.photos import output_stem
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip install -r requirements-dev.txt")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -70,8 +71,11 @@ def downloaded(folder, name, timeout=60):
 
 
 def open_page(driver, address, timeout=60):
+    """The page's status line once it is ready (after the one reload a first visit to a host without isolation
+    headers makes)."""
     driver.get(address)
-    WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    WebDriverWait(driver, timeout, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
     return driver.find_element(By.ID, "status").text
 
 
@@ -516,7 +520,8 @@ def test_the_page_refuses_a_model_whose_bytes_are_not_model_jsons(static_site, b
     data[len(data) // 2] ^= 0x10
     (site / "model.onnx").write_bytes(data)
     browser.get(address)
-    WebDriverWait(browser, 60).until(lambda d: "did not load" in d.find_element(By.ID, "status").text)
+    WebDriverWait(browser, 60, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: "did not load" in d.find_element(By.ID, "status").text)
     assert "model.onnx is damaged or was changed" in browser.find_element(By.ID, "status").text
 
 

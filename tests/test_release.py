@@ -32,7 +32,7 @@ def test_the_released_file_is_what_its_card_says():
     assert card["sha256"] == digest and f"`{digest}`" in (ROOT / "models" / "README.md").read_text()
     assert RELEASED.stat().st_size == card["bytes"]
     ckpt = torch.load(RELEASED, weights_only=True)
-    assert set(ckpt) <= {"config", "model", "checksum"}  # the weights alone: no optimizer state, no history
+    assert set(ckpt) <= {"config", "model", "seal"}  # the weights alone: no optimizer state, no history
     assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float16}
 
 

@@ -68,8 +68,11 @@ def test_two_processes_write_every_mask_once_as_one_process_does(synthetic, tmp_
     predict.main([str(images), "--out", str(tmp_path / "one"), "--device", "cpu"])
     two = torchrun("predict.py", images, "--out", tmp_path / "two", "--device", "cpu")
     assert two.returncode == 0, two.stderr[-2000:]
-    masks = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert masks == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(masks) == len(list(images.iterdir()))
+    masks = sorted(p.name for p in (tmp_path / "one").glob("*_segmentation.png"))
+    assert masks == sorted(p.name for p in (tmp_path / "two").glob("*_segmentation.png"))
+    assert len(masks) == len(list(images.iterdir()))
+    ranked = [files.read_csv(tmp_path / "two" / f"unsure-{r}.csv") for r in (0, 1)]  # one per process
+    assert sorted(r["mask"] for rows in ranked for r in rows) == masks
     assert all((tmp_path / "one" / m).read_bytes() == (tmp_path / "two" / m).read_bytes() for m in masks)
     assert f"wrote {len(masks)} masks" in two.stdout and two.stdout.count("wrote") == 1
     again = torchrun("predict.py", images, "--out", tmp_path / "two", "--device", "cpu", "--skip-existing")

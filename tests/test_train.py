@@ -112,7 +112,7 @@ def test_an_existing_run_is_not_overwritten_silently(synthetic, tmp_path, capsys
     out = tmp_path / "run"
     train.main(train_args(synthetic[0], out, "--resume"))  # nothing to resume yet: the run starts
     assert "starting the run" in capsys.readouterr().out and len(files.read_csv(out / "history.csv")) == 1
-    with pytest.raises(UsageError, match="--resume .* or --overwrite"):
+    with pytest.raises(UsageError, match="--resume to continue it, --overwrite to replace it, or another --out"):
         train.main(train_args(synthetic[0], out))
     train.main(train_args(synthetic[0], out, "--overwrite"))
     assert len(files.read_csv(out / "history.csv")) == 1

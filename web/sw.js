@@ -18,8 +18,8 @@ self.addEventListener("fetch", event => {
 async function fromNetworkElseKept(request) {
   const cache = await caches.open(CACHE), key = new URL(request.url).pathname;  // one entry per file
   let response;
-  try {
-    response = await fetch(request);
+  try {  // by URL: the page's own conditional headers (a reload's) would bring a bodiless 304 back
+    response = await fetch(request.url, {cache: "no-cache", credentials: "same-origin"});
     if (response.ok) await cache.put(key, response.clone());
   } catch {  // no network: what the last visit kept
     response = await cache.match(key);
