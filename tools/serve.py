@@ -32,7 +32,7 @@ from lib.errors import UsageError
 WEB = ROOT / "web"
 RUNTIME = WEB / "node_modules" / "onnxruntime-web" / "dist"
 PAGE_FILES = ("index.html", "page.css", "page.js", "segment.js", "formats.js", "editor.js", "calibrate.js", "clinic.js",
-              "store.js")
+              "store.js", "sw.js")
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]", socket.gethostname(), socket.getfqdn())
 WILDCARDS = ("0.0.0.0", "::", "")  # --host values that listen on every address of this machine
