@@ -15,6 +15,7 @@ from lib.errors import UsageError
 from lib.masks import mask_png, overlay_jpeg
 
 decoding = threading.local()  # the photo this thread decodes: show_warning names it
+printing = threading.Lock()
 PHOTO_EXTS = layouts.IMAGE_EXTS + (".gif", ".webp")  # what folders and patterns yield: named, any file is tried
 OUTPUTS = ("_segmentation.png", "_overlay.jpg")  # what predict.py writes after each image's name
 
@@ -143,7 +144,8 @@ def show_warning(message, category, filename, lineno, file=None, line=None):
     (PIL's "Corrupt EXIF data", which names no file) is one line that names the photo."""
     path = getattr(decoding, "path", None)
     text = f"{path}: {message}" if path else warnings.formatwarning(message, category, filename, lineno, line)
-    print(str(text).strip(), file=sys.stderr if file is None else file)
+    with printing:  # one whole line: the pool's threads decode side by side
+        (sys.stderr if file is None else file).write(str(text).strip() + "\n")
 
 
 def outputs_done(path, name, kinds):
