@@ -99,33 +99,46 @@ def adapt(folder, run, seed, args):
     return files.read_json(run / "adapt.json"), time.perf_counter() - started
 
 
+def adapted_draws(pools, label, shift, done, args):
+    """(images, seed, make adapt's adapt.json, its seconds) of each draw of --images photos from the draw pool per
+    --seeds that `done` lacks ((label, images, seed)), under `shift`, written as a user's folder and adapted."""
+    for seed in args.seeds:
+        order = np.random.default_rng(seed).permutation(len(pools["draw"]))
+        for n in args.images:
+            if (label, n, seed) in done:
+                continue
+            folder = args.out / "data" / f"{label}-seed{seed}-n{n}"
+            write_adaptation_set([pools["draw"][k] for k in order[:n]], shift, folder)
+            yield (n, seed, *adapt(folder, args.out / "runs" / f"{label}-seed{seed}-n{n}", seed, args))
+
+
+def candidate_scores(report, base_probs, inputs, masks, device):
+    """{candidate: mean IoU on the scored images, as make predict masks them}: the model before, its edge moved by
+    the calibrated move, and each fine-tuned candidate of the report (with its own edge move)."""
+    move = report["calibration"]["edge_move"]
+    scores = {"before": largest_region_iou(base_probs, masks, 0.5).mean(),
+              "edge": largest_region_iou(base_probs, masks, 0.5, move).mean()}
+    for name, fitted in report["candidates"].items():
+        tuned = tta_probabilities(*load_checkpoint(fitted["model"], device), inputs, device)
+        scores[name] = largest_region_iou(tuned, masks, 0.5, fitted["edge_move"]).mean()
+    return scores
+
+
 def run_shift(shift, pools, base, done, args, device):
     """The rows of one shift: the scored images' IoU under each of make adapt's candidates fitted on a draw (the
     model before, the edge move alone, both fine-tuned ones) and under the one its cross-validation chose, for every
     --images and --seeds."""
-    (model, config), size = base, base[1]["image_size"]
     if all((shift, n, seed) in done for seed in args.seeds for n in args.images):
         return
-    inputs, masks = shifted(pools["scored"], shift, size)
-    base_probs = tta_probabilities(model, config, inputs, device)
-    before = largest_region_iou(base_probs, masks, 0.5).mean()
-    for seed in args.seeds:
-        order = np.random.default_rng(seed).permutation(len(pools["draw"]))
-        for n in args.images:
-            if (shift, n, seed) in done:
-                continue
-            folder = args.out / "data" / f"{shift}-seed{seed}-n{n}"
-            write_adaptation_set([pools["draw"][k] for k in order[:n]], shift, folder)
-            report, seconds = adapt(folder, args.out / "runs" / f"{shift}-seed{seed}-n{n}", seed, args)
-            move = report["calibration"]["edge_move"]
-            scores = {"before": before, "edge": largest_region_iou(base_probs, masks, 0.5, move).mean()}
-            for name, fitted in report["candidates"].items():
-                tuned = tta_probabilities(*load_checkpoint(fitted["model"], device), inputs, device)
-                scores[name] = largest_region_iou(tuned, masks, 0.5, fitted["edge_move"]).mean()
-            best = max(scores, key=scores.get)
-            yield {"shift": shift, "images": n, "seed": seed, **scores, "calibrated": scores["edge"],
-                   "chosen": report["choice"], "adapted": scores[report["choice"]], "best": best,
-                   "regret": scores[best] - scores[report["choice"]], "edge_move": move, "adapt_seconds": seconds}
+    inputs, masks = shifted(pools["scored"], shift, base[1]["image_size"])
+    base_probs = tta_probabilities(*base, inputs, device)
+    for n, seed, report, seconds in adapted_draws(pools, shift, shift, done, args):
+        scores = candidate_scores(report, base_probs, inputs, masks, device)
+        best = max(scores, key=scores.get)
+        yield {"shift": shift, "images": n, "seed": seed, **scores, "calibrated": scores["edge"],
+               "chosen": report["choice"], "adapted": scores[report["choice"]], "best": best,
+               "regret": scores[best] - scores[report["choice"]], "edge_move": report["calibration"]["edge_move"],
+               "adapt_seconds": seconds}
 
 
 def run_calibration(shift, pools, base, args, device):
@@ -217,28 +230,16 @@ def run_clinic(pools, base, done, args, device):
     size, name = base[1]["image_size"], Path(args.clinic).name
     scored = {split: shifted(pairs, "none", size) for split, pairs in pools["scored"].items()}
     before = {split: tta_probabilities(*base, inputs, device) for split, (inputs, _) in scored.items()}
-    for seed in args.seeds:
-        order = np.random.default_rng(seed).permutation(len(pools["draw"]))
-        for n in args.images:
-            if (name, n, seed) in done:
-                continue
-            folder = args.out / "data" / f"{name}-seed{seed}-n{n}"
-            write_adaptation_set([pools["draw"][k] for k in order[:n]], "none", folder)
-            report, seconds = adapt(folder, args.out / "runs" / f"{name}-seed{seed}-n{n}", seed, args)
-            move, cv = report["calibration"]["edge_move"], report["cross_validation"]["against_edge"]
-            row = {"shift": name, "images": n, "seed": seed, "edge_move": move, "chosen": report["choice"],
-                   **{f"cv_{k}": v["difference"] for k, v in cv.items()},
-                   **{f"cv_se_{k}": v["standard_error"] for k, v in cv.items()}, "adapt_seconds": seconds}
-            tuned = {k: load_checkpoint(f["model"], device) for k, f in report["candidates"].items()}
-            for split, (inputs, masks) in scored.items():
-                scores = {"before": largest_region_iou(before[split], masks, 0.5).mean(),
-                          "edge": largest_region_iou(before[split], masks, 0.5, move).mean()}
-                for k, fitted in report["candidates"].items():
-                    probs = tta_probabilities(*tuned[k], inputs, device)
-                    scores[k] = largest_region_iou(probs, masks, 0.5, fitted["edge_move"]).mean()
-                row.update({f"{split}_{k}": v for k, v in scores.items()})
-                row[f"{split}_adapted"], row[f"{split}_best"] = scores[report["choice"]], max(scores, key=scores.get)
-            yield row
+    for n, seed, report, seconds in adapted_draws(pools, name, "none", done, args):
+        cv = report["cross_validation"]["against_edge"]
+        row = {"shift": name, "images": n, "seed": seed, "edge_move": report["calibration"]["edge_move"],
+               "chosen": report["choice"], **{f"cv_{k}": v["difference"] for k, v in cv.items()},
+               **{f"cv_se_{k}": v["standard_error"] for k, v in cv.items()}, "adapt_seconds": seconds}
+        for split, (inputs, masks) in scored.items():
+            scores = candidate_scores(report, before[split], inputs, masks, device)
+            row.update({f"{split}_{k}": v for k, v in scores.items()})
+            row[f"{split}_adapted"], row[f"{split}_best"] = scores[report["choice"]], max(scores, key=scores.get)
+        yield row
 
 
 def clinic_table(rows, split):
@@ -294,15 +295,21 @@ def rule_table(rows):
     return "\n".join(lines)
 
 
-def compare_clinic(pools, base, args, device, out):
-    """--clinic: every draw's row (clinic.csv; an interrupted run continues where it stopped), then clinic.md."""
-    results = out / "clinic.csv"
+def resumed_rows(results, more_rows):
+    """The rows of a results CSV: those an earlier run wrote, then each of more_rows(done: their (shift, images,
+    seed)), written and printed as it comes, so that an interrupted run continues where it stopped."""
     rows = files.read_csv(results) if results.exists() else []
-    done = {(r["shift"], r["images"], r["seed"]) for r in rows}
-    for row in run_clinic(pools, base, done, args, device):
+    for row in more_rows({(r["shift"], r["images"], r["seed"]) for r in rows}):
         rows.append(row)
         files.write_csv(results, rows)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    return rows
+
+
+def compare_clinic(pools, base, args, device, out):
+    """--clinic: every draw's row (clinic.csv; an interrupted run continues where it stopped), then clinic.md."""
+    results = out / "clinic.csv"
+    rows = resumed_rows(results, lambda done: run_clinic(pools, base, done, args, device))
     text = "\n\n".join(f"{split} split:\n\n{clinic_table(rows, split)}" for split in pools["scored"])
     text += "\n\nThe rules (chosen on val; test scored once):\n\n" + rule_table(rows)
     files.write_text(out / "clinic.md", text + "\n")
@@ -365,15 +372,9 @@ def main(argv=None):
     if not args.train_flags:
         raise UsageError("--train-flags: make adapt's train.py flags are needed to adapt (make adapt-experiment "
                          "passes them), or give --calibration-only")
-    results = out / "results.csv"
-    rows = files.read_csv(results) if results.exists() else []
-    done = {(r["shift"], r["images"], r["seed"]) for r in rows}
-    args.out = out
-    for shift in args.shifts:
-        for row in run_shift(shift, pools, base, done, args, device):
-            rows.append(row)
-            files.write_csv(results, rows)
-            print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    results, args.out = out / "results.csv", out
+    rows = resumed_rows(results, lambda done: (row for shift in args.shifts
+                                               for row in run_shift(shift, pools, base, done, args, device)))
     clean = next((r["before"] for r in rows if r["shift"] == "none"), None)
     if clean is None:
         inputs, masks = shifted(pools["scored"], "none", base[1]["image_size"])
