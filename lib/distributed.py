@@ -118,10 +118,10 @@ def global_mean_parts(loss, share):
     return part, part * world_size()
 
 
-def global_losses(losses, shares):
+def global_losses(losses, share):
     """The global batches' mean losses of this process's parts (0-dim tensors), summed over the processes: the
-    parts themselves in a job of one process."""
-    if shares is None:
+    parts themselves in a job of one process (share None, as my_share() gives it there)."""
+    if share is None:
         return losses
     import torch
     return list(total(torch.stack(losses).double()))

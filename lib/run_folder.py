@@ -16,6 +16,7 @@ import filelock
 import torch
 
 from lib import files
+from lib.cli import interrupt
 from lib.checkpoints import seal
 from lib.errors import Interrupted, TrainingError, UsageError
 from lib.plots import plot_curves, save_panel
@@ -190,9 +191,7 @@ def save_checkpoints(out, trainer, history, best_iou, config, is_best):
 def stop_cleanly(out, history, device, args):
     """Turn Ctrl-C and SIGTERM into Interrupted, a loss that is not finite or diverged and running out of GPU
     memory into TrainingError, each saying what was kept and what to do."""
-    def handle_sigterm(signum, frame):
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, handle_sigterm)
+    previous = signal.signal(signal.SIGTERM, interrupt)  # also where train.main() runs without cli.run
 
     def kept():
         done = history[-1]["epoch"] if history else 0
