@@ -1,7 +1,7 @@
 """Training-set augmentation on uint8 tensors, two paths; a new augmentation goes into the one its runs take.
 
-- fixed_copies(): every run, the report's experiments included. `--aug-copies` flipped and rotated copies of each
-  training image, made once before training (data.load_data calls it).
+- fixed_copies(): every run, the report's experiments included. `--aug-copies` flipped and turned copies of each
+  training image, made once before training (data.load_data calls it); a new flip goes into FLIPS.
 - for_epoch(): only with `--random-aug` (make best, make adapt). Every batch drawn anew each epoch: random rotation,
   zoom and colour jitter (random_distort) and, for a `--shift-aug` share of the images, the kinds of shift the
   robustness suite measures (random_shift: zoom out, stretch, colour casts, gamma, blur, noise, hair). Torch only,
@@ -32,29 +32,30 @@ GEOMETRY, HAIR_PICK, HAIR_ON, HAIR_SHADE = slice(0, 3), 3, 4, 5  # random_shift:
 COLOUR, BLUR, NOISE_SEED, NOISE, SHIFTED = slice(6, 13), 13, 14, 15, 16  # random_mix: which image is shifted
 SHIFT_ROWS = 17
 HAIR_OVERLAYS = 64  # random_shift: hair pictures drawn anew each epoch, one picked per image
+# fixed_copies: each copy of an image is one of these, then turned by 0-3 quarter turns (exact on pixels, so masks
+# stay binary). A horizontal flip and the turns already give all eight symmetries of a square, a vertical flip
+# among them (a horizontal flip turned twice). A new one goes here: config.json's augmentation line names these.
+FLIPS = {"unflipped": lambda x: x, "flipped horizontally": lambda x: x.flip(-1)}
+QUARTER_TURNS = 4
 
 
 def fixed_copies(images, masks, copies, seed):
-    """The originals plus `copies` copies of each, every copy with a seeded random horizontal
-    flip and rotation by a multiple of 90 degrees (exact on pixels, so masks stay binary)."""
+    """The originals plus `copies` copies of each, every copy one of FLIPS then QUARTER_TURNS, both drawn at
+    random from `seed`."""
     if copies == 0:  # the originals as they are (memory-mapped ones stay on disk)
         return images, masks
     g = torch.Generator().manual_seed(seed)
     out_images, out_masks = [images], [masks]
     for _ in range(copies):
-        flip = torch.randint(0, 2, (len(images),), generator=g)
-        turns = torch.randint(0, 4, (len(images),), generator=g)
+        flip = torch.randint(0, len(FLIPS), (len(images),), generator=g)
+        turns = torch.randint(0, QUARTER_TURNS, (len(images),), generator=g)
         new_images, new_masks = images.clone(), masks.clone()
-        for f in (0, 1):
-            for k in range(4):
+        for f, flipped in enumerate(FLIPS.values()):
+            for k in range(QUARTER_TURNS):
                 idx = ((flip == f) & (turns == k)).nonzero().flatten()
-                if len(idx) == 0:
-                    continue
-                im, mk = images[idx], masks[idx]
-                if f:
-                    im, mk = im.flip(-1), mk.flip(-1)
-                new_images[idx] = im.rot90(k, (-2, -1))
-                new_masks[idx] = mk.rot90(k, (-2, -1))
+                if len(idx) > 0:
+                    new_images[idx] = flipped(images[idx]).rot90(k, (-2, -1))
+                    new_masks[idx] = flipped(masks[idx]).rot90(k, (-2, -1))
         out_images.append(new_images)
         out_masks.append(new_masks)
     return torch.cat(out_images), torch.cat(out_masks)
@@ -62,8 +63,9 @@ def fixed_copies(images, masks, copies, seed):
 
 def applied(copies, random, shift_share):
     """The augmentations a run with these flags (--aug-copies, --random-aug, --shift-aug) applies, one line each."""
-    lines = [f"fixed_copies: {copies} flipped/rotated cop{'y' if copies == 1 else 'ies'} of each training image, "
-             "made once" if copies else "fixed_copies: none (--aug-copies 0)"]
+    lines = [f"fixed_copies: {copies} cop{'y' if copies == 1 else 'ies'} of each training image, made once, each "
+             f"{' or '.join(FLIPS)}, then turned by 0-{QUARTER_TURNS - 1} quarter turns" if copies
+             else "fixed_copies: none (--aug-copies 0)"]
     if not random:
         return lines + ["for_epoch: off (no --random-aug): random_distort and random_shift are not called"]
     drawn = (f"random_shift on {shift_share:.0%} of the images, random_distort on the others" if shift_share

@@ -2,7 +2,7 @@
 pairs found in any layout (lib/layouts.py: ISIC 2016-2018, PH2, plain images/ + masks/), decoded once at the model's
 size into uint8 tensors and cached (lib/decoding.py; on disk with --memory-map: lib/mapped.py), split into training,
 validation and test images before any augmentation (here), and the training images joined by the fixed
-flipped/rotated copies the report describes (augment.fixed_copies). split_to_score() is the split evaluate.py and
+flipped and turned copies the report describes (augment.fixed_copies). split_to_score() is the split evaluate.py and
 the tools score a trained model on. Downloads: tools/download.py; a folder's layout and counts: tools/data_folder.py.
 """
 from pathlib import Path
@@ -31,7 +31,7 @@ def load_splits(data_dir, size, val_fraction, split_seed, cache_dir="cache", wor
     split when it has one (and val_fraction > 0), else a seeded val_fraction of the training images; a folder
     without any split (PH2, plain images/ + masks/) first holds TEST_FRACTION of its images out as test. With
     memory_map the images and masks stay on disk (mapped.py), read as batches need them. draft: the training and
-    validation images decoded training's way (images.read_image); the test images are always decoded as
+    validation images decoded training's way (readers.read_image); the test images are always decoded as
     prediction decodes them, so that a test score is the score of what make predict gives."""
     groups = present_groups(data_dir)
 

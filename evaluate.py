@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from data import split_to_score
-from lib import cli, compare, files, layouts, run_folder
+from lib import cli, compare, layouts, run_folder, saving
 from lib.checkpoints import decision_edge_move, decision_threshold, load_models
 from lib.device import pick_device
 from lib.errors import UsageError
@@ -22,7 +22,7 @@ def results_name(out, split):
     """The name evaluate.py writes its results under: <split>, unless that would replace what train.py wrote
     for its own run (train.py's test_metrics.json has no 'checkpoints' key); then <split>_eval."""
     existing = Path(out) / f"{split}_metrics.json"
-    if existing.exists() and "checkpoints" not in files.read_json(existing):
+    if existing.exists() and "checkpoints" not in saving.read_json(existing):
         return f"{split}_eval"
     return split
 
@@ -35,7 +35,7 @@ def paired_comparison(base_files, new_files, metric):
         raise UsageError(f"{len(base_files)} base files but {len(new_files)} --vs files: give them in pairs")
     base, new = [], []
     for b, n in zip(base_files, new_files):
-        rows_b, rows_n = ({r["id"]: r for r in files.read_csv(f)} for f in (b, n))
+        rows_b, rows_n = ({r["id"]: r for r in saving.read_csv(f)} for f in (b, n))
         if rows_b.keys() != rows_n.keys():
             raise UsageError(f"{b} and {n} score different images; score both models on the same split")
         if metric not in next(iter(rows_b.values())):
@@ -96,7 +96,7 @@ def main(argv=None):
     summary["checkpoints"] = [os.path.relpath(c, out) for c in args.checkpoint]  # from `out`: the folder can move
     name = results_name(out, args.split)
     summary["code"] = run_folder.record_code(out, f"{name}_code.diff")  # the commit, and any edit beside it
-    path = files.write_results(out, name, summary, per_image, split["ids"])
+    path = saving.write_results(out, name, summary, per_image, split["ids"])
     at_model_size = [k for k in per_image if not k.startswith(("tta_", "fullres_", "pooled_"))]  # lib/metrics.py's
     print(f"{args.split} ({summary['n_images']} images): " + ", ".join(
         f"{k} {summary[k]:.4f}" for k in ("loss", *at_model_size, "tta_iou", "fullres_iou", "fullres_tta_iou")

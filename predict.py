@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import cli, distributed, files, model_files, photos, watching
+from lib import cli, distributed, model_files, photos, saving, watching
 from lib.errors import Interrupted, StorageError, UsageError
 from lib.masks import unsure
 from lib.segmenter import Segmenter
@@ -113,12 +113,12 @@ def write_unsure(out, scores):
     """out/unsure.csv (under torchrun one per process, unsure-<rank>.csv): each mask of {output prefix: unsure
     score} with the rows an earlier run wrote for others, the most unsure first."""
     path = out / ("unsure.csv" if distributed.world_size() == 1 else f"unsure-{distributed.rank()}.csv")
-    rows = {r["mask"]: r for r in files.read_csv(path)} if path.exists() else {}
+    rows = {r["mask"]: r for r in saving.read_csv(path)} if path.exists() else {}
     for name, score in scores.items():
         mask = os.path.relpath(f"{name}_segmentation.png", out)
         rows[mask] = {"mask": mask, "unsure": score}
     if rows:
-        files.write_csv(path, sorted(rows.values(), key=lambda r: -float(r["unsure"])))
+        saving.write_csv(path, sorted(rows.values(), key=lambda r: -float(r["unsure"])))
 
 
 def finished(pool, writes):
@@ -168,7 +168,7 @@ def main(argv=None):
               + (" ..." if len(formats) > 6 else ""))
     kinds = photos.OUTPUTS if args.overlay else photos.OUTPUTS[:1]
     mine = paths[distributed.rank()::distributed.world_size()]  # every image in exactly one process
-    stale = files.remove_dead_temporaries(out)
+    stale = saving.remove_dead_temporaries(out)
     if stale:
         print(f"removed {len(stale)} temporary files of a run that was killed: {', '.join(stale[:3])}"
               + (" ..." if len(stale) > 3 else ""))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import augment
 from data import load_data
-from lib import cli, distributed, files, run_folder
+from lib import cli, distributed, run_folder, saving
 from lib.checkpoints import architecture_of, read_checkpoint
 from lib.device import autocast, pick_device
 from lib.errors import UsageError
@@ -113,7 +113,7 @@ def optimisation_flags(g):
 def augmentation_flags(g):
     """train.py's augmentation flags: flags added to the argument group g."""
     g.add_argument("--aug-copies", type=int, default=3,
-                   help="flipped/rotated copies added per training image (3: 4x data)")
+                   help="flipped and turned copies added per training image (augment.FLIPS; 3: 4x data)")
     g.add_argument("--random-aug", default=False, action="store_true",
                    help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; turns the "
                         "feature cache off")
@@ -298,7 +298,7 @@ def test_best_checkpoint(model, out, tests, args, device, amp, loss):
     summaries = []
     for name, test in tests.items():
         summary, per_image = score_model(model, test, loss, 2 * args.batch_size, device, amp)
-        path = files.write_results(out, name, summary, per_image, test["ids"])
+        path = saving.write_results(out, name, summary, per_image, test["ids"])
         print(f"{name} (best epoch {best['epoch']}, {summary['n_images']} images): loss {summary['loss']:.4f}  "
               f"IoU {summary['iou']:.4f}  Dice {summary['dice']:.4f}  with flip TTA: IoU {summary['tta_iou']:.4f}  "
               f"at full resolution: IoU {summary['fullres_iou']:.4f} -> {path}")
@@ -377,7 +377,7 @@ def main(argv=None):
             config["augmentations"] = augment.applied(args.aug_copies, args.random_aug, args.shift_aug)
             if distributed.is_main():
                 config["code"] = run_folder.record_code(out)
-                files.write_json(out / "config.json", config)
+                saving.write_json(out / "config.json", config)
             print(f"run {out}: {cli.plural(args.epochs, 'epoch')}, batch size {args.batch_size}, --lr {args.lr}, "
                   f"--seed {args.seed}, data {' '.join(args.data_dir)}, device {device}")  # a mistyped variable shows
             print(splits["sizes"] + "".join(f"\naugmentation, {line}" for line in config["augmentations"]))

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data import split_to_score  # noqa: E402
-from lib import cli, files, images, layouts, metrics  # noqa: E402
+from lib import cli, saving, readers, layouts, metrics  # noqa: E402
 from lib.checkpoints import load_models  # noqa: E402
 from lib.errors import UsageError  # noqa: E402
 from lib.plots import plot_curves, save_figure, save_panel  # noqa: E402
@@ -35,7 +35,7 @@ REFERENCE = {"exp1-bce": (0.7585, 0.8025), "exp1-iou": (0.7724, 0.8154), "exp2-f
 def compare_robustness(folders, out):
     """Suite results (robustness.py's --out folders) side by side: a grouped bar plot of IoU per shift to `out`,
     and a Markdown table, 'IoU (drop)' per folder and shift, returned."""
-    results = {Path(f).name: files.read_json(Path(f) / "robustness.json") for f in folders}
+    results = {Path(f).name: saving.read_json(Path(f) / "robustness.json") for f in folders}
     names = [r["perturbation"] for r in next(iter(results.values()))["rows"]]
     if any([r["perturbation"] for r in res["rows"]] != names for res in results.values()):
         raise UsageError("these suite results score different shifts; run robustness.py with the same --perturbations")
@@ -66,11 +66,11 @@ def read_run(run_dir):
     run_dir = Path(run_dir)
     if not (run_dir / "test_metrics.json").exists():
         return None
-    test = files.read_json(run_dir / "test_metrics.json")
+    test = saving.read_json(run_dir / "test_metrics.json")
     checkpoints = [run_dir / c for c in test.get("checkpoints", ["best.pt"])]
     return {"name": run_dir.name, "dir": run_dir, "test": test, "checkpoints": checkpoints,
-            "config": files.read_json(checkpoints[0].parent / "config.json"),
-            "histories": [files.read_csv(c.parent / "history.csv") for c in checkpoints]}
+            "config": saving.read_json(checkpoints[0].parent / "config.json"),
+            "histories": [saving.read_csv(c.parent / "history.csv") for c in checkpoints]}
 
 
 def report_table(runs):
@@ -129,7 +129,7 @@ def find_data_dir(data_dir, runs_dir):
     if Path(data_dir).is_dir():
         return data_dir
     for config in sorted(Path(runs_dir).glob("**/config.json")):
-        trained_on = (files.read_json(config).get("data_dir") or [None])[0]  # the first of several
+        trained_on = (saving.read_json(config).get("data_dir") or [None])[0]  # the first of several
         if trained_on and Path(trained_on).is_dir():
             print(f"data folder {data_dir} does not exist; using {trained_on}, from {config}")
             return trained_on
@@ -144,7 +144,7 @@ def report(runs_dir, data_dir, cache_dir, n_images=6):
     if not runs:
         raise UsageError(f"no finished runs (with test_metrics.json) in {runs_dir}; run an experiment first")
     table = report_table(runs)
-    files.write_text(runs_dir / "report.md", "# Experiments\n\nTest metrics of each run's best checkpoint "
+    saving.write_text(runs_dir / "report.md", "# Experiments\n\nTest metrics of each run's best checkpoint "
                         "(by validation IoU; the last epoch for runs trained on every training image, "
                         "--val-fraction 0); per-image means, threshold 0.5.\n\n" + table
                         + "\n![comparison](comparison.png)\n\n![test panel](test_panel.png)\n\n"
@@ -185,10 +185,10 @@ def lesion_stats(data_dir, split):
     stats = {"width": [], "height": [], "area_fraction": [], "touches_border": []}
     for _, image_path, mask_path in tqdm(layouts.find_pairs(data_dir, split), desc=f"reading {split} masks",
                                          disable=None):
-        with images.open_image(image_path) as im:
+        with readers.open_image(image_path) as im:
             stats["width"].append(im.size[0])
             stats["height"].append(im.size[1])
-        mask = images.read_binary_mask(mask_path)
+        mask = readers.read_binary_mask(mask_path)
         stats["area_fraction"].append(float(mask.mean()))
         edges = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
         stats["touches_border"].append(bool(edges.any()))
@@ -212,7 +212,7 @@ def eda(data_dir, out):
     out.mkdir(parents=True, exist_ok=True)
     stats = {split: lesion_stats(data_dir, split) for split in layouts.present_groups(data_dir)}
     summary = {split: summarize_stats(s) for split, s in stats.items()}
-    files.write_json(out / "eda.json", summary)
+    saving.write_json(out / "eda.json", summary)
     distinct = {(w, h) for st in stats.values() for w, h in zip(st["width"], st["height"])}
     fig, axes = plt.subplots(1, 3 if len(distinct) > 1 else 2, figsize=(15 if len(distinct) > 1 else 10, 4))
     sizes, balance = axes[:2]
@@ -281,7 +281,7 @@ def main():
         print(compare_robustness(args.folders, Path(args.out)))
         print(f"wrote {args.out}")
     else:
-        plot_curves(files.read_csv(Path(args.run_dir) / "history.csv"), Path(args.run_dir) / "curves.png",
+        plot_curves(saving.read_csv(Path(args.run_dir) / "history.csv"), Path(args.run_dir) / "curves.png",
                     Path(args.run_dir).name)
 
 

@@ -5,8 +5,8 @@ install."""
 import datetime
 from pathlib import Path
 
-from lib import files, model_files, revision
-from lib.adaptation import CANDIDATES
+from lib import model_files, revision, saving
+from lib.calibration import CANDIDATES
 
 MARGIN = 2  # standard errors a paired change must clear before the card calls it better or worse
 FEW_HELD_OUT = 10  # below this many held-out images the card warns that its scores say little
@@ -166,7 +166,7 @@ def write(out, report, rows, name):
     """The report, dated and with the code's commit, as out/name and its card as out/README.md (written through
     files: a full disk is one sentence); the card's body printed."""
     report.update(date=datetime.date.today().isoformat(), commit=revision.code_revision())
-    files.write_json(out / name, report)
+    saving.write_json(out / name, report)
     text = card(report, rows)
-    files.write_text(out / "README.md", text)
+    saving.write_text(out / "README.md", text)
     print(text.split("\n", 2)[2].rstrip())

@@ -1,5 +1,5 @@
 """Images and masks decoded once into uint8 tensors at the model's size and cached between runs (a checksum inside,
-so a damaged cache file is rebuilt); single files are read by images.py."""
+so a damaged cache file is rebuilt); single files are read by readers.py."""
 import hashlib
 import os
 import threading
@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib import files
+from lib import saving
 from lib.errors import DataError
-from lib.images import read_image, read_mask
+from lib.readers import read_image, read_mask
 from lib.layouts import pair_files, raise_problems
 
 CACHE_VERSION = 4  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, EXIF orientation;
@@ -54,7 +54,7 @@ def cache_key(pairs, size, draft=True):
 def load_split(data_dir, split, size, cache_dir="cache", workers=0, draft=True):
     """{'images': uint8 [N,3,S,S], 'masks': uint8 [N,1,S,S] of 0/1, 'ids', 'image_paths', 'mask_paths'}; decoded
     images come from the cache when it is current and intact. draft: JPEGs decoded at a reduced scale (training's
-    way, images.read_image); else whole, as prediction decodes them. A split whose masks are all empty raises
+    way, readers.read_image); else whole, as prediction decodes them. A split whose masks are all empty raises
     DataError."""
     pairs, problems = pair_files(data_dir, split)
     cache_file = Path(cache_dir) / f"{split}_{size}px_{cache_key(pairs, size, draft)}.pt"
@@ -62,7 +62,7 @@ def load_split(data_dir, split, size, cache_dir="cache", workers=0, draft=True):
     if cached is None:
         cached = decode_split(data_dir, split, pairs, problems, size, workers, draft)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        files.atomic_save({**cached, "checksum": checksum(cached["images"], cached["masks"], cached["ids"])},
+        saving.atomic_save({**cached, "checksum": checksum(cached["images"], cached["masks"], cached["ids"])},
                              cache_file)
     refuse_all_empty(cached["masks"], data_dir, split)
     return {"images": cached["images"], "masks": cached["masks"], **files_of(pairs)}

@@ -6,7 +6,7 @@ Masks and predictions are binary; shapes are given per function."""
 import numpy as np
 import torch
 
-from lib import images
+from lib import readers
 from lib.masks import keep_largest_component, move_edge, resize_probabilities
 
 
@@ -58,7 +58,7 @@ def full_resolution_metrics(variants, masks, threshold=0.5, edge_move=0.0):
     per_image = {name: [] for name in names}
     counts = {name: [0, 0] for name in names}  # pooled intersection, union
     for i, mask in enumerate(masks):
-        mask = np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else images.read_binary_mask(mask)
+        mask = np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else readers.read_binary_mask(mask)
         height, width = mask.shape
         mask = torch.from_numpy(mask)[None, None]
         for name, probs in variants.items():

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from lib import images
+from lib import readers
 from lib.metrics import full_resolution_metrics
 from lib.scoring import predict_probs
 
@@ -156,7 +156,7 @@ def shift(image_path, mask_path, name, seed, n):
     """(RGB uint8 [H,W,3], boolean mask [H,W]) of image n of a split under one perturbation, at its own size; the
     random draws come from (seed, n, the perturbation's position), so they repeat in any order."""
     rng = np.random.default_rng([seed, n, list(PERTURBATIONS).index(name)])
-    return PERTURBATIONS[name](images.read_full_image(image_path), images.read_binary_mask(mask_path), rng)
+    return PERTURBATIONS[name](readers.read_full_image(image_path), readers.read_binary_mask(mask_path), rng)
 
 
 def perturbed(image_paths, mask_paths, name, size, seed):

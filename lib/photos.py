@@ -10,7 +10,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from lib import files, images, layouts
+from lib import layouts, readers, saving
 from lib.errors import UsageError
 from lib.masks import mask_png, overlay_jpeg
 
@@ -132,7 +132,7 @@ def decode(path, size):
     decoded once, for the model and for the overlay."""
     decoding.path = path
     try:
-        return images.read_photo(path, size)
+        return readers.read_photo(path, size)
     except Exception as e:  # PIL raises many types for corrupt or non-image files
         return None, str(e)
     finally:
@@ -155,10 +155,10 @@ def outputs_done(path, name, kinds):
     if not found:
         return False
     try:
-        size = images.displayed_size(path)
+        size = readers.displayed_size(path)
     except Exception:  # an unreadable image: predicting it says why
         return False
-    broken = [f.name for f in found if not images.decodes_whole(f, size)]
+    broken = [f.name for f in found if not readers.decodes_whole(f, size)]
     if broken:
         print(f"{', '.join(broken)}: does not decode whole at {size[0]}x{size[1]}; writing it again")
     return not broken and len(found) == len(kinds)
@@ -168,6 +168,6 @@ def write_outputs(photo, mask, name, with_overlay):
     """<name>_segmentation.png of the boolean mask and, with_overlay, <name>_overlay.jpg of the photo (an RGB PIL
     image) with its contour, each written whole or not at all."""
     Path(name).parent.mkdir(parents=True, exist_ok=True)
-    files.write_bytes(Path(f"{name}_segmentation.png"), mask_png(mask))
+    saving.write_bytes(Path(f"{name}_segmentation.png"), mask_png(mask))
     if with_overlay:
-        files.write_bytes(Path(f"{name}_overlay.jpg"), overlay_jpeg(photo, mask))
+        saving.write_bytes(Path(f"{name}_overlay.jpg"), overlay_jpeg(photo, mask))

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 from matplotlib.backends import backend_agg  # noqa: E402,F401  loaded now: a Ctrl-C mid-epoch never lands in its import
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from lib import files  # noqa: E402
+from lib import saving  # noqa: E402
 from lib.metrics import per_image_metrics  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def plot_curves(history, path, title):
 def save_figure(fig, path):
     top = 1 - 0.5 / fig.get_figheight()  # half an inch for the suptitle, above the top row's titles
     fig.tight_layout(rect=(0, 0, 1, top) if fig._suptitle else None)
-    files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    saving.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import filelock
 import torch
 
-from lib import files
+from lib import saving
 from lib.cli import interrupt
 from lib.checkpoints import seal
 from lib.errors import Interrupted, TrainingError, UsageError
@@ -28,7 +28,7 @@ RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt")
 # Everything a run writes in its folder: what --overwrite removes (anything else there stays).
 RUN_OUTPUTS = RUN_FILES + ("code.diff", "test_metrics.json", "test_per_image.csv", "test_*_metrics.json",
                            "test_*_per_image.csv", "val_metrics.json", "val_per_image.csv", "curves.png",
-                           "panel_epoch*.png", "train.log", files.TMP_PATTERN)
+                           "panel_epoch*.png", "train.log", saving.TMP_PATTERN)
 
 
 def record_code(out, diff_name="code.diff"):
@@ -37,7 +37,7 @@ def record_code(out, diff_name="code.diff"):
     the edit."""
     diff = git("diff", "HEAD")
     if diff:
-        files.write_text(out / diff_name, diff)
+        saving.write_text(out / diff_name, diff)
     else:
         (out / diff_name).unlink(missing_ok=True)  # a resumed run whose edits were committed meanwhile
     return {"commit": git("rev-parse", "HEAD").strip() or "unknown (not a git checkout)", "dirty": bool(diff)}
@@ -96,7 +96,7 @@ def run_log(out, resume=False, overwrite=False):
             for path in out.glob(pattern):
                 path.unlink()
     with open(out / "train.log", "a", buffering=1) as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
-        stale = files.remove_dead_temporaries(out)  # its lock: no other writer lives
+        stale = saving.remove_dead_temporaries(out)  # its lock: no other writer lives
         if stale:
             print(f"removed temporary files of an interrupted write: {', '.join(stale)}")
         yield
@@ -136,7 +136,7 @@ def read_last_checkpoint(out):
 def saved_flags(path):
     """The flags of a run's config.json (--config); UsageError for a missing file, broken JSON or other JSON."""
     try:
-        saved = files.read_json(path)
+        saved = saving.read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"--config {path} cannot be read as JSON ({e}); give a run's config.json") from None
     if not isinstance(saved, dict):
@@ -183,8 +183,8 @@ def save_checkpoints(out, trainer, history, best_iou, config, is_best):
     if t.ema is not None:
         state["trained_model"] = t.model.state_dict()  # what --resume trains on from
     if is_best:
-        files.atomic_save(state, out / "best.pt")
-    files.atomic_save(state, out / "last.pt")
+        saving.atomic_save(state, out / "best.pt")
+    saving.atomic_save(state, out / "last.pt")
 
 
 @contextlib.contextmanager
@@ -214,7 +214,7 @@ def stop_cleanly(out, history, device, args):
 def report_epoch(out, args, history, is_best, panel, device, amp):
     """history.csv, curves.png, prediction panels every few epochs, and one line on the console."""
     record, epoch = history[-1], history[-1]["epoch"]
-    files.write_csv(out / "history.csv", history)
+    saving.write_csv(out / "history.csv", history)
     plot_curves(history, out / "curves.png", out.name)
     if epoch % (args.viz_every or max(1, args.epochs // 4)) == 0 or epoch == args.epochs:
         forward, inputs, images, masks, kind = panel

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import images, model_files
+from lib import model_files, readers
 from lib.errors import ModelFileError, UsageError
 from lib.masks import checked_edge_move, checked_threshold, mask_at_size
 
@@ -129,7 +129,7 @@ class Segmenter:
 
     def masks(self, photos, tta=False, largest_component=False, threshold=None):
         """Boolean masks [H,W] of photos (RGB uint8 [H,W,3] each), each at its photo's own size."""
-        probs = self.probabilities(np.stack([images.model_input(p, self.image_size) for p in photos]), tta)
+        probs = self.probabilities(np.stack([readers.model_input(p, self.image_size) for p in photos]), tta)
         return [self.mask(prob, p.shape[1], p.shape[0], largest_component, threshold) for prob, p in zip(probs, photos)]
 
     def mask(self, prob, width, height, largest_component=False, threshold=None):
@@ -142,7 +142,7 @@ class Segmenter:
         """Boolean mask [H,W] of one image at its own size: a file's path, a PIL image or a numpy array (uint8
         [H,W,3] or [H,W] grey), EXIF orientation applied and the caller's image untouched; with tta the mean over
         flips, with largest_component only the largest region (as make predict)."""
-        photo = images.read_full_image(image) if isinstance(image, (str, Path)) else images.as_photo(image)
+        photo = readers.read_full_image(image) if isinstance(image, (str, Path)) else readers.as_photo(image)
         return self.masks([photo], tta, largest_component, threshold)[0]
 
 

@@ -47,7 +47,7 @@ def watch(inputs, out, handled, size, segment_and_write):
                 named[path] = name
                 written += 1
                 print(f"{path} -> {name}_segmentation.png", flush=True)
-    except KeyboardInterrupt:  # between two files, or in one: its outputs are whole or absent (files.atomic_write)
+    except KeyboardInterrupt:  # between two files, or in one: its outputs are whole or absent (saving.atomic_write)
         return written
 
 

@@ -18,8 +18,8 @@ from PIL import Image
 import evaluate
 import predict
 import train
-from lib import annotators, calibration, cards, files, images, layouts
-from lib.adaptation import choose
+from lib import annotators, calibration, cards, layouts, readers, saving
+from lib.calibration import choose
 from lib.errors import DataError
 from lib.model_files import PT as RELEASED
 from lib.checkpoints import load_checkpoint, read_checkpoint
@@ -48,7 +48,7 @@ def labelled_folder(synthetic, folder, shift=None, n_train=16, n_test=8):
         for sub in ("images", "masks"):
             (folder / split / sub).mkdir(parents=True, exist_ok=True)
         shutil.copy(image, folder / split / "images" / image.name)
-        m = images.read_binary_mask(mask)
+        m = readers.read_binary_mask(mask)
         m = shift(m) if shift else m
         Image.fromarray(m.astype(np.uint8) * 255).save(folder / split / "masks" / f"{i}.png")
     return folder
@@ -136,7 +136,7 @@ def test_adapt_cross_validates_its_candidates_and_ships_the_one_its_rule_chose(s
     assert result.returncode == 0, result.stderr
     # one test IoU per model: train.py leaves the held-out images to adapt.py (--no-test)
     assert "test (best epoch" not in result.stdout and not (tmp_path / "run" / "test_metrics.json").exists()
-    report = files.read_json(tmp_path / "run" / "adapt.json")
+    report = saving.read_json(tmp_path / "run" / "adapt.json")
     move, cv = report["calibration"]["edge_move"], report["cross_validation"]
     assert move < 0 and cv["folds"] == 2 and cv["images"] == 10  # looser masks: the edge moves out
     scores = {name: row["new"] for name, row in cv["against_before"].items()}
@@ -150,8 +150,8 @@ def test_adapt_cross_validates_its_candidates_and_ships_the_one_its_rule_chose(s
     targets = tmp_path / "run" / "folds" / "0" / "tuned-moved" / "targets"
     assert load_checkpoint(targets.parent / "run" / "best.pt")[1]["data_dir"] == [str(targets)]
     for target in sorted((targets / "train" / "masks").glob("*.png"))[:4]:
-        mine = images.read_binary_mask(folder / "train" / "masks" / target.name)
-        moved_back = images.read_binary_mask(target)
+        mine = readers.read_binary_mask(folder / "train" / "masks" / target.name)
+        moved_back = readers.read_binary_mask(target)
         assert (moved_back <= mine).all() and moved_back.sum() < mine.sum()
 
 
@@ -182,7 +182,7 @@ def test_a_calibrated_edge_move_reaches_predict_evaluate_the_onnx_file_and_the_p
     for name, model in (("released", RELEASED), ("pt", calibrated)):
         evaluate.main(["--checkpoint", str(model), "--data-dir", str(folder), "--out", str(tmp_path / f"ev-{name}"),
                        "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--full-res"])
-        scores[name] = files.read_json(tmp_path / f"ev-{name}" / "test_metrics.json")
+        scores[name] = saving.read_json(tmp_path / f"ev-{name}" / "test_metrics.json")
     assert scores["pt"]["edge_move"] == move
     assert scores["pt"]["iou"] == pytest.approx(scores["released"]["iou"], abs=1e-3)  # at 128x128: no move
     assert scores["pt"]["fullres_lcc_iou"] > scores["released"]["fullres_lcc_iou"] + 0.01  # at the masks' own size
@@ -368,7 +368,7 @@ def per_image(base, *diffs):
 
 
 def test_make_adapt_ships_a_fine_tuned_model_only_when_it_beats_the_edge_move_out_of_fold():
-    """The choice rule (lib/adaptation.py) on out-of-fold scores where the right answer is known. Each case has a
+    """The choice rule (lib/calibration.py) on out-of-fold scores where the right answer is known. Each case has a
     candidate with a higher mean that the rule must not ship: picking the best mean alone fails this test."""
     before = 0.8 + np.linspace(-0.1, 0.1, 20)
     edge = per_image(before, 0.06, 0.05, 0.07)

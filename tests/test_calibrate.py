@@ -11,7 +11,7 @@ from conftest import REAL_DATA, ROOT, without_torch
 from PIL import Image
 
 import data
-from lib import annotators, images, layouts, model_files
+from lib import annotators, layouts, model_files, readers
 from lib.masks import move_edge
 from lib.segmenter import Segmenter
 from lib.splits import labelled_pairs
@@ -27,7 +27,7 @@ def tighter_folder(tmp_path_factory):
         (folder / sub).mkdir()
     for i, image, mask in layouts.find_pairs(REAL_DATA, "test")[:15]:
         shutil.copy(image, folder / "images" / image.name)
-        tight = annotators.tighter(images.read_binary_mask(mask))
+        tight = annotators.tighter(readers.read_binary_mask(mask))
         Image.fromarray(tight.astype(np.uint8) * 255).save(folder / "masks" / f"{i}.png")
     return folder
 
@@ -48,7 +48,7 @@ def test_make_calibrate_needs_no_torch_and_writes_a_calibrated_onnx(tighter_fold
     assert f"`make predict INPUT=photos/ CHECKPOINT={out / 'model.onnx'}`" in card.split("\n")[2]
     calibrated, released = Segmenter.load([out / "model.onnx"]), Segmenter.load()
     assert calibrated.edge_move == report["edge_move"] and calibrated.threshold == 0.5
-    photo = images.read_full_image(next((tighter_folder / "images").iterdir()))
+    photo = readers.read_full_image(next((tighter_folder / "images").iterdir()))
     assert np.array_equal(calibrated.segment(photo), move_edge(released.segment(photo), report["edge_move"]))
     model_files.check_seal(out / "model.onnx")  # sealed anew after its metadata changed
     again = run_without_torch(tmp_path, "--data-dir", tighter_folder, "--out", out)
@@ -116,9 +116,9 @@ def test_make_calibrate_refuses_inverted_masks_and_masks_of_another_size(tighter
     for folder in (inverted, half):
         shutil.copytree(tighter_folder, folder)
     for path in (inverted / "masks").iterdir():
-        Image.fromarray(~images.read_binary_mask(path)).save(path)
+        Image.fromarray(~readers.read_binary_mask(path)).save(path)
     one = sorted((half / "masks").iterdir())[3]
-    Image.fromarray(images.read_binary_mask(one)).resize((128, 128)).save(one)  # half-size
+    Image.fromarray(readers.read_binary_mask(one)).resize((128, 128)).save(one)  # half-size
     for folder, phrase in ((inverted, "inverted"), (half, "size mismatch in 1 of")):
         result = run_without_torch(tmp_path, "--data-dir", folder, "--out", tmp_path / folder.name / "out")
         lines = result.stderr.strip().splitlines()

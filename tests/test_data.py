@@ -9,7 +9,7 @@ from conftest import REAL_DATA
 from PIL import Image
 
 import data
-from lib import decoding, errors, files, images, layouts, splits
+from lib import decoding, errors, layouts, readers, saving, splits
 
 TRAIN_IMAGES, TRAIN_MASKS = layouts.SPLITS["train"]
 
@@ -87,7 +87,7 @@ def test_mask_formats_read_as_binary(tmp_path, kind):
     else:  # lossy compression: values near 0 and near 255
         noisy = np.where(binary, 250, 4).astype(np.uint8) + np.random.default_rng(0).integers(0, 5, binary.shape)
         Image.fromarray(noisy.astype(np.uint8)).save(path)
-    mask, size = images.read_mask(path, 32)
+    mask, size = readers.read_mask(path, 32)
     assert size == (60, 40) and set(np.unique(mask)) == {0, 1}
     assert abs(mask.mean() - binary.mean()) < 0.03
 
@@ -97,7 +97,7 @@ def test_image_modes_become_rgb(tmp_path, mode):
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
     path = tmp_path / ("x.jpg" if mode in ("L", "CMYK") else "x.png")
     rgb.convert(mode).save(path)
-    image, size = images.read_image(path, 32)
+    image, size = readers.read_image(path, 32)
     assert image.shape == (32, 32, 3) and size == (70, 50)
 
 
@@ -169,8 +169,8 @@ def test_real_images_load(tmp_path):
         pytest.skip(f"{REAL_DATA} not present: the real ISIC 2016 subset is only on development and CI machines")
     pairs = layouts.find_pairs(REAL_DATA, "test")
     assert len(pairs) > 300
-    image, size = images.read_image(pairs[0][1], 128)
-    mask, mask_size = images.read_mask(pairs[0][2], 128)
+    image, size = readers.read_image(pairs[0][1], 128)
+    mask, mask_size = readers.read_mask(pairs[0][2], 128)
     assert image.shape == (128, 128, 3) and size == mask_size
     assert 0 < mask.mean() < 1
 
@@ -191,7 +191,7 @@ def test_plain_folders_train_and_score_exactly_like_the_isic_layout(synthetic, t
     train.main(train_args(synthetic[0], tmp_path / "isic"))
     train.main(train_args(plain, tmp_path / "plain-run"))
     assert "plain folders in" in capsys.readouterr().out
-    assert files.read_json(tmp_path / "plain-run" / "test_metrics.json") == files.read_json(
+    assert saving.read_json(tmp_path / "plain-run" / "test_metrics.json") == saving.read_json(
         tmp_path / "isic" / "test_metrics.json")
 
 

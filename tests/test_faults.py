@@ -15,7 +15,7 @@ from PIL import Image
 
 import predict
 import train
-from lib import decoding, files, images, layouts
+from lib import decoding, layouts, readers, saving
 from lib.errors import DataError, ModelFileError, StorageError, UsageError
 from lib.checkpoints import load_checkpoint
 
@@ -24,7 +24,7 @@ LEARNED = ("epoch", "train_loss", "val_loss", "val_iou", "val_dice", "lr")
 
 def learned(run):
     """history.csv's columns that training determines (not timings), NaN (no validation) as None."""
-    rows = files.read_csv(run / "history.csv")
+    rows = saving.read_csv(run / "history.csv")
     return [{k: None if row[k] != row[k] else row[k] for k in LEARNED} for row in rows]
 
 
@@ -49,12 +49,12 @@ def test_kill_9_mid_write_and_mid_epoch_then_resume_gives_the_uninterrupted_resu
     writing = lambda: any(out.glob(".*.pt.*.tmp"))  # noqa: E731  a checkpoint half written
     kill_when(start(train_args(synthetic[0], out, *flags)), writing)
     kill_when(start(train_args(synthetic[0], out, *flags, "--resume")),
-              lambda: (out / "history.csv").exists() and len(files.read_csv(out / "history.csv")) >= 2)
+              lambda: (out / "history.csv").exists() and len(saving.read_csv(out / "history.csv")) >= 2)
     result = subprocess.run([sys.executable, "train.py", *train_args(synthetic[0], out, *flags, "--resume")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert learned(out) == learned(tmp_path / "whole")
-    assert files.read_json(out / "test_metrics.json") == files.read_json(tmp_path / "whole" / "test_metrics.json")
+    assert saving.read_json(out / "test_metrics.json") == saving.read_json(tmp_path / "whole" / "test_metrics.json")
     assert not list(out.glob(".*.tmp"))
 
 
@@ -85,14 +85,14 @@ def test_resume_of_a_run_whose_best_pt_was_removed_finishes_on_last_pt(synthetic
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "best.pt is missing: scoring last.pt instead" in result.stdout
-    assert files.read_json(out / "test_metrics.json")["n_images"] == 12
+    assert saving.read_json(out / "test_metrics.json")["n_images"] == 12
 
 
 def test_atomic_write_on_a_full_disk_raises_storage_error_and_leaves_the_old_file(small_disk):
     disk, resize = small_disk
-    files.write_text(disk / "notes.txt", "old")
+    saving.write_text(disk / "notes.txt", "old")
     with pytest.raises(StorageError, match=r"notes.txt \(2.0 MB needed"):
-        files.write_text(disk / "notes.txt", "x" * 2_000_000)
+        saving.write_text(disk / "notes.txt", "x" * 2_000_000)
     assert (disk / "notes.txt").read_text() == "old" and not list(disk.glob(".*.tmp"))
 
 
@@ -104,7 +104,7 @@ def test_overwrite_removes_only_what_a_run_wrote(synthetic, tmp_path):
     train.main(train_args(synthetic[0], out, "--overwrite"))
     assert (out / "my_notes.txt").read_text() == "keep me" and (out / "photos").is_dir()
     assert not (out / "panel_epoch004.png").exists()  # the old run's files are gone
-    assert len(files.read_csv(out / "history.csv")) == 1
+    assert len(saving.read_csv(out / "history.csv")) == 1
 
 
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(synthetic, tmp_path):
@@ -147,8 +147,8 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     Image.fromarray(rgb * 257).save(tmp_path / "sixteen.png")  # the same picture in 16 bits
     with Image.open(tmp_path / "sixteen.png") as im:
         assert im.mode.startswith("I")
-    eight, _ = images.read_image(tmp_path / "eight.png", 32)
-    sixteen, _ = images.read_image(tmp_path / "sixteen.png", 32)
+    eight, _ = readers.read_image(tmp_path / "eight.png", 32)
+    sixteen, _ = readers.read_image(tmp_path / "sixteen.png", 32)
     assert np.abs(eight.astype(int) - sixteen.astype(int)).max() <= 1 and sixteen.mean() < 200
 
 
@@ -156,12 +156,12 @@ def test_exif_orientation_is_applied_to_images(tmp_path):
     stored = np.zeros((40, 64, 3), np.uint8)
     stored[:, :8] = 255  # a white band on the stored image's left edge
     exif = Image.Exif()
-    exif[images.ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
+    exif[readers.ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
     Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
-    image, size = images.read_image(tmp_path / "phone.jpg", 32)
+    image, size = readers.read_image(tmp_path / "phone.jpg", 32)
     assert size == (40, 64)  # width, height as displayed
     assert image[:4].mean() > 200 and image[-4:].mean() < 50  # the band is now on top
-    assert images.read_full_image(tmp_path / "phone.jpg").shape[:2] == (64, 40)
+    assert readers.read_full_image(tmp_path / "phone.jpg").shape[:2] == (64, 40)
 
 
 def test_predict_keeps_masks_of_inputs_with_the_same_name_apart_and_skips_hidden_files(checkpoint, tmp_path):

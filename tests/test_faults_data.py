@@ -17,7 +17,7 @@ from conftest import HAM, ROOT, train_args
 from PIL import Image
 
 import train
-from lib import decoding, files, images, layouts
+from lib import decoding, layouts, readers, saving
 from lib.errors import DataError, TrainingError, UsageError
 
 TRAIN_IMAGES, TRAIN_MASKS = layouts.SPLITS["train"]
@@ -102,11 +102,11 @@ def test_palette_masks_are_read_by_index_unless_black_and_white_say_otherwise(tm
         palette_mask(values, colours).save(tmp_path / name)
         with Image.open(tmp_path / name) as im:
             assert im.mode == "P"
-        assert np.array_equal(images.read_binary_mask(tmp_path / name), values == 1), name
+        assert np.array_equal(readers.read_binary_mask(tmp_path / name), values == 1), name
     # by colour: HAM10000's 402 palette masks show the lesion as index 0 in white, the background as 255 in black
     ham = palette_mask(np.where(values == 1, 0, 255), [(255 - i,) * 3 for i in range(256)])
     ham.save(tmp_path / "ham.png")
-    assert np.array_equal(images.read_binary_mask(tmp_path / "ham.png"), values == 1)
+    assert np.array_equal(readers.read_binary_mask(tmp_path / "ham.png"), values == 1)
 
 
 @pytest.mark.skipif(not HAM.is_dir(), reason="needs ../shared/ham10000")
@@ -116,7 +116,7 @@ def test_hams_palette_masks_read_as_their_grey_twins():
     masks = HAM / "train" / "masks"
     palette = [p for p in sorted(masks.glob("ISIC_00243*.png")) if Image.open(p).mode == "P"][:20]
     assert len(palette) == 20
-    shares = [images.read_binary_mask(p).mean() for p in palette]
+    shares = [readers.read_binary_mask(p).mean() for p in palette]
     assert np.median(shares) < 0.5, shares
 
 
@@ -155,7 +155,7 @@ def test_a_damaged_last_pt_is_one_sentence_that_offers_best_pt(synthetic, tmp_pa
                                      f"{out}/best.pt {out}/last.pt) and run again with --resume")
     shutil.copy(out / "best.pt", out / "last.pt")  # as the message says
     assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
-    assert len(files.read_csv(out / "history.csv")) == 2
+    assert len(saving.read_csv(out / "history.csv")) == 2
 
 
 def test_a_second_run_is_refused_before_loading_any_data(synthetic, tmp_path):
@@ -193,7 +193,7 @@ def test_a_moved_run_resumes_with_its_new_folder_in_config(synthetic, tmp_path):
     train.main(train_args(synthetic[0], tmp_path / "old", "--epochs", "1"))
     shutil.move(tmp_path / "old", tmp_path / "new")
     train.main(train_args(synthetic[0], tmp_path / "new", "--epochs", "2", "--resume"))
-    assert files.read_json(tmp_path / "new" / "config.json")["out"] == str(tmp_path / "new")
+    assert saving.read_json(tmp_path / "new" / "config.json")["out"] == str(tmp_path / "new")
 
 
 def test_a_diverging_but_finite_loss_stops_with_a_sentence(synthetic, tmp_path):

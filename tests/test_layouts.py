@@ -16,7 +16,7 @@ from PIL import Image
 
 import evaluate
 import train
-from lib import errors, files, images, layouts, model_files
+from lib import errors, layouts, model_files, readers, saving
 from lib.synthetic import write_synthetic
 
 
@@ -91,11 +91,11 @@ def test_each_layout_is_detected_trained_on_and_scored(layout, pairs, checkpoint
     tested = (tmp_path / "run" / "test_metrics.json").exists()
     assert tested == (layout != "plain folders")  # plain folders without test/ have nothing to test
     if tested:  # the test split of its own, or the part held out from training (PH2)
-        assert files.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == (3 if layout == "PH2" else 4)
+        assert saving.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == (3 if layout == "PH2" else 4)
     # a model that never saw the folder is scored on its test split, or on every image where it has none
     evaluate.main(["--checkpoint", str(checkpoint), "--data-dir", str(root), "--device", "cpu",
                    "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "scores")])
-    scored = files.read_json(tmp_path / "scores" / "test_metrics.json")["n_images"]
+    scored = saving.read_json(tmp_path / "scores" / "test_metrics.json")["n_images"]
     assert scored == {"PH2": 15, "plain folders": 14}.get(layout, 4)
 
 
@@ -113,9 +113,9 @@ def test_several_data_dirs_train_on_the_union_and_test_each_apart(synthetic, pai
     printed = capsys.readouterr().out
     # 36 of the synthetic 40 (a tenth validates) + 8
     assert "training on 88 images (44 originals)" in printed
-    assert files.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == 12
-    assert files.read_json(tmp_path / "run" / "test_isic2017_metrics.json")["n_images"] == 4
-    history = files.read_csv(tmp_path / "run" / "history.csv")
+    assert saving.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == 12
+    assert saving.read_json(tmp_path / "run" / "test_isic2017_metrics.json")["n_images"] == 4
+    history = saving.read_csv(tmp_path / "run" / "history.csv")
     assert len(history) == 1 and history[0]["val_iou"] >= 0  # validated on 4 + 4 images
 
 
@@ -138,14 +138,14 @@ def test_two_real_sources_train_together_as_make_two_source_does(tmp_path, capsy
                 (ham / split / sub).mkdir(parents=True, exist_ok=True)
                 (ham / split / sub / source.name).symlink_to(source)
     palette = [m for m in (ham / "train" / "masks").iterdir() if Image.open(m).mode == "P"]
-    assert palette and all(images.read_binary_mask(m).mean() < 0.5 for m in palette)
+    assert palette and all(readers.read_binary_mask(m).mean() < 0.5 for m in palette)
     train.main(train_args(isic, tmp_path / "run", "--data-dir", str(isic), str(ham), "--aug-copies", "0"))
     printed = capsys.readouterr().out
     assert "training on 19 images (19 originals)" in printed  # 9 of ISIC's 10 (a tenth validates) + HAM's 10
     assert "plain folders in" in printed and "4 validation (official split)" in printed
-    assert files.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == 10
-    assert files.read_json(tmp_path / "run" / "test_ham10000_metrics.json")["n_images"] == 4
-    assert files.read_csv(tmp_path / "run" / "history.csv")[0]["val_iou"] >= 0  # 1 + 4 validation photos
+    assert saving.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == 10
+    assert saving.read_json(tmp_path / "run" / "test_ham10000_metrics.json")["n_images"] == 4
+    assert saving.read_csv(tmp_path / "run" / "history.csv")[0]["val_iou"] >= 0  # 1 + 4 validation photos
 
 
 def test_a_plain_folder_copy_of_the_real_test_split_scores_exactly_the_same(tmp_path):
@@ -165,9 +165,9 @@ def test_a_plain_folder_copy_of_the_real_test_split_scores_exactly_the_same(tmp_
         evaluate.main(["--checkpoint", str(checkpoint), "--data-dir", str(tmp_path / name), "--device", "cpu",
                        "--cache-dir", str(tmp_path / f"cache-{name}"), "--out", str(tmp_path / f"scores-{name}"),
                        "--full-res"])
-        scores[name] = files.read_json(tmp_path / f"scores-{name}" / "test_metrics.json")
+        scores[name] = saving.read_json(tmp_path / f"scores-{name}" / "test_metrics.json")
         scores[name].pop("checkpoints")
-        scores[name]["per_image"] = files.read_csv(tmp_path / f"scores-{name}" / "test_per_image.csv")
+        scores[name]["per_image"] = saving.read_csv(tmp_path / f"scores-{name}" / "test_per_image.csv")
     assert scores["isic"] == scores["plain"] and scores["isic"]["n_images"] == 40
     assert 0.2 < scores["isic"]["fullres_iou"] < 1
 

@@ -23,7 +23,7 @@ import serve
 from conftest import REAL_DATA, ROOT, start_server
 from PIL import Image
 
-from lib import files, images, layouts
+from lib import layouts, readers, saving
 from lib.photos import output_stem
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip install -r requirements-dev.txt")
@@ -466,12 +466,12 @@ def test_one_pixel_limit_in_one_sentence_on_the_page_and_in_predict(server, brow
     texts = [card.text for card in finished(browser, len(files), timeout=60)]
     assert time.time() - start < 30  # refused from the header, never decoded
     for (path, size), text in zip(files.items(), texts):
-        assert f"{path.name}: {images.too_large(size)}" in text
+        assert f"{path.name}: {readers.too_large(size)}" in text
     result = subprocess.run([sys.executable, "predict.py", *map(str, files), "-o", str(tmp_path / "out")], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 1 and "Warning" not in result.stderr and "Traceback" not in result.stderr
     for path, size in files.items():  # PIL reads no size from a VP8X header without frames: refused all the same
-        assert f"{path}: {images.too_large(size)}" in result.stderr or path.name == "huge-x.webp"
+        assert f"{path}: {readers.too_large(size)}" in result.stderr or path.name == "huge-x.webp"
     assert f"{tmp_path / 'huge-x.webp'}: " in result.stderr and not list((tmp_path / "out").glob("*.png"))
 
 
@@ -554,7 +554,7 @@ def test_the_pages_unsure_score_is_predicts_and_orders_the_queue(server, browser
     folder = REAL_DATA if REAL_DATA.is_dir() else synthetic[0]
     photos = [image for _, image, _ in layouts.find_pairs(folder, "test")[:5]]
     segmenter = Segmenter.load()
-    probs = list(segmenter.probabilities(np.stack([images.read_image(p, 128, draft=False)[0] for p in photos]), True))
+    probs = list(segmenter.probabilities(np.stack([readers.read_image(p, 128, draft=False)[0] for p in photos]), True))
     probs += [np.random.default_rng(k).random((128, 128)).astype(np.float32) ** (k + 1) for k in range(3)]
     probs.append(np.zeros((128, 128), np.float32))  # nothing found: the most unsure of all
     open_page(browser, server[0])
@@ -564,7 +564,7 @@ def test_the_pages_unsure_score_is_predicts_and_orders_the_queue(server, browser
     assert np.allclose(page, [unsure(p, 0.5) for p in probs], rtol=0, atol=1e-9)
     subprocess.run([sys.executable, "predict.py", *map(str, photos), "-o", str(tmp_path / "cli"), "--tta"], cwd=ROOT,
                    check=True, capture_output=True)
-    order = [r["mask"].removesuffix("_segmentation.png") for r in files.read_csv(tmp_path / "cli" / "unsure.csv")]
+    order = [r["mask"].removesuffix("_segmentation.png") for r in saving.read_csv(tmp_path / "cli" / "unsure.csv")]
     upload(browser, *photos)
     cards = finished(browser, len(photos))
     time.sleep(0.5)

@@ -15,7 +15,7 @@ from PIL import Image
 from test_page import chromium, downloaded, finished, offered_mask, open_page, upload
 from test_page import pytestmark as needs_the_runtime
 
-from lib import annotators, calibration, images, layouts
+from lib import annotators, calibration, layouts, readers
 from lib.segmenter import Segmenter
 from selenium.webdriver.common.by import By  # noqa: E402 (after test_page's importorskip)
 
@@ -31,7 +31,7 @@ def browser(tmp_path):
 
 
 def truth(pairs, shift=annotators.tighter):
-    return [shift(images.read_binary_mask(m)) for _, _, m in pairs]
+    return [shift(readers.read_binary_mask(m)) for _, _, m in pairs]
 
 
 def paste(driver, card, mask):
@@ -51,7 +51,7 @@ def test_the_pages_calibration_rule_is_make_calibrates(server, browser):
     pairs = layouts.find_pairs(REAL_DATA, "test")[20:32]
     masks = truth(pairs[:8]) + truth(pairs[8:], annotators.looser)
     segmenter = Segmenter.load()
-    probs = segmenter.probabilities(np.stack([images.read_image(i, 128, draft=False)[0] for _, i, _ in pairs]), True)
+    probs = segmenter.probabilities(np.stack([readers.read_image(i, 128, draft=False)[0] for _, i, _ in pairs]), True)
     curves = calibration.edge_curves(probs, masks)
     expected = calibration.calibrate(curves)
     open_page(browser, server[0])

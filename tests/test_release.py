@@ -13,7 +13,7 @@ from PIL import Image
 
 import predict
 from data import split_to_score
-from lib import files, images, layouts
+from lib import layouts, readers, saving
 from lib.checkpoints import load_checkpoint
 from lib.errors import ModelFileError
 from lib.metrics import per_image_metrics
@@ -27,7 +27,7 @@ CARD = ROOT / "models" / "card.json"
 
 
 def test_the_released_file_is_what_its_card_says():
-    card = files.read_json(CARD)
+    card = saving.read_json(CARD)
     digest = hashlib.sha256(RELEASED.read_bytes()).hexdigest()
     assert card["sha256"] == digest and f"`{digest}`" in (ROOT / "models" / "README.md").read_text()
     assert RELEASED.stat().st_size == card["bytes"]
@@ -47,7 +47,7 @@ def copied_photos(data_dir, folder, n):
     pairs = layouts.find_pairs(data_dir, "test")[:n]
     for _, image, _ in pairs:
         shutil.copy(image, folder)
-    return [(folder / image.name, images.read_binary_mask(mask)) for _, image, mask in pairs]
+    return [(folder / image.name, readers.read_binary_mask(mask)) for _, image, mask in pairs]
 
 
 def ious_of_predict_without_checkpoint(photos, folder, tmp_path):
@@ -111,7 +111,7 @@ def test_torch_hub_works_from_a_project_with_a_lib_package_of_its_own(synthetic,
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/isic2016")
 def test_the_released_model_scores_what_its_card_says(tmp_path):
-    card = files.read_json(CARD)
+    card = saving.read_json(CARD)
     model, config = load_checkpoint(RELEASED)
     split = split_to_score(REAL_DATA, "test", [config], tmp_path / "cache")[0]
     summary, _ = score_model(model, split, LOSSES[config["loss"]], 64, torch.device("cpu"), not config["no_amp"])
@@ -127,7 +127,7 @@ def test_release_writes_half_precision_weights_and_fills_the_cards_numbers(synth
     (out / "README.md").write_text(prose)
     release.main(["--checkpoint", str(checkpoint), "--data-dir", str(synthetic[0]), "--out", str(out),
                   "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
-    card, text = files.read_json(out / "card.json"), (out / "README.md").read_text()
+    card, text = saving.read_json(out / "card.json"), (out / "README.md").read_text()
     assert card["sha256"] == hashlib.sha256((out / "lesion_segmenter.pt").read_bytes()).hexdigest()
     assert text.startswith("# A card\n\nWords a person wrote.\n\n") and text.endswith("\n\nEnd.")
     assert "old" not in text and card["sha256"] in text and card["robustness"]["shifts"] == 18
@@ -153,12 +153,12 @@ def test_make_quantize_writes_a_sealed_int8_file_that_segments_like_the_float_on
     assert result.returncode == 0, result.stderr
     int8 = tmp_path / "q" / "lesion_segmenter_int8.onnx"
     assert b"QLinearConv" in int8.read_bytes() and "forward pass with flip TTA" in result.stdout
-    found = files.read_json(tmp_path / "q" / "quantize.json")
+    found = saving.read_json(tmp_path / "q" / "quantize.json")
     assert set(found["test"]) == set(found["speed"]) == {"float", "int8"} and found["verdict"]
     quantized, released = Segmenter.load([int8]), Segmenter.load()
     assert (quantized.threshold, quantized.edge_move, quantized.image_size) == (
         released.threshold, released.edge_move, released.image_size)
-    photos = np.stack([images.read_image(p, released.image_size, draft=False)[0]
+    photos = np.stack([readers.read_image(p, released.image_size, draft=False)[0]
                        for p in sorted((synthetic[0] / layouts.SPLITS["test"][0]).glob("*.jpg"))])
     assert np.abs(quantized.probabilities(photos) - released.probabilities(photos)).mean() < 0.02
     damaged = bytearray(int8.read_bytes())

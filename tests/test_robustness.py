@@ -4,7 +4,7 @@ import pytest
 import robustness
 
 import visualize
-from lib import files, perturbations
+from lib import perturbations, saving
 from lib.errors import UsageError
 from lib.perturbations import PERTURBATIONS
 
@@ -67,11 +67,11 @@ def test_a_suite_run_writes_its_table_and_repeats_exactly(synthetic, checkpoint,
         robustness.main(["--checkpoint", str(checkpoint), "--data-dir", str(synthetic[0]), "--device", "cpu",
                          "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--tta", "--largest-component",
                          "--perturbations", "noise", "zoom out 0.6", "hair"])
-    first, second = (files.read_json(out / "robustness.json") for out in outs)
+    first, second = (saving.read_json(out / "robustness.json") for out in outs)
     assert first["rows"] == second["rows"] and first["n_images"] == 12
     assert [r["perturbation"] for r in first["rows"]] == ["clean", "noise", "zoom out 0.6", "hair"]
     assert first["rows"][0]["iou_drop"] == 0 and all(0 <= r["iou"] <= 1 for r in first["rows"])
-    assert len(files.read_csv(outs[0] / "robustness.csv")) == 4
+    assert len(saving.read_csv(outs[0] / "robustness.csv")) == 4
     assert (outs[0] / "robustness.png").stat().st_size > 0 and (outs[0] / "examples.png").stat().st_size > 0
     assert "mean IoU drop" in capsys.readouterr().out
     # side by side (visualize.py robustness): one table row per shift plus the mean drop, and a plot

@@ -17,7 +17,7 @@ from conftest import REAL_DATA, ROOT
 from PIL import Image
 
 import predict
-from lib import files, images, layouts, masks, model_files
+from lib import layouts, masks, model_files, readers, saving
 from lib.errors import ModelFileError, UsageError
 from lib.photos import output_stem
 from lib.segmenter import Segmenter
@@ -33,7 +33,7 @@ def run_without_torch(*args):
 
 
 def test_the_released_onnx_file_is_what_its_card_says():
-    card = files.read_json(model_files.FOLDER / "card.json")
+    card = saving.read_json(model_files.FOLDER / "card.json")
     assert card["onnx"]["sha256"] == model_files.sha256(model_files.ONNX) and card["onnx"]["bytes"] == \
         model_files.ONNX.stat().st_size
     assert f"`{card['onnx']['sha256']}`" in (model_files.FOLDER / "README.md").read_text()
@@ -162,7 +162,7 @@ def test_make_predicts_masks_score_what_the_card_says(tmp_path):
     """The number a user is shown is the number of what the user runs: predict.py's mask files on the 339 test
     images, scored as the official ISIC scorer scores them (each image's Jaccard and Dice, then the mean), equal
     the card's to 1e-4 (its ONNX Runtime and its PyTorch numbers)."""
-    card = files.read_json(model_files.FOLDER / "card.json")
+    card = saving.read_json(model_files.FOLDER / "card.json")
     test_images, truths = (REAL_DATA / folder for folder in layouts.SPLITS["test"])
     result = run_without_torch("predict.py", test_images, "-o", tmp_path / "masks", "--tta", "--largest-component")
     assert result.returncode == 0, result.stderr
@@ -216,8 +216,8 @@ def test_an_onnx_file_of_another_shape_is_one_sentence(synthetic, tmp_path):
 def reference_outputs(segmenter, path):
     """An image's mask and overlay bytes by the plain path make predict took before it was made fast: decoded whole
     by read_full_image, resized by model_input, the contour drawn in numpy, both encoded by PIL."""
-    photo = images.read_full_image(path)
-    prob = segmenter.probabilities(images.model_input(photo, segmenter.image_size)[None], tta=True)[0]
+    photo = readers.read_full_image(path)
+    prob = segmenter.probabilities(readers.model_input(photo, segmenter.image_size)[None], tta=True)[0]
     mask = masks.mask_at_size(prob, photo.shape[1], photo.shape[0], segmenter.threshold, True, segmenter.edge_move)
     drawn = photo.copy()
     drawn[masks.outline(mask, masks.contour_width(*mask.shape))] = (255, 0, 0)
@@ -239,7 +239,7 @@ def test_the_fast_pipeline_writes_the_reference_paths_masks_and_overlays_exactly
     rng = np.random.default_rng(0)
     big = np.asarray(Image.open(next(inputs.iterdir())).resize((1000, 750), Image.BICUBIC))
     exif = Image.Exif()
-    exif[images.ORIENTATION] = 6  # shown turned by 90 degrees
+    exif[readers.ORIENTATION] = 6  # shown turned by 90 degrees
     Image.fromarray(big).save(inputs / "phone.jpg", exif=exif, quality=90)
     Image.fromarray(big).save(inputs / "big.jpg", quality=90)
     Image.fromarray((rng.random((90, 70)) * 65535).astype(np.uint16)).save(inputs / "grey16.png")
@@ -265,7 +265,7 @@ def test_mask_png_reads_back_as_8_bit_0_and_255_whatever_the_mask(shape, tmp_pat
         read = Image.open(tmp_path / "m.png")
         assert read.format == "PNG" and read.mode == "L" and read.size == shape[::-1]
         assert np.array_equal(np.asarray(read), mask.astype(np.uint8) * 255)
-        assert images.decodes_whole(tmp_path / "m.png", shape[::-1])
+        assert readers.decodes_whole(tmp_path / "m.png", shape[::-1])
 
 
 def read_all(fd):

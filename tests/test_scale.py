@@ -13,7 +13,7 @@ from conftest import ROOT, train_args
 
 import predict
 import train
-from lib import distributed, files
+from lib import distributed, saving
 from lib.errors import StorageError
 from lib.mapped import load_mapped_split
 
@@ -28,7 +28,7 @@ def torchrun(script, *args, **kwargs):
 
 
 def losses(run):
-    return [(row["train_loss"], row["val_loss"]) for row in files.read_csv(run / "history.csv")]
+    return [(row["train_loss"], row["val_loss"]) for row in saving.read_csv(run / "history.csv")]
 
 
 def test_two_processes_train_with_the_losses_of_one(synthetic, tmp_path):
@@ -55,11 +55,11 @@ def test_a_rank_killed_stops_the_job_and_resume_finishes_it(synthetic, tmp_path)
     os.kill(workers[-1], signal.SIGKILL)  # one of the two ranks dies at once
     _, err = job.communicate(timeout=300)
     assert job.returncode != 0 and "train.py FAILED" in err
-    done = len(files.read_csv(out / "history.csv"))
+    done = len(saving.read_csv(out / "history.csv"))
     assert 1 <= done < 4
     resumed = torchrun("train.py", *flags, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert [row["epoch"] for row in files.read_csv(out / "history.csv")] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in saving.read_csv(out / "history.csv")] == [1, 2, 3, 4]
     assert f"resuming {out} after epoch {done}" in resumed.stdout
 
 
@@ -71,7 +71,7 @@ def test_two_processes_write_every_mask_once_as_one_process_does(synthetic, tmp_
     masks = sorted(p.name for p in (tmp_path / "one").glob("*_segmentation.png"))
     assert masks == sorted(p.name for p in (tmp_path / "two").glob("*_segmentation.png"))
     assert len(masks) == len(list(images.iterdir()))
-    ranked = [files.read_csv(tmp_path / "two" / f"unsure-{r}.csv") for r in (0, 1)]  # one per process
+    ranked = [saving.read_csv(tmp_path / "two" / f"unsure-{r}.csv") for r in (0, 1)]  # one per process
     assert sorted(r["mask"] for rows in ranked for r in rows) == masks
     assert all((tmp_path / "one" / m).read_bytes() == (tmp_path / "two" / m).read_bytes() for m in masks)
     assert f"wrote {len(masks)} masks" in two.stdout and two.stdout.count("wrote") == 1

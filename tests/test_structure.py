@@ -14,7 +14,8 @@ TOP_MODULES = {"augment", "data", "losses", "model"}  # imported by the scripts,
 TOP_SCRIPTS = {"evaluate", "predict", "train", "visualize"}
 HUB = {"hubconf"}  # torch.hub looks for it at the root
 LIB = sorted(p.stem for p in (ROOT / "lib").glob("*.py") if p.stem != "__init__")
-TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py"))
+PATH_SETTER = "project_root"  # tools/project_root.py: imported first by each tool, so lib/ imports from the root
+TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py") if p.stem != PATH_SETTER)
 SCRIPTS = sorted(TOP_SCRIPTS) + TOOLS
 PROJECT_FILES = sorted([*ROOT.glob("*.py"), *(ROOT / "lib").glob("*.py"), *(ROOT / "tools").glob("*.py")])
 
@@ -41,6 +42,20 @@ def test_the_top_level_holds_the_report_scripts_and_no_library_module():
     assert runs_as_script == TOP_SCRIPTS
     assert [name for name in LIB if 'if __name__ == "__main__":' in (ROOT / "lib" / f"{name}.py").read_text()] == []
     assert all('if __name__ == "__main__":' in (ROOT / "tools" / f"{name}.py").read_text() for name in TOOLS)
+
+
+def test_the_tools_find_the_project_in_one_named_way():
+    """No tool repeats path arithmetic: each imports tools/project_root.py before any project module."""
+    for name in TOOLS:
+        text = (ROOT / "tools" / f"{name}.py").read_text()
+        assert "sys.path" not in text, name
+        first = [node for node in ast.parse(text).body if isinstance(node, (ast.Import, ast.ImportFrom))
+                 and any(m.split(".")[0] in {"lib", PATH_SETTER} | TOP_MODULES for m in imported_modules_of(node))]
+        assert first and PATH_SETTER in imported_modules_of(first[0]), name
+
+
+def imported_modules_of(node):
+    return [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
 
 
 def test_no_script_is_imported_by_another_file():

@@ -15,8 +15,8 @@ EDITS = {  # file: (text in it, what the student writes instead)
     "model.py": ("DECODER_WIDTHS = (128, 64, 32, 16, 8)", "DECODER_WIDTHS = (96, 48, 24, 12, 6)"),
     "losses.py": ('LOSSES = {"bce": bce_loss,', 'LOSSES = {"mine": lambda logits, masks: 3 * bce_loss(logits, masks), '
                   '"bce": bce_loss,'),
-    "augment.py": ("                new_images[idx] = im.rot90(k, (-2, -1))",
-                   "                new_images[idx] = im.rot90(k, (-2, -1)).flip(-2)  # a vertical flip too"),
+    "augment.py": ('"flipped horizontally": lambda x: x.flip(-1)}',
+                   '"flipped horizontally": lambda x: x.flip(-1), "flipped vertically": lambda x: x.flip(-2)}'),
 }
 
 
@@ -37,7 +37,7 @@ def train_in(folder, data, out, *flags):
 
 
 def copies_in(folder):
-    """The first training image's flipped/rotated copy, as augment.py in `folder` makes it."""
+    """The first training image's flipped and turned copy, as augment.py in `folder` makes it."""
     code = ("import torch, augment; x = torch.arange(96, dtype=torch.uint8).reshape(2, 3, 4, 4); "
             "print(augment.fixed_copies(x, x[:, :1], 1, 0)[0][2].flatten().tolist())")
     return subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True).stdout
@@ -50,7 +50,7 @@ def first_loss(out):
 def test_a_students_three_edits_take_effect_and_leave_their_trace(clone, synthetic, tmp_path):
     _, before = train_in(clone, synthetic[0], tmp_path / "before")
     assert before["code"]["dirty"] is False and not (tmp_path / "before" / "code.diff").exists()
-    assert before["augmentations"][0].startswith("fixed_copies: 1 flipped/rotated copy")
+    assert before["augmentations"][0].startswith("fixed_copies: 1 copy") and "vertically" not in str(before)
 
     for name, (old, new) in EDITS.items():
         path = clone / name
@@ -60,6 +60,7 @@ def test_a_students_three_edits_take_effect_and_leave_their_trace(clone, synthet
     assert "--lr 1e-3 --loss mine" in make.stdout  # FLAGS come after the recipe's flags: they win
     printed, after = train_in(clone, synthetic[0], tmp_path / "after", "--loss", "mine")
     assert copies_in(clone) != copies_in(ROOT)  # the copies every run trains on are flipped vertically now
+    assert "or flipped vertically, then turned" in after["augmentations"][0]  # and the run's record says so
 
     assert after["loss"] == "mine" and after["decoder_widths"] == [96, 48, 24, 12, 6]
     assert after["code"] == {"commit": before["code"]["commit"], "dirty": True}

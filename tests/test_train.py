@@ -12,7 +12,7 @@ from conftest import ROOT, train_args
 
 import evaluate
 import train
-from lib import files
+from lib import saving
 from lib.errors import TrainingError, UsageError
 from model import update_ema
 
@@ -29,20 +29,20 @@ def test_one_epoch_writes_every_run_file_and_evaluate_reproduces_the_test_metric
     for name in ("config.json", "history.csv", "last.pt", "best.pt", "test_metrics.json", "test_per_image.csv",
                  "curves.png", "panel_epoch001.png"):
         assert (out / name).stat().st_size > 0, name
-    config = files.read_json(out / "config.json")
+    config = saving.read_json(out / "config.json")
     assert config["image_size"] == 64 and config["loss"] == "bce"
-    history = files.read_csv(out / "history.csv")
+    history = saving.read_csv(out / "history.csv")
     assert len(history) == 1 and set(LEARNED) | {"seconds"} <= set(history[0])
-    metrics = files.read_json(out / "test_metrics.json")
+    metrics = saving.read_json(out / "test_metrics.json")
     assert {"loss", "iou", "dice", "n_images"} <= set(metrics) and metrics["n_images"] == 12
     assert 0 <= metrics["iou"] <= metrics["dice"] <= 1 and metrics == pytest.approx(summary)
-    assert len(files.read_csv(out / "test_per_image.csv")) == 12
+    assert len(saving.read_csv(out / "test_per_image.csv")) == 12
 
     # re-scoring never replaces the run's own results: without --tta it writes beside them
     evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(synthetic[0]),
                    "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0"])
-    assert files.read_json(out / "test_metrics.json") == metrics
-    again = files.read_json(out / "test_eval_metrics.json")
+    assert saving.read_json(out / "test_metrics.json") == metrics
+    again = saving.read_json(out / "test_eval_metrics.json")
     assert "tta_iou" not in again and (out / "test_eval_per_image.csv").exists()
     dirty = bool(subprocess.run(["git", "diff", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout)
     assert again["code"]["dirty"] == dirty and len(again["code"]["commit"]) == 40  # the code that scored it
@@ -53,7 +53,7 @@ def test_one_epoch_writes_every_run_file_and_evaluate_reproduces_the_test_metric
     # --split val re-scores the images training held out: the same IoU as the best epoch's validation IoU
     evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(synthetic[0]), "--split", "val",
                    "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0"])
-    val = files.read_json(out / "val_metrics.json")
+    val = saving.read_json(out / "val_metrics.json")
     assert val["n_images"] == 4 and val["iou"] == pytest.approx(history[0]["val_iou"], abs=1e-5)
 
 
@@ -65,13 +65,13 @@ def test_seeds_share_the_validation_split_and_evaluate_scores_their_ensemble(syn
     a, b = (str(tmp_path / "runs" / r / "best.pt") for r in "ab")
     # --seed 1 held out --split-seed 0's images: re-scoring them gives the run's own validation IoU
     evaluate.main(["--checkpoint", a, "--split", "val", *common])
-    val = files.read_json(tmp_path / "runs" / "a" / "val_metrics.json")
-    assert val["iou"] == pytest.approx(files.read_csv(tmp_path / "runs" / "a" / "history.csv")[0]["val_iou"],
+    val = saving.read_json(tmp_path / "runs" / "a" / "val_metrics.json")
+    assert val["iou"] == pytest.approx(saving.read_csv(tmp_path / "runs" / "a" / "history.csv")[0]["val_iou"],
                                        abs=1e-5)
     with pytest.raises(UsageError, match="held out different validation images"):
         evaluate.main(["--checkpoint", a, b, "--split", "val", *common])
     evaluate.main(["--checkpoint", a, b, *common])  # written to the folder that holds both runs
-    ensemble = files.read_json(tmp_path / "runs" / "test_metrics.json")
+    ensemble = saving.read_json(tmp_path / "runs" / "test_metrics.json")
     assert ensemble["checkpoints"] == ["a/best.pt", "b/best.pt"]
     assert 0 <= ensemble["iou"] <= 1 and ensemble["n_images"] == 12
 
@@ -83,9 +83,9 @@ def test_val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch(synthe
     printed = capsys.readouterr().out
     assert "40 training images, 0 validation" in printed
     assert "training on 80 images (40 originals)" in printed
-    assert "augmentation, fixed_copies: 1 flipped/rotated copy of each training image" in printed
+    assert "augmentation, fixed_copies: 1 copy of each training image, made once, each unflipped or" in printed
     assert "augmentation, for_epoch: off (no --random-aug)" in printed
-    history = files.read_csv(out / "history.csv")
+    history = saving.read_csv(out / "history.csv")
     assert len(history) == 2 and all(math.isnan(row["val_iou"]) for row in history)
     best, last = (torch.load(out / f, weights_only=True) for f in ("best.pt", "last.pt"))
     assert best["epoch"] == last["epoch"] == 2
@@ -101,7 +101,7 @@ def test_feature_cache_matches_running_the_frozen_encoder_and_runs_are_determini
     train.main(train_args(synthetic[0], tmp_path / "a", *flags))
     train.main(train_args(synthetic[0], tmp_path / "b", *flags))
     train.main(train_args(synthetic[0], tmp_path / "c", *flags, "--no-feature-cache"))
-    a, b, c = (learned(files.read_csv(tmp_path / r / "history.csv")) for r in "abc")
+    a, b, c = (learned(saving.read_csv(tmp_path / r / "history.csv")) for r in "abc")
     assert a == b  # same seed, same machine: identical
     for row_a, row_c in zip(a, c):
         for key in LEARNED:
@@ -111,11 +111,11 @@ def test_feature_cache_matches_running_the_frozen_encoder_and_runs_are_determini
 def test_an_existing_run_is_not_overwritten_silently(synthetic, tmp_path, capsys):
     out = tmp_path / "run"
     train.main(train_args(synthetic[0], out, "--resume"))  # nothing to resume yet: the run starts
-    assert "starting the run" in capsys.readouterr().out and len(files.read_csv(out / "history.csv")) == 1
+    assert "starting the run" in capsys.readouterr().out and len(saving.read_csv(out / "history.csv")) == 1
     with pytest.raises(UsageError, match="--resume to continue it, --overwrite to replace it, or another --out"):
         train.main(train_args(synthetic[0], out))
     train.main(train_args(synthetic[0], out, "--overwrite"))
-    assert len(files.read_csv(out / "history.csv")) == 1
+    assert len(saving.read_csv(out / "history.csv")) == 1
 
 
 def test_random_augmentation_trains_without_the_feature_cache(synthetic, tmp_path):
@@ -123,10 +123,10 @@ def test_random_augmentation_trains_without_the_feature_cache(synthetic, tmp_pat
             "shift again": ["--shift-aug", "0.5"]}
     for name, extra in runs.items():
         train.main(train_args(synthetic[0], tmp_path / name, "--freeze-encoder", *extra))
-    a, b, plain, shift, shift_again = (learned(files.read_csv(tmp_path / name / "history.csv")) for name in runs)
+    a, b, plain, shift, shift_again = (learned(saving.read_csv(tmp_path / name / "history.csv")) for name in runs)
     assert a == b and shift == shift_again  # seeded: both runs drew the same augmentation
     assert len({a[0]["train_loss"], plain[0]["train_loss"], shift[0]["train_loss"]}) == 3  # which changed the data
-    assert files.read_json(tmp_path / "shift" / "config.json")["random_aug"]  # --shift-aug implies --random-aug
+    assert saving.read_json(tmp_path / "shift" / "config.json")["random_aug"]  # --shift-aug implies --random-aug
 
 
 def test_non_finite_loss_stops_with_advice(synthetic, tmp_path, monkeypatch):
@@ -170,10 +170,10 @@ def test_interrupted_run_resumes_to_the_same_result(synthetic, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "--resume" in err and "last.pt holds epoch 1" in err
-    assert len(files.read_csv(out / "history.csv")) == 1
+    assert len(saving.read_csv(out / "history.csv")) == 1
 
     train.main(train_args(synthetic[0], out, *flags, "--resume"))
-    whole, resumed = (files.read_csv(tmp_path / r / "history.csv") for r in ("whole", "interrupted"))
+    whole, resumed = (saving.read_csv(tmp_path / r / "history.csv") for r in ("whole", "interrupted"))
     assert learned(resumed) == learned(whole)
     test_whole, test_resumed = (json.loads((tmp_path / r / "test_metrics.json").read_text())
                                 for r in ("whole", "interrupted"))
@@ -186,7 +186,7 @@ def test_ema_weights_are_validated_saved_and_tested_and_resume_keeps_both(synthe
     train.main(train_args(synthetic[0], tmp_path / "ema", *flags, "--ema", "0.9"))
     train.main(train_args(synthetic[0], tmp_path / "resumed", *flags, "--ema", "0.9", "--epochs", "1"))
     train.main(["--out", str(tmp_path / "resumed"), "--resume", "--epochs", "2"])
-    plain, ema, resumed = (files.read_csv(tmp_path / r / "history.csv") for r in ("plain", "ema", "resumed"))
+    plain, ema, resumed = (saving.read_csv(tmp_path / r / "history.csv") for r in ("plain", "ema", "resumed"))
     assert learned(resumed) == learned(ema)
     # the average does not change what is trained, only what is validated
     assert [row["train_loss"] for row in ema] == [row["train_loss"] for row in plain]
@@ -196,7 +196,7 @@ def test_ema_weights_are_validated_saved_and_tested_and_resume_keeps_both(synthe
     # evaluate.py scores the averaged weights: the validation loss and IoU of the run's best epoch
     evaluate.main(["--checkpoint", str(tmp_path / "ema" / "best.pt"), "--data-dir", str(synthetic[0]), "--split",
                    "val", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0"])
-    val, row = files.read_json(tmp_path / "ema" / "val_metrics.json"), ema[best["epoch"] - 1]
+    val, row = saving.read_json(tmp_path / "ema" / "val_metrics.json"), ema[best["epoch"] - 1]
     assert (val["loss"], val["iou"]) == pytest.approx((row["val_loss"], row["val_iou"]), abs=1e-5)
 
 
@@ -227,7 +227,7 @@ def test_fine_tuning_gives_the_encoder_a_scaled_learning_rate(synthetic, tmp_pat
                           "--warmup-epochs", "0.5", "--encoder-lr-scale", "0.1", "--epochs", "2"))
     groups = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert groups[0]["initial_lr"] == pytest.approx(0.1 * groups[1]["initial_lr"])
-    history = files.read_csv(out / "history.csv")
+    history = saving.read_csv(out / "history.csv")
     assert history[0]["lr"] > history[1]["lr"] and history[1]["lr"] == pytest.approx(0, abs=1e-9)
 
 
@@ -244,8 +244,8 @@ def test_resume_takes_the_runs_own_flags_and_can_extend_it(synthetic, tmp_path):
     out = tmp_path / "run"
     train.main(train_args(synthetic[0], out))
     train.main(["--out", str(out), "--resume", "--epochs", "2"])  # data, size, weights... come from config.json
-    history = files.read_csv(out / "history.csv")
-    config = files.read_json(out / "config.json")
+    history = saving.read_csv(out / "history.csv")
+    config = saving.read_json(out / "config.json")
     assert [row["epoch"] for row in history] == [1, 2]
     assert config["image_size"] == 64 and config["epochs"] == 2 and config["data_dir"] == [str(synthetic[0])]
 
@@ -254,8 +254,8 @@ def test_config_reruns_a_saved_run_and_the_console_is_kept_in_train_log(syntheti
     first = tmp_path / "first"
     train.main(train_args(synthetic[0], first, "--skips", "--lr", "2e-3"))
     train.main(["--config", str(first / "config.json"), "--out", str(tmp_path / "again")])
-    assert learned(files.read_csv(tmp_path / "again" / "history.csv")) == learned(
-        files.read_csv(first / "history.csv"))
-    assert files.read_json(tmp_path / "again" / "config.json")["lr"] == 2e-3
+    assert learned(saving.read_csv(tmp_path / "again" / "history.csv")) == learned(
+        saving.read_csv(first / "history.csv"))
+    assert saving.read_json(tmp_path / "again" / "config.json")["lr"] == 2e-3
     log = (first / "train.log").read_text()
     assert "training images" in log and "epoch   1/1" in log and "test (best epoch 1" in log

@@ -5,7 +5,7 @@ from PIL import Image
 
 import evaluate
 import visualize
-from lib import files, plots
+from lib import plots, saving
 
 
 def fake_history(epochs, start=0.5):
@@ -34,10 +34,10 @@ def test_panel_has_a_row_per_image(tmp_path):
 def write_fake_run(runs, name, loss, iou, dice, epochs):
     run = runs / name
     run.mkdir(parents=True)
-    files.write_json(run / "config.json",
+    saving.write_json(run / "config.json",
                         {"loss": loss, "optimizer": "adam", "freeze_encoder": name.startswith("exp1")})
-    files.write_csv(run / "history.csv", fake_history(epochs))
-    files.write_json(run / "test_metrics.json",
+    saving.write_csv(run / "history.csv", fake_history(epochs))
+    saving.write_json(run / "test_metrics.json",
                         {"loss": 0.25, "iou": iou, "dice": dice, "tta_iou": iou - 0.01, "n_images": 10})
 
 
@@ -47,7 +47,7 @@ def test_report_table_lists_runs_in_order_with_reference(tmp_path):
     # an ensemble folder as `make best` leaves it: member runs inside, the ensemble's test metrics beside them
     write_fake_run(tmp_path / "best", "seed0", "bce", 0.85, 0.9, 4)
     write_fake_run(tmp_path / "best", "seed1", "bce", 0.86, 0.91, 4)
-    files.write_json(tmp_path / "best" / "test_metrics.json",
+    saving.write_json(tmp_path / "best" / "test_metrics.json",
                         {"loss": 0.2, "iou": 0.87, "dice": 0.92, "fullres_lcc_tta_iou": 0.88,
                          "fullres_lcc_tta_dice": 0.93,
                          "checkpoints": ["seed0/best.pt", "seed1/best.pt"]})
@@ -95,7 +95,7 @@ def test_report_after_real_runs_finds_their_data_and_draws_every_picture(synthet
 def test_paired_difference_matches_ids_pools_files_and_refuses_mismatches(tmp_path):
     def per_image(name, scores):  # rows in shuffled order: pairing is by id, not by line
         ids = list(scores)[::-1]
-        files.write_csv(tmp_path / name, [{"id": i, "fullres_lcc_tta_iou": scores[i], "iou": 0.0} for i in ids])
+        saving.write_csv(tmp_path / name, [{"id": i, "fullres_lcc_tta_iou": scores[i], "iou": 0.0} for i in ids])
         return tmp_path / name
     base = [per_image("a1.csv", {"x": 0.8, "y": 0.6, "z": 0.7}), per_image("a2.csv", {"x": 0.5, "w": 0.9})]
     new = [per_image("b1.csv", {"z": 0.75, "x": 0.9, "y": 0.6}), per_image("b2.csv", {"x": 0.45, "w": 0.95})]

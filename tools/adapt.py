@@ -12,7 +12,7 @@ folder: all but the 20% held out) calibrate the edge move (calibration.py) and, 
 candidate fitted on the other folds: the model before, the edge move alone, fine-tuning on the masks as they are
 (with an edge move on top if calibration adopts one), and fine-tuning on the masks with their edge moved back, the
 move applied after. A fine-tuned candidate wins only when it beats the edge move alone out of fold by more than its
-paired standard error (lib/adaptation.py); the winner is then fitted on all training images. Its test images
+paired standard error (lib/calibration.py); the winner is then fitted on all training images. Its test images
 (test/, or that 20%) are held out and scored before and after. --out receives model.pt (float16, the edge move
 stored inside: predict.py, evaluate.py, serve.py and export.py use it), README.md (its card), adapt.json, the
 fine-tuning run (train.py's files) and folds/ (each fold's runs).
@@ -23,16 +23,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+from project_root import ROOT  # first: lib/ and the top-level modules import from the project's root
 
 import numpy as np
 
 from data import load_splits, subset
-from lib import cards, cli, files, images, model_files
-from lib.adaptation import CANDIDATES, FINE_TUNED, choose
-from lib.calibration import (EDGE_MOVES, FOLDS, calibrate, edge_curves, fold_of, refuse_disagreeing_masks,
-                             refuse_one_value_masks)
+from lib import cards, cli, model_files, readers, saving
+from lib.calibration import (CANDIDATES, EDGE_MOVES, FINE_TUNED, FOLDS, calibrate, choose, edge_curves, fold_of,
+                             refuse_disagreeing_masks, refuse_one_value_masks)
 from lib.checkpoints import half_precision, load_checkpoint, sealed
 from lib.device import pick_device
 from lib.errors import DataError, TrainingError, UsageError
@@ -68,9 +66,9 @@ def write_targets(split, move, folder):
         (folder / "train" / sub).mkdir(parents=True)
     for i, image_path, mask_path in zip(split["ids"], split["image_paths"], split["mask_paths"]):
         image = Path(image_path)
-        files.write_bytes(folder / "train" / "images" / f"{i}{image.suffix}", image.read_bytes())
-        mask = move_edge(images.read_binary_mask(mask_path), -move)
-        files.write_bytes(folder / "train" / "masks" / f"{i}.png", mask_png(mask))
+        saving.write_bytes(folder / "train" / "images" / f"{i}{image.suffix}", image.read_bytes())
+        mask = move_edge(readers.read_binary_mask(mask_path), -move)
+        saving.write_bytes(folder / "train" / "masks" / f"{i}.png", mask_png(mask))
 
 
 def fine_tune(checkpoint, targets, run, flags, quiet=False):
@@ -178,7 +176,7 @@ def main(argv=None):
                          "OVERWRITE=1) to replace it, or choose another --out")
     base = load_checkpoint(args.checkpoint, device)
     train, held_out = load_user_data(args.data_dir, base[1]["image_size"], base[1]["split_seed"], args.cache_dir)
-    masks = [images.read_binary_mask(p) for p in train["mask_paths"]]
+    masks = [readers.read_binary_mask(p) for p in train["mask_paths"]]
     curves = edge_curves(tta_probabilities(*base, train["images"], device), masks)
     refuse_disagreeing_masks(curves[:, np.flatnonzero(EDGE_MOVES == 0)[0]], args.data_dir)
     calib = calibrate(curves)
@@ -198,7 +196,7 @@ def main(argv=None):
     model_file = half_precision(adapted_file or args.checkpoint)
     model_file["config"].update(threshold=0.5, edge_move=edge)  # the edge was calibrated at 0.5
     out.mkdir(parents=True, exist_ok=True)
-    files.atomic_save(sealed(model_file), out / "model.pt")
+    saving.atomic_save(sealed(model_file), out / "model.pt")
     report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "choice": choice,
               "adapted": str(adapted_file) if adapted_file else None, "model": str(out / "model.pt"),
               "threshold": 0.5, "edge_move": edge, "calibration": calib, "cross_validation": validation,

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
-from lib import cli, files, images, layouts, model_files
+from lib import cli, layouts, model_files, readers, saving
 from lib.annotators import ANNOTATORS
 from lib.calibration import EDGE_MOVES, RULES, THRESHOLDS, calibrate, calibrate_one_se, edge_curves, iou_curves
 from lib.checkpoints import load_checkpoint
@@ -69,7 +68,7 @@ def shifted(pairs, shift, size):
     for n, (_, image_path, mask_path) in enumerate(pairs):
         image, mask = shifted_pair(image_path, mask_path, shift, n)
         inputs.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) if shift == "camera"
-                      else images.read_image(image_path, size, draft=False)[0])
+                      else readers.read_image(image_path, size, draft=False)[0])
         masks.append(mask)
     return torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2), masks
 
@@ -96,7 +95,7 @@ def adapt(folder, run, seed, args):
                "--cache-dir", str(args.out / "cache"), "--device", args.device, "--overwrite", "--all-candidates"]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return files.read_json(run / "adapt.json"), time.perf_counter() - started
+    return saving.read_json(run / "adapt.json"), time.perf_counter() - started
 
 
 def adapted_draws(pools, label, shift, done, args):
@@ -272,7 +271,7 @@ def clinic_rule(cv_clears, fallback):
     return rule
 
 
-# The rules compared on the clinic's draws (--clinic): make adapt's (lib/adaptation.choose) and its alternatives
+# The rules compared on the clinic's draws (--clinic): make adapt's (lib/calibration.choose) and its alternatives
 CLINIC_RULES = {"fine-tuned when it beats the edge move by more than its standard error": clinic_rule(
                     lambda gain, se: gain > se, "edge"),
                 "fine-tuned unless it trails the edge move by more than its standard error": clinic_rule(
@@ -298,10 +297,10 @@ def rule_table(rows):
 def resumed_rows(results, more_rows):
     """The rows of a results CSV: those an earlier run wrote, then each of more_rows(done: their (shift, images,
     seed)), written and printed as it comes, so that an interrupted run continues where it stopped."""
-    rows = files.read_csv(results) if results.exists() else []
+    rows = saving.read_csv(results) if results.exists() else []
     for row in more_rows({(r["shift"], r["images"], r["seed"]) for r in rows}):
         rows.append(row)
-        files.write_csv(results, rows)
+        saving.write_csv(results, rows)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     return rows
 
@@ -312,16 +311,16 @@ def compare_clinic(pools, base, args, device, out):
     rows = resumed_rows(results, lambda done: run_clinic(pools, base, done, args, device))
     text = "\n\n".join(f"{split} split:\n\n{clinic_table(rows, split)}" for split in pools["scored"])
     text += "\n\nThe rules (chosen on val; test scored once):\n\n" + rule_table(rows)
-    files.write_text(out / "clinic.md", text + "\n")
+    saving.write_text(out / "clinic.md", text + "\n")
     print(text + f"\nwrote {results} and {out}/clinic.md")
 
 
 def compare_calibration(pools, base, args, device, out):
     """--calibration-only: every shift's rows, then calibration.csv and calibration.md in out."""
     rows = [row for shift in args.shifts for row in run_calibration(shift, pools, base, args, device)]
-    files.write_csv(out / "calibration.csv", rows)
+    saving.write_csv(out / "calibration.csv", rows)
     clean = next(r["before"] for r in rows if r["shift"] == "none")
-    files.write_text(out / "calibration.md", calibration_table(rows, clean) + "\n")
+    saving.write_text(out / "calibration.md", calibration_table(rows, clean) + "\n")
     print(calibration_table(rows, clean))
     print(f"wrote {out}/calibration.csv and {out}/calibration.md")
 
@@ -379,8 +378,8 @@ def main(argv=None):
     if clean is None:
         inputs, masks = shifted(pools["scored"], "none", base[1]["image_size"])
         clean = largest_region_iou(tta_probabilities(*base, inputs, device), masks, 0.5).mean()
-    files.write_text(out / "table.md", table(rows, clean) + "\n")
-    files.write_text(out / "choice.md", choice_table(rows, clean) + "\n")
+    saving.write_text(out / "table.md", table(rows, clean) + "\n")
+    saving.write_text(out / "choice.md", choice_table(rows, clean) + "\n")
     plot_adaptation(rows, clean, out / "adapt_experiment.png")
     print(table(rows, clean) + "\n\n" + choice_table(rows, clean))
     print(f"wrote {results}, {out}/table.md, {out}/choice.md, {out}/adapt_experiment.png")

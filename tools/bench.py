@@ -10,7 +10,6 @@ tools/bench_scale.py.
     python tools/bench.py --profile          # make best's training step: device busy time and top operators
 """
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
 import augment
-from lib import cli, decoding, images, layouts
+from lib import cli, decoding, layouts, readers
 from lib.device import autocast, pick_device, sync
 from lib.timing import flops, line, matmul_gflops, rate, write_photo
 from losses import LOSSES, bce_loss
@@ -132,7 +130,7 @@ def bench_data_cache(args):
         naive = len(pairs) / (time.perf_counter() - start)
         start = time.perf_counter()
         for _, image_path, _ in pairs:
-            images.read_image(image_path, args.image_size)
+            readers.read_image(image_path, args.image_size)
         draft = len(pairs) / (time.perf_counter() - start)
         line("JPEG 1024x768 decode+resize, draft mode", draft, naive, "full decode", "img/s")
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+from project_root import ROOT  # first: lib/ and the top-level modules import from the project's root
 
 from lib import cli
 from lib.timing import write_photo

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+from project_root import ROOT  # first: lib/ and the top-level modules import from the project's root
 
-from lib import cli, files, images, model_files
+from lib import cli, model_files, readers, saving
 from lib.timing import flops, line, matmul_gflops, rate, write_photo
 
 
@@ -77,7 +76,7 @@ def model_alone(paths, pipeline_rate, seconds, batch_size=8):
     this CPU, and the share of it that make predict --overlay reached."""
     from lib.segmenter import Segmenter
     segmenter = Segmenter.load()
-    inputs = np.stack([images.read_photo(p, segmenter.image_size)[1] for p in paths[:batch_size]])
+    inputs = np.stack([readers.read_photo(p, segmenter.image_size)[1] for p in paths[:batch_size]])
     alone = rate(lambda: segmenter.probabilities(inputs, tta=True), len(inputs), torch.device("cpu"), seconds)
     print(f"{f'the model alone, flip TTA, batch {batch_size} (ONNX Runtime)':<52} {alone:8.1f} photos/s   make predict "
           f"--overlay: {pipeline_rate:.1f} photos/s, {100 * pipeline_rate / alone:.0f}% of it", flush=True)
@@ -140,14 +139,14 @@ def stage_shares(paths, out, batch_size=8):
         result = fn()
         seconds[name] = time.perf_counter() - start
         return result
-    decoded = timed("decoding", lambda: [images.read_photo(p, segmenter.image_size) for p in paths])
+    decoded = timed("decoding", lambda: [readers.read_photo(p, segmenter.image_size) for p in paths])
     probs = timed("model", lambda: segmenter.probabilities(np.stack([small for _, small in decoded]), tta=True,
                                                            batch_size=batch_size))
     masks = timed("post-processing", lambda: [segmenter.mask(prob, *p.size, largest_component=True)
                                               for (p, _), prob in zip(decoded, probs)])
     out.mkdir()
-    timed("writing", lambda: [(files.write_bytes(out / f"{i}_segmentation.png", mask_png(m)),
-                               files.write_bytes(out / f"{i}_overlay.jpg", overlay_jpeg(p, m)))
+    timed("writing", lambda: [(saving.write_bytes(out / f"{i}_segmentation.png", mask_png(m)),
+                               saving.write_bytes(out / f"{i}_overlay.jpg", overlay_jpeg(p, m)))
                               for i, ((p, _), m) in enumerate(zip(decoded, masks))])
     total, jpeg = sum(seconds.values()), np.mean([f.stat().st_size for f in out.glob("*_overlay.jpg")])
     print(f"{'  where the time goes (ONNX Runtime, each stage alone)':<52} " + ", ".join(

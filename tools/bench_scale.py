@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+from project_root import ROOT  # first: lib/ and the top-level modules import from the project's root
 
-from lib import cli, files
+from lib import cli, saving
 from lib.synthetic import write_synthetic
 from lib.timing import write_photo
 
@@ -42,7 +41,7 @@ def bench_scale(args, epochs=2):
                   f"({args.images / seconds:.1f} img/s)")
             subprocess.run([*launch, f"--nproc_per_node={n}", "train.py", *train, "--out", str(Path(tmp) / f"run{n}")],
                            cwd=here, check=True, capture_output=True)
-            last = files.read_csv(Path(tmp) / f"run{n}" / "history.csv")[-1]
+            last = saving.read_csv(Path(tmp) / f"run{n}" / "history.csv")[-1]
             steps = -(-144 * 4 // args.batch_size)  # 144 training images (a tenth validates), 3 copies each
             print(f"{f'training, {n} process(es), global batch {args.batch_size}':<52} "
                   f"{last['seconds'] / steps:8.3f} s per step (train loss {last['train_loss']:.4f})")

@@ -6,7 +6,6 @@ sees a photo copied in (make bench-watch; docs/speed.md).
 """
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -15,8 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
 from lib import cli, photos, watching
 

@@ -11,16 +11,14 @@ move when its gain clears its paired standard error, else none); its test images
 folder, the same ones make adapt holds out) are scored before and after. --out receives model.onnx (the move in
 its metadata: make predict, make serve and the page use it), README.md (its card) and calibrate.json.
 """
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
 import numpy as np
 
-from lib import cards, cli, files, images, model_files, splits
+from lib import cards, cli, model_files, readers, saving, splits
 from lib.calibration import EDGE_MOVES, calibrate, edge_curves, refuse_disagreeing_masks, refuse_one_value_masks
 from lib.compare import paired_difference
 from lib.errors import DataError, UsageError
@@ -30,7 +28,7 @@ from lib.segmenter import Segmenter
 def read_labelled(pairs, size):
     """(model inputs uint8 [N,S,S,3], boolean masks at their own size) of [(id, image, mask)]: each image decoded
     whole and resized, as make predict reads photos. DataError naming the masks not of their image's size."""
-    read = [(images.read_image(image, size, draft=False), images.read_binary_mask(mask)) for _, image, mask in pairs]
+    read = [(readers.read_image(image, size, draft=False), readers.read_binary_mask(mask)) for _, image, mask in pairs]
     wrong = [f"{image} is {w}x{h} but {mask} is {m.shape[1]}x{m.shape[0]}"
              for ((_, (w, h)), m), (_, image, mask) in zip(read, pairs) if m.shape != (h, w)]
     if wrong:
@@ -96,7 +94,7 @@ def main(argv=None):
     move = calib["edge_move"]
     rows = held_out_rows(segmenter, held_out, move) if held_out else {}
     out.mkdir(parents=True, exist_ok=True)
-    files.write_bytes(out / "model.onnx", calibrated_model(args.checkpoint, move))
+    saving.write_bytes(out / "model.onnx", calibrated_model(args.checkpoint, move))
     report = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "adapted": None,
               "model": str(out / "model.onnx"), "threshold": segmenter.threshold, "edge_move": move, "calibration": calib,
               "held_out": len(held_out), "comparisons": rows, "recipe": None, "tool": "tools/calibrate.py",

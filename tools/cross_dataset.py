@@ -6,15 +6,13 @@ photos of the last data set (docs/clinics.md).
     python tools/cross_dataset.py --model released=models/lesion_segmenter.onnx two-source=runs/two-source/best.pt \
         --data-dir ../shared/isic2016 ../shared/ham10000
 """
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
-from lib import cli, files, images, layouts
+from lib import cli, layouts, readers, saving
 from lib.compare import iou, paired_difference
 from lib.errors import UsageError
 from lib.plots import plot_contours
@@ -30,7 +28,7 @@ def diagnoses(data_dir):
     if not path.is_file():
         return {}
     return {r["image_id"]: next((g for g, codes in GROUPS.items() if r["dx"] in codes), "the rest")
-            for r in files.read_csv(path)}
+            for r in saving.read_csv(path)}
 
 
 def scores(segmenter, pairs):
@@ -38,9 +36,9 @@ def scores(segmenter, pairs):
     ious, predicted = [], []
     for start in range(0, len(pairs), 64):
         batch = pairs[start:start + 64]
-        inputs = np.stack([images.read_image(image, segmenter.image_size, draft=False)[0] for _, image, _ in batch])
+        inputs = np.stack([readers.read_image(image, segmenter.image_size, draft=False)[0] for _, image, _ in batch])
         for prob, (_, _, mask_path) in zip(segmenter.probabilities(inputs, tta=True), batch):
-            truth = images.read_binary_mask(mask_path)
+            truth = readers.read_binary_mask(mask_path)
             pred = segmenter.mask(prob, truth.shape[1], truth.shape[0], largest_component=True)
             ious.append(iou(pred, truth))
             predicted.append(pred)
@@ -81,7 +79,7 @@ def paired_table(results):
 def worst_panel(ious, predicted, pairs, groups, path):
     """The WORST photos of one model on one data set, truth and prediction drawn on each."""
     worst = np.argsort(ious)[:WORST]
-    examples = [(images.read_full_image(pairs[k][1]), images.read_binary_mask(pairs[k][2]), predicted[k])
+    examples = [(readers.read_full_image(pairs[k][1]), readers.read_binary_mask(pairs[k][2]), predicted[k])
                 for k in worst]
     plot_contours(examples, [f"{pairs[k][0]} ({groups.get(pairs[k][0], '?')}): IoU {ious[k]:.2f}" for k in worst],
                   path)
@@ -106,13 +104,13 @@ def main(argv=None):
         segmenter = Segmenter.load([path], args.device)
         results[name] = {n: (*scores(segmenter, pairs), pairs) for n, pairs in sets.items()}
         for n, (ious, _, pairs) in results[name].items():
-            files.write_csv(args.out / f"{name}_{n}.csv", [{"id": i, "iou": v, "group": groups.get(i, "")}
+            saving.write_csv(args.out / f"{name}_{n}.csv", [{"id": i, "iou": v, "group": groups.get(i, "")}
                                                           for (i, _, _), v in zip(pairs, ious)])
         print(f"{name}: " + ", ".join(f"{n} {r[0].mean():.4f}" for n, r in results[name].items()), flush=True)
     first, last = next(iter(results.values())), list(sets)[-1]
     worst_panel(first[last][0], first[last][1], first[last][2], groups, args.out / "worst.png")
     text = table(results, groups) + ("\n\n" + paired_table(results) if len(results) > 1 else "")
-    files.write_text(args.out / "table.md", text + "\n")
+    saving.write_text(args.out / "table.md", text + "\n")
     print(text + f"\nwrote {args.out}/table.md, per-image CSVs and worst.png")
 
 

@@ -7,11 +7,7 @@ training run makes of a folder (decoding, the cache, the splits): data.py; downl
     python tools/data_folder.py --data-dir ../shared/isic2016 --to-plain runs/isic2016-plain   # as plain folders
 """
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
 from lib import cli
 from lib.layouts import copy_as_plain_folders, detect_layout, find_pairs, present_groups

@@ -7,15 +7,13 @@ An interrupted download resumes where it stopped; every archive's size is checke
 CRC checksums before it is unpacked. PH2 cannot be fetched by script (see --dataset ph2).
 """
 import shutil
-import sys
 import urllib.request
 import zipfile
 from pathlib import Path
 
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
 from lib import cli
 from lib.errors import DataError

@@ -12,11 +12,7 @@ and computed in float32. The export needs onnx and its check onnxruntime (pip in
 requirements-export.txt).
 """
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
 from lib import cli, model_files, onnx_model
 from lib.checkpoints import decision_edge_move, decision_threshold, load_models

@@ -7,17 +7,15 @@ scored once, is the judge: the int8 file is worth using if it is faster and lose
     python tools/quantize.py --data-dir ../shared/isic2016              # runs/quantize/lesion_segmenter_int8.onnx
     make predict INPUT=photos/ CHECKPOINT=runs/quantize/lesion_segmenter_int8.onnx
 """
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
 from data import split_to_score
-from lib import cli, files, model_files, onnx_model
+from lib import cli, model_files, onnx_model, saving
 from lib.checkpoints import decision_edge_move, decision_threshold, load_checkpoint
 from lib.errors import UsageError
 from lib.scoring import onnx_split_iou
@@ -51,7 +49,7 @@ def quantize(model, config, inputs, out, batch_size=16):
         quantized = onnx.load(str(Path(tmp) / "int8.onnx"))
     onnx.helper.set_model_props(quantized, {p.key: p.value for p in onnx.load(str(model_files.ONNX)).metadata_props
                                             if p.key != model_files.SEAL})
-    files.write_bytes(out, model_files.sealed(quantized.SerializeToString()))
+    saving.write_bytes(out, model_files.sealed(quantized.SerializeToString()))
 
 
 def tta_rate(path, photos, seconds):
@@ -99,7 +97,7 @@ def main():
     found["verdict"] = (f"worth using: {speedup:.2f}x the forward pass for {loss:.4f} test IoU"
                         if loss <= MAX_IOU_LOSS and speedup > 1 else
                         f"not worth using: it loses {loss:.4f} test IoU or is not faster here")
-    files.write_json(out / "quantize.json", found)
+    saving.write_json(out / "quantize.json", found)
     print(found["verdict"])
 
 

@@ -10,16 +10,14 @@ Refuses to release when half precision moves the test IoU by MAX_HALF_PRECISION_
 Runtime's masks score more than MAX_ONNX_DIFFERENCE away from PyTorch's.
 """
 import datetime
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
 from data import split_to_score
-from lib import cli, files, model_files, onnx_model, revision
+from lib import cli, model_files, onnx_model, revision, saving
 from lib.checkpoints import decision_threshold, half_precision, load_checkpoint, read_checkpoint, sealed
 from lib.device import pick_device
 from lib.errors import ModelFileError
@@ -80,26 +78,26 @@ def card_numbers(card):
 
 def write_card(card, readme):
     """card.json beside the model, and the numbers block of the card's README replaced (the prose is kept)."""
-    files.write_json(Path(readme).with_name("card.json"), card)
+    saving.write_json(Path(readme).with_name("card.json"), card)
     text = Path(readme).read_text()
     if NUMBERS_START not in text or NUMBERS_END not in text:
         raise ModelFileError(f"{readme} has no numbers block ({NUMBERS_START} ... {NUMBERS_END}) to fill in")
     before, rest = text.split(NUMBERS_START, 1)
-    files.write_text(readme, before + card_numbers(card) + rest.split(NUMBERS_END, 1)[1])
+    saving.write_text(readme, before + card_numbers(card) + rest.split(NUMBERS_END, 1)[1])
 
 
 def record_in_card(out, **entries):
     """Merge entries into out/card.json at once: a file just written is then the one its card records, and loads
     (which check the sha256 of models/'s files) accept it."""
     path = Path(out) / "card.json"
-    files.write_json(path, {**(files.read_json(path) if path.is_file() else {}), **entries})
+    saving.write_json(path, {**(saving.read_json(path) if path.is_file() else {}), **entries})
 
 
 def release_pt(checkpoint, split, out, device):
     """models/lesion_segmenter.pt (float16) of a train.py checkpoint, scored; returns its card's entries."""
     released = out / "lesion_segmenter.pt"
     _, config = load_checkpoint(checkpoint)
-    files.atomic_save(sealed(half_precision(checkpoint)), released)
+    saving.atomic_save(sealed(half_precision(checkpoint)), released)
     record_in_card(out, file=released.name, sha256=sha256(released))
     reference, _ = test_scores(checkpoint, split, device)
     summary, per_image = test_scores(released, split, device)
@@ -130,7 +128,7 @@ def test_entry(summary):
 def rescore_released(out, split, device):
     """The card of --out's released files scored again on the test split by its protocol, their bytes untouched
     (after a change to how the scoring reads images); the float32 numbers stay those of the release."""
-    card = files.read_json(out / "card.json")
+    card = saving.read_json(out / "card.json")
     summary, _ = test_scores(out / card["file"], split, device)
     card["test"], card["test_images"] = test_entry(summary), summary["n_images"]
     card["onnx"]["test_iou"] = onnx_split_iou(out / card["onnx"]["file"], split)
@@ -157,12 +155,12 @@ def release_onnx(released_pt, split, out, card):
 def seal_released(out):
     """Bring --out's released files up to the checks every load makes, their weights untouched: the .pt gets the
     seal of its weights and config, the .onnx file its seal over every byte but the seal's value; the card records their new sizes and sha256."""
-    card = files.read_json(out / "card.json")
+    card = saving.read_json(out / "card.json")
     pt, onnx = out / card["file"], out / card["onnx"]["file"]
     checkpoint = read_checkpoint(pt)  # checked against the card first: never seal a damaged file
     model_files.verify(onnx)
     if "seal" not in checkpoint:
-        files.atomic_save(sealed(checkpoint), pt)
+        saving.atomic_save(sealed(checkpoint), pt)
     model_files.seal(onnx)
     card.update(bytes=pt.stat().st_size, sha256=sha256(pt))
     card["onnx"].update(bytes=onnx.stat().st_size, sha256=sha256(onnx))
@@ -199,7 +197,7 @@ def main(argv=None):
         card = rescore_released(out, split, device)
         write_card(card, out / "README.md")
         return print(card_numbers(card).split("\n", 1)[1].rsplit("\n", 1)[0])
-    card = files.read_json(out / "card.json") if args.onnx_only else release_pt(args.checkpoint, split, out, device)
+    card = saving.read_json(out / "card.json") if args.onnx_only else release_pt(args.checkpoint, split, out, device)
     card["onnx"] = release_onnx(out / card["file"], split, out, card)
     write_card(card, out / "README.md")
     print(card_numbers(card).split("\n", 1)[1].rsplit("\n", 1)[0])

@@ -9,14 +9,12 @@ table repeats exactly.
 Writes robustness.csv and robustness.json (IoU and Dice per shift, per-image means at each mask's own size, and
 the drop from the clean score), robustness.png and examples.png (every shift on one image) to --out.
 """
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
 from data import split_to_score
-from lib import cli, files
+from lib import cli, saving
 from lib.checkpoints import load_models
 from lib.device import pick_device
 from lib.perturbations import PERTURBATIONS, score_perturbations, shift, summarize
@@ -54,8 +52,8 @@ def main(argv=None):
     summary = {**summarize(rows), "split": args.split, "n_images": len(split["ids"]), "tta": args.tta,
                "largest_component": args.largest_component, "seed": args.seed,
                "checkpoints": [str(c) for c in args.checkpoint], "rows": rows}
-    files.write_json(out / "robustness.json", summary)
-    files.write_csv(out / "robustness.csv", rows)
+    saving.write_json(out / "robustness.json", summary)
+    saving.write_csv(out / "robustness.csv", rows)
     models = args.checkpoint[0] + (f" and {len(args.checkpoint) - 1} more" if len(args.checkpoint) > 1 else "")
     plot_robustness(rows, out / "robustness.png", f"{models}: {args.split} split, {len(split['ids'])} images")
     examples = [shift(split["image_paths"][0], split["mask_paths"][0], name, args.seed, 0)

@@ -9,16 +9,14 @@ photos standing in for a batch, their true masks standing in for a person's corr
     make unsure-experiment DATA_DIR=../shared/ham10000 SPLIT=val     # choices
     make unsure-experiment DATA_DIR=../shared/ham10000               # docs/page.md's table: the test split, once
 """
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as tools/x.py: lib/ and the top-level modules import from the root
+import project_root  # noqa: F401 (first: lib/ and the top-level modules import from the project's root)
 
-from lib import cli, files, images, layouts, model_files
+from lib import cli, layouts, model_files, readers, saving
 from lib.calibration import EDGE_MOVES, calibrate, edge_curves
 from lib.compare import iou
 from lib.masks import mask_at_size, unsure
@@ -33,9 +31,9 @@ SCORES = {"1 - soft self-IoU (chosen)": unsure,
 
 def scored(segmenter, pairs):
     """(probabilities [N,S,S], boolean true masks, IoU of make predict's masks [N]) of [(id, image, mask)]."""
-    inputs = np.stack([images.read_image(image, segmenter.image_size, draft=False)[0] for _, image, _ in pairs])
+    inputs = np.stack([readers.read_image(image, segmenter.image_size, draft=False)[0] for _, image, _ in pairs])
     probs = segmenter.probabilities(inputs, tta=True)
-    masks = [images.read_binary_mask(mask) for _, _, mask in pairs]
+    masks = [readers.read_binary_mask(mask) for _, _, mask in pairs]
     ious = np.array([iou(mask_at_size(p, m.shape[1], m.shape[0], segmenter.threshold, True, segmenter.edge_move), m)
                      for p, m in zip(probs, masks)])
     return probs, masks, ious
@@ -115,9 +113,9 @@ def main(argv=None):
     text, scores = report(probs, masks, ious, segmenter, args)
     out = args.out / args.split
     out.mkdir(parents=True, exist_ok=True)
-    files.write_csv(out / "per_image.csv", [{"id": i, "iou": v, **{name: s[n] for name, s in scores.items()}}
+    saving.write_csv(out / "per_image.csv", [{"id": i, "iou": v, **{name: s[n] for name, s in scores.items()}}
                                             for n, ((i, _, _), v) in enumerate(zip(pairs, ious))])
-    files.write_text(out / "table.md", text + "\n")
+    saving.write_text(out / "table.md", text + "\n")
     print(text + f"\nwrote {out}/table.md and {out}/per_image.csv")
 
 

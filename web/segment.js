@@ -5,7 +5,7 @@
 // No step sends anything anywhere: the model runs in ONNX Runtime Web, here.
 import {sha256} from "./formats.js";
 
-export const MAX_PIXELS = 100_000_000;  // lib/images.py's MAX_PIXELS: larger images are refused before decoding
+export const MAX_PIXELS = 100_000_000;  // lib/readers.py's MAX_PIXELS: larger images are refused before decoding
 export const DISPLAY = 768;  // the longest side of a photo as the page and its editor show it
 
 // {scale, dw, dh}: a photo of w x h drawn at most DISPLAY pixels on its longest side (never enlarged: scale <= 1)
@@ -42,7 +42,7 @@ export function outputStem(name, clash = false) {
   return clash ? `${base.slice(0, dot)}_${base.slice(dot + 1).toLowerCase()}` : base.slice(0, dot);
 }
 
-// The refusal of an image over MAX_PIXELS, in lib/images.py's words (tests/test_page.py holds the two together)
+// The refusal of an image over MAX_PIXELS, in lib/readers.py's words (tests/test_page.py holds the two together)
 export function tooLarge([w, h]) {
   return `the image is ${w}x${h}, over ${MAX_PIXELS / 1e6} megapixels, the largest read here`;
 }
