@@ -23,7 +23,8 @@ INPUT ?=
 OUT ?= predictions
 ONNX ?= model.onnx
 SPLIT ?= test
-# FLAGS: more train.py flags for any training target, after the recipe's (the last of a flag given twice wins)
+# FLAGS: more flags for a training target's train.py (after the recipe's: the last of a flag given twice wins),
+# or for make predict-cluster's predict.py (FLAGS=--skip-existing)
 FLAGS ?=
 TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEIGHTS)" --epochs $(EPOCHS) \
 	--batch-size $(BATCH_SIZE) --device $(DEVICE) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
@@ -31,13 +32,14 @@ TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEI
 COMMON = --seed $(SEED) --out "$(RUNS)/$(or $(RUN),$@)"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
-	two-source clinic-table adapt calibrate labelled adapt-experiment adapt-clinic unsure-experiment calibration-experiment demo report eda bench bench-predict bench-scale bench-watch gpu-check check-same test \
-	predict export quantize release-onnx release-rescore release-seal serve site page-model page-screenshot
+	two-source clinic-table adapt calibrate labelled adapt-experiment adapt-clinic unsure-experiment calibration-experiment demo report eda bench bench-predict bench-scale bench-watch bench-cluster gpu-check check-same test \
+	predict predict-cluster cluster-setup export quantize release-onnx release-rescore release-seal serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make predict INPUT=my_images/ OUT=masks     masks for your own images with the released model (no training)"
 	@echo "make serve                                  the same in your browser, nothing uploaded (http://127.0.0.1:8000)"
+	@echo "make predict-cluster INPUT=... CLUSTER=local the same as a Ray Data pipeline (make cluster-setup; docs/scale.md)"
 	@echo "make calibrate DATA_DIR=my_labelled/        move the model's edge to your annotators' (no PyTorch)"
 	@echo "make adapt DATA_DIR=my_labelled/            fit the released model to your own annotators (docs/adapt.md)"
 	@echo "make best DATA_DIR=... ENCODER_WEIGHTS=...  train the most accurate model (3 seeds) and score it"
@@ -54,6 +56,12 @@ help:
 setup: .venv/installed
 .venv/installed: requirements.txt .venv/predict-installed
 	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+# Optional: predict.py --cluster on Ray Data (docs/scale.md), on top of the light install. The tests use it too.
+cluster-setup: .venv/cluster-installed
+.venv/cluster-installed: requirements-cluster.txt .venv/predict-installed
+	$(PY) -m pip install -r requirements-cluster.txt
 	touch $@
 
 # Optional: writing ONNX files (onnx). The tests use it too.
@@ -215,6 +223,10 @@ bench-predict: .venv/dev-installed web/node_modules/.package-lock.json
 bench-watch: .venv/predict-installed
 	$(PY) tools/bench_watch.py --photos 806 --seconds 10
 
+# predict.py --cluster local against a plain run on the same photos: what Ray costs here (docs/scale.md)
+bench-cluster: .venv/cluster-installed
+	$(PY) tools/bench_cluster.py --data-dir "$(DATA_DIR)" --photos $(or $(PHOTOS),1000)
+
 # One process against two (torchrun, gloo) on this machine: make predict on 20 photos, training on synthetic data
 bench-scale: setup
 	$(PY) tools/bench_scale.py --images 20
@@ -291,6 +303,12 @@ predict: .venv/predict-installed
 	$(PY) predict.py "$(INPUT)" $(MODEL_FLAG) --out "$(OUT)" --device $(DEVICE) --tta --largest-component --overlay \
 		$(if $(WATCH),--watch)
 
+# make predict as a Ray Data pipeline (docs/scale.md): CLUSTER=local (this machine's cores), auto (the cluster
+# `ray start` joined here) or a head's host:port; the photos and OUT on storage that every machine sees
+predict-cluster: .venv/cluster-installed
+	$(PY) predict.py "$(INPUT)" $(MODEL_FLAG) --out "$(OUT)" --tta --largest-component --overlay \
+		--cluster $(or $(CLUSTER),local) $(FLAGS)
+
 export: .venv/export-installed
 	$(PY) tools/export.py --checkpoint "$(PT)" --out "$(ONNX)"
 
@@ -313,5 +331,5 @@ release-seal: setup
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
-test: .venv/dev-installed .venv/export-installed web/node_modules/.package-lock.json
+test: .venv/dev-installed .venv/export-installed .venv/cluster-installed web/node_modules/.package-lock.json
 	$(PY) -m pytest -q --durations=10 tests

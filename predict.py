@@ -6,12 +6,15 @@ Runtime, with no PyTorch installed; train.py's checkpoints (.pt) run on PyTorch.
     python predict.py photos/ -o masks --tta --largest-component --checkpoint runs/best/seed*/best.pt
     python predict.py photos/ -o masks --skip-existing          # continue a job that was interrupted
     python predict.py clinic/ -o clinic/ --watch                # then each photo that lands in clinic/, until Ctrl-C
+    python predict.py /shared/archive/ -o /shared/masks --cluster auto   # a Ray cluster's actors (docs/scale.md)
 
 Every file is written under a temporary name and renamed, so an interrupted job leaves no half-written mask; the
 input folders are never written to. unsure.csv in --out lists every mask, the most unsure first (lib/masks.py
-unsure): the ones a person should look at first. Under torchrun each process takes its share of the images.
+unsure): the ones a person should look at first. Under torchrun each process takes its share of the images; with
+--cluster Ray Data hands batches to actors and retries the batch of one that dies (lib/cluster.py).
 """
 import os
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +25,8 @@ from lib import cli, distributed, model_files, photos, saving, watching
 from lib.errors import Interrupted, StorageError, UsageError
 from lib.masks import unsure
 from lib.segmenter import Segmenter
+
+SAVE_SECONDS = 30  # unsure.csv is rewritten whole at most this often while masks are written
 
 
 def decoded_batches(paths, size, batch_size, pool):
@@ -66,6 +71,11 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=2,
                         help="threads that decode the next batch, make the masks and write files while the model runs "
                         "on the cores they leave")
+    parser.add_argument("--cluster", metavar="ADDRESS",
+                        help="run as a Ray Data pipeline (make cluster-setup; docs/scale.md): local (this machine's "
+                        "cores), auto (the cluster `ray start` joined here) or a head's host:port")
+    parser.add_argument("--actor-cpus", type=int, default=1,
+                        help="with --cluster: CPUs, and ONNX Runtime threads, per actor (one model each)")
     cli.add_device_flag(parser)
     args = parser.parse_args(argv)
     args.inputs += args.more_inputs
@@ -74,12 +84,35 @@ def parse_args(argv=None):
     return args
 
 
-def write_masks(segmenter, todo, names, out, args):
+class UnsureScores:
+    """A run's {output prefix: unsure score}, saved to unsure.csv as masks are written (at most SAVE_SECONDS apart)
+    and at the end, so that a run killed mid-way keeps the scores of nearly all the masks it wrote; --skip-existing
+    redoes the few without one."""
+
+    def __init__(self, out):
+        self.out, self.scores, self.saved = out, {}, time.monotonic()
+
+    def add(self, name, score):
+        self.scores[name] = score
+        if time.monotonic() - self.saved > SAVE_SECONDS:
+            self.save()
+
+    def save(self, quietly=False):
+        """quietly: a full disk is left to the message of the run it interrupted."""
+        try:
+            write_unsure(self.out, self.scores)
+        except StorageError:
+            if not quietly:
+                raise
+        self.saved = time.monotonic()
+
+
+def write_masks(segmenter, todo, names, out, args, scores):
     """Predict and write each image's mask (and overlay) under its name: the model in this thread, decoding, the
-    masks at each photo's size and the writing in the pool's, so that both run at once; then unsure.csv. Returns
-    (masks written, [unreadable: why]). Ctrl-C and a full disk end with one sentence: how many were written, and how
-    to continue."""
-    failures, writes, scores = [], [], {}
+    masks at each photo's size and the writing in the pool's, so that both run at once; each mask's unsure score
+    added to `scores`. Returns (masks written, [unreadable: why]). Ctrl-C and a full disk end with one sentence: how
+    many were written, and how to continue."""
+    failures, writes = [], []
     pool = ThreadPoolExecutor(max(1, args.workers))
     bar = cli.progress(len(todo), "predicting")
     try:
@@ -88,14 +121,13 @@ def write_masks(segmenter, todo, names, out, args):
             readable = [(path, photo, small) for path, photo, small in batch if photo is not None]
             probs = segmenter.probabilities(np.stack([small for *_, small in readable]), args.tta) if readable else []
             for (path, photo, _), prob in zip(readable, probs):
-                scores[path] = unsure(prob, segmenter.threshold if args.threshold is None else args.threshold)
+                scores.add(names[path], unsure(prob, segmenter.threshold if args.threshold is None else args.threshold))
                 writes.append(pool.submit(write_one, segmenter, prob, photo, names[path], args))
                 if len(writes) > 2 * args.batch_size:  # a bounded queue: its errors seen early, its photos freed
                     writes[-2 * args.batch_size].result()
             bar.update(len(batch))
         for w in writes:
             w.result()
-        write_unsure(out, {names[p]: s for p, s in scores.items()})
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: wrote {finished(pool, writes)} of {cli.plural(len(todo), 'mask')} to {out}/; "
                           "run the same command with --skip-existing to continue") from None
@@ -115,10 +147,19 @@ def write_unsure(out, scores):
     path = out / ("unsure.csv" if distributed.world_size() == 1 else f"unsure-{distributed.rank()}.csv")
     rows = {r["mask"]: r for r in saving.read_csv(path)} if path.exists() else {}
     for name, score in scores.items():
-        mask = os.path.relpath(f"{name}_segmentation.png", out)
-        rows[mask] = {"mask": mask, "unsure": score}
+        rows[mask_name(name, out)] = {"mask": mask_name(name, out), "unsure": score}
     if rows:
         saving.write_csv(path, sorted(rows.values(), key=lambda r: -float(r["unsure"])))
+
+
+def mask_name(name, out):
+    """A mask's row in unsure.csv: its path below --out."""
+    return os.path.relpath(f"{name}_segmentation.png", out)
+
+
+def scored_masks(out):
+    """The masks that out/unsure*.csv already scores (--skip-existing leaves out only those)."""
+    return {row["mask"] for path in out.glob("unsure*.csv") for row in saving.read_csv(path)}
 
 
 def finished(pool, writes):
@@ -153,8 +194,10 @@ def main(argv=None):
     distributed.start()  # under torchrun (which brings torch): one summary of the counts for the whole job
     # the model gets the cores the pool's threads leave it: on two cores one thread, which ran faster than two
     segmenter = Segmenter.load(args.checkpoint, args.device, threads=max(1, (os.cpu_count() or 1) - args.workers))
-    if args.watch and distributed.world_size() > 1:
-        raise UsageError("--watch runs in one process: start it without torchrun")
+    if args.watch and (distributed.world_size() > 1 or args.cluster):
+        raise UsageError("--watch runs in one process: start it without torchrun or --cluster")
+    if args.cluster and distributed.world_size() > 1:
+        raise UsageError("--cluster schedules its own processes: start it without torchrun")
     found = inputs_now(args)
     out = photos.open_output_folder(args.out, args.inputs, list(found), inside_inputs=args.watch)
     if args.watch:
@@ -172,8 +215,20 @@ def main(argv=None):
     if stale:
         print(f"removed {len(stale)} temporary files of a run that was killed: {', '.join(stale[:3])}"
               + (" ..." if len(stale) > 3 else ""))
-    todo = [p for p in mine if not (args.skip_existing and photos.outputs_done(p, names[p], kinds))]
-    written, failures = write_masks(segmenter, todo, names, out, args)
+    scored = scored_masks(out) if args.skip_existing else set()
+    todo = [p for p in mine if not (args.skip_existing and photos.outputs_done(p, names[p], kinds)
+                                    and mask_name(names[p], out) in scored)]
+    scores = UnsureScores(out)
+    try:
+        if args.cluster:
+            from lib import cluster  # here: ray is an extra (requirements-cluster.txt)
+            written, failures = cluster.write_masks(args.checkpoint, todo, names, out, args, scores)
+        else:
+            written, failures = write_masks(segmenter, todo, names, out, args, scores)
+    except (Interrupted, StorageError):
+        scores.save(quietly=True)  # the written masks' scores: --skip-existing then skips just those
+        raise
+    scores.save()
     failures += unnamed if distributed.is_main() else []
     counts = distributed.total_counts([written, len(mine) - len(todo), len(failures)])
     distributed.stop()
