@@ -32,7 +32,7 @@ TRAIN = $(PY) train.py --data-dir "$(DATA_DIR)" --encoder-weights "$(ENCODER_WEI
 COMMON = --seed $(SEED) --out "$(RUNS)/$(or $(RUN),$@)"
 
 .PHONY: help setup data dataset cross-dataset robustness robustness-compare worst-best exp1-bce exp1-iou exp2-finetune best release \
-	two-source clinic-table adapt calibrate labelled adapt-experiment adapt-clinic unsure-experiment calibration-experiment demo report eda bench bench-predict bench-scale bench-watch bench-cluster gpu-check check-same test \
+	two-source clinic-table adapt calibrate labelled adapt-experiment adapt-clinic unsure-experiment calibration-experiment demo report eda bench bench-predict bench-scale bench-watch bench-cluster bench-folder gpu-check check-same test \
 	predict predict-cluster cluster-setup export quantize release-onnx release-rescore release-seal serve site page-model page-screenshot
 .DEFAULT_GOAL := help
 
@@ -219,6 +219,10 @@ bench-predict: .venv/dev-installed web/node_modules/.package-lock.json
 	$(PY) tools/bench_predict.py --device $(DEVICE) $(if $(BEFORE),--before $(BEFORE)) $(if $(INT8),--int8 $(INT8))
 	$(PY) tools/bench_page.py
 
+# docs/page.md: a folder of 500 photos of 1024x768 in headless Chromium: time, the tab's peak memory, long tasks
+bench-folder: .venv/dev-installed web/node_modules/.package-lock.json
+	$(PY) tools/bench_page.py --folder $(or $(PHOTOS),500)
+
 # predict.py --watch on a folder of 806 photos and their masks: its CPU while nothing arrives, then a photo's wait
 bench-watch: .venv/predict-installed
 	$(PY) tools/bench_watch.py --photos 806 --seconds 10
@@ -294,8 +298,9 @@ site: page-model
 
 # The pictures of the page (README) and of its editor (docs/page.md): the tests' browser saves its screenshots
 page-screenshot: .venv/dev-installed web/node_modules/.package-lock.json
-	PAGE_SCREENSHOT=$(CURDIR)/docs/page.png PAGE_EDITOR_SCREENSHOT=$(CURDIR)/docs/page_editor.png $(PY) -m pytest -q \
-		tests/test_page.py tests/test_page_clinic.py -k "segments_like_predict or brush_stroke"
+	PAGE_SCREENSHOT=$(CURDIR)/docs/page.png PAGE_EDITOR_SCREENSHOT=$(CURDIR)/docs/page_editor.png \
+		PAGE_QUEUE_SCREENSHOT=$(CURDIR)/docs/page_queue.png $(PY) -m pytest -q tests/test_page.py \
+		tests/test_page_clinic.py -k "segments_like_predict or brush_stroke or orders_the_queue"
 
 predict: .venv/predict-installed
 	@test -n "$(INPUT)" || { echo "error: name your images: make predict INPUT=my_images/ OUT=masks" \

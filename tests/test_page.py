@@ -571,6 +571,8 @@ def test_the_pages_unsure_score_is_predicts_and_orders_the_queue(server, browser
     cards = browser.find_elements(By.CSS_SELECTOR, ".result")
     assert [c.get_attribute("data-id") for c in cards] == order
     assert ["check-first" in c.get_attribute("class") for c in cards] == [True, False, False, False, False]
+    if os.environ.get("PAGE_QUEUE_SCREENSHOT"):  # make page-screenshot: docs/page.md's picture of the queue
+        browser.save_screenshot(os.environ["PAGE_QUEUE_SCREENSHOT"])
     cards[0].find_element(By.CSS_SELECTOR, "button.correct").click()
     step = cards[0].find_element(By.CSS_SELECTOR, "button.next-unsure")
     assert step.text == "Next most unsure (4 left)"

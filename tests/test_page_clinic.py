@@ -18,6 +18,7 @@ from test_page import pytestmark as needs_the_runtime
 from lib import annotators, calibration, layouts, readers
 from lib.segmenter import Segmenter
 from selenium.webdriver.common.by import By  # noqa: E402 (after test_page's importorskip)
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = [needs_the_runtime, pytest.mark.skipif(not REAL_DATA.is_dir(),
                                                    reason=f"{REAL_DATA}: real ISIC images, on dev and CI only")]
@@ -127,6 +128,7 @@ def test_a_brush_stroke_changes_exactly_the_pixels_under_it_and_undo_restores_th
     radius = 20 / 2 * 1000 / width  # the brush's default 20 screen pixels across
     points = [((x - left) * 1000 / width, (y - top) * 750 / height) for x, y in client]
     expected = proposal | stroke_pixels(1000, 750, points, radius)
+    WebDriverWait(browser, 30).until(lambda d: card.find_elements(By.CSS_SELECTOR, ".editor-canvas[data-drawn]"))
     if os.environ.get("PAGE_EDITOR_SCREENSHOT"):  # make page-screenshot: docs/page.md's picture of the editor
         browser.save_screenshot(os.environ["PAGE_EDITOR_SCREENSHOT"])
     assert 0 < (expected & ~proposal).sum()

@@ -31,12 +31,12 @@ function button(text, onClick) {
   return b;
 }
 
-// An editor over item ({photo: {rgba, w, h}, mask}) in container; onChange(mask) after every change, onClose() when
-// the user closes it; next: {label(), go()}, a button to the next photo to correct. Returns {set(mask): one more
-// change through the editing path, close()}.
-export function openEditor(container, item, onChange, onClose, next) {
+// An editor over item ({photo: {w, h}, mask}) in container, the photo drawn from pixels (a promise of its RGBA);
+// onChange(mask) after every change, onClose() when the user closes it; next: {label(), go()}, a button to the next
+// photo to correct. Returns {set(mask): one more change through the editing path, close()}.
+export function openEditor(container, item, pixels, onChange, onClose, next) {
   const {w, h} = item.photo, canvas = photoCanvas(w, h);
-  const state = {w, h, mask: item.mask.slice(), tool: 1, undo: [], redo: [], draw: drawing(canvas, item.photo, w, h)};
+  const state = {w, h, mask: item.mask.slice(), tool: 1, undo: [], redo: [], draw: drawing(canvas, pixels, w, h)};
   state.change = mask => {  // one undoable step
     state.undo.push(state.mask); if (state.undo.length > HISTORY) state.undo.shift();
     state.redo.length = 0; state.show(mask);
@@ -62,10 +62,12 @@ function photoCanvas(w, h) {  // the canvas at display size; a small photo's pix
   return canvas;
 }
 
-function drawing(canvas, photo, w, h) {  // draw(mask): the photo, the mask tinted blue, its outline red
+// draw(mask): the photo, the mask tinted blue, its outline red; pixels: a promise of the photo's RGBA (the page keeps
+// only its file), the mask drawn on it once they are decoded
+function drawing(canvas, pixels, w, h) {
   const {scale, dw, dh} = displaySize(w, h);
-  const shown = photo.shown ?? resize(rgbOf(photo.rgba), w, h, 3, dw, dh, true);  // the page keeps it at this size
-  return mask => {
+  let shown = null, last = null;
+  const paint = mask => {
     const small = shownMask(mask, w, h, dw, dh, scale);
     const edge = outline(small, dw, dh, 2), ctx = canvas.getContext("2d"), image = ctx.createImageData(dw, dh);
     for (let i = 0; i < dw * dh; i++) {
@@ -74,7 +76,10 @@ function drawing(canvas, photo, w, h) {  // draw(mask): the photo, the mask tint
                      4 * i);
     }
     ctx.putImageData(image, 0, 0);
+    canvas.dataset.drawn = "1";
   };
+  pixels.then(rgba => { shown = resize(rgbOf(rgba), w, h, 3, dw, dh, true); if (last) paint(last); });
+  return mask => { last = mask; if (shown) paint(mask); };
 }
 
 // Strokes of the pointer (mouse, pen, touch) painted at the image's own size, drawn once a frame, one undoable step

@@ -17,19 +17,17 @@ const items = [];  // every image segmented or restored here, in order
 let model, calibration, serial = 0, cards = 0;
 
 
-function canvasOf(w, h, fill) {  // fill(ImageData.data) draws the pixels
-  const c = document.createElement("canvas");
-  c.width = w; c.height = h;
-  const ctx = c.getContext("2d"), image = ctx.createImageData(w, h);
+// A figure of w x h pixels, fill(data) setting their RGB (opaque), as an <img> of an encoded file: a card holds a
+// JPEG or PNG of some kilobytes per picture, where a canvas would hold its pixels (500 photos: docs/page.md)
+async function figure(w, h, caption, fill, type = "image/jpeg") {
+  const c = new OffscreenCanvas(w, h), ctx = c.getContext("2d"), image = ctx.createImageData(w, h);
+  image.data.fill(255);
   fill(image.data);
   ctx.putImageData(image, 0, 0);
-  return c;
-}
-
-function figure(canvas, caption) {
-  const f = document.createElement("figure"), c = document.createElement("figcaption");
-  canvas.setAttribute("role", "img"); canvas.setAttribute("aria-label", caption); c.textContent = caption;
-  f.append(canvas, c);
+  const f = document.createElement("figure"), img = document.createElement("img"), text = document.createElement("figcaption");
+  img.src = URL.createObjectURL(await c.convertToBlob({type, quality: 0.92}));
+  img.width = w; img.height = h; img.alt = text.textContent = caption;
+  f.append(img, text);
   return f;
 }
 
@@ -56,28 +54,33 @@ function options() {
 }
 
 // What the page shows of one photo: the contour on it, the mask, where the model is unsure (near the threshold).
-function pictures({photo, prob, mask, proposal}) {
-  const {scale, dw, dh} = displaySize(photo.w, photo.h);
-  photo.shown ??= resize(rgbOf(photo.rgba), photo.w, photo.h, 3, dw, dh, true);
-  photo.rgba = null;  // kept: the file's bytes and this; the full pixels are decoded again when needed
-  const shown = photo.shown;
+async function pictures(item) {
+  const {photo, prob, mask, proposal} = item, {scale, dw, dh} = displaySize(photo.w, photo.h);
+  // of the photo only its file's bytes are kept: its pixels are decoded again when they are needed
+  const shown = new Uint8ClampedArray(resize(rgbOf(photo.rgba ?? await pixels(item)), photo.w, photo.h, 3, dw, dh, true));
+  photo.rgba = null;
+  await breathe();
   const small = shownMask(mask, photo.w, photo.h, dw, dh, scale);
   const edge = outline(small, dw, dh, Math.max(2, Math.ceil(2 * dw / SHOWN)));  // about 2 screen pixels wide
   const p = resize(prob, model.size, model.size, 1, dw, dh, false), t = proposal.threshold;
-  const contour = canvasOf(dw, dh, d => {
+  await breathe();
+  const contour = await figure(dw, dh, "contour", d => {
     for (let i = 0; i < dw * dh; i++)
-      d.set(edge[i] ? [255, 0, 0, 255] : [shown[3 * i], shown[3 * i + 1], shown[3 * i + 2], 255], 4 * i);
+      for (let k = 0; k < 3; k++) d[4 * i + k] = edge[i] ? (k ? 0 : 255) : shown[3 * i + k];
   });
-  const maskPicture = canvasOf(dw, dh, d => {
-    for (let i = 0; i < dw * dh; i++) d.set([255 * small[i], 255 * small[i], 255 * small[i], 255], 4 * i);
-  });
-  const unsure = canvasOf(dw, dh, d => {
+  await breathe();
+  const maskPicture = await figure(dw, dh, "mask", d => {
+    for (let i = 0; i < dw * dh; i++) d[4 * i] = d[4 * i + 1] = d[4 * i + 2] = 255 * small[i];
+  }, "image/png");
+  await breathe();
+  const unsure = await figure(dw, dh, "unsure (yellow: near the threshold)", d => {
     for (let i = 0; i < dw * dh; i++) {
       const u = 1 - (p[i] < t ? (t - p[i]) / t : (p[i] - t) / (1 - t));  // 1 at the threshold, 0 at 0 or 1
-      d.set([0.4 * shown[3 * i] + 153 * u, 0.4 * shown[3 * i + 1] + 120 * u, 0.4 * shown[3 * i + 2], 255], 4 * i);
+      d[4 * i] = 0.4 * shown[3 * i] + 153 * u; d[4 * i + 1] = 0.4 * shown[3 * i + 1] + 120 * u;
+      d[4 * i + 2] = 0.4 * shown[3 * i + 2];
     }
   });
-  return [figure(contour, "contour"), figure(maskPicture, "mask"), figure(unsure, "unsure (yellow: near the threshold)")];
+  return [contour, maskPicture, unsure];
 }
 
 // 0/255 at the image's own size, as predict.py writes it
@@ -112,7 +115,8 @@ async function show(item) {
     `${(100 * area / (photo.w * photo.h)).toFixed(1)}% of the image; unsure ${item.unsure.toFixed(2)}` +
     `${item.seconds ? `; ${item.seconds.toFixed(2)} s` : ""}. `;
   text.append(link);
-  row.className = "pictures"; row.append(...pictures(item));
+  row.className = "pictures"; row.append(...(await pictures(item)));
+  for (const old of body.querySelectorAll("img, a.download")) URL.revokeObjectURL(old.src || old.href);
   body.textContent = ""; body.append(row, text, controls(item));
   card.classList.add("done"); card.classList.toggle("accepted", !!item.accepted);
   card.dataset.id = item.id; card.dataset.unsure = item.unsure;
@@ -121,7 +125,7 @@ async function show(item) {
 // The editor on one photo, with a step to the next photo of the queue after it (how many are left)
 function correct(item) {
   const next = () => { const order = inQueue(); return order.slice(order.indexOf(item) + 1); };
-  item.editor = openEditor(item.body, item, async mask => { item.mask = mask; await keep(item); },
+  item.editor = openEditor(item.body, item, pixels(item), async mask => { item.mask = mask; await keep(item); },
                            () => { item.editor = null; show(item); },
                            {label: () => `Next most unsure (${next().length} left)`, go: () => {
                              const to = next()[0];
@@ -158,10 +162,17 @@ function newCard(name) {
   return {card, body};
 }
 
+// Ends the main thread's task, so that the page answers input between the steps of a photo (docs/page.md measures
+// the longest task); the model itself runs in ONNX Runtime's worker (ort.env.wasm.proxy)
+const breathe = () => new Promise(go => setTimeout(go, 0));
+
 async function segment(file, card, body) {
   const start = performance.now(), proposal = options(), photo = await decode(file);
+  await breathe();
   const prob = await probabilities(model, rgbOf(photo.rgba), photo.w, photo.h, proposal.tta);
+  await breathe();
   const mask = maskAtSize(prob, model.size, photo.w, photo.h, proposal.threshold, proposal.largest, proposal.edgeMove);
+  await breathe();
   const item = {key: await sha256(photo.bytes), id: uniqueId(file.name), name: file.name, bytes: photo.bytes, photo,
                 prob, size: model.size, mask, proposal, card, body, order: Date.now() * 1000 + serial++,
                 seconds: (performance.now() - start) / 1000};
@@ -324,6 +335,7 @@ async function start() {
   if (await keepOffline()) return;
   ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
   ort.env.wasm.numThreads = crossOriginIsolated ? navigator.hardwareConcurrency || 1 : 1;
+  ort.env.wasm.proxy = true;  // the model runs in a worker: the page answers input while it runs
   try { model = await loadModel(ort, "./"); } catch (e) { $("status").textContent = `The model did not load: ${e.message}`; return; }
   $("threshold").value = model.threshold;
   try { await restore(); } catch (e) { $("message").textContent = `Earlier corrections could not be read: ${e.message}`; }
