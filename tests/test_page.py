@@ -183,6 +183,27 @@ def test_a_folder_of_photos_in_subfolders_is_segmented_whole_with_a_progress_lin
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "progress").text == "60 photos done")
 
 
+def test_a_folder_dragged_onto_the_page_is_searched_through_and_segmented(server, browser, tmp_path):
+    """A real drag and drop of a folder (Chromium's own drag events, through DevTools), a subfolder and a hidden
+    macOS file in it: every photo below it segmented, the hidden file left out."""
+    folder, rng = tmp_path / "dragged", np.random.default_rng(1)
+    (folder / "day2").mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
+            folder / ("day2" if i % 2 else "") / f"d{i}.jpg")
+    (folder / "._d0.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    open_page(browser, server[0])
+    x, y = browser.execute_script("const r = document.getElementById('drop').getBoundingClientRect(); "
+                                  "return [r.left + r.width / 2, r.top + r.height / 2];")
+    for kind in ("dragEnter", "dragOver", "drop"):
+        browser.execute_cdp_cmd("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": {
+            "items": [], "files": [str(folder)], "dragOperationsMask": 1}})
+    cards = finished(browser, 5)
+    assert sorted(c.find_element(By.TAG_NAME, "h2").text for c in cards) == [f"d{i}.jpg" for i in range(5)]
+    assert all("done" in c.get_attribute("class") for c in cards)
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "progress").text == "5 photos done")
+
+
 def get(address, path="/", host=None, method="GET"):
     """(status, body) of one request to the server."""
     hostport = address.split("//")[1].rstrip("/")
