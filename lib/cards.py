@@ -112,8 +112,8 @@ def validation_lines(cv):
         edge = cv["against_edge"][name]
         lines.append(f"| {CANDIDATES[name]} | {row['new']:.4f} | {row['difference']:+.4f} | "
                      f"{edge['difference']:+.4f} ± {standard_error(edge)} |")
-    return lines + ["", f"A fine-tuned model is chosen only when it beats the edge move alone here by more than "
-                    f"the standard error (±); chosen: **{CANDIDATES[cv['choice']]}**.", ""]
+    return lines + ["", "The better fine-tuned model is chosen unless it trails the edge move alone here by more than "
+                    f"twice the standard error (±); chosen: **{CANDIDATES[cv['choice']]}**.", ""]
 
 
 def fine_tuning_sentence(report):

@@ -367,24 +367,39 @@ def per_image(base, *diffs):
     return base + np.resize(np.array(diffs, float), len(base))
 
 
-def test_make_adapt_ships_a_fine_tuned_model_only_when_it_beats_the_edge_move_out_of_fold():
-    """The choice rule (lib/calibration.py) on out-of-fold scores where the right answer is known. Each case has a
-    candidate with a higher mean that the rule must not ship: picking the best mean alone fails this test."""
+def test_make_adapt_ships_a_fine_tuned_model_unless_it_is_clearly_worse_than_the_edge_move_out_of_fold():
+    """The choice rule (lib/calibration.py choose) on out-of-fold scores built to test its logic: a fine-tuned model
+    within its error of the edge move is shipped; one clearly behind it (by more than twice its standard error)
+    never is, however it compares with the model before."""
     before = 0.8 + np.linspace(-0.1, 0.1, 20)
     edge = per_image(before, 0.06, 0.05, 0.07)
-    # a uniform edge shift: the edge move undoes it; fine-tuning on top only adds noise (+0.001 on average)
+    # a uniform edge shift: fine-tuning the masks as they are falls far behind the edge move; fine-tuning with the
+    # move undone is level with it, within its error: shipped
     uniform = {"before": before, "edge": edge, "tuned": per_image(before, 0.03, 0.01),
                "tuned-moved": per_image(edge, 0.012, -0.010)}
-    assert choose(uniform, edge_move=0.08)[0] == "edge"
+    assert choose(uniform, edge_move=0.08)[0] == "tuned-moved"
     # a shift no edge move expresses (another outline): fine-tuning on the masks as they are wins, on every image
     other = {"before": before, "edge": per_image(before, 0.01, 0.0), "tuned": per_image(before, 0.05, 0.04, 0.06),
              "tuned-moved": per_image(before, 0.045, 0.01)}
     assert choose(other, edge_move=0.02)[0] == "tuned"
-    # no shift: nothing beats the model before; fine-tuning is a hair better than the edge move, within its error
-    none = {"before": before, "edge": before, "tuned": per_image(before, 0.004, -0.003),
-            "tuned-moved": per_image(before, -0.002, 0.001)}
-    assert choose(none, edge_move=0.0)[0] == "before"
-    # never worse than calibration alone: a fine-tuned model that beats the model before but not the edge move
+    # never clearly worse than calibration alone: both fine-tuned models behind the edge move on every image
     behind = {**uniform, "tuned-moved": per_image(edge, -0.004, -0.002)}
     chosen, against = choose(behind, edge_move=0.08)
     assert chosen == "edge" and against["tuned-moved"]["difference"] < 0 < behind["tuned-moved"].mean() - before.mean()
+    # and without an edge move, the model before
+    worse = {"before": before, "edge": before, "tuned": per_image(before, -0.004, -0.002),
+             "tuned-moved": per_image(before, -0.006, -0.001)}
+    assert choose(worse, edge_move=0.0)[0] == "before"
+
+def test_make_adapts_rule_on_a_real_clinics_draws_fine_tunes_and_never_falls_below_calibrate():
+    """make adapt's rule on what a real clinic's draws gave (tests/fixtures/ham10000_adapt_draws.json: make
+    adapt-clinic on HAM10000, each draw's out-of-fold IoU of 20 photos per candidate, and each candidate's mean IoU
+    on HAM's 1,030 validation photos). What it ships is never below make calibrate's edge move there by more than
+    0.002, and gains 0.005 or more on the mean; the rule before it (fine-tuned only when it beats the edge move by
+    its standard error) kept the model before in 7 of these 9 draws and gained 0.0028."""
+    draws = json.loads((ROOT / "tests" / "fixtures" / "ham10000_adapt_draws.json").read_text())["draws"]
+    gains = []
+    for draw in draws:
+        chosen, _ = choose({name: np.array(s) for name, s in draw["out_of_fold"].items()}, draw["edge_move"])
+        gains.append(draw["val"][chosen] - draw["val"]["edge"])
+    assert len(gains) == 9 and min(gains) >= -0.002 and np.mean(gains) >= 0.005, gains

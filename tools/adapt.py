@@ -11,8 +11,9 @@ DATA_DIR may be in any layout that --data-dir reads (README: Data). Its training
 folder: all but the 20% held out) calibrate the edge move (calibration.py) and, in --folds folds, score each
 candidate fitted on the other folds: the model before, the edge move alone, fine-tuning on the masks as they are
 (with an edge move on top if calibration adopts one), and fine-tuning on the masks with their edge moved back, the
-move applied after. A fine-tuned candidate wins only when it beats the edge move alone out of fold by more than its
-paired standard error (lib/calibration.py); the winner is then fitted on all training images. Its test images
+move applied after. The better fine-tuned candidate out of fold is shipped unless it trails the edge move alone
+there by more than twice its paired standard error (lib/calibration.py choose); the winner is then fitted on all
+training images. Its test images
 (test/, or that 20%) are held out and scored before and after. --out receives model.pt (float16, the edge move
 stored inside: predict.py, evaluate.py, serve.py and export.py use it), README.md (its card), adapt.json, the
 fine-tuning run (train.py's files) and folds/ (each fold's runs).

@@ -33,7 +33,8 @@ import project_root  # noqa: F401 (first: lib/ and the top-level modules import 
 
 from lib import cli, layouts, model_files, readers, saving
 from lib.annotators import ANNOTATORS
-from lib.calibration import EDGE_MOVES, RULES, THRESHOLDS, calibrate, calibrate_one_se, edge_curves, iou_curves
+from lib.calibration import (CLEARLY_WORSE, EDGE_MOVES, RULES, THRESHOLDS, calibrate, calibrate_one_se, edge_curves,
+                             iou_curves)
 from lib.checkpoints import load_checkpoint
 from lib.device import pick_device
 from lib.errors import UsageError
@@ -243,18 +244,22 @@ def run_clinic(pools, base, done, args, device):
 
 def clinic_table(rows, split):
     """Markdown: per draw the clinic's IoU on `split` before, calibrated (make calibrate's move), each fine-tuned
-    candidate, adapted (make adapt's choice), the choice and the best candidate in hindsight; then their means."""
+    candidate, adapted (what make adapt's rule of today ships: every candidate was fitted on all the draw's photos,
+    so a draw run under an older rule reads it from its row), the choice and the best candidate in hindsight; then
+    their means."""
     head = ["images", "seed", "before", "calibrate", "fine-tuned", "fine-tuned, moved labels", "adapt",
             "adapt - calibrate", "chosen", "best in hindsight"]
-    keys = ["before", "edge", "tuned", "tuned-moved", "adapted"]
+    keys = ["before", "edge", "tuned", "tuned-moved"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['images']} | {r['seed']} | " + " | ".join(f"{float(r[f'{split}_{k}']):.4f}" for k in keys)
-                     + f" | {float(r[f'{split}_adapted']) - float(r[f'{split}_edge']):+.4f} | {r['chosen']} | "
-                     f"{r[f'{split}_best']} |")
-    for n in sorted({int(r["images"]) for r in rows}):
-        mine = [r for r in rows if int(r["images"]) == n]
+        scores = [float(r[f"{split}_{k}"]) for k in keys] + [float(r[f"{split}_{MAKE_ADAPTS_RULE(r)}"])]
+        lines.append(f"| {int(float(r['images']))} | {int(float(r['seed']))} | "
+                     + " | ".join(f"{s:.4f}" for s in scores) + f" | {scores[-1] - scores[1]:+.4f} | "
+                     f"{MAKE_ADAPTS_RULE(r)} | {r[f'{split}_best']} |")
+    for n in sorted({int(float(r["images"])) for r in rows}):
+        mine = [r for r in rows if int(float(r["images"])) == n]
         means = [np.mean([float(r[f"{split}_{k}"]) for r in mine]) for k in keys]
+        means.append(np.mean([float(r[f"{split}_{MAKE_ADAPTS_RULE(r)}"]) for r in mine]))
         lines.append(f"| {n}, mean of {len(mine)} | | " + " | ".join(f"**{m:.4f}**" for m in means)
                      + f" | **{means[-1] - means[1]:+.4f}** | | |")
     return "\n".join(lines)
@@ -271,13 +276,18 @@ def clinic_rule(cv_clears, fallback):
     return rule
 
 
-# The rules compared on the clinic's draws (--clinic): make adapt's (lib/calibration.choose) and its alternatives
-CLINIC_RULES = {"fine-tuned when it beats the edge move by more than its standard error": clinic_rule(
-                    lambda gain, se: gain > se, "edge"),
+# The rules compared on the clinic's draws (--clinic): make adapt's (lib/calibration.choose), the one it replaced
+# and their alternatives
+CLINIC_RULES = {"fine-tuned when it beats the edge move by more than its standard error (until 2026-12-05)":
+                clinic_rule(lambda gain, se: gain > se, "edge"),
                 "fine-tuned unless it trails the edge move by more than its standard error": clinic_rule(
                     lambda gain, se: gain >= -se, "edge"),
+                "fine-tuned unless it trails the edge move by more than twice its standard error (make adapt's)":
+                clinic_rule(lambda gain, se: gain >= -CLEARLY_WORSE * se, "edge"),
                 "always the edge move (make calibrate)": clinic_rule(lambda gain, se: False, "edge"),
                 "always fine-tuned (the better one by cross-validation)": clinic_rule(lambda gain, se: True, "edge")}
+MAKE_ADAPTS_RULE = CLINIC_RULES["fine-tuned unless it trails the edge move by more than twice its standard error "
+                                "(make adapt's)"]
 
 
 def rule_table(rows):
