@@ -166,15 +166,22 @@ def test_bad_files_get_a_sentence_and_the_page_goes_on(server, browser, syntheti
     assert "strictly between 0 and 1" in finished(browser, 5)[4].text
 
 
+def clinic_folder(folder, n, prefix):
+    """A folder of n small random photos (<prefix>00.jpg ...), every second one in its subfolder day2/, and a hidden
+    macOS resource fork beside them, which is no photo."""
+    rng = np.random.default_rng(n)
+    (folder / "day2").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
+            folder / ("day2" if i % 2 else "") / f"{prefix}{i:02d}.jpg")
+    (folder / f"._{prefix}00.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    return folder
+
+
 def test_a_folder_of_photos_in_subfolders_is_segmented_whole_with_a_progress_line(server, browser, tmp_path):
     """A chosen folder (the folder picker) of 60 photos, in a subfolder too, with a hidden macOS file beside them:
     every photo segmented in turn, no cap on their number, and a progress line that ends saying so."""
-    folder, rng = tmp_path / "clinic", np.random.default_rng(0)
-    (folder / "day2").mkdir(parents=True)
-    for i in range(60):
-        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
-            folder / ("day2" if i % 2 else "") / f"p{i:02d}.jpg")
-    (folder / "._p00.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    folder = clinic_folder(tmp_path / "clinic", 60, "p")
     open_page(browser, server[0])
     browser.find_element(By.ID, "folder").send_keys(str(folder))
     cards = finished(browser, 60)
@@ -186,12 +193,7 @@ def test_a_folder_of_photos_in_subfolders_is_segmented_whole_with_a_progress_lin
 def test_a_folder_dragged_onto_the_page_is_searched_through_and_segmented(server, browser, tmp_path):
     """A real drag and drop of a folder (Chromium's own drag events, through DevTools), a subfolder and a hidden
     macOS file in it: every photo below it segmented, the hidden file left out."""
-    folder, rng = tmp_path / "dragged", np.random.default_rng(1)
-    (folder / "day2").mkdir(parents=True)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
-            folder / ("day2" if i % 2 else "") / f"d{i}.jpg")
-    (folder / "._d0.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    folder = clinic_folder(tmp_path / "dragged", 5, "d")
     open_page(browser, server[0])
     x, y = browser.execute_script("const r = document.getElementById('drop').getBoundingClientRect(); "
                                   "return [r.left + r.width / 2, r.top + r.height / 2];")
@@ -199,7 +201,7 @@ def test_a_folder_dragged_onto_the_page_is_searched_through_and_segmented(server
         browser.execute_cdp_cmd("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": {
             "items": [], "files": [str(folder)], "dragOperationsMask": 1}})
     cards = finished(browser, 5)
-    assert sorted(c.find_element(By.TAG_NAME, "h2").text for c in cards) == [f"d{i}.jpg" for i in range(5)]
+    assert sorted(c.find_element(By.TAG_NAME, "h2").text for c in cards) == [f"d{i:02d}.jpg" for i in range(5)]
     assert all("done" in c.get_attribute("class") for c in cards)
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "progress").text == "5 photos done")
 
