@@ -123,8 +123,9 @@ def load_data(args, device):
         parts = [load_splits(d, args.image_size, args.val_fraction, args.split_seed, args.cache_dir, args.workers,
                              args.memory_map) for d in args.data_dir]
 
-    train, val = (join([p[split] for p in parts]) for split in ("train", "val"))
-    (train_images, train_masks), val = (train["images"], train["masks"]), (val["images"], val["masks"])
+    train, val = join([p["train"] for p in parts]), join([p["val"] for p in parts])
+    train_images, train_masks = train["images"], train["masks"]
+    val = (val["images"], val["masks"])
     if len(train_images) < 2:
         raise DataError(f"{len(train_images)} training image(s) in {', '.join(args.data_dir)}: training needs at least "
                         "2 (fine-tuning with make adapt: 10 or more labelled images)")

@@ -47,7 +47,7 @@ def paired_comparison(base_files, new_files, metric):
 
 def print_paired(args):
     d = paired_comparison(args.paired, args.vs, args.metric)
-    print(f"{args.metric} over {d['n']} images: {d['base']:.4f} -> {d['new']:.4f}, difference "
+    print(f"{args.metric} over {cli.plural(d['n'], 'image')}: {d['base']:.4f} -> {d['new']:.4f}, difference "
           f"{d['difference']:+.4f} ± {d['standard_error']:.4f} (paired standard error); second model better on "
           f"{d['new_better']}, worse on {d['new_worse']}")
 
@@ -98,7 +98,7 @@ def main(argv=None):
     summary["code"] = run_folder.record_code(out, f"{name}_code.diff")  # the commit, and any edit beside it
     path = saving.write_results(out, name, summary, per_image, split["ids"])
     at_model_size = [k for k in per_image if not k.startswith(("tta_", "fullres_", "pooled_"))]  # lib/metrics.py's
-    print(f"{args.split} ({summary['n_images']} images): " + ", ".join(
+    print(f"{args.split} ({cli.plural(summary['n_images'], 'image')}): " + ", ".join(
         f"{k} {summary[k]:.4f}" for k in ("loss", *at_model_size, "tta_iou", "fullres_iou", "fullres_tta_iou")
         if k in summary) + f" -> {path}")
 

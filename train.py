@@ -299,9 +299,9 @@ def test_best_checkpoint(model, out, tests, args, device, amp, loss):
     for name, test in tests.items():
         summary, per_image = score_model(model, test, loss, 2 * args.batch_size, device, amp)
         path = saving.write_results(out, name, summary, per_image, test["ids"])
-        print(f"{name} (best epoch {best['epoch']}, {summary['n_images']} images): loss {summary['loss']:.4f}  "
-              f"IoU {summary['iou']:.4f}  Dice {summary['dice']:.4f}  with flip TTA: IoU {summary['tta_iou']:.4f}  "
-              f"at full resolution: IoU {summary['fullres_iou']:.4f} -> {path}")
+        print(f"{name} (best epoch {best['epoch']}, {cli.plural(summary['n_images'], 'image')}): loss "
+              f"{summary['loss']:.4f}  IoU {summary['iou']:.4f}  Dice {summary['dice']:.4f}  with flip TTA: IoU "
+              f"{summary['tta_iou']:.4f}  at full resolution: IoU {summary['fullres_iou']:.4f} -> {path}")
         summaries.append(summary)
     if not tests:
         print(f"no test split in {', '.join(args.data_dir)}: score other data with evaluate.py --checkpoint "
