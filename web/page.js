@@ -57,7 +57,7 @@ function options() {
 async function pictures(item) {
   const {photo, prob, mask, proposal} = item, {scale, dw, dh} = displaySize(photo.w, photo.h);
   // of the photo only its file's bytes are kept: its pixels are decoded again when they are needed
-  const shown = new Uint8ClampedArray(resize(rgbOf(photo.rgba ?? await pixels(item)), photo.w, photo.h, 3, dw, dh, true));
+  const shown = resize(rgbOf(photo.rgba ?? await pixels(item)), photo.w, photo.h, 3, dw, dh, true);
   photo.rgba = null;
   await breathe();
   const small = shownMask(mask, photo.w, photo.h, dw, dh, scale);
