@@ -62,9 +62,13 @@ def fixed_copies(images, masks, copies, seed):
 
 
 def applied(copies, random, shift_share):
-    """The augmentations a run with these flags (--aug-copies, --random-aug, --shift-aug) applies, one line each."""
-    lines = [f"fixed_copies: {copies} cop{'y' if copies == 1 else 'ies'} of each training image, made once, each "
-             f"{' or '.join(FLIPS)}, then turned by 0-{QUARTER_TURNS - 1} quarter turns" if copies
+    """The augmentations a run with these flags (--aug-copies, --random-aug, --shift-aug) applies, one line each;
+    copies: --aug-copies for each --data-dir folder."""
+    made = f"made once, each {' or '.join(FLIPS)}, then turned by 0-{QUARTER_TURNS - 1} quarter turns"
+    n = copies[0]
+    lines = [f"fixed_copies: {', '.join(map(str, copies))} copies of each training image of the --data-dir folders "
+             f"in turn, {made}" if len(set(copies)) > 1
+             else f"fixed_copies: {n} cop{'y' if n == 1 else 'ies'} of each training image, {made}" if n
              else "fixed_copies: none (--aug-copies 0)"]
     if not random:
         return lines + ["for_epoch: off (no --random-aug): random_distort and random_shift are not called"]

@@ -115,6 +115,18 @@ def split_to_score(data_dir, split, configs, cache_dir="cache", workers=2):
     return load_test(data_dir, size, configs[0]["split_seed"], trained_on, cache_dir, workers)
 
 
+def copies_per_folder(args):
+    """--aug-copies for each --data-dir: one number for all, or one each (a config.json before 2026-12: one int)."""
+    copies = [args.aug_copies] if isinstance(args.aug_copies, int) else args.aug_copies
+    return copies * len(args.data_dir) if len(copies) == 1 else copies
+
+
+def originals_first(made, counts):
+    """Several folders' fixed_copies() results as one: every folder's originals, then every folder's copies."""
+    return tuple(torch.cat([x[:n] for x, n in zip(xs, counts)] + [x[n:] for x, n in zip(xs, counts)])
+                 for xs in zip(*made))
+
+
 def load_data(args, device):
     """{'train': (images, masks) augmented, 'val': (images, masks), 'tests': {results name: load_split() result},
     'panel_idx', 'sizes': lines that count them}. Decoded once into uint8 tensors, split before augmentation, each
@@ -129,7 +141,9 @@ def load_data(args, device):
     if len(train_images) < 2:
         raise DataError(f"{len(train_images)} training image(s) in {', '.join(args.data_dir)}: training needs at least "
                         "2 (fine-tuning with make adapt: 10 or more labelled images)")
-    train = augment.fixed_copies(train_images, train_masks, args.aug_copies, args.seed)
+    made = [augment.fixed_copies(p["train"]["images"], p["train"]["masks"], n, args.seed)
+            for p, n in zip(parts, copies_per_folder(args))]
+    train = made[0] if len(made) == 1 else originals_first(made, [len(p["train"]["ids"]) for p in parts])
     # the first folder's test split is the run's test_metrics.json; each further one's test_<folder>_metrics.json
     tests = {"test" if n == 0 else f"test_{Path(d).name}": p["test"]
              for n, (d, p) in enumerate(zip(args.data_dir, parts)) if p["test"] is not None}

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import augment
-from data import load_data
+from data import copies_per_folder, load_data
 from lib import cli, distributed, run_folder, saving
 from lib.checkpoints import architecture_of, read_checkpoint
 from lib.device import autocast, pick_device
@@ -112,8 +112,9 @@ def optimisation_flags(g):
 
 def augmentation_flags(g):
     """train.py's augmentation flags: flags added to the argument group g."""
-    g.add_argument("--aug-copies", type=int, default=3,
-                   help="flipped and turned copies added per training image (augment.FLIPS; 3: 4x data)")
+    g.add_argument("--aug-copies", type=int, nargs="+", default=[3], metavar="N",
+                   help="flipped and turned copies added per training image (augment.FLIPS; 3: 4x data); with several "
+                        "--data-dir one number for all, or one each (3 0: copies of the first folder's images only)")
     g.add_argument("--random-aug", default=False, action="store_true",
                    help="also rotate (any angle), zoom (0.8-1.25x) and colour-jitter every batch at random; turns the "
                         "feature cache off")
@@ -184,10 +185,12 @@ def parse_args(argv=None):
               (args.encoder_lr_scale >= 0, "--encoder-lr-scale must be at least 0"),
               (args.weight_decay >= 0, "--weight-decay must be at least 0"),
               (args.warmup_epochs >= 0, "--warmup-epochs must be at least 0"),
-              (args.aug_copies >= 0, "--aug-copies must be at least 0"),
+              (min(args.aug_copies) >= 0, "--aug-copies must be at least 0"),
+              (len(args.aug_copies) in (1, len(args.data_dir)),
+               f"--aug-copies: one number, or one for each of the {len(args.data_dir)} --data-dir folders"),
               (0 <= args.shift_aug <= 1, "--shift-aug is a share of the images, from 0 to 1 (e.g. 0.5)"),
               (args.workers >= 0, "--workers must be at least 0"),
-              (not args.memory_map or (args.aug_copies == 0 and len(args.data_dir) == 1),
+              (not args.memory_map or (args.aug_copies == [0] and len(args.data_dir) == 1),
                "--memory-map keeps the images on disk: give it --aug-copies 0 (copies would fill memory; "
                "--random-aug augments each batch instead) and one --data-dir"),
               (args.viz_every >= 0, "--viz-every must be at least 0"),
@@ -374,7 +377,7 @@ def main(argv=None):
         ema = copy.deepcopy(model).requires_grad_(False).eval() if args.ema else None
         # only now: bad flags, data or weights leave nothing behind
         with distributed.main_only(run_folder.run_log(out, args.resume, args.overwrite)):
-            config["augmentations"] = augment.applied(args.aug_copies, args.random_aug, args.shift_aug)
+            config["augmentations"] = augment.applied(copies_per_folder(args), args.random_aug, args.shift_aug)
             if distributed.is_main():
                 config["code"] = run_folder.record_code(out)
                 saving.write_json(out / "config.json", config)

@@ -119,6 +119,21 @@ def test_several_data_dirs_train_on_the_union_and_test_each_apart(synthetic, pai
     assert len(history) == 1 and history[0]["val_iou"] >= 0  # validated on 4 + 4 images
 
 
+def test_aug_copies_may_name_one_number_per_data_dir(synthetic, pairs, tmp_path, capsys):
+    """--aug-copies 1 0: the first folder's images copied once, the second's as they are; the originals first."""
+    other = lay_out(tmp_path / "isic2017", "ISIC 2017 Part 1",
+                    {"train": pairs[:8], "val": pairs[8:12], "test": pairs[12:16]})
+    train.main(train_args(synthetic[0], tmp_path / "run", "--data-dir", str(synthetic[0]), str(other),
+                          "--aug-copies", "1", "0"))
+    printed = capsys.readouterr().out
+    assert "training on 80 images (44 originals)" in printed  # 36 + 36 copies of the synthetic, 8 of the other
+    assert "fixed_copies: 1, 0 copies of each training image of the --data-dir folders in turn" in printed
+    with pytest.raises(SystemExit):
+        train.main(train_args(synthetic[0], tmp_path / "run2", "--data-dir", str(synthetic[0]), str(other),
+                              "--aug-copies", "1", "0", "2"))
+    assert "one for each of the 2 --data-dir folders" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not (REAL_DATA.is_dir() and HAM.is_dir()), reason="needs ../shared/isic2016 and ham10000")
 def test_two_real_sources_train_together_as_make_two_source_does(tmp_path, capsys):
     """A few real photos of each source, laid out as each comes (ISIC 2016's official folders; HAM10000's plain
