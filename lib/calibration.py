@@ -160,14 +160,18 @@ CLEARLY_WORSE = 2.0  # paired standard errors behind the edge move alone, out of
 
 
 def choose(scores, edge_move):
-    """(the candidate to ship, {candidate: paired_difference() against the edge move alone}) from out-of-fold
-    per-image IoU {candidate: [N]}: the fine-tuned candidate with the best mean among those not behind the edge
-    move alone by more than CLEARLY_WORSE standard errors, else "edge" when calibration on all images adopts a move
-    (edge_move != 0), else "before"."""
-    reference = scores["edge"]
-    against = {name: paired_difference(reference, s) for name, s in scores.items()}
-    kept = [name for name in FINE_TUNED if name in scores and against[name]["n"] > 1
-            and against[name]["difference"] >= -CLEARLY_WORSE * against[name]["standard_error"]]
+    """(the candidate to ship by choice(), {candidate: paired_difference() against the edge move alone}) from
+    out-of-fold per-image IoU {candidate: [N]}."""
+    against = {name: paired_difference(scores["edge"], s) for name, s in scores.items()}
+    return choice(against, edge_move), against
+
+
+def choice(against, edge_move, clearly_worse=CLEARLY_WORSE):
+    """make adapt's rule on each candidate's paired_difference() against the edge move alone: the fine-tuned
+    candidate with the best mean among those not behind the edge move by more than clearly_worse standard errors,
+    else "edge" when calibration on all images adopts a move (edge_move != 0), else "before"."""
+    kept = [name for name in FINE_TUNED if name in against and against[name]["n"] > 1
+            and against[name]["difference"] >= -clearly_worse * against[name]["standard_error"]]
     if kept:
-        return max(kept, key=lambda name: against[name]["new"]), against
-    return ("edge" if edge_move else "before"), against
+        return max(kept, key=lambda name: against[name]["difference"])
+    return "edge" if edge_move else "before"

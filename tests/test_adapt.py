@@ -19,7 +19,7 @@ import evaluate
 import predict
 import train
 from lib import annotators, calibration, cards, layouts, readers, saving
-from lib.calibration import choose
+from lib.calibration import choice, choose
 from lib.errors import DataError
 from lib.model_files import PT as RELEASED
 from lib.checkpoints import load_checkpoint, read_checkpoint
@@ -141,7 +141,7 @@ def test_adapt_cross_validates_its_candidates_and_ships_the_one_its_rule_chose(s
     assert move < 0 and cv["folds"] == 2 and cv["images"] == 10  # looser masks: the edge moves out
     scores = {name: row["new"] for name, row in cv["against_before"].items()}
     assert set(scores) == {"before", "edge", "tuned", "tuned-moved"} and scores["edge"] > scores["before"] + 0.01
-    assert report["choice"] == choose_from_report(cv, move)
+    assert report["choice"] == choice(cv["against_edge"], move)  # the rule, on what adapt.json records
     config = load_checkpoint(tmp_path / "run" / "model.pt")[1]
     assert config["threshold"] == 0.5 and config["edge_move"] == report["edge_move"]
     assert ("adapted" if report["choice"] in ("tuned", "tuned-moved") else "calibrated") in (
@@ -153,13 +153,6 @@ def test_adapt_cross_validates_its_candidates_and_ships_the_one_its_rule_chose(s
         mine = readers.read_binary_mask(folder / "train" / "masks" / target.name)
         moved_back = readers.read_binary_mask(target)
         assert (moved_back <= mine).all() and moved_back.sum() < mine.sum()
-
-
-def choose_from_report(cv, move):
-    """The choice rule applied to the differences adapt.json records (choose() needs the per-image scores)."""
-    clear = [n for n in ("tuned", "tuned-moved") if cv["against_edge"][n]["difference"]
-             > cv["against_edge"][n]["standard_error"]]
-    return max(clear, key=lambda n: cv["against_edge"][n]["new"]) if clear else ("edge" if move else "before")
 
 
 def test_a_calibrated_edge_move_reaches_predict_evaluate_the_onnx_file_and_the_page(synthetic, tmp_path):

@@ -19,6 +19,7 @@ did not choose, so that each is scored). Writes results.csv (one row per shift, 
 continues where it stopped), table.md (the chosen model as "adapted"), choice.md (every candidate, the choice and
 what it cost against the best one) and adapt_experiment.png to --out.
 """
+import math
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,8 @@ import project_root  # noqa: F401 (first: lib/ and the top-level modules import 
 
 from lib import cli, layouts, model_files, readers, saving
 from lib.annotators import ANNOTATORS
-from lib.calibration import (CLEARLY_WORSE, EDGE_MOVES, RULES, THRESHOLDS, calibrate, calibrate_one_se, edge_curves,
-                             iou_curves)
+from lib.calibration import (CLEARLY_WORSE, EDGE_MOVES, FINE_TUNED, RULES, THRESHOLDS, calibrate, calibrate_one_se,
+                             choice, edge_curves, iou_curves)
 from lib.checkpoints import load_checkpoint
 from lib.device import pick_device
 from lib.errors import UsageError
@@ -265,27 +266,24 @@ def clinic_table(rows, split):
     return "\n".join(lines)
 
 
-def clinic_rule(cv_clears, fallback):
-    """A rule on a draw's row: the best fine-tuned candidate by cross-validation if cv_clears(its gain over the edge
-    move, that gain's standard error), else fallback (the edge move when calibration adopted one, else before)."""
+def clinic_rule(clearly_worse):
+    """lib/calibration.choice with this clearly_worse, on a draw's row (its cross-validation columns)."""
     def rule(row):
-        tuned = max(("tuned", "tuned-moved"), key=lambda k: float(row[f"cv_{k}"]))
-        if cv_clears(float(row[f"cv_{tuned}"]), float(row[f"cv_se_{tuned}"])):
-            return tuned
-        return fallback if fallback != "edge" or float(row["edge_move"]) else "before"
+        against = {k: {"n": int(float(row["images"])), "difference": float(row[f"cv_{k}"]),
+                       "standard_error": float(row[f"cv_se_{k}"])} for k in FINE_TUNED}
+        return choice(against, float(row["edge_move"]), clearly_worse)
     return rule
 
 
-# The rules compared on the clinic's draws (--clinic): make adapt's (lib/calibration.choose), the one it replaced
-# and their alternatives
+# The rules compared on the clinic's draws (--clinic): make adapt's (lib/calibration.choice), the one it replaced
+# (clearly_worse -1: ahead by more than one standard error) and their alternatives
 CLINIC_RULES = {"fine-tuned when it beats the edge move by more than its standard error (until 2026-12-05)":
-                clinic_rule(lambda gain, se: gain > se, "edge"),
-                "fine-tuned unless it trails the edge move by more than its standard error": clinic_rule(
-                    lambda gain, se: gain >= -se, "edge"),
+                clinic_rule(-1.0),
+                "fine-tuned unless it trails the edge move by more than its standard error": clinic_rule(1.0),
                 "fine-tuned unless it trails the edge move by more than twice its standard error (make adapt's)":
-                clinic_rule(lambda gain, se: gain >= -CLEARLY_WORSE * se, "edge"),
-                "always the edge move (make calibrate)": clinic_rule(lambda gain, se: False, "edge"),
-                "always fine-tuned (the better one by cross-validation)": clinic_rule(lambda gain, se: True, "edge")}
+                clinic_rule(CLEARLY_WORSE),
+                "always the edge move (make calibrate)": clinic_rule(-math.inf),
+                "always fine-tuned (the better one by cross-validation)": clinic_rule(math.inf)}
 MAKE_ADAPTS_RULE = CLINIC_RULES["fine-tuned unless it trails the edge move by more than twice its standard error "
                                 "(make adapt's)"]
 
