@@ -23,7 +23,6 @@ import numpy as np
 
 from lib import cli, distributed, model_files, photos, saving, watching
 from lib.errors import Interrupted, StorageError, UsageError
-from lib.masks import unsure
 from lib.segmenter import Segmenter
 
 SAVE_SECONDS = 30  # unsure.csv is rewritten whole at most this often while masks are written
@@ -40,10 +39,9 @@ def decoded_batches(paths, size, batch_size, pool):
         yield [(path, *result) for path, result in zip(batch, done)]
 
 
-def write_one(segmenter, prob, photo, name, args):
-    """One photo's outputs from its probabilities: its mask at the photo's own size (and overlay), written whole."""
-    mask = segmenter.mask(prob, *photo.size, args.largest_component, args.threshold)
-    photos.write_outputs(photo, mask, name, args.overlay)
+def write_options(args):
+    """Segmenter.write()'s options from the flags: --largest-component, --threshold, --overlay."""
+    return args.largest_component, args.threshold, args.overlay
 
 
 def parse_args(argv=None):
@@ -121,8 +119,8 @@ def write_masks(segmenter, todo, names, out, args, scores):
             readable = [(path, photo, small) for path, photo, small in batch if photo is not None]
             probs = segmenter.probabilities(np.stack([small for *_, small in readable]), args.tta) if readable else []
             for (path, photo, _), prob in zip(readable, probs):
-                scores.add(names[path], unsure(prob, segmenter.threshold if args.threshold is None else args.threshold))
-                writes.append(pool.submit(write_one, segmenter, prob, photo, names[path], args))
+                scores.add(names[path], segmenter.unsure(prob, args.threshold))
+                writes.append(pool.submit(segmenter.write, prob, photo, names[path], *write_options(args)))
                 if len(writes) > 2 * args.batch_size:  # a bounded queue: its errors seen early, its photos freed
                     writes[-2 * args.batch_size].result()
             bar.update(len(batch))
@@ -182,8 +180,8 @@ def watch(segmenter, out, handled, args):
     """--watch: each new or changed photo of the inputs segmented and written as the first pass wrote them, until
     Ctrl-C or SIGTERM; handled: {photo: its output prefix or None} of the first pass."""
     print(f"watching {', '.join(args.inputs)} for new photos; their masks go to {out}/ (Ctrl-C stops)", flush=True)
-    more = watching.watch(args.inputs, out, handled, segmenter.image_size, lambda photo, small, name: write_one(
-        segmenter, segmenter.probabilities(small[None], args.tta)[0], photo, name, args))
+    more = watching.watch(args.inputs, out, handled, segmenter.image_size, lambda photo, small, name: segmenter.write(
+        segmenter.probabilities(small[None], args.tta)[0], photo, name, *write_options(args)))
     print(f"stopped watching: wrote {cli.plural(more, 'more mask')} to {out}/")
 
 
@@ -222,7 +220,8 @@ def main(argv=None):
     try:
         if args.cluster:
             from lib import cluster  # here: ray is an extra (requirements-cluster.txt)
-            written, failures = cluster.write_masks(args.checkpoint, todo, names, out, args, scores)
+            written, failures = cluster.write_masks(args.checkpoint, todo, names, out, args, scores,
+                                                        write_options(args))
         else:
             written, failures = write_masks(segmenter, todo, names, out, args, scores)
     except (Interrupted, StorageError):

@@ -12,7 +12,6 @@ import numpy as np
 
 from lib import cli, photos, saving
 from lib.errors import Interrupted, UsageError
-from lib.masks import unsure
 from lib.segmenter import Segmenter
 
 RAY_MISSING = ("--cluster needs Ray Data, which the light install leaves out: `make cluster-setup` (or "
@@ -22,21 +21,19 @@ RAY_MISSING = ("--cluster needs Ray Data, which the light install leaves out: `m
 class Segment:
     """A Ray Data actor: one loaded model; each batch of photos (columns path, name) decoded, segmented, written."""
 
-    def __init__(self, checkpoint, threads, options):
+    def __init__(self, checkpoint, threads, tta, options):
         self.segmenter = Segmenter.load(checkpoint, "cpu", threads=threads)
-        self.tta, self.largest, self.threshold, self.overlay = options
+        self.tta, self.options = tta, options  # Segmenter.write's: largest_component, threshold, overlay
 
     def __call__(self, batch):
-        model, threshold = self.segmenter, self.threshold
+        model = self.segmenter
         decoded = [photos.decode(path, model.image_size) for path in batch["path"]]
         readable = [n for n, (photo, _) in enumerate(decoded) if photo is not None]
         probs = model.probabilities(np.stack([decoded[n][1] for n in readable]), self.tta) if readable else []
         scores, errors = [float("nan")] * len(decoded), [why for _, why in decoded]
         for n, prob in zip(readable, probs):
-            photo = decoded[n][0]
-            mask = model.mask(prob, *photo.size, self.largest, threshold)
-            photos.write_outputs(photo, mask, batch["name"][n], self.overlay)
-            scores[n] = unsure(prob, model.threshold if threshold is None else threshold)
+            model.write(prob, decoded[n][0], batch["name"][n], *self.options)
+            scores[n] = model.unsure(prob, self.options[1])
             errors[n] = ""
         return {"path": batch["path"], "name": batch["name"], "unsure": scores, "error": errors}
 
@@ -68,9 +65,9 @@ def connect(address):
     return ray
 
 
-def write_masks(checkpoint, todo, names, out, args, scores):
+def write_masks(checkpoint, todo, names, out, args, scores, options):
     """predict.py's write_masks on the cluster: (masks written, [unreadable: why]), each mask's unsure score added
-    to `scores`. Actors: the cluster's CPUs over --actor-cpus, each with that many ONNX Runtime threads."""
+    to `scores`; options: Segmenter.write's. Actors: the cluster's CPUs over --actor-cpus, each with that many ONNX Runtime threads."""
     ray = connect(args.cluster)
     actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // args.actor_cpus)
     rows = [{"path": str(p), "name": str(names[p])} for p in todo]
@@ -82,8 +79,7 @@ def write_masks(checkpoint, todo, names, out, args, scores):
                 4 * actors, len(rows) // (4 * args.batch_size))))
             # Ray Data's actors restart when their process dies, and a dead actor's batch is retried (its
             # defaults: max_restarts and max_task_retries -1); tests/test_cluster.py kills one
-            options = (args.tta, args.largest_component, args.threshold, args.overlay)
-            results = dataset.map_batches(Segment, fn_constructor_args=(checkpoint, args.actor_cpus, options),
+            results = dataset.map_batches(Segment, fn_constructor_args=(checkpoint, args.actor_cpus, args.tta, options),
                                           batch_size=args.batch_size, batch_format="numpy", num_cpus=args.actor_cpus,
                                           compute=ray.data.ActorPoolStrategy(size=actors))
             for row in results.iter_rows():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import model_files, readers
+from lib import model_files, photos, readers
 from lib.errors import ModelFileError, UsageError
-from lib.masks import checked_edge_move, checked_threshold, mask_at_size
+from lib.masks import checked_edge_move, checked_threshold, mask_at_size, unsure
 
 TORCH_MISSING = ("{path} is a PyTorch checkpoint, and PyTorch is not installed here (make predict installs only "
                  "ONNX Runtime). Install it with `.venv/bin/pip install -r requirements.txt` (or `make setup`), or "
@@ -137,6 +137,15 @@ class Segmenter:
         move applied, with largest_component only its largest region."""
         threshold = self.threshold if threshold is None else checked_threshold(threshold)
         return mask_at_size(prob, width, height, threshold, largest_component, self.edge_move)
+
+    def write(self, prob, photo, name, largest_component=False, threshold=None, overlay=False):
+        """One photo's outputs from its probabilities: its mask at the photo's own size (and overlay) under name,
+        written whole (photos.write_outputs)."""
+        photos.write_outputs(photo, self.mask(prob, *photo.size, largest_component, threshold), name, overlay)
+
+    def unsure(self, prob, threshold=None):
+        """masks.unsure() of one probability map at this model's threshold (or threshold)."""
+        return unsure(prob, self.threshold if threshold is None else threshold)
 
     def segment(self, image, tta=True, largest_component=True, threshold=None):
         """Boolean mask [H,W] of one image at its own size: a file's path, a PIL image or a numpy array (uint8
