@@ -176,12 +176,18 @@ def inputs_now(args):
         raise
 
 
-def watch(segmenter, out, handled, args):
-    """--watch: each new or changed photo of the inputs segmented and written as the first pass wrote them, until
-    Ctrl-C or SIGTERM; handled: {photo: its output prefix or None} of the first pass."""
+def watch(segmenter, out, handled, args, scores):
+    """--watch: each new or changed photo of the inputs segmented and written as the first pass wrote them, its
+    unsure score saved at once, until Ctrl-C or SIGTERM; handled: {photo: its output prefix or None} of the first
+    pass."""
     print(f"watching {', '.join(args.inputs)} for new photos; their masks go to {out}/ (Ctrl-C stops)", flush=True)
-    more = watching.watch(args.inputs, out, handled, segmenter.image_size, lambda photo, small, name: segmenter.write(
-        segmenter.probabilities(small[None], args.tta)[0], photo, name, *write_options(args)))
+
+    def segment_and_write(photo, small, name):
+        prob = segmenter.probabilities(small[None], args.tta)[0]
+        segmenter.write(prob, photo, name, *write_options(args))
+        scores.add(name, segmenter.unsure(prob, args.threshold))
+        scores.save()  # photos come one by one: unsure.csv ranks each as it comes
+    more = watching.watch(args.inputs, out, handled, segmenter.image_size, segment_and_write)
     print(f"stopped watching: wrote {cli.plural(more, 'more mask')} to {out}/")
 
 
@@ -237,7 +243,7 @@ def main(argv=None):
               + (f" ({skipped} skipped: already in {out}/)" if skipped else "")
               + (f"; {cli.plural(unreadable, 'image')} not segmented" if unreadable else ""))
     if args.watch:
-        watch(segmenter, out, {p: names.get(p) for p in found}, args)
+        watch(segmenter, out, {p: names.get(p) for p in found}, args, scores)
     if failures:
         raise UsageError(f"{len(failures)} of {cli.plural(len(mine) + len(unnamed), 'image')} not segmented (the "
                          "other masks were written):\n  " + "\n  ".join(failures))

@@ -15,6 +15,7 @@ from conftest import ROOT
 from PIL import Image
 
 import predict
+from lib import saving
 from lib.errors import StorageError, UsageError
 
 
@@ -58,6 +59,35 @@ def test_ctrl_c_leaves_whole_files_says_how_far_and_skip_existing_finishes(tmp_p
     assert result.returncode == 0, result.stderr
     assert f"wrote {40 - written} masks to {out}/ ({written} skipped: already in {out}/)" in result.stdout
     assert len(list(out.glob("*_segmentation.png"))) == len(list(out.glob("*_overlay.jpg"))) == 40
+
+
+def test_unsure_scores_saved_while_masks_are_written_survive_a_kill_9(tmp_path):
+    """unsure.csv is saved every SAVE_SECONDS while masks are written (here 0: with each), so a run killed with a real
+    kill -9, which saves nothing at its end, keeps the scores of the masks it wrote; --skip-existing then redoes only
+    the masks without a score or a whole file, and the rerun scores all 40."""
+    photos, out = noise_photos(tmp_path / "photos", 40, size=(1024, 768)), tmp_path / "out"
+    flags = [str(photos), "--out", str(out), "--batch-size", "2"]
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, predict; predict.SAVE_SECONDS = 0; predict.main()",
+                             *flags], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600  # a loaded machine starts slowly
+    while time.time() < deadline and proc.poll() is None and len(scored_rows(out)) < 3:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read()  # mid-job
+    proc.kill()
+    proc.wait()
+    scored = {r["mask"] for r in scored_rows(out)}
+    assert 3 <= len(scored) < 40
+    kept = {m for m in scored if (out / m).exists()}  # a score is added as its mask's write is queued
+    result = subprocess.run([sys.executable, "predict.py", *flags, "--skip-existing"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {40 - len(kept)} masks to {out}/ ({len(kept)} skipped" in result.stdout
+    assert len(scored_rows(out)) == len(list(out.glob("*_segmentation.png"))) == 40 and all_outputs_whole(out)
+
+
+def scored_rows(out):
+    """out/unsure.csv's rows, none before it is first written (it is replaced whole: never read half-written)."""
+    return saving.read_csv(out / "unsure.csv") if (out / "unsure.csv").exists() else []
 
 
 def test_a_full_disk_is_one_sentence_with_the_count_and_no_partial_file(checkpoint, tmp_path, small_disk):
@@ -123,7 +153,8 @@ def test_a_run_killed_mid_write_leaves_temporaries_that_the_next_run_removes(tmp
 
 def test_watch_segments_a_photo_copied_in_slowly_once_and_whole_and_stops_on_ctrl_c(tmp_path):
     """--watch with --out the watched folder itself: a photo written in four chunks 0.3 s apart is segmented once,
-    whole, its own outputs are never taken for photos, and SIGINT stops it with nothing half-written."""
+    whole, and ranked in unsure.csv at once; its own outputs are never taken for photos, and SIGINT stops it with
+    nothing half-written."""
     clinic = tmp_path / "clinic"
     clinic.mkdir()
     proc = subprocess.Popen([sys.executable, "predict.py", str(clinic), "-o", str(clinic), "--watch", "--overlay"],
@@ -143,6 +174,7 @@ def test_watch_segments_a_photo_copied_in_slowly_once_and_whole_and_stops_on_ctr
         assert proc.stdout.readline().strip() == f"{clinic / 'new.jpg'} -> {clinic / 'new'}_segmentation.png"
         with Image.open(clinic / "new_segmentation.png") as mask:
             assert mask.size == (400, 300)
+        assert [r["mask"] for r in saving.read_csv(clinic / "unsure.csv")] == ["new_segmentation.png"]  # ranked now
         time.sleep(1)  # the watcher sees its own outputs in the folder now, and must leave them alone
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -150,7 +182,8 @@ def test_watch_segments_a_photo_copied_in_slowly_once_and_whole_and_stops_on_ctr
         proc.kill()
     assert proc.returncode == 0, err
     assert out.strip().splitlines() == [f"stopped watching: wrote 1 more mask to {clinic}/"]
-    assert sorted(p.name for p in clinic.iterdir()) == ["new.jpg", "new_overlay.jpg", "new_segmentation.png"]
+    assert sorted(p.name for p in clinic.iterdir()) == ["new.jpg", "new_overlay.jpg", "new_segmentation.png",
+                                                        "unsure.csv"]
     assert all_outputs_whole(clinic)
 
 
