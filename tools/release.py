@@ -3,7 +3,7 @@
 page run), each scored once on the test split, and the numbers of their card (models/README.md, models/card.json:
 test scores, robustness suite, sizes, sha256) and its worst test images.
 
-    python tools/release.py --checkpoint runs/best/seed0/best.pt --data-dir ../shared/isic2016     # make release
+    python tools/release.py --checkpoint runs/two-source/best.pt --data-dir ../shared/isic2016     # make release
     python tools/release.py --onnx-only --data-dir ../shared/isic2016     # make release-onnx: the .onnx of models/'s .pt
 
 Refuses to release when half precision moves the test IoU by MAX_HALF_PRECISION_LOSS or more, or when ONNX
@@ -169,7 +169,7 @@ def seal_released(out):
 
 def main(argv=None):
     parser = cli.parser(__doc__)
-    cli.add_checkpoint_flag(parser, "the model to release", default="runs/best/seed0/best.pt")
+    cli.add_checkpoint_flag(parser, "the model to release", default="runs/two-source/best.pt")
     parser.add_argument("--onnx-only", action="store_true",
                         help="keep --out's released .pt and its numbers; write its ONNX file and that file's numbers")
     cli.add_data_dir_flag(parser, "the ISIC 2016 folder it is scored on")
