@@ -6,10 +6,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def git(*words):
-    """What git prints for these words in this repository ('' outside a git checkout, or without git)."""
+def git(*words, cwd=ROOT):
+    """What git prints for these words in this repository ('' outside a git checkout, or without git); bytes that
+    are not UTF-8 (a file in another encoding) replaced, never fatal."""
     try:
-        return subprocess.run(["git", *words], capture_output=True, text=True, cwd=ROOT).stdout
+        return subprocess.run(["git", *words], capture_output=True, text=True, errors="replace", cwd=cwd).stdout
     except OSError:
         return ""
 

@@ -12,7 +12,7 @@ from conftest import ROOT, train_args
 
 import evaluate
 import train
-from lib import saving
+from lib import revision, saving
 from lib.errors import TrainingError, UsageError
 from model import update_ema
 
@@ -259,3 +259,17 @@ def test_config_reruns_a_saved_run_and_the_console_is_kept_in_train_log(syntheti
     assert saving.read_json(tmp_path / "again" / "config.json")["lr"] == 2e-3
     log = (first / "train.log").read_text()
     assert "training images" in log and "epoch   1/1" in log and "test (best epoch 1" in log
+
+
+def test_a_change_to_a_file_that_is_not_utf8_is_recorded_and_stops_no_run(tmp_path):
+    """A run records `git diff HEAD` (code.diff); a tracked file in Latin-1 (or a model file git took for text) once
+    made that diff undecodable and stopped train.py before its first epoch."""
+    def git(*words):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *words], cwd=tmp_path, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    (tmp_path / "notes.txt").write_bytes(b"caf\xe9\n")
+    git("add", "notes.txt")
+    git("commit", "-q", "-m", "notes")
+    (tmp_path / "notes.txt").write_bytes(b"caf\xe9 cr\xe8me\n")
+    assert "+caf\ufffd cr\ufffdme" in revision.git("diff", "HEAD", cwd=tmp_path)
