@@ -154,9 +154,9 @@ def test_two_real_sources_train_together_as_make_two_source_does(tmp_path, capsy
                 (ham / split / sub / source.name).symlink_to(source)
     palette = [m for m in (ham / "train" / "masks").iterdir() if Image.open(m).mode == "P"]
     assert palette and all(readers.read_binary_mask(m).mean() < 0.5 for m in palette)
-    train.main(train_args(isic, tmp_path / "run", "--data-dir", str(isic), str(ham), "--aug-copies", "0"))
+    train.main(train_args(isic, tmp_path / "run", "--data-dir", str(isic), str(ham), "--aug-copies", "3", "0"))
     printed = capsys.readouterr().out
-    assert "training on 19 images (19 originals)" in printed  # 9 of ISIC's 10 (a tenth validates) + HAM's 10
+    assert "training on 46 images (19 originals)" in printed  # 9 of ISIC's 10 (a tenth validates) x 4 + HAM's 10
     assert "plain folders in" in printed and "4 validation (official split)" in printed
     assert saving.read_json(tmp_path / "run" / "test_metrics.json")["n_images"] == 10
     assert saving.read_json(tmp_path / "run" / "test_ham10000_metrics.json")["n_images"] == 4
