@@ -227,7 +227,7 @@ def main(argv=None):
         if args.cluster:
             from lib import cluster  # here: ray is an extra (requirements-cluster.txt)
             written, failures = cluster.write_masks(args.checkpoint, todo, names, out, args, scores,
-                                                        write_options(args))
+                                                    write_options(args))
         else:
             written, failures = write_masks(segmenter, todo, names, out, args, scores)
     except (Interrupted, StorageError):

@@ -67,7 +67,8 @@ def connect(address):
 
 def write_masks(checkpoint, todo, names, out, args, scores, options):
     """predict.py's write_masks on the cluster: (masks written, [unreadable: why]), each mask's unsure score added
-    to `scores`; options: Segmenter.write's. Actors: the cluster's CPUs over --actor-cpus, each with that many ONNX Runtime threads."""
+    to `scores`; options: Segmenter.write's. Actors: the cluster's CPUs over --actor-cpus, each with that many ONNX
+    Runtime threads."""
     ray = connect(args.cluster)
     actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // args.actor_cpus)
     rows = [{"path": str(p), "name": str(names[p])} for p in todo]
@@ -79,8 +80,9 @@ def write_masks(checkpoint, todo, names, out, args, scores, options):
                 4 * actors, len(rows) // (4 * args.batch_size))))
             # Ray Data's actors restart when their process dies, and a dead actor's batch is retried (its
             # defaults: max_restarts and max_task_retries -1); tests/test_cluster.py kills one
-            results = dataset.map_batches(Segment, fn_constructor_args=(checkpoint, args.actor_cpus, args.tta, options),
-                                          batch_size=args.batch_size, batch_format="numpy", num_cpus=args.actor_cpus,
+            actor_args = (checkpoint, args.actor_cpus, args.tta, options)
+            results = dataset.map_batches(Segment, fn_constructor_args=actor_args, batch_size=args.batch_size,
+                                          batch_format="numpy", num_cpus=args.actor_cpus,
                                           compute=ray.data.ActorPoolStrategy(size=actors))
             for row in results.iter_rows():
                 if row["error"]:
