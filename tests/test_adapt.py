@@ -12,7 +12,7 @@ import pytest
 import serve
 import torch
 
-from conftest import ROOT
+from conftest import REAL_DATA, ROOT
 from PIL import Image
 
 import evaluate
@@ -249,13 +249,26 @@ def test_the_cards_first_sentence_names_the_model_to_use_and_its_command():
     assert "label 4 more and put them in test/images + test/masks" in few and "label 20 more there" in few
 
 
-def test_calibrating_on_two_images_holds_none_out_and_the_card_says_so(synthetic, tmp_path):
-    folder = tmp_path / "two"
+def real_folder(folder, n, as_png=False):
+    """A plain images/ + masks/ folder of n real ISIC 2016 training photos (as_png: as PNG at twice their size, about
+    240 KB each)."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"{REAL_DATA} not present: the real ISIC 2016 images are only on development and CI machines")
     for sub in ("images", "masks"):
         (folder / sub).mkdir(parents=True)
-    for i, image, mask in layouts.find_pairs(synthetic[0], "train")[:2]:
-        shutil.copy(image, folder / "images" / image.name)
-        shutil.copy(mask, folder / "masks" / f"{i}.png")
+    for i, image, mask in layouts.find_pairs(REAL_DATA, "train")[:n]:
+        if as_png:
+            with Image.open(image) as im, Image.open(mask) as m:
+                im.resize((2 * im.width, 2 * im.height)).save(folder / "images" / f"{i}.png")
+                m.resize((2 * m.width, 2 * m.height), Image.NEAREST).save(folder / "masks" / f"{i}.png")
+        else:
+            shutil.copy(image, folder / "images" / image.name)
+            shutil.copy(mask, folder / "masks" / f"{i}.png")
+    return folder
+
+
+def test_calibrating_on_two_images_holds_none_out_and_the_card_says_so(tmp_path):
+    folder = real_folder(tmp_path / "two", 2)  # real photos: the model finds no lesion in noise
     result = run("tools/adapt.py", "--data-dir", folder, "--out", tmp_path / "cal", "--cache-dir", tmp_path / "cache",
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
@@ -341,15 +354,9 @@ def test_edge_curves_leave_a_mask_that_fills_the_image_as_predict_leaves_it():
 
 
 def test_a_full_disk_while_writing_the_fine_tuning_targets_is_one_sentence(tmp_path, small_disk):
-    disk, _ = small_disk  # 1 MB: fewer than four of these 300x300 noise images fit
-    folder, rng = tmp_path / "noisy", np.random.default_rng(0)
-    for sub in ("images", "masks"):
-        (folder / sub).mkdir(parents=True)
-    yy, xx = np.mgrid[:300, :300]
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(folder / "images" / f"p{i}.png")
-        Image.fromarray(((yy - 150) ** 2 + (xx - 150) ** 2 < (60 + 5 * i) ** 2).astype(np.uint8) * 255).save(
-            folder / "masks" / f"p{i}.png")
+    disk, _ = small_disk  # 1 MB: fewer than eight of these real photos as PNG fit
+    folder = real_folder(tmp_path / "photos", 8, as_png=True)
+    assert sum(f.stat().st_size for f in (folder / "images").iterdir()) > 1e6
     result = adapt(folder, disk / "adapt", "--epochs", "1")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: no space left to write")
