@@ -131,7 +131,7 @@ def test_aug_copies_may_name_one_number_per_data_dir(synthetic, pairs, tmp_path,
     with pytest.raises(SystemExit):
         train.main(train_args(synthetic[0], tmp_path / "run2", "--data-dir", str(synthetic[0]), str(other),
                               "--aug-copies", "1", "0", "2"))
-    assert "one for each of the 2 --data-dir folders" in capsys.readouterr().err
+    assert "--aug-copies: one number, or one per --data-dir" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (REAL_DATA.is_dir() and HAM.is_dir()), reason="needs ../shared/isic2016 and ham10000")
